@@ -1,0 +1,25 @@
+//! # edgeway-core
+//!
+//! The pure heart of the edgeway AI gateway: everything the edge worker decides
+//! (who the caller is, which channel serves a model, what a request costs, how an
+//! upstream SSE stream is tapped for usage, how an error is shown to the caller)
+//! lives here as plain Rust, with no dependency on the Cloudflare `worker` crate.
+//!
+//! **Key design decision:** the worker crate is a thin shell that converts
+//! platform types into the types of this crate and back. Anything that depends on
+//! time takes `now` as an argument, money is always integer micro-units, and
+//! stream processing is a synchronous state machine fed bytes, so every rule here
+//! is tested natively (`cargo nextest`) and fed split at every byte offset.
+
+pub mod api_key;
+pub mod error;
+pub mod internal_auth;
+pub mod key_record;
+pub mod limits;
+pub mod mock_provider;
+pub mod openai_relay;
+pub mod pricing;
+pub mod provider;
+pub mod routing;
+pub mod sse;
+pub mod usage;

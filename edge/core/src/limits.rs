@@ -1,0 +1,21 @@
+//! Bounds on everything a client or upstream can make the gateway hold in
+//! memory or wait for. Each is a default; the worker may lower or raise them
+//! from configuration.
+
+/// Largest request body accepted (bytes). Larger bodies get 413.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// Longest single SSE line accepted from an upstream (bytes).
+pub const MAX_SSE_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Time allowed for an upstream to send its response headers (ms).
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 120_000;
+
+/// Largest non-streaming upstream response body read (bytes).
+pub const MAX_UPSTREAM_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// How long a key record is trusted from the per-isolate cache (ms).
+pub const KEY_CACHE_TTL_MS: u64 = 10_000;
+
+/// How long the routing table is trusted from the per-isolate cache (ms).
+pub const ROUTING_CACHE_TTL_MS: u64 = 5_000;

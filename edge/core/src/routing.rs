@@ -1,0 +1,312 @@
+//! Routing configuration: channels (an upstream account at a provider) and
+//! models (a public model name served by one or more channels). Stored in KV
+//! as JSON under [`ROUTING_KV_KEY`] (schema: `kv-schema/routing.schema.json`),
+//! pushed by the admin service, compiled once per version into a
+//! [`RoutingTable`] for O(1) lookups on the hot path.
+
+use crate::error::GatewayError;
+use crate::pricing::ModelPrice;
+use crate::provider::{provider_by_id, Provider};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// KV key of the routing configuration.
+pub const ROUTING_KV_KEY: &str = "config:routing";
+
+/// Options of the built-in mock provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MockOptions {
+    /// Delay before the response headers, ms.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Delay between stream chunks, ms.
+    #[serde(default)]
+    pub chunk_delay_ms: u64,
+}
+
+/// An upstream account at a provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    /// Unique channel id.
+    pub id: String,
+    /// Provider id from the provider table.
+    pub provider: String,
+    /// Overrides the provider's base URL (operator-set only).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Credential, inline. Prefer `api_key_secret`.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Name of a worker secret holding the credential.
+    #[serde(default)]
+    pub api_key_secret: Option<String>,
+    /// Upstream time limit for response headers, ms.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Mock provider options.
+    #[serde(default)]
+    pub mock: Option<MockOptions>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// One channel serving a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTarget {
+    /// Channel id.
+    pub channel: String,
+    /// Model name sent upstream; default: the public name.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Higher is tried first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Share of traffic among targets of equal priority.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A public model name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRoute {
+    pub name: String,
+    #[serde(default)]
+    pub price: ModelPrice,
+    /// `owned_by` in `GET /v1/models`.
+    #[serde(default)]
+    pub owned_by: Option<String>,
+    pub targets: Vec<RouteTarget>,
+}
+
+/// The whole routing configuration as stored in KV.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingConfig {
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub channels: Vec<Channel>,
+    #[serde(default)]
+    pub models: Vec<ModelRoute>,
+}
+
+/// A resolved route candidate: where to send a request for a model.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub channel: &'a Channel,
+    pub provider: &'static Provider,
+    pub upstream_model: &'a str,
+    pub base_url: &'a str,
+}
+
+/// A validated, indexed [`RoutingConfig`].
+#[derive(Debug, Clone, Default)]
+pub struct RoutingTable {
+    config: RoutingConfig,
+    model_index: HashMap<String, usize>,
+    channel_index: HashMap<String, (usize, &'static Provider)>,
+}
+
+/// Why a routing configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRouting(pub String);
+
+impl RoutingTable {
+    /// Validates and indexes a configuration: every provider exists, every
+    /// target names a channel, ids are unique, non-mock channels have a base URL.
+    pub fn new(config: RoutingConfig) -> Result<Self, InvalidRouting> {
+        let mut channel_index = HashMap::new();
+        for (i, ch) in config.channels.iter().enumerate() {
+            let provider = provider_by_id(&ch.provider).ok_or_else(|| {
+                InvalidRouting(format!("channel `{}`: unknown provider `{}`", ch.id, ch.provider))
+            })?;
+            let base = ch.base_url.as_deref().unwrap_or(provider.base_url);
+            if base.is_empty() {
+                return Err(InvalidRouting(format!(
+                    "channel `{}`: provider `{}` needs a base_url",
+                    ch.id, ch.provider
+                )));
+            }
+            if provider.dialect != crate::provider::ProviderDialect::Mock
+                && !(base.starts_with("https://") || base.starts_with("http://"))
+            {
+                return Err(InvalidRouting(format!("channel `{}`: base_url must be http(s)", ch.id)));
+            }
+            if channel_index.insert(ch.id.clone(), (i, provider)).is_some() {
+                return Err(InvalidRouting(format!("duplicate channel id `{}`", ch.id)));
+            }
+        }
+        let mut model_index = HashMap::new();
+        for (i, model) in config.models.iter().enumerate() {
+            for t in &model.targets {
+                if !channel_index.contains_key(&t.channel) {
+                    return Err(InvalidRouting(format!(
+                        "model `{}`: unknown channel `{}`",
+                        model.name, t.channel
+                    )));
+                }
+            }
+            if model_index.insert(model.name.clone(), i).is_some() {
+                return Err(InvalidRouting(format!("duplicate model `{}`", model.name)));
+            }
+        }
+        Ok(Self { config, model_index, channel_index })
+    }
+
+    pub fn version(&self) -> u64 {
+        self.config.version
+    }
+
+    pub fn config(&self) -> &RoutingConfig {
+        &self.config
+    }
+
+    /// The route for a public model name.
+    pub fn model(&self, name: &str) -> Option<&ModelRoute> {
+        self.model_index.get(name).and_then(|&i| self.config.models.get(i))
+    }
+
+    /// Every public model, in configuration order.
+    pub fn models(&self) -> impl Iterator<Item = &ModelRoute> {
+        self.config.models.iter()
+    }
+
+    /// Ordered candidates for `model`: enabled channels by descending priority;
+    /// within a priority, a weighted shuffle driven by `seed` (any random u64),
+    /// so traffic splits by weight and the order is reproducible in tests.
+    pub fn candidates(&self, model: &str, seed: u64) -> Result<Vec<Candidate<'_>>, GatewayError> {
+        let route =
+            self.model(model).ok_or_else(|| GatewayError::ModelNotFound { model: model.to_string() })?;
+        let mut eligible: Vec<(i32, u32, Candidate<'_>)> = Vec::with_capacity(route.targets.len());
+        for t in &route.targets {
+            let Some(&(idx, provider)) = self.channel_index.get(&t.channel) else { continue };
+            let Some(channel) = self.config.channels.get(idx) else { continue };
+            if !channel.enabled || t.weight == 0 {
+                continue;
+            }
+            let base_url = channel.base_url.as_deref().unwrap_or(provider.base_url);
+            let upstream_model = t.upstream_model.as_deref().unwrap_or(&route.name);
+            eligible.push((t.priority, t.weight, Candidate { channel, provider, upstream_model, base_url }));
+        }
+        if eligible.is_empty() {
+            return Err(GatewayError::ModelNotFound { model: model.to_string() });
+        }
+        // Stable sort by descending priority, then a weighted draw without
+        // replacement inside each priority group.
+        eligible.sort_by_key(|e| std::cmp::Reverse(e.0));
+        let mut rng = SplitMix64(seed);
+        let mut ordered = Vec::with_capacity(eligible.len());
+        while !eligible.is_empty() {
+            let priority = eligible[0].0;
+            let group_len = eligible.iter().take_while(|e| e.0 == priority).count();
+            let mut group: Vec<_> = eligible.drain(..group_len).collect();
+            while !group.is_empty() {
+                let total: u64 = group.iter().map(|e| u64::from(e.1)).sum();
+                let mut draw = rng.next() % total;
+                let pos = group
+                    .iter()
+                    .position(|e| {
+                        let w = u64::from(e.1);
+                        if draw < w {
+                            true
+                        } else {
+                            draw -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(0);
+                ordered.push(group.remove(pos).2);
+            }
+        }
+        Ok(ordered)
+    }
+}
+
+/// Small deterministic generator for the weighted shuffle.
+#[derive(Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RoutingConfig {
+        serde_json::from_str(
+            r#"{"version":1,
+                "channels":[{"id":"a","provider":"openai","api_key":"k"},
+                            {"id":"b","provider":"openai-compatible","base_url":"http://127.0.0.1:9/v1"},
+                            {"id":"m","provider":"mock"},
+                            {"id":"off","provider":"openai","enabled":false}],
+                "models":[{"name":"gpt","targets":[{"channel":"a","priority":1,"weight":3},{"channel":"b","priority":1,"weight":1},{"channel":"m","priority":0},{"channel":"off","priority":9}]},
+                          {"name":"mock-1","targets":[{"channel":"m","upstream_model":"mock-upstream"}]},
+                          {"name":"dead","targets":[{"channel":"off"}]}]}"#,
+        )
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn priorities_then_weights() {
+        let table = RoutingTable::new(config()).unwrap_or_default();
+        let mut first_a = 0;
+        for seed in 0..4000u64 {
+            let c = table.candidates("gpt", seed).unwrap_or_default();
+            assert_eq!(c.len(), 3, "disabled channel skipped");
+            assert_eq!(c[2].channel.id, "m", "lowest priority last");
+            if c[0].channel.id == "a" {
+                first_a += 1;
+            }
+        }
+        // weight 3 vs 1: about 75% first
+        assert!((2800..=3200).contains(&first_a), "{first_a}");
+    }
+
+    #[test]
+    fn upstream_model_and_base_url() {
+        let table = RoutingTable::new(config()).unwrap_or_default();
+        let c = table.candidates("mock-1", 0).unwrap_or_default();
+        assert_eq!(c[0].upstream_model, "mock-upstream");
+        let c = table.candidates("gpt", 0).unwrap_or_default();
+        let b = c.iter().find(|c| c.channel.id == "b").map(|c| c.base_url);
+        assert_eq!(b, Some("http://127.0.0.1:9/v1"));
+    }
+
+    #[test]
+    fn unknown_and_all_disabled_are_not_found() {
+        let table = RoutingTable::new(config()).unwrap_or_default();
+        assert!(matches!(table.candidates("nope", 0), Err(GatewayError::ModelNotFound { .. })));
+        assert!(matches!(table.candidates("dead", 0), Err(GatewayError::ModelNotFound { .. })));
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        let mut c = config();
+        c.channels[0].provider = "nope".into();
+        assert!(RoutingTable::new(c).is_err());
+        let mut c = config();
+        c.models[0].targets[0].channel = "zzz".into();
+        assert!(RoutingTable::new(c).is_err());
+        let mut c = config();
+        c.channels[1].base_url = None;
+        assert!(RoutingTable::new(c).is_err(), "openai-compatible needs a base_url");
+        let mut c = config();
+        c.channels[1].base_url = Some("file:///etc/passwd".into());
+        assert!(RoutingTable::new(c).is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Token usage in disjoint buckets, and the usage event every request yields.
+//!
+//! Buckets never overlap: `input_uncached + cache_read + cache_write_5m +
+//! cache_write_1h` is the whole prompt, `output` is the whole completion and
+//! `reasoning` is the part of `output` spent thinking. Provider-reported counts
+//! are the truth; an estimate is used only when the provider reported nothing,
+//! and the event says which.
+
+use serde::{Deserialize, Serialize};
+
+/// Token counts in disjoint buckets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Prompt tokens not served from or written to a cache.
+    #[serde(default)]
+    pub input_uncached: u64,
+    /// Prompt tokens read from the provider's cache.
+    #[serde(default)]
+    pub cache_read: u64,
+    /// Prompt tokens written to a 5-minute cache.
+    #[serde(default)]
+    pub cache_write_5m: u64,
+    /// Prompt tokens written to a 1-hour cache.
+    #[serde(default)]
+    pub cache_write_1h: u64,
+    /// Completion tokens, reasoning included.
+    #[serde(default)]
+    pub output: u64,
+    /// Of `output`, tokens spent on reasoning.
+    #[serde(default)]
+    pub reasoning: u64,
+}
+
+impl TokenUsage {
+    /// Every prompt token, whatever its cache bucket.
+    pub fn prompt_total(&self) -> u64 {
+        self.input_uncached + self.cache_read + self.cache_write_5m + self.cache_write_1h
+    }
+
+    /// Prompt plus completion.
+    pub fn total(&self) -> u64 {
+        self.prompt_total() + self.output
+    }
+
+    /// From OpenAI's `usage` object, where `prompt_tokens` includes
+    /// `prompt_tokens_details.cached_tokens` and `completion_tokens` includes
+    /// `completion_tokens_details.reasoning_tokens`.
+    pub fn from_openai(usage: &OpenAiUsage) -> Self {
+        let cached = usage.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0);
+        let reasoning =
+            usage.completion_tokens_details.as_ref().and_then(|d| d.reasoning_tokens).unwrap_or(0);
+        Self {
+            input_uncached: usage.prompt_tokens.saturating_sub(cached),
+            cache_read: cached.min(usage.prompt_tokens),
+            cache_write_5m: 0,
+            cache_write_1h: 0,
+            output: usage.completion_tokens,
+            reasoning: reasoning.min(usage.completion_tokens),
+        }
+    }
+
+    /// Back to OpenAI's overlapping shape.
+    pub fn to_openai(&self) -> OpenAiUsage {
+        OpenAiUsage {
+            prompt_tokens: self.prompt_total(),
+            completion_tokens: self.output,
+            total_tokens: self.total(),
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: Some(self.cache_read) }),
+            completion_tokens_details: Some(CompletionTokensDetails {
+                reasoning_tokens: Some(self.reasoning),
+            }),
+        }
+    }
+}
+
+/// OpenAI's wire `usage` object (the fields edgeway reads).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenAiUsage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+}
+
+/// Where a usage figure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// Reported by the provider.
+    Provider,
+    /// Estimated by the gateway because the provider reported nothing.
+    Estimated,
+    /// No tokens were used (request refused or failed before the upstream).
+    None,
+}
+
+/// How the request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestOutcome {
+    /// Completed and delivered.
+    Completed,
+    /// Upstream or gateway failure.
+    Failed,
+    /// The client went away before the end.
+    ClientAborted,
+}
+
+/// One request's usage, sent to the Queue and stored (idempotently on
+/// `request_id`) in D1 and the admin ledger. Never contains a plaintext key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    /// Unique per request; the idempotency key of every store.
+    pub request_id: String,
+    /// SHA-256 hex of the client key.
+    pub key_digest: String,
+    /// Key owner as known at the edge.
+    #[serde(default)]
+    pub owner: String,
+    /// Model name the client asked for.
+    pub model: String,
+    /// Model name sent upstream.
+    #[serde(default)]
+    pub upstream_model: String,
+    /// Channel id that served the request.
+    pub channel: String,
+    /// Provider id of that channel.
+    #[serde(default)]
+    pub provider: String,
+    /// Tokens in disjoint buckets.
+    pub usage: TokenUsage,
+    /// Price of `usage`, integer micro-units.
+    pub cost_micros: i64,
+    /// HTTP status returned to the client.
+    pub status: u16,
+    pub outcome: RequestOutcome,
+    pub usage_source: UsageSource,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Request start to end, ms.
+    pub latency_ms: u64,
+    /// Request start to first content byte, ms (streams only).
+    #[serde(default)]
+    pub ttft_ms: Option<u64>,
+    /// Unix ms when the request started.
+    pub created_at_ms: i64,
+}
+
+/// Rough token count for text: one token per four bytes, rounded up. Used only
+/// when a provider reports no usage.
+pub fn estimate_tokens(text_bytes: usize) -> u64 {
+    (text_bytes as u64).div_ceil(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_usage_becomes_disjoint_buckets() {
+        let u: OpenAiUsage = serde_json::from_str(
+            r#"{"prompt_tokens":100,"completion_tokens":50,"total_tokens":150,
+                "prompt_tokens_details":{"cached_tokens":30},
+                "completion_tokens_details":{"reasoning_tokens":20}}"#,
+        )
+        .unwrap_or_default();
+        let t = TokenUsage::from_openai(&u);
+        assert_eq!(t.input_uncached, 70);
+        assert_eq!(t.cache_read, 30);
+        assert_eq!(t.output, 50);
+        assert_eq!(t.reasoning, 20);
+        assert_eq!(t.prompt_total(), 100);
+        assert_eq!(t.total(), 150);
+        let back = t.to_openai();
+        assert_eq!(back.prompt_tokens, 100);
+        assert_eq!(back.total_tokens, 150);
+    }
+
+    #[test]
+    fn inconsistent_details_do_not_underflow() {
+        let u = OpenAiUsage {
+            prompt_tokens: 5,
+            completion_tokens: 1,
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: Some(9) }),
+            completion_tokens_details: Some(CompletionTokensDetails { reasoning_tokens: Some(3) }),
+            ..Default::default()
+        };
+        let t = TokenUsage::from_openai(&u);
+        assert_eq!((t.input_uncached, t.cache_read, t.reasoning), (0, 5, 1));
+    }
+
+    #[test]
+    fn estimates_round_up() {
+        assert_eq!(estimate_tokens(0), 0);
+        assert_eq!(estimate_tokens(1), 1);
+        assert_eq!(estimate_tokens(8), 2);
+        assert_eq!(estimate_tokens(9), 3);
+    }
+}
