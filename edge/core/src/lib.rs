@@ -14,6 +14,7 @@
 pub mod api_key;
 pub mod error;
 pub mod internal_auth;
+pub mod key_account;
 pub mod key_record;
 pub mod limits;
 pub mod mock_provider;

@@ -170,9 +170,43 @@ pub fn estimate_tokens(text_bytes: usize) -> u64 {
     (text_bytes as u64).div_ceil(4)
 }
 
+/// The usage to bill for a request, by the rule "the provider is the truth":
+/// provider-reported usage is used as is (an explicit zero stays zero); only
+/// when the provider reported nothing and it did produce output is usage
+/// estimated from the prompt and the bytes forwarded. A request that never
+/// reached a provider, or that the provider refused, uses nothing.
+pub fn settle_usage(
+    reported: Option<&OpenAiUsage>,
+    upstream_succeeded: bool,
+    estimated_prompt_tokens: u64,
+    forwarded_content_bytes: usize,
+) -> (TokenUsage, UsageSource) {
+    match reported {
+        Some(usage) => (TokenUsage::from_openai(usage), UsageSource::Provider),
+        None if upstream_succeeded => (
+            TokenUsage {
+                input_uncached: estimated_prompt_tokens,
+                output: estimate_tokens(forwarded_content_bytes),
+                ..Default::default()
+            },
+            UsageSource::Estimated,
+        ),
+        None => (TokenUsage::default(), UsageSource::None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settle_prefers_the_provider_and_keeps_explicit_zero() {
+        let zero = OpenAiUsage::default();
+        assert_eq!(settle_usage(Some(&zero), true, 100, 400), (TokenUsage::default(), UsageSource::Provider));
+        let (u, s) = settle_usage(None, true, 100, 400);
+        assert_eq!((u.input_uncached, u.output, s), (100, 100, UsageSource::Estimated));
+        assert_eq!(settle_usage(None, false, 100, 400), (TokenUsage::default(), UsageSource::None));
+    }
 
     #[test]
     fn openai_usage_becomes_disjoint_buckets() {

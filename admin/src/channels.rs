@@ -1,0 +1,515 @@
+//! Channels (upstream accounts), models (public names with prices) and the
+//! routing configuration built from them.
+//!
+//! Every change runs in one transaction that first bumps the routing version
+//! (a single-row counter, `max(version + 1, now_ms)`, which also serialises
+//! concurrent changes), then writes, then rebuilds the whole
+//! [`RoutingConfig`] and validates it with [`RoutingTable::new`]: a change
+//! that would leave the edge with an invalid config is rolled back with a 400.
+//! After commit, the config is pushed to the edge.
+
+use crate::db::{is_unique_violation, Db, RowExt};
+use crate::edge_sync::push_routing_if_configured;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, PathParam};
+use crate::keys::List;
+use crate::{now_ms, now_secs, validate, AppState};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use edgeway_core::pricing::ModelPrice;
+use edgeway_core::provider::{provider_by_id, ProviderDialect, PROVIDERS};
+use edgeway_core::routing::{Channel, MockOptions, ModelRoute, RouteTarget, RoutingConfig, RoutingTable};
+use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
+
+/// Longest upstream time limit accepted, ms.
+const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Longest mock delay accepted, ms.
+const MAX_MOCK_DELAY_MS: u64 = 60_000;
+/// Largest target weight accepted.
+const MAX_WEIGHT: u32 = 1_000_000;
+
+// ---- reading the routing config ----
+
+fn price_from_row(row: &sqlx::any::AnyRow) -> Result<ModelPrice, sqlx::Error> {
+    Ok(ModelPrice {
+        input: row.int("price_input")?,
+        output: row.int("price_output")?,
+        cache_read: row.opt_int("price_cache_read")?,
+        cache_write_5m: row.opt_int("price_cache_write_5m")?,
+        cache_write_1h: row.opt_int("price_cache_write_1h")?,
+        per_request: row.int("price_per_request")?,
+    })
+}
+
+fn non_negative_u64(value: Option<i64>) -> Option<u64> {
+    value.and_then(|v| u64::try_from(v).ok())
+}
+
+/// Reads the whole routing configuration through `conn` (a pooled connection
+/// or an open transaction).
+pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingConfig> {
+    let version = routing_version(conn).await?;
+    let channel_rows = sqlx::query(
+        "SELECT id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock \
+         FROM channels ORDER BY created_at, id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut channels = Vec::with_capacity(channel_rows.len());
+    for row in &channel_rows {
+        channels.push(Channel {
+            id: row.text("id")?,
+            provider: row.text("provider")?,
+            base_url: row.opt_text("base_url")?,
+            api_key: row.opt_text("api_key")?,
+            api_key_secret: row.opt_text("api_key_secret")?,
+            timeout_ms: non_negative_u64(row.opt_int("timeout_ms")?),
+            enabled: row.int("enabled")? != 0,
+            mock: row.opt_text("mock")?.map(|m| serde_json::from_str(&m)).transpose()?,
+        });
+    }
+    let model_rows = sqlx::query(
+        "SELECT name, price_input, price_output, price_cache_read, price_cache_write_5m, \
+         price_cache_write_1h, price_per_request, owned_by FROM models ORDER BY name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let target_rows = sqlx::query(
+        "SELECT model, channel, upstream_model, priority, weight FROM model_targets \
+         ORDER BY model, priority DESC, channel",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut models = Vec::with_capacity(model_rows.len());
+    for row in &model_rows {
+        models.push(ModelRoute {
+            name: row.text("name")?,
+            price: price_from_row(row)?,
+            owned_by: row.opt_text("owned_by")?,
+            targets: Vec::new(),
+        });
+    }
+    for row in &target_rows {
+        let model = row.text("model")?;
+        let Some(route) = models.iter_mut().find(|m| m.name == model) else { continue };
+        route.targets.push(RouteTarget {
+            channel: row.text("channel")?,
+            upstream_model: row.opt_text("upstream_model")?,
+            priority: i32::try_from(row.int("priority")?).unwrap_or(0),
+            weight: u32::try_from(row.int("weight")?).unwrap_or(1),
+        });
+    }
+    Ok(RoutingConfig { version, channels, models })
+}
+
+async fn routing_version(conn: &mut AnyConnection) -> ApiResult<u64> {
+    let version: i64 =
+        sqlx::query_scalar("SELECT version FROM routing_state WHERE id = 1").fetch_one(&mut *conn).await?;
+    Ok(u64::try_from(version).unwrap_or(0))
+}
+
+/// Reads the routing config outside a transaction, re-reading until the
+/// version did not move meanwhile, so the content matches its version.
+pub async fn load_routing_config_consistent(db: &Db) -> ApiResult<RoutingConfig> {
+    let mut conn = db.pool.acquire().await?;
+    for _ in 0..5 {
+        let config = load_routing_config(&mut conn).await?;
+        if routing_version(&mut conn).await? == config.version {
+            return Ok(config);
+        }
+    }
+    Err(ApiError::Conflict("the routing config is changing too fast to read; retry".into()))
+}
+
+/// Bumps the routing version to `max(version + 1, now_ms)` and returns it.
+/// Being the first write of a change, it also takes the write lock early.
+async fn bump_routing_version(conn: &mut AnyConnection) -> ApiResult<u64> {
+    sqlx::query(
+        "UPDATE routing_state SET version = CASE WHEN version + 1 > $1 THEN version + 1 ELSE $1 END \
+         WHERE id = 1",
+    )
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    routing_version(conn).await
+}
+
+fn check_routing(config: &RoutingConfig) -> ApiResult<()> {
+    RoutingTable::new(config.clone()).map(|_| ()).map_err(|e| ApiError::BadRequest(e.0))
+}
+
+// ---- request bodies ----
+
+/// One model served by a new channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelModel {
+    /// Public model name.
+    pub name: String,
+    /// Name sent upstream; default: the public name.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Sets the model's price (for every channel serving it); absent keeps the
+    /// current price, or zero for a new model.
+    #[serde(default)]
+    pub price: Option<ModelPrice>,
+    #[serde(default)]
+    pub owned_by: Option<String>,
+}
+
+/// `POST /api/channels` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateChannel {
+    pub id: String,
+    pub provider: String,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub api_key_secret: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub mock: Option<MockOptions>,
+    #[serde(default)]
+    pub models: Vec<ChannelModel>,
+}
+
+fn check_price(model: &str, price: &ModelPrice) -> ApiResult<()> {
+    let parts =
+        [Some(price.input), Some(price.output), price.cache_read, price.cache_write_5m, price.cache_write_1h];
+    if parts.into_iter().flatten().chain([price.per_request]).any(|p| p < 0) {
+        return Err(ApiError::bad_request(format!("model `{model}`: prices must not be negative")));
+    }
+    Ok(())
+}
+
+/// Checks and normalises a channel body; the routing-level checks come later.
+fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
+    let id = validate::ident("id", &body.id)?;
+    let provider = provider_by_id(body.provider.trim()).ok_or_else(|| {
+        let known: Vec<&str> = PROVIDERS.iter().map(|p| p.id).collect();
+        ApiError::bad_request(format!("unknown provider `{}`; known: {}", body.provider.trim(), known.join(", ")))
+    })?;
+    let base_url = body.base_url.as_deref().map(|u| validate::http_url("base_url", u)).transpose()?;
+    let api_key = match body.api_key.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(k) if k.len() > 4096 || k.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+            return Err(ApiError::bad_request("`api_key` must be at most 4096 characters without spaces"));
+        }
+        Some(k) => Some(k.to_string()),
+    };
+    let api_key_secret = match body.api_key_secret.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(name) if name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+            Some(name.to_string())
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`api_key_secret` must name a worker secret: 1 to 128 of A-Z, a-z, 0-9, `_`",
+            ))
+        }
+    };
+    if body.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
+        return Err(ApiError::bad_request(format!("`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}")));
+    }
+    if let Some(mock) = &body.mock {
+        if provider.dialect != ProviderDialect::Mock {
+            return Err(ApiError::bad_request("`mock` options apply only to the `mock` provider"));
+        }
+        if mock.latency_ms > MAX_MOCK_DELAY_MS || mock.chunk_delay_ms > MAX_MOCK_DELAY_MS {
+            return Err(ApiError::bad_request(format!("`mock` delays must be at most {MAX_MOCK_DELAY_MS} ms")));
+        }
+    }
+    if body.models.len() > validate::MAX_LIST {
+        return Err(ApiError::bad_request(format!("`models` may hold at most {} entries", validate::MAX_LIST)));
+    }
+    let mut models: Vec<ChannelModel> = Vec::with_capacity(body.models.len());
+    for model in body.models {
+        let name = validate::text("models[].name", &model.name)?;
+        if models.iter().any(|m| m.name == name) {
+            return Err(ApiError::bad_request(format!("model `{name}` is listed twice")));
+        }
+        let upstream_model =
+            model.upstream_model.as_deref().map(|u| validate::text("models[].upstream_model", u)).transpose()?;
+        let owned_by = model.owned_by.as_deref().map(|o| validate::text("models[].owned_by", o)).transpose()?;
+        if model.weight.is_some_and(|w| w > MAX_WEIGHT) {
+            return Err(ApiError::bad_request(format!("model `{name}`: `weight` must be at most {MAX_WEIGHT}")));
+        }
+        if let Some(price) = &model.price {
+            check_price(&name, price)?;
+        }
+        models.push(ChannelModel { name, upstream_model, owned_by, ..model });
+    }
+    let channel = Channel {
+        id,
+        provider: provider.id.to_string(),
+        base_url,
+        api_key,
+        api_key_secret,
+        timeout_ms: body.timeout_ms,
+        enabled: body.enabled.unwrap_or(true),
+        mock: body.mock,
+    };
+    Ok((channel, models))
+}
+
+// ---- responses ----
+
+/// A channel as the API shows it: never the credential itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelView {
+    pub id: String,
+    pub provider: String,
+    pub base_url: Option<String>,
+    /// Whether an inline `api_key` is stored (it is never returned).
+    pub has_api_key: bool,
+    /// Name of the worker secret holding the credential.
+    pub api_key_secret: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub enabled: bool,
+    pub mock: Option<MockOptions>,
+    /// The models this channel serves and how.
+    pub models: Vec<ChannelTargetView>,
+}
+
+/// One model served by a channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelTargetView {
+    pub name: String,
+    pub upstream_model: Option<String>,
+    pub priority: i32,
+    pub weight: u32,
+}
+
+fn channel_views(config: &RoutingConfig) -> Vec<ChannelView> {
+    config
+        .channels
+        .iter()
+        .map(|ch| ChannelView {
+            id: ch.id.clone(),
+            provider: ch.provider.clone(),
+            base_url: ch.base_url.clone(),
+            has_api_key: ch.api_key.is_some(),
+            api_key_secret: ch.api_key_secret.clone(),
+            timeout_ms: ch.timeout_ms,
+            enabled: ch.enabled,
+            mock: ch.mock,
+            models: config
+                .models
+                .iter()
+                .flat_map(|m| {
+                    m.targets.iter().filter(|t| t.channel == ch.id).map(|t| ChannelTargetView {
+                        name: m.name.clone(),
+                        upstream_model: t.upstream_model.clone(),
+                        priority: t.priority,
+                        weight: t.weight,
+                    })
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Response of a channel change.
+#[derive(Debug, Serialize)]
+pub struct ChannelChange {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<String>,
+    pub routing_version: u64,
+    pub edge_synced: bool,
+}
+
+/// `GET /api/models` response.
+#[derive(Debug, Serialize)]
+pub struct ModelList {
+    pub data: Vec<ModelRoute>,
+    pub routing_version: u64,
+}
+
+// ---- handlers ----
+
+pub async fn create(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateChannel>,
+) -> ApiResult<(StatusCode, Json<ChannelChange>)> {
+    let (channel, models) = validated(body)?;
+    let mut tx = state.db().pool.begin().await?;
+    let version = bump_routing_version(&mut tx).await?;
+    let exists: Option<String> = sqlx::query_scalar("SELECT id FROM channels WHERE id = $1")
+        .bind(&channel.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if exists.is_some() {
+        return Err(ApiError::Conflict(format!("channel `{}` already exists; delete it first", channel.id)));
+    }
+    let mock = channel.mock.as_ref().map(serde_json::to_string).transpose()?;
+    let timeout = channel.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+    let inserted = sqlx::query(
+        "INSERT INTO channels (id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&channel.id)
+    .bind(&channel.provider)
+    .bind(&channel.base_url)
+    .bind(&channel.api_key)
+    .bind(&channel.api_key_secret)
+    .bind(timeout)
+    .bind(i64::from(channel.enabled))
+    .bind(mock)
+    .bind(now_secs())
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Err(err) if is_unique_violation(&err) => {
+            return Err(ApiError::Conflict(format!("channel `{}` already exists", channel.id)));
+        }
+        other => other?,
+    };
+    for model in &models {
+        let price = model.price.unwrap_or_default();
+        // A new model starts with the given price (or zero); an existing one
+        // keeps its price unless this request sets one.
+        sqlx::query(
+            "INSERT INTO models (name, price_input, price_output, price_cache_read, price_cache_write_5m, \
+             price_cache_write_1h, price_per_request, owned_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&model.name)
+        .bind(price.input)
+        .bind(price.output)
+        .bind(price.cache_read)
+        .bind(price.cache_write_5m)
+        .bind(price.cache_write_1h)
+        .bind(price.per_request)
+        .bind(&model.owned_by)
+        .bind(now_secs())
+        .execute(&mut *tx)
+        .await?;
+        if let Some(price) = model.price {
+            sqlx::query(
+                "UPDATE models SET price_input = $1, price_output = $2, price_cache_read = $3, \
+                 price_cache_write_5m = $4, price_cache_write_1h = $5, price_per_request = $6 WHERE name = $7",
+            )
+            .bind(price.input)
+            .bind(price.output)
+            .bind(price.cache_read)
+            .bind(price.cache_write_5m)
+            .bind(price.cache_write_1h)
+            .bind(price.per_request)
+            .bind(&model.name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(owned_by) = &model.owned_by {
+            sqlx::query("UPDATE models SET owned_by = $1 WHERE name = $2")
+                .bind(owned_by)
+                .bind(&model.name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO model_targets (model, channel, upstream_model, priority, weight) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&model.name)
+        .bind(&channel.id)
+        .bind(&model.upstream_model)
+        .bind(i64::from(model.priority.unwrap_or(0)))
+        .bind(i64::from(model.weight.unwrap_or(1)))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let config = load_routing_config(&mut tx).await?;
+    check_routing(&config)?;
+    tx.commit().await?;
+    tracing::info!(channel = %channel.id, provider = %channel.provider, version, "channel created");
+    let edge_synced = push_routing_if_configured(&state, &config).await;
+    let view = channel_views(&config).into_iter().find(|v| v.id == channel.id);
+    Ok((
+        StatusCode::CREATED,
+        Json(ChannelChange { channel: view, deleted: None, routing_version: version, edge_synced }),
+    ))
+}
+
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<List<ChannelView>>> {
+    let config = load_routing_config_consistent(state.db()).await?;
+    Ok(Json(List { data: channel_views(&config) }))
+}
+
+/// `DELETE /api/channels/{id}`: removes the channel, its targets, and models
+/// left with no channel.
+pub async fn remove(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Json<ChannelChange>> {
+    let mut tx = state.db().pool.begin().await?;
+    let version = bump_routing_version(&mut tx).await?;
+    let deleted = sqlx::query("DELETE FROM channels WHERE id = $1").bind(&id).execute(&mut *tx).await?;
+    if deleted.rows_affected() == 0 {
+        return Err(ApiError::NotFound(format!("no channel with id `{id}`")));
+    }
+    sqlx::query("DELETE FROM model_targets WHERE channel = $1").bind(&id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM models WHERE NOT EXISTS (SELECT 1 FROM model_targets t WHERE t.model = models.name)")
+        .execute(&mut *tx)
+        .await?;
+    let config = load_routing_config(&mut tx).await?;
+    check_routing(&config)?;
+    tx.commit().await?;
+    tracing::info!(channel = %id, version, "channel deleted");
+    let edge_synced = push_routing_if_configured(&state, &config).await;
+    Ok(Json(ChannelChange { channel: None, deleted: Some(id), routing_version: version, edge_synced }))
+}
+
+pub async fn list_models(State(state): State<AppState>) -> ApiResult<Json<ModelList>> {
+    let config = load_routing_config_consistent(state.db()).await?;
+    Ok(Json(ModelList { routing_version: config.version, data: config.models }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> CreateChannel {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn unknown_provider_lists_the_known_ones() {
+        let err = validated(body(r#"{"id":"a","provider":"nope"}"#)).unwrap_err();
+        assert!(err.to_string().contains("unknown provider `nope`"));
+        assert!(err.to_string().contains("openai"));
+    }
+
+    #[test]
+    fn channel_checks() {
+        assert!(validated(body(r#"{"id":"a b","provider":"mock"}"#)).is_err());
+        assert!(validated(body(r#"{"id":"a","provider":"openai","mock":{"latency_ms":1}}"#)).is_err());
+        assert!(validated(body(r#"{"id":"a","provider":"openai","timeout_ms":0}"#)).is_err());
+        assert!(validated(body(r#"{"id":"a","provider":"openai","api_key":"has space"}"#)).is_err());
+        assert!(validated(body(r#"{"id":"a","provider":"openai","api_key_secret":"BAD-NAME"}"#)).is_err());
+        assert!(validated(body(r#"{"id":"a","provider":"mock","models":[{"name":"m"},{"name":"m"}]}"#)).is_err());
+        assert!(validated(body(r#"{"id":"a","provider":"mock","models":[{"name":"m","price":{"input":-1}}]}"#))
+            .is_err());
+        let (ch, models) = validated(body(
+            r#"{"id":"a","provider":"openai","api_key":" sk-x ","base_url":"https://x.test/v1/","models":[{"name":" m "}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(ch.api_key.as_deref(), Some("sk-x"));
+        assert_eq!(ch.base_url.as_deref(), Some("https://x.test/v1"));
+        assert!(ch.enabled);
+        assert_eq!(models[0].name, "m");
+    }
+}

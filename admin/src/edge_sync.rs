@@ -1,0 +1,216 @@
+//! Pushing state to the edge worker over its signed internal API.
+//!
+//! After each change the admin pushes the affected key record
+//! (`PUT /internal/keys/{digest}`) or the whole routing config
+//! (`PUT /internal/routing`). Each request is signed with
+//! [`edgeway_core::internal_auth::sign`] over method, URL path, timestamp and
+//! body. A failed push never rolls back the change: the response says
+//! `edge_synced: false`, and a full sync (`POST /api/sync`, and once at start-up
+//! with retries) converges the edge, since every record carries a version and
+//! the edge ignores older ones.
+
+use crate::config::EdgeTarget;
+use crate::error::{ApiError, ApiResult};
+use crate::{channels, keys, now_secs, AppState};
+use axum::extract::State;
+use axum::Json;
+use edgeway_core::internal_auth::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use edgeway_core::key_record::KeyRecord;
+use edgeway_core::routing::RoutingConfig;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Time limit of one push.
+pub const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the start-up sync keeps retrying.
+pub const STARTUP_SYNC_WINDOW: Duration = Duration::from_secs(60);
+
+/// Why a push did not land.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The edge could not be reached (refused, timed out, TLS).
+    #[error("edge unreachable")]
+    Unreachable,
+    /// The edge answered with a non-success status.
+    #[error("edge answered {0}")]
+    Status(u16),
+    /// The request could not be built (bad URL, unserializable body).
+    #[error("push not built: {0}")]
+    Build(String),
+}
+
+/// A client of the edge's internal API.
+#[derive(Debug, Clone)]
+pub struct EdgeClient {
+    http: reqwest::Client,
+    target: EdgeTarget,
+}
+
+impl EdgeClient {
+    pub fn new(target: EdgeTarget) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(PUSH_TIMEOUT)
+            .connect_timeout(PUSH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self { http, target })
+    }
+
+    /// Signs and sends `PUT {EDGE_URL}{path}` with a JSON body.
+    async fn put_signed(&self, path: &str, body: Vec<u8>) -> Result<(), PushError> {
+        let url = reqwest::Url::parse(&format!("{}{}", self.target.url, path))
+            .map_err(|e| PushError::Build(e.to_string()))?;
+        let timestamp = now_secs();
+        // The signature covers the path the edge will see, prefix included.
+        let signature = sign(&self.target.secret, "PUT", url.path(), timestamp, &body);
+        let response = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
+            .header(SIGNATURE_HEADER, signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|_| PushError::Unreachable)?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(PushError::Status(status.as_u16()))
+        }
+    }
+
+    /// Pushes one key record.
+    pub async fn push_key(&self, record: &KeyRecord) -> Result<(), PushError> {
+        let body = serde_json::to_vec(record).map_err(|e| PushError::Build(e.to_string()))?;
+        let result = self.put_signed(&format!("/internal/keys/{}", record.digest), body).await;
+        if let Err(err) = &result {
+            tracing::warn!(
+                key = edgeway_core::api_key::digest_label(&record.digest),
+                version = record.version,
+                %err,
+                "key record push failed"
+            );
+        }
+        result
+    }
+
+    /// Pushes the whole routing configuration.
+    pub async fn push_routing(&self, config: &RoutingConfig) -> Result<(), PushError> {
+        let body = serde_json::to_vec(config).map_err(|e| PushError::Build(e.to_string()))?;
+        let result = self.put_signed("/internal/routing", body).await;
+        if let Err(err) = &result {
+            tracing::warn!(version = config.version, %err, "routing config push failed");
+        }
+        result
+    }
+}
+
+/// Pushes one key record if an edge is configured; whether it landed.
+pub async fn push_key_if_configured(state: &AppState, record: &KeyRecord) -> bool {
+    match state.edge() {
+        Some(edge) => edge.push_key(record).await.is_ok(),
+        None => false,
+    }
+}
+
+/// Pushes the routing config if an edge is configured; whether it landed.
+pub async fn push_routing_if_configured(state: &AppState, config: &RoutingConfig) -> bool {
+    match state.edge() {
+        Some(edge) => edge.push_routing(config).await.is_ok(),
+        None => false,
+    }
+}
+
+/// Outcome of a full sync.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Whether everything landed.
+    pub edge_synced: bool,
+    pub keys_pushed: usize,
+    pub keys_failed: usize,
+    pub routing_pushed: bool,
+    pub routing_version: u64,
+}
+
+/// Pushes the routing config and every key record. Stops early when the edge
+/// is unreachable, so a down edge costs one time-out, not one per key.
+pub async fn full_sync(state: &AppState, edge: &EdgeClient) -> ApiResult<SyncReport> {
+    let config = channels::load_routing_config_consistent(state.db()).await?;
+    let routing = edge.push_routing(&config).await;
+    let records = keys::all_key_records(state.db()).await?;
+    let mut report = SyncReport {
+        edge_synced: false,
+        keys_pushed: 0,
+        keys_failed: 0,
+        routing_pushed: routing.is_ok(),
+        routing_version: config.version,
+    };
+    if routing == Err(PushError::Unreachable) {
+        report.keys_failed = records.len();
+        return Ok(report);
+    }
+    for record in &records {
+        match edge.push_key(record).await {
+            Ok(()) => report.keys_pushed += 1,
+            Err(PushError::Unreachable) => {
+                report.keys_failed = records.len() - report.keys_pushed;
+                return Ok(report);
+            }
+            Err(_) => report.keys_failed += 1,
+        }
+    }
+    report.edge_synced = report.routing_pushed && report.keys_failed == 0;
+    Ok(report)
+}
+
+/// `POST /api/sync`: re-pushes every key record and the routing config.
+pub async fn sync_handler(State(state): State<AppState>) -> ApiResult<Json<SyncReport>> {
+    let edge = state
+        .edge()
+        .ok_or_else(|| ApiError::NotConfigured("edge sync is disabled: EDGE_URL is not set".into()))?;
+    let report = full_sync(&state, edge).await?;
+    if report.edge_synced {
+        tracing::info!(keys = report.keys_pushed, routing_version = report.routing_version, "edge synced");
+        Ok(Json(report))
+    } else {
+        Err(ApiError::EdgeSyncFailed(format!(
+            "edge sync incomplete: routing config {}, {} of {} key records pushed",
+            if report.routing_pushed { "pushed" } else { "not pushed" },
+            report.keys_pushed,
+            report.keys_pushed + report.keys_failed
+        )))
+    }
+}
+
+/// Runs a full sync in the background, retrying with exponential backoff
+/// (1 s, 2 s, 4 s, … capped at 15 s) for up to [`STARTUP_SYNC_WINDOW`].
+pub fn spawn_startup_sync(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
+    let edge = state.edge()?.clone();
+    Some(tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match full_sync(&state, &edge).await {
+                Ok(report) if report.edge_synced => {
+                    tracing::info!(keys = report.keys_pushed, "start-up edge sync complete");
+                    return;
+                }
+                Ok(report) => tracing::warn!(
+                    keys_pushed = report.keys_pushed,
+                    keys_failed = report.keys_failed,
+                    routing_pushed = report.routing_pushed,
+                    "start-up edge sync incomplete; retrying"
+                ),
+                Err(err) => tracing::warn!(%err, "start-up edge sync could not read the database; retrying"),
+            }
+            if started.elapsed() + delay > STARTUP_SYNC_WINDOW {
+                tracing::error!("start-up edge sync gave up; run POST /api/sync once the edge is up");
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(15));
+        }
+    }))
+}

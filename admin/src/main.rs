@@ -1,0 +1,78 @@
+//! `edgeway-admin`: reads the configuration from the environment, migrates
+//! the database, starts the background edge sync and serves the admin API.
+
+use edgeway_admin::config::{redact_url, Config};
+use edgeway_admin::db::Db;
+use edgeway_admin::{app, edge_sync, AppState};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let db = Db::connect(&config.database_url)
+        .await
+        .map_err(|e| format!("database {}: {e}", redact_url(&config.database_url)))?;
+    tracing::info!(database = db.backend.name(), url = %redact_url(&config.database_url), "database ready");
+    let state = AppState::new(db, &config).map_err(|e| format!("edge client: {e}"))?;
+    match state.edge() {
+        Some(_) => {
+            edge_sync::spawn_startup_sync(state.clone());
+        }
+        None => tracing::warn!("EDGE_URL is not set: changes are stored but not pushed to an edge"),
+    }
+    if state.internal_secret().is_none() {
+        tracing::warn!("EDGE_ADMIN_SECRET is not set: POST /internal/usage is disabled");
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    tracing::info!(listen = %config.listen, "edgeway-admin listening");
+    axum::serve(listener, app(state).await)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server: {e}"))
+}
+
+/// Log level from `RUST_LOG` when it is a plain level name, else `info`.
+fn init_tracing() {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.trim().parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt().with_max_level(level).with_target(false).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,170 @@
+//! Small helpers for reading client JSON with errors that name the field.
+
+use crate::error::GatewayError;
+use serde_json::{Map, Number, Value};
+
+/// A 400 naming `param`.
+pub(crate) fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
+    GatewayError::InvalidRequest { message: message.into(), param: Some(param.to_string()) }
+}
+
+/// The body as a JSON object, or a 400.
+pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, GatewayError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson { detail: e.to_string() })?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(GatewayError::InvalidRequest {
+            message: "The request body must be a JSON object.".into(),
+            param: None,
+        }),
+    }
+}
+
+/// Refuses any key of `obj` that is neither supported nor tolerated.
+/// `unsupported` keys get a message saying the gateway cannot translate them.
+pub(crate) fn check_fields(
+    obj: &Map<String, Value>,
+    supported: &[&str],
+    unsupported: &[&str],
+    path: &str,
+) -> Result<(), GatewayError> {
+    for key in obj.keys() {
+        let param = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        if unsupported.contains(&key.as_str()) {
+            if obj.get(key).is_some_and(is_default_value) {
+                continue;
+            }
+            return Err(invalid(
+                format!("`{param}` is not supported when edgeway translates this request to another provider's API."),
+                &param,
+            ));
+        }
+        if !supported.contains(&key.as_str()) {
+            return Err(invalid(format!("Unrecognized request argument supplied: `{param}`."), &param));
+        }
+    }
+    Ok(())
+}
+
+/// `null`, `false`, `0`, `""`, `[]` and `{}`: a parameter left at its default.
+pub(crate) fn is_default_value(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+/// Optional string field.
+pub(crate) fn opt_str<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<Option<&'a str>, GatewayError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(invalid(format!("`{}` must be a string.", join(path, key)), &join(path, key))),
+    }
+}
+
+/// Required string field.
+pub(crate) fn req_str<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a str, GatewayError> {
+    opt_str(obj, key, path)?
+        .ok_or_else(|| invalid(format!("Missing required parameter: `{}`.", join(path, key)), &join(path, key)))
+}
+
+/// Optional non-negative integer.
+pub(crate) fn opt_u64(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<u64>, GatewayError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            invalid(format!("`{}` must be a non-negative integer.", join(path, key)), &join(path, key))
+        }),
+    }
+}
+
+/// Optional integer.
+pub(crate) fn opt_i64(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<i64>, GatewayError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| invalid(format!("`{}` must be an integer.", join(path, key)), &join(path, key))),
+    }
+}
+
+/// Optional number, kept exactly as written.
+pub(crate) fn opt_number(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<Number>, GatewayError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(Some(n.clone())),
+        Some(_) => Err(invalid(format!("`{}` must be a number.", join(path, key)), &join(path, key))),
+    }
+}
+
+/// Optional boolean.
+pub(crate) fn opt_bool(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<bool>, GatewayError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(invalid(format!("`{}` must be a boolean.", join(path, key)), &join(path, key))),
+    }
+}
+
+/// Optional object.
+pub(crate) fn opt_object<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<&'a Map<String, Value>>, GatewayError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(_) => Err(invalid(format!("`{}` must be an object.", join(path, key)), &join(path, key))),
+    }
+}
+
+/// Optional array.
+pub(crate) fn opt_array<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<&'a Vec<Value>>, GatewayError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => Ok(Some(a)),
+        Some(_) => Err(invalid(format!("`{}` must be an array.", join(path, key)), &join(path, key))),
+    }
+}
+
+/// `value` as an object, or a 400 naming `path`.
+pub(crate) fn as_object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, GatewayError> {
+    value.as_object().ok_or_else(|| invalid(format!("`{path}` must be an object."), path))
+}
+
+/// `path.key`, or `key` at the top level.
+pub(crate) fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// A string field of an untrusted upstream JSON value, or "".
+pub(crate) fn str_at<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// A non-negative integer field of an untrusted upstream JSON value, or 0.
+pub(crate) fn u64_at(value: &Value, key: &str) -> u64 {
+    value.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Serializes a value built by the gateway. Serializing a `Value` cannot
+/// fail; an empty body would be the (unreachable) fallback.
+pub(crate) fn to_bytes(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}

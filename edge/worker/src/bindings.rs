@@ -1,0 +1,32 @@
+//! Names of the bindings declared in `wrangler.toml`, and typed access to them.
+
+use worker::Env;
+
+/// KV namespace with key records (`key:<digest>`) and config (`config:routing`).
+pub const KV: &str = "EDGEWAY_KV";
+/// Durable Object namespace of per-key accounts.
+pub const KEY_ACCOUNT: &str = "KEY_ACCOUNT";
+/// D1 database with usage rows.
+pub const USAGE_DB: &str = "USAGE_DB";
+/// Queue carrying usage events.
+pub const USAGE_QUEUE: &str = "USAGE_QUEUE";
+/// Secret shared with the admin service for the internal API.
+pub const EDGE_ADMIN_SECRET: &str = "EDGE_ADMIN_SECRET";
+/// Optional: largest accepted request body, bytes.
+pub const MAX_BODY_BYTES: &str = "MAX_BODY_BYTES";
+/// Optional: default upstream time limit for response headers, ms.
+pub const UPSTREAM_TIMEOUT_MS: &str = "UPSTREAM_TIMEOUT_MS";
+
+/// A plain-text var or secret, if set and non-empty.
+pub fn text(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(name).map(|v| v.to_string()))
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A numeric var, or `default`.
+pub fn number(env: &Env, name: &str, default: u64) -> u64 {
+    text(env, name).and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
