@@ -1,0 +1,140 @@
+// Starts the real stack for end-to-end tests: the mock upstream (the outside
+// world), the admin service binary, and the built worker under `wrangler dev`
+// with local KV, D1, Durable Objects and Queues in a fresh temporary state
+// directory. Configuration goes in through the admin API, as an operator's would.
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import net from 'node:net';
+import { createMockUpstream } from '../mock-upstream/server.mjs';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+export const CANARY_PROVIDER_KEY = 'sk-canary-provider-secret-7f3a9c1e5b';
+
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
+}
+
+async function waitFor(url, timeoutMs, proc, name) {
+  const start = Date.now();
+  for (;;) {
+    if (proc && proc.exitCode !== null) throw new Error(`${name} exited with ${proc.exitCode}:\n${proc.logs?.join('') ?? ''}`);
+    try {
+      const r = await fetch(url);
+      if (r.status < 500) return;
+    } catch {}
+    if (Date.now() - start > timeoutMs) throw new Error(`${name} not ready at ${url} after ${timeoutMs} ms:\n${proc?.logs?.join('').slice(-4000) ?? ''}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+function start(name, cmd, args, env, cwd = ROOT) {
+  const proc = spawn(cmd, args, { cwd, env: { ...process.env, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  proc.logs = [];
+  const keep = (d) => { proc.logs.push(d.toString()); if (proc.logs.length > 400) proc.logs.shift(); };
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
+  proc.name = name;
+  return proc;
+}
+
+function stopProc(proc) {
+  if (!proc || proc.exitCode !== null) return;
+  try { process.kill(-proc.pid, 'SIGTERM'); } catch {}
+}
+
+export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs = 1500 } = {}) {
+  const state = mkdtempSync(path.join(tmpdir(), 'edgeway-e2e-'));
+  const mock = createMockUpstream();
+  const mockPort = await freePort();
+  await new Promise((r) => mock.server.listen(mockPort, '127.0.0.1', r));
+  const mockUrl = `http://127.0.0.1:${mockPort}`;
+
+  const secret = `e2e-edge-secret-${Math.random().toString(36).slice(2)}-0000`;
+  const adminToken = `e2e-admin-token-${Math.random().toString(36).slice(2)}-0000`;
+  const workerPort = await freePort();
+  const inspectorPort = await freePort();
+  const adminPort = await freePort();
+  const gatewayUrl = `http://127.0.0.1:${workerPort}`;
+  const adminUrl = `http://127.0.0.1:${adminPort}`;
+
+  const wranglerEnv = { CI: 'true', WRANGLER_SEND_METRICS: 'false', NO_UPDATE_NOTIFIER: '1' };
+  execFileSync('wrangler', ['d1', 'migrations', 'apply', 'USAGE_DB', '--local', '--persist-to', state], {
+    cwd: ROOT, env: { ...process.env, ...wranglerEnv }, stdio: 'pipe',
+  });
+  const worker = start('wrangler', 'wrangler', [
+    'dev', '--ip', '127.0.0.1', '--port', String(workerPort), '--inspector-port', String(inspectorPort),
+    '--persist-to', state, '--log-level', 'warn', '--show-interactive-dev-session=false',
+    '--var', `EDGE_ADMIN_SECRET:${secret}`,
+    '--var', `MAX_BODY_BYTES:${maxBodyBytes}`,
+    '--var', `UPSTREAM_TIMEOUT_MS:${upstreamTimeoutMs}`,
+  ], wranglerEnv);
+
+  const adminBin = path.join(ROOT, 'target', 'debug', 'edgeway-admin');
+  if (!existsSync(adminBin)) throw new Error(`admin binary missing at ${adminBin}: run cargo build -p edgeway-admin`);
+  const admin = start('admin', adminBin, [], {
+    DATABASE_URL: `sqlite://${path.join(state, 'admin.sqlite')}?mode=rwc`,
+    ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+    ADMIN_TOKEN: adminToken,
+    EDGE_URL: gatewayUrl,
+    EDGE_ADMIN_SECRET: secret,
+    RUST_LOG: 'warn',
+  });
+
+  const stack = {
+    state, gatewayUrl, adminUrl, adminToken, mockUrl, mock, worker, admin, keys: {},
+    async adminApi(method, route, body) {
+      const r = await fetch(`${adminUrl}${route}`, {
+        method,
+        headers: { authorization: `Bearer ${adminToken}`, 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      const text = await r.text();
+      let json = null;
+      try { json = JSON.parse(text); } catch {}
+      if (!r.ok) throw new Error(`admin ${method} ${route} → ${r.status}: ${text}`);
+      return json;
+    },
+    async mockStats() { return (await fetch(`${mockUrl}/__stats`)).json(); },
+    async mockLast() { return (await fetch(`${mockUrl}/__last`)).json(); },
+    logs() { return worker.logs.join('') + admin.logs.join(''); },
+    async stop() {
+      stopProc(worker);
+      stopProc(admin);
+      await new Promise((r) => mock.server.close(r));
+      mock.server.closeAllConnections?.();
+      if (!process.env.KEEP_E2E_STATE) rmSync(state, { recursive: true, force: true });
+    },
+  };
+  try {
+    await waitFor(`${gatewayUrl}/health`, 90_000, worker, 'wrangler dev');
+    await waitFor(`${adminUrl}/health`, 30_000, admin, 'admin');
+    const upstreamModels = ['gpt-test', 'paced-100', 'fail-500', 'fail-429', 'fail-400', 'fail-401-echo', 'hang', 'cut-stream', 'no-usage', 'zero-usage'];
+    const price = { input: 1_000_000, output: 2_000_000 };
+    await stack.adminApi('POST', '/api/channels', {
+      id: 'mock-upstream',
+      provider: 'openai-compatible',
+      base_url: `${mockUrl}/v1`,
+      api_key: CANARY_PROVIDER_KEY,
+      timeout_ms: upstreamTimeoutMs,
+      models: upstreamModels.map((m) => ({ name: m === 'gpt-test' ? 'gpt-test' : `up-${m}`, upstream_model: m, price })),
+    });
+    await stack.adminApi('POST', '/api/channels', {
+      id: 'builtin-mock', provider: 'mock', models: [{ name: 'mock-1', price }],
+    });
+    stack.keys.main = (await stack.adminApi('POST', '/api/keys', { name: 'e2e main' })).key;
+    stack.keys.restricted = (await stack.adminApi('POST', '/api/keys', { name: 'e2e restricted', allowed_models: ['mock-1'] })).key;
+  } catch (e) {
+    await stack.stop();
+    throw e;
+  }
+  return stack;
+}

@@ -1,0 +1,132 @@
+// A mock model provider speaking OpenAI's Chat Completions format, for the
+// end-to-end tests and the benchmarks. It stands where the outside world is.
+//
+// Behaviour is chosen by the *upstream* model name the gateway sends, so a
+// test selects it through channel configuration, exactly as an operator would:
+//   <any>               normal completion (deterministic), streaming with 8 deltas
+//   fail-500            HTTP 500 with a JSON error body
+//   fail-429            HTTP 429
+//   fail-401-echo       HTTP 401 whose message echoes the Authorization header (a leaky provider)
+//   fail-400            HTTP 400 invalid_request_error
+//   hang                never answers (until the client gives up)
+//   cut-stream          streams two deltas, then closes without finish_reason or [DONE]
+//   no-usage            never reports usage
+//   zero-usage          reports usage of exactly zero tokens
+//   paced-<ms>          streams deltas every <ms> milliseconds
+//   slow-<ms>           waits <ms> before answering
+// Control endpoints: GET /__stats (requests, in-flight, max in-flight), GET /__last (last
+// request body and headers minus credentials), POST /__reset.
+import http from 'node:http';
+
+export function createMockUpstream() {
+  const stats = { requests: 0, inFlight: 0, maxInFlight: 0, byModel: {} };
+  let last = null;
+
+  const completion = (model, text, usage) => ({
+    id: 'chatcmpl-upstream-1', object: 'chat.completion', created: 1700000000, model,
+    choices: [{ index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: 'stop' }],
+    ...(usage === undefined ? {} : { usage }),
+  });
+  const chunk = (model, delta, finish = null, withUsageNull = false) => ({
+    id: 'chatcmpl-upstream-1', object: 'chat.completion.chunk', created: 1700000000, model,
+    choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+    ...(withUsageNull ? { usage: null } : {}),
+  });
+  const WORDS = ['Hello', ' from', ' the', ' mock', ' upstream', ' over', ' SSE', '.'];
+  const usageFor = (model) =>
+    model === 'zero-usage'
+      ? { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 }
+      : { prompt_tokens: 11, completion_tokens: 8, total_tokens: 19, prompt_tokens_details: { cached_tokens: 3 }, completion_tokens_details: { reasoning_tokens: 0 } };
+
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  const server = http.createServer(async (req, res) => {
+    if (req.method === 'GET' && req.url === '/__stats') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify(stats));
+    }
+    if (req.method === 'GET' && req.url === '/__last') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify(last));
+    }
+    if (req.method === 'POST' && req.url === '/__reset') {
+      Object.assign(stats, { requests: 0, inFlight: 0, maxInFlight: 0, byModel: {} });
+      last = null;
+      res.writeHead(204);
+      return res.end();
+    }
+    if (req.method === 'GET' && req.url.endsWith('/models')) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ object: 'list', data: [{ id: 'mock-upstream', object: 'model', owned_by: 'mock' }] }));
+    }
+    if (req.method !== 'POST' || !req.url.endsWith('/chat/completions')) {
+      res.writeHead(404, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ error: { message: 'not found' } }));
+    }
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    let body;
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch {
+      res.writeHead(400, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ error: { message: 'bad json', type: 'invalid_request_error' } }));
+    }
+    const model = String(body.model ?? '');
+    const headers = { ...req.headers };
+    const authorization = headers.authorization;
+    delete headers.authorization;
+    last = { body, headers, hadAuthorization: Boolean(authorization) };
+    stats.requests += 1;
+    stats.byModel[model] = (stats.byModel[model] ?? 0) + 1;
+    stats.inFlight += 1;
+    stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
+    let released = false;
+    const release = () => { if (!released) { released = true; stats.inFlight -= 1; } };
+    res.on('close', release);
+
+    if (model === 'hang') return; // never answer
+    const slow = /^slow-(\d+)$/.exec(model);
+    if (slow) await sleep(Number(slow[1]));
+    const fail = /^fail-(\d+)/.exec(model);
+    if (fail) {
+      const status = Number(fail[1]);
+      const message = model === 'fail-401-echo'
+        ? `Incorrect API key provided: ${String(authorization ?? '').replace(/^Bearer /, '')}`
+        : `mock upstream failure ${status}`;
+      res.writeHead(status, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ error: { message, type: status === 400 ? 'invalid_request_error' : 'server_error' } }));
+    }
+    const usage = model === 'no-usage' ? undefined : usageFor(model);
+    if (!body.stream) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify(completion(model, WORDS.join(''), usage)));
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    const wantsUsage = body.stream_options?.include_usage === true;
+    const send = (obj) => res.write(`data: ${JSON.stringify(obj)}\n\n`);
+    const paced = /^paced-(\d+)$/.exec(model);
+    const gap = paced ? Number(paced[1]) : 0;
+    send(chunk(model, { role: 'assistant', content: '' }, null, wantsUsage));
+    const words = model === 'cut-stream' ? WORDS.slice(0, 2) : WORDS;
+    for (const w of words) {
+      if (gap) await sleep(gap);
+      if (res.destroyed) return;
+      send(chunk(model, { content: w }, null, wantsUsage));
+    }
+    if (model === 'cut-stream') return res.end();
+    send(chunk(model, {}, 'stop', wantsUsage));
+    if (wantsUsage && usage) send({ id: 'chatcmpl-upstream-1', object: 'chat.completion.chunk', created: 1700000000, model, choices: [], usage });
+    res.end('data: [DONE]\n\n');
+  });
+  server.keepAliveTimeout = 60_000;
+  server.on('connection', (socket) => socket.setNoDelay(true));
+  return { server, stats };
+}
+
+// Run standalone: node tests/mock-upstream/server.mjs [port]
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const port = Number(process.argv[2] ?? 9901);
+  const { server } = createMockUpstream();
+  server.listen(port, '127.0.0.1', () => console.log(`mock upstream on http://127.0.0.1:${port}/v1`));
+}
