@@ -13,7 +13,8 @@ use edgeway_core::error::{upstream_error_message, GatewayError};
 use edgeway_core::key_record::KeyRecord;
 use edgeway_core::limits::{DEFAULT_MAX_BODY_BYTES, DEFAULT_UPSTREAM_TIMEOUT_MS, MAX_UPSTREAM_BODY_BYTES};
 use edgeway_core::openai_relay::{
-    models_list, parse_chat_request, response_content_bytes, response_usage, ChatStreamTap, PreparedChat, StreamSummary,
+    models_list, parse_chat_request, response_content_bytes, response_usage, ChatStreamTap, PreparedChat,
+    StreamSummary,
 };
 use edgeway_core::pricing::ModelPrice;
 use edgeway_core::provider::ProviderDialect;
@@ -80,18 +81,35 @@ struct Served {
     upstream_model: String,
 }
 
+/// How a request ended, as far as billing is concerned.
+struct Ending<'a> {
+    status: u16,
+    outcome: RequestOutcome,
+    reported: Option<&'a OpenAiUsage>,
+    upstream_succeeded: bool,
+    content_bytes: usize,
+    ttft_ms: Option<u64>,
+}
+
+impl Ending<'_> {
+    /// Failed before any upstream produced output: billed nothing.
+    fn failed(status: u16) -> Self {
+        Self {
+            status,
+            outcome: RequestOutcome::Failed,
+            reported: None,
+            upstream_succeeded: false,
+            content_bytes: 0,
+            ttft_ms: None,
+        }
+    }
+}
+
 impl Metering {
-    fn event(
-        &self,
-        served: &Served,
-        status: u16,
-        outcome: RequestOutcome,
-        reported: Option<&OpenAiUsage>,
-        upstream_succeeded: bool,
-        content_bytes: usize,
-        ttft_ms: Option<u64>,
-    ) -> UsageEvent {
-        let (usage, usage_source) = settle_usage(reported, upstream_succeeded, self.estimated_prompt_tokens, content_bytes);
+    fn event(&self, served: &Served, ending: Ending<'_>) -> UsageEvent {
+        let Ending { status, outcome, reported, upstream_succeeded, content_bytes, ttft_ms } = ending;
+        let (usage, usage_source) =
+            settle_usage(reported, upstream_succeeded, self.estimated_prompt_tokens, content_bytes);
         let ended = now_ms();
         UsageEvent {
             request_id: self.request_id.clone(),
@@ -125,8 +143,9 @@ impl Metering {
 pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Result<Response, GatewayError> {
     let started_ms = now_ms();
     let record = authenticate(&req, env).await?;
-    let limit = usize::try_from(bindings::number(env, bindings::MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES as u64))
-        .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    let limit =
+        usize::try_from(bindings::number(env, bindings::MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES as u64))
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
     let body = read_body_limited(&mut req, limit).await?;
     let prepared = parse_chat_request(&body)?;
     drop(body);
@@ -153,7 +172,7 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Result<Respon
     let (reply, served, secrets) = match forward(&prepared, &candidates, env, started_ms).await {
         Ok(ok) => ok,
         Err((error, served)) => {
-            let event = metering.event(&served, error.status(), RequestOutcome::Failed, None, false, 0, None);
+            let event = metering.event(&served, Ending::failed(error.status()));
             ctx.wait_until(metering.settle(event));
             return Err(error);
         }
@@ -169,7 +188,7 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Result<Respon
         let body = match upstream::read_all(reply.body, MAX_UPSTREAM_BODY_BYTES).await {
             Ok(body) => body,
             Err(error) => {
-                let event = metering.event(&served, error.status(), RequestOutcome::Failed, None, false, 0, None);
+                let event = metering.event(&served, Ending::failed(error.status()));
                 ctx.wait_until(metering.settle(event));
                 return Err(error);
             }
@@ -177,16 +196,20 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Result<Respon
         let usage = response_usage(&body);
         let event = metering.event(
             &served,
-            200,
-            RequestOutcome::Completed,
-            usage.as_ref(),
-            true,
-            response_content_bytes(&body),
-            None,
+            Ending {
+                status: 200,
+                outcome: RequestOutcome::Completed,
+                reported: usage.as_ref(),
+                upstream_succeeded: true,
+                content_bytes: response_content_bytes(&body),
+                ttft_ms: None,
+            },
         );
         ctx.wait_until(metering.settle(event));
         set("content-type", "application/json")?;
-        return Response::from_bytes(body).map(|r| r.with_headers(headers)).map_err(|_| GatewayError::Internal);
+        return Response::from_bytes(body)
+            .map(|r| r.with_headers(headers))
+            .map_err(|_| GatewayError::Internal);
     }
 
     set("content-type", "text/event-stream; charset=utf-8")?;
@@ -209,12 +232,14 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Result<Respon
         let status = if end.outcome == RequestOutcome::Failed { 502 } else { 200 };
         let event = metering.event(
             &served,
-            status,
-            end.outcome,
-            end.summary.usage.as_ref(),
-            end.summary.first_content_sent || end.summary.completed(),
-            end.summary.content_bytes,
-            end.ttft_ms,
+            Ending {
+                status,
+                outcome: end.outcome,
+                reported: end.summary.usage.as_ref(),
+                upstream_succeeded: end.summary.first_content_sent || end.summary.completed(),
+                content_bytes: end.summary.content_bytes,
+                ttft_ms: end.ttft_ms,
+            },
         );
         metering.settle(event).await;
     });
@@ -242,13 +267,17 @@ async fn forward(
         let credential = upstream::channel_credential(candidate.channel, env);
         let secrets: Vec<String> = credential.iter().cloned().collect();
         let attempt = match candidate.provider.dialect {
-            ProviderDialect::Mock => {
-                Ok(mock_upstream::reply(prepared, candidate.upstream_model, candidate.channel.mock.unwrap_or_default(), now)
-                    .await)
-            }
+            ProviderDialect::Mock => Ok(mock_upstream::reply(
+                prepared,
+                candidate.upstream_model,
+                candidate.channel.mock.unwrap_or_default(),
+                now,
+            )
+            .await),
             ProviderDialect::OpenAiChat => {
                 let url = format!("{}/chat/completions", candidate.base_url.trim_end_matches('/'));
-                let body = prepared.upstream_body(candidate.upstream_model, candidate.provider.stream_usage_option);
+                let body =
+                    prepared.upstream_body(candidate.upstream_model, candidate.provider.stream_usage_option);
                 let timeout = candidate.channel.timeout_ms.unwrap_or(default_timeout);
                 upstream::post_json(&url, candidate.provider, credential.as_deref(), body, timeout).await
             }
@@ -277,7 +306,8 @@ async fn forward(
             }
             Err(error) => {
                 worker::console_warn!("channel {} failed: {error}", served.channel);
-                let retryable = matches!(error, GatewayError::UpstreamUnavailable | GatewayError::UpstreamTimeout);
+                let retryable =
+                    matches!(error, GatewayError::UpstreamUnavailable | GatewayError::UpstreamTimeout);
                 last = (error, served);
                 if !retryable {
                     break;
@@ -309,7 +339,11 @@ struct TappedStream {
 impl TappedStream {
     fn report(&mut self, outcome: RequestOutcome) {
         if let Some(sender) = self.end.take() {
-            let _ = sender.send(StreamEnd { summary: self.tap.summary().clone(), outcome, ttft_ms: self.ttft_ms });
+            let _ = sender.send(StreamEnd {
+                summary: self.tap.summary().clone(),
+                outcome,
+                ttft_ms: self.ttft_ms,
+            });
         }
     }
 
@@ -322,7 +356,8 @@ impl TappedStream {
     fn close(&mut self) -> Vec<u8> {
         let tail = self.tap.finish();
         self.upstream = None;
-        let outcome = if self.tap.summary().completed() { RequestOutcome::Completed } else { RequestOutcome::Failed };
+        let outcome =
+            if self.tap.summary().completed() { RequestOutcome::Completed } else { RequestOutcome::Failed };
         self.report(outcome);
         tail
     }
