@@ -23,4 +23,5 @@ pub mod pricing;
 pub mod provider;
 pub mod routing;
 pub mod sse;
+pub mod translate;
 pub mod usage;

@@ -53,13 +53,21 @@ pub enum ContentPart {
         cache_control: Option<Value>,
     },
     /// Base64 audio with its format (`wav`, `mp3`).
-    Audio { data: String, format: String },
+    Audio {
+        data: String,
+        format: String,
+    },
     /// Model reasoning. `signature` is the provider's opaque proof (Anthropic
     /// `signature`, Gemini `thoughtSignature`, Responses `encrypted_content`).
     /// An empty `text` with a signature carries a signature alone.
-    Thinking { text: String, signature: Option<String> },
+    Thinking {
+        text: String,
+        signature: Option<String>,
+    },
     /// Anthropic `redacted_thinking`: opaque, passed back unchanged.
-    RedactedThinking { data: String },
+    RedactedThinking {
+        data: String,
+    },
     /// A call the model made.
     ToolCall {
         id: String,
@@ -239,18 +247,32 @@ pub struct CanonicalResponse {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
     /// The upstream started the message.
-    Start { id: Option<String>, model: Option<String> },
+    Start {
+        id: Option<String>,
+        model: Option<String>,
+    },
     TextDelta(String),
     ThinkingDelta(String),
     /// Signature closing the current thinking block.
     ThinkingSignature(String),
     RedactedThinking(String),
-    ToolCallStart { tool_index: usize, id: String, name: String, signature: Option<String> },
-    ToolCallArguments { tool_index: usize, fragment: String },
+    ToolCallStart {
+        tool_index: usize,
+        id: String,
+        name: String,
+        signature: Option<String>,
+    },
+    ToolCallArguments {
+        tool_index: usize,
+        fragment: String,
+    },
     /// Usage so far, cumulative (replaces earlier snapshots).
     Usage(TokenUsage),
     /// The model finished; more usage may still follow.
-    Finish { reason: FinishReason, stop_sequence: Option<String> },
+    Finish {
+        reason: FinishReason,
+        stop_sequence: Option<String>,
+    },
     /// The upstream failed mid-stream.
     Error(GatewayError),
     /// The upstream's own end marker (`[DONE]`, `message_stop`).

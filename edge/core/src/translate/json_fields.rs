@@ -60,7 +60,11 @@ pub(crate) fn is_default_value(value: &Value) -> bool {
 }
 
 /// Optional string field.
-pub(crate) fn opt_str<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<Option<&'a str>, GatewayError> {
+pub(crate) fn opt_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<&'a str>, GatewayError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -69,9 +73,14 @@ pub(crate) fn opt_str<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) ->
 }
 
 /// Required string field.
-pub(crate) fn req_str<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a str, GatewayError> {
-    opt_str(obj, key, path)?
-        .ok_or_else(|| invalid(format!("Missing required parameter: `{}`.", join(path, key)), &join(path, key)))
+pub(crate) fn req_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a str, GatewayError> {
+    opt_str(obj, key, path)?.ok_or_else(|| {
+        invalid(format!("Missing required parameter: `{}`.", join(path, key)), &join(path, key))
+    })
 }
 
 /// Optional non-negative integer.
@@ -96,7 +105,11 @@ pub(crate) fn opt_i64(obj: &Map<String, Value>, key: &str, path: &str) -> Result
 }
 
 /// Optional number, kept exactly as written.
-pub(crate) fn opt_number(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<Number>, GatewayError> {
+pub(crate) fn opt_number(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<Number>, GatewayError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(Some(n.clone())),
@@ -105,7 +118,11 @@ pub(crate) fn opt_number(obj: &Map<String, Value>, key: &str, path: &str) -> Res
 }
 
 /// Optional boolean.
-pub(crate) fn opt_bool(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<bool>, GatewayError> {
+pub(crate) fn opt_bool(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<bool>, GatewayError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),

@@ -36,7 +36,8 @@ pub fn check_base64(data: &str, param: &str) -> Result<(), GatewayError> {
             param,
         ));
     }
-    let valid = data.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'));
+    let valid =
+        data.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'));
     if !valid {
         return Err(invalid(format!("`{param}` is not valid base64 data."), param));
     }
@@ -54,7 +55,10 @@ pub fn parse_data_uri(uri: &str, param: &str) -> Result<(String, String), Gatewa
     let mut fields = header.split(';');
     let media_type = fields.next().unwrap_or("").trim().to_ascii_lowercase();
     if !fields.any(|f| f.eq_ignore_ascii_case("base64")) {
-        return Err(invalid(format!("`{param}` must be a base64 data URI (`data:<type>;base64,...`)."), param));
+        return Err(invalid(
+            format!("`{param}` must be a base64 data URI (`data:<type>;base64,...`)."),
+            param,
+        ));
     }
     if media_type.is_empty() {
         return Err(invalid(format!("`{param}` has no media type."), param));
@@ -231,7 +235,12 @@ mod tests {
         ] {
             assert!(check_public_url(url, "u").is_err(), "{url} should be refused");
         }
-        for url in ["https://example.com/cat.png", "http://8.8.8.8/a.jpg", "https://[2606:4700::1]/x", "https://cdn.example.org:8443/a?b=c"] {
+        for url in [
+            "https://example.com/cat.png",
+            "http://8.8.8.8/a.jpg",
+            "https://[2606:4700::1]/x",
+            "https://cdn.example.org:8443/a?b=c",
+        ] {
             assert!(check_public_url(url, "u").is_ok(), "{url} should pass");
         }
     }

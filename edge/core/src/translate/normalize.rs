@@ -159,7 +159,9 @@ mod tests {
             .content
             .iter()
             .map(|p| match p {
-                ContentPart::ToolResult { tool_call_id, is_error, .. } => format!("{tool_call_id}:{is_error}"),
+                ContentPart::ToolResult { tool_call_id, is_error, .. } => {
+                    format!("{tool_call_id}:{is_error}")
+                }
                 ContentPart::Text { text, .. } => text.clone(),
                 _ => String::new(),
             })

@@ -2,7 +2,7 @@
 
 use super::canonical::*;
 use super::json_fields::*;
-use super::media::{audio_format, check_base64, data_uri, parse_data_uri, source_from_url_or_data};
+use super::media::{check_base64, data_uri, parse_data_uri, source_from_url_or_data};
 use super::normalize::{normalize_messages, tool_result_text};
 use super::reasoning::{effort_for, effort_word, parse_effort};
 use super::stream::{ClientRenderer, UpstreamParser};
@@ -54,7 +54,8 @@ pub(crate) fn parse_request(body: &[u8]) -> Result<CanonicalRequest, GatewayErro
     let mut req = CanonicalRequest { model: req_str(&obj, "model", "")?.to_string(), ..Default::default() };
     req.stream = opt_bool(&obj, "stream", "")?.unwrap_or(false);
     if let Some(options) = opt_object(&obj, "stream_options", "")? {
-        req.stream_include_usage = req.stream && opt_bool(options, "include_usage", "stream_options")? == Some(true);
+        req.stream_include_usage =
+            req.stream && opt_bool(options, "include_usage", "stream_options")? == Some(true);
     }
     if let Some(modalities) = opt_array(&obj, "modalities", "")? {
         if modalities.iter().any(|m| m.as_str() != Some("text")) {
@@ -72,12 +73,16 @@ pub(crate) fn parse_request(body: &[u8]) -> Result<CanonicalRequest, GatewayErro
     req.seed = opt_i64(&obj, "seed", "")?;
     req.presence_penalty = opt_number(&obj, "presence_penalty", "")?.filter(|n| n.as_f64() != Some(0.0));
     req.frequency_penalty = opt_number(&obj, "frequency_penalty", "")?.filter(|n| n.as_f64() != Some(0.0));
-    req.logprobs = opt_bool(&obj, "logprobs", "")?.unwrap_or(false) || opt_u64(&obj, "top_logprobs", "")?.unwrap_or(0) > 0;
+    req.logprobs = opt_bool(&obj, "logprobs", "")?.unwrap_or(false)
+        || opt_u64(&obj, "top_logprobs", "")?.unwrap_or(0) > 0;
     req.user = opt_str(&obj, "user", "")?.or(opt_str(&obj, "safety_identifier", "")?).map(str::to_string);
     req.stop_sequences = parse_stop(obj.get("stop"))?;
     if let Some(word) = opt_str(&obj, "reasoning_effort", "")? {
         req.reasoning = Some(parse_effort(word).ok_or_else(|| {
-            invalid(format!("`reasoning_effort` must be none, minimal, low, medium or high, not `{word}`."), "reasoning_effort")
+            invalid(
+                format!("`reasoning_effort` must be none, minimal, low, medium or high, not `{word}`."),
+                "reasoning_effort",
+            )
         })?);
     }
     if let Some(format) = opt_object(&obj, "response_format", "")? {
@@ -92,7 +97,9 @@ pub(crate) fn parse_request(body: &[u8]) -> Result<CanonicalRequest, GatewayErro
     req.parallel_tool_calls = opt_bool(&obj, "parallel_tool_calls", "")?;
     let messages = match obj.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
-        Some(Value::Array(_)) => return Err(invalid("`messages` must contain at least one message.", "messages")),
+        Some(Value::Array(_)) => {
+            return Err(invalid("`messages` must contain at least one message.", "messages"))
+        }
         Some(_) => return Err(invalid("`messages` must be an array.", "messages")),
         None => return Err(invalid("Missing required parameter: `messages`.", "messages")),
     };
@@ -108,7 +115,11 @@ fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, GatewayError> {
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|s| s.as_str().map(str::to_string).ok_or_else(|| invalid("`stop` must be a string or an array of strings.", "stop")))
+            .map(|s| {
+                s.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| invalid("`stop` must be a string or an array of strings.", "stop"))
+            })
             .collect(),
         Some(_) => Err(invalid("`stop` must be a string or an array of strings.", "stop")),
     }
@@ -119,15 +130,22 @@ pub(crate) fn parse_response_format(format: &Map<String, Value>) -> Result<Respo
         "text" => Ok(ResponseFormat::Text),
         "json_object" => Ok(ResponseFormat::JsonObject),
         "json_schema" => {
-            let spec = opt_object(format, "json_schema", "response_format")?
-                .ok_or_else(|| invalid("Missing required parameter: `response_format.json_schema`.", "response_format.json_schema"))?;
+            let spec = opt_object(format, "json_schema", "response_format")?.ok_or_else(|| {
+                invalid(
+                    "Missing required parameter: `response_format.json_schema`.",
+                    "response_format.json_schema",
+                )
+            })?;
             Ok(ResponseFormat::JsonSchema {
                 name: opt_str(spec, "name", "response_format.json_schema")?.unwrap_or("response").to_string(),
                 schema: spec.get("schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
                 strict: opt_bool(spec, "strict", "response_format.json_schema")?,
             })
         }
-        other => Err(invalid(format!("`response_format.type` `{other}` is not supported."), "response_format.type")),
+        other => Err(invalid(
+            format!("`response_format.type` `{other}` is not supported."),
+            "response_format.type",
+        )),
     }
 }
 
@@ -136,15 +154,22 @@ fn parse_tool(tool: &Value, i: usize) -> Result<ToolDefinition, GatewayError> {
     let obj = as_object(tool, &path)?;
     let kind = opt_str(obj, "type", &path)?.unwrap_or("function");
     if kind != "function" {
-        return Err(invalid(format!("Tool type `{kind}` cannot be translated; only `function` tools can."), &format!("{path}.type")));
+        return Err(invalid(
+            format!("Tool type `{kind}` cannot be translated; only `function` tools can."),
+            &format!("{path}.type"),
+        ));
     }
-    let function = opt_object(obj, "function", &path)?
-        .ok_or_else(|| invalid(format!("Missing required parameter: `{path}.function`."), &format!("{path}.function")))?;
+    let function = opt_object(obj, "function", &path)?.ok_or_else(|| {
+        invalid(format!("Missing required parameter: `{path}.function`."), &format!("{path}.function"))
+    })?;
     let fpath = format!("{path}.function");
     Ok(ToolDefinition {
         name: req_str(function, "name", &fpath)?.to_string(),
         description: opt_str(function, "description", &fpath)?.map(str::to_string),
-        parameters: function.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        parameters: function
+            .get("parameters")
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
         strict: opt_bool(function, "strict", &fpath)?,
         cache_control: None,
     })
@@ -159,11 +184,10 @@ fn parse_tool_choice(choice: &Value) -> Result<ToolChoice, GatewayError> {
             other => Err(invalid(format!("`tool_choice` `{other}` is not valid."), "tool_choice")),
         },
         Value::Object(obj) => {
-            let name = obj
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("`tool_choice.function.name` is required.", "tool_choice.function.name"))?;
+            let name =
+                obj.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).ok_or_else(|| {
+                    invalid("`tool_choice.function.name` is required.", "tool_choice.function.name")
+                })?;
             Ok(ToolChoice::Tool(name.to_string()))
         }
         _ => Err(invalid("`tool_choice` must be a string or an object.", "tool_choice")),
@@ -201,18 +225,24 @@ fn parse_message(message: &Value, i: usize, req: &mut CanonicalRequest) -> Resul
                 for (j, call) in calls.iter().enumerate() {
                     let cpath = format!("{path}.tool_calls[{j}]");
                     let call = as_object(call, &cpath)?;
-                    let function = opt_object(call, "function", &cpath)?
-                        .ok_or_else(|| invalid(format!("`{cpath}.function` is required."), &format!("{cpath}.function")))?;
+                    let function = opt_object(call, "function", &cpath)?.ok_or_else(|| {
+                        invalid(format!("`{cpath}.function` is required."), &format!("{cpath}.function"))
+                    })?;
                     content.push(ContentPart::ToolCall {
                         id: req_str(call, "id", &cpath)?.to_string(),
                         name: req_str(function, "name", &format!("{cpath}.function"))?.to_string(),
-                        arguments: opt_str(function, "arguments", &format!("{cpath}.function"))?.unwrap_or("{}").to_string(),
+                        arguments: opt_str(function, "arguments", &format!("{cpath}.function"))?
+                            .unwrap_or("{}")
+                            .to_string(),
                         signature: None,
                     });
                 }
             }
             if obj.get("function_call").is_some_and(|v| !v.is_null()) {
-                return Err(invalid("Legacy `function_call` messages cannot be translated; use `tool_calls`.", &format!("{path}.function_call")));
+                return Err(invalid(
+                    "Legacy `function_call` messages cannot be translated; use `tool_calls`.",
+                    &format!("{path}.function_call"),
+                ));
             }
             push(req, Role::Assistant, content);
         }
@@ -231,8 +261,15 @@ fn parse_message(message: &Value, i: usize, req: &mut CanonicalRequest) -> Resul
                 }],
             );
         }
-        "function" => return Err(invalid("Legacy `function` messages cannot be translated; use `tool` messages.", &format!("{path}.role"))),
-        other => return Err(invalid(format!("`{path}.role` `{other}` is not valid."), &format!("{path}.role"))),
+        "function" => {
+            return Err(invalid(
+                "Legacy `function` messages cannot be translated; use `tool` messages.",
+                &format!("{path}.role"),
+            ))
+        }
+        other => {
+            return Err(invalid(format!("`{path}.role` `{other}` is not valid."), &format!("{path}.role")))
+        }
     }
     Ok(())
 }
@@ -258,7 +295,10 @@ fn content_texts(content: Option<&Value>, path: &str) -> Result<Vec<String>, Gat
                 match req_str(obj, "type", &ppath)? {
                     "text" => Ok(req_str(obj, "text", &ppath)?.to_string()),
                     "refusal" => Ok(req_str(obj, "refusal", &ppath)?.to_string()),
-                    other => Err(invalid(format!("Content part type `{other}` is not allowed here."), &format!("{ppath}.type"))),
+                    other => Err(invalid(
+                        format!("Content part type `{other}` is not allowed here."),
+                        &format!("{ppath}.type"),
+                    )),
                 }
             })
             .collect(),
@@ -270,7 +310,9 @@ fn parse_user_content(content: Option<&Value>, path: &str) -> Result<Vec<Content
     match content {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![ContentPart::text(s.clone())]),
-        Some(Value::Array(parts)) => parts.iter().enumerate().map(|(j, p)| parse_user_part(p, &format!("{path}[{j}]"))).collect(),
+        Some(Value::Array(parts)) => {
+            parts.iter().enumerate().map(|(j, p)| parse_user_part(p, &format!("{path}[{j}]"))).collect()
+        }
         Some(_) => Err(invalid(format!("`{path}` must be a string or an array."), path)),
     }
 }
@@ -283,17 +325,29 @@ fn parse_user_part(part: &Value, path: &str) -> Result<ContentPart, GatewayError
             let url = match obj.get("image_url") {
                 Some(Value::String(s)) => s.as_str(),
                 Some(Value::Object(o)) => req_str(o, "url", &format!("{path}.image_url"))?,
-                _ => return Err(invalid(format!("`{path}.image_url` is required."), &format!("{path}.image_url"))),
+                _ => {
+                    return Err(invalid(
+                        format!("`{path}.image_url` is required."),
+                        &format!("{path}.image_url"),
+                    ))
+                }
             };
-            Ok(ContentPart::Image { source: source_from_url_or_data(url, &format!("{path}.image_url.url"))?, cache_control: None })
+            Ok(ContentPart::Image {
+                source: source_from_url_or_data(url, &format!("{path}.image_url.url"))?,
+                cache_control: None,
+            })
         }
         "input_audio" => {
-            let audio = opt_object(obj, "input_audio", path)?
-                .ok_or_else(|| invalid(format!("`{path}.input_audio` is required."), &format!("{path}.input_audio")))?;
+            let audio = opt_object(obj, "input_audio", path)?.ok_or_else(|| {
+                invalid(format!("`{path}.input_audio` is required."), &format!("{path}.input_audio"))
+            })?;
             let apath = format!("{path}.input_audio");
             let data = req_str(audio, "data", &apath)?;
             check_base64(data, &format!("{apath}.data"))?;
-            Ok(ContentPart::Audio { data: data.to_string(), format: req_str(audio, "format", &apath)?.to_string() })
+            Ok(ContentPart::Audio {
+                data: data.to_string(),
+                format: req_str(audio, "format", &apath)?.to_string(),
+            })
         }
         "file" => {
             let file = opt_object(obj, "file", path)?
@@ -302,14 +356,17 @@ fn parse_user_part(part: &Value, path: &str) -> Result<ContentPart, GatewayError
             if file.get("file_id").is_some_and(|v| !v.is_null()) {
                 return Err(invalid("Uploaded `file_id` references cannot be translated; send `file_data` as a base64 data URI.", &format!("{fpath}.file_id")));
             }
-            let (media_type, data) = parse_data_uri(req_str(file, "file_data", &fpath)?, &format!("{fpath}.file_data"))?;
+            let (media_type, data) =
+                parse_data_uri(req_str(file, "file_data", &fpath)?, &format!("{fpath}.file_data"))?;
             Ok(ContentPart::Document {
                 source: MediaSource::Base64 { media_type, data },
                 filename: opt_str(file, "filename", &fpath)?.map(str::to_string),
                 cache_control: None,
             })
         }
-        other => Err(invalid(format!("Content part type `{other}` is not supported."), &format!("{path}.type"))),
+        other => {
+            Err(invalid(format!("Content part type `{other}` is not supported."), &format!("{path}.type")))
+        }
     }
 }
 
@@ -320,7 +377,10 @@ fn wants_max_completion_tokens(model: &str, req: &CanonicalRequest) -> bool {
 }
 
 /// Builds a `/chat/completions` body.
-pub(crate) fn build_request(req: &CanonicalRequest, upstream_model: &str) -> Result<UpstreamCall, GatewayError> {
+pub(crate) fn build_request(
+    req: &CanonicalRequest,
+    upstream_model: &str,
+) -> Result<UpstreamCall, GatewayError> {
     if req.candidate_count.unwrap_or(1) > 1 {
         return Err(invalid("`n` > 1 cannot be translated between API dialects.", "n"));
     }
@@ -346,7 +406,11 @@ pub(crate) fn build_request(req: &CanonicalRequest, upstream_model: &str) -> Res
         body.insert("stream_options".into(), json!({"include_usage": true}));
     }
     if let Some(max) = req.max_output_tokens {
-        let key = if wants_max_completion_tokens(upstream_model, req) { "max_completion_tokens" } else { "max_tokens" };
+        let key = if wants_max_completion_tokens(upstream_model, req) {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
         body.insert(key.into(), json!(max));
     }
     insert_number(&mut body, "temperature", &req.temperature);
@@ -414,7 +478,11 @@ pub(crate) fn build_request(req: &CanonicalRequest, upstream_model: &str) -> Res
             },
         );
     }
-    Ok(UpstreamCall { path: "/chat/completions".into(), body: to_bytes(&Value::Object(body)), stream: req.stream })
+    Ok(UpstreamCall {
+        path: "/chat/completions".into(),
+        body: to_bytes(&Value::Object(body)),
+        stream: req.stream,
+    })
 }
 
 fn insert_number(body: &mut Map<String, Value>, key: &str, value: &Option<serde_json::Number>) {
@@ -434,9 +502,9 @@ fn assistant_message(content: &[ContentPart]) -> Value {
     let calls: Vec<Value> = content
         .iter()
         .filter_map(|p| match p {
-            ContentPart::ToolCall { id, name, arguments, .. } => {
-                Some(json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}))
-            }
+            ContentPart::ToolCall { id, name, arguments, .. } => Some(
+                json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}),
+            ),
             _ => None,
         })
         .collect();
@@ -478,7 +546,10 @@ fn user_messages(content: &[ContentPart], messages: &mut Vec<Value>) -> Result<(
             ContentPart::Text { text, .. } => parts.push(json!({"type": "text", "text": text})),
             ContentPart::Image { source, .. } => {
                 if let MediaSource::File { .. } = source {
-                    return Err(invalid("Provider file references cannot be sent to OpenAI-format upstreams.", "messages"));
+                    return Err(invalid(
+                        "Provider file references cannot be sent to OpenAI-format upstreams.",
+                        "messages",
+                    ));
                 }
                 parts.push(json!({"type": "image_url", "image_url": {"url": media_url(source)}}));
             }
@@ -488,12 +559,17 @@ fn user_messages(content: &[ContentPart], messages: &mut Vec<Value>) -> Result<(
                     file["filename"] = json!(filename.clone().unwrap_or_else(|| "document.pdf".into()));
                     parts.push(json!({"type": "file", "file": file}));
                 }
-                _ => return Err(invalid("Documents given by URL cannot be sent to OpenAI-format upstreams; send them as base64.", "messages")),
+                _ => return Err(invalid(
+                    "Documents given by URL cannot be sent to OpenAI-format upstreams; send them as base64.",
+                    "messages",
+                )),
             },
             ContentPart::Audio { data, format } => {
                 parts.push(json!({"type": "input_audio", "input_audio": {"data": data, "format": format}}))
             }
-            ContentPart::Thinking { .. } | ContentPart::RedactedThinking { .. } | ContentPart::ToolCall { .. } => {}
+            ContentPart::Thinking { .. }
+            | ContentPart::RedactedThinking { .. }
+            | ContentPart::ToolCall { .. } => {}
         }
     }
     if !parts.is_empty() {
@@ -520,7 +596,10 @@ pub(crate) fn parse_finish_reason(reason: &str) -> FinishReason {
 /// Canonical → OpenAI `finish_reason`.
 pub(crate) fn finish_reason_word(reason: &FinishReason) -> &'static str {
     match reason {
-        FinishReason::Stop | FinishReason::StopSequence | FinishReason::PauseTurn | FinishReason::Other(_) => "stop",
+        FinishReason::Stop
+        | FinishReason::StopSequence
+        | FinishReason::PauseTurn
+        | FinishReason::Other(_) => "stop",
         FinishReason::MalformedToolCall => "stop",
         FinishReason::Length => "length",
         FinishReason::ToolCalls => "tool_calls",
@@ -545,7 +624,8 @@ pub(crate) fn parse_response(body: &[u8]) -> Result<CanonicalResponse, GatewayEr
     let choice = value.get("choices").and_then(|c| c.get(0)).ok_or(GatewayError::UpstreamUnavailable)?;
     let message = choice.get("message").cloned().unwrap_or(Value::Null);
     let mut content = Vec::new();
-    let reasoning = message.get("reasoning_content").or_else(|| message.get("reasoning")).and_then(Value::as_str);
+    let reasoning =
+        message.get("reasoning_content").or_else(|| message.get("reasoning")).and_then(Value::as_str);
     if let Some(text) = reasoning.filter(|t| !t.is_empty()) {
         content.push(ContentPart::Thinking { text: text.to_string(), signature: None });
     }
@@ -636,7 +716,6 @@ pub(crate) struct ChatStreamParser {
     /// OpenAI `tool_calls[].index` → canonical tool state.
     tools: BTreeMap<u64, PendingTool>,
     next_tool_index: usize,
-    synthesized_ids: usize,
 }
 
 #[derive(Debug, Default)]
@@ -666,7 +745,10 @@ impl UpstreamParser for ChatStreamParser {
                 .and_then(|c| u16::try_from(c).ok())
                 .filter(|c| (400..600).contains(c))
                 .unwrap_or_else(|| status_for_error_type(str_at(error, "type"), str_at(error, "code")));
-            out.push(StreamEvent::Error(super::upstream_error_from_message(status, str_at(error, "message"))));
+            out.push(StreamEvent::Error(super::upstream_error_from_message(
+                status,
+                str_at(error, "message"),
+            )));
             return;
         }
         if !self.started {
@@ -679,7 +761,8 @@ impl UpstreamParser for ChatStreamParser {
         let mut finish = None;
         if let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) {
             if let Some(delta) = choice.get("delta") {
-                let reasoning = delta.get("reasoning_content").or_else(|| delta.get("reasoning")).and_then(Value::as_str);
+                let reasoning =
+                    delta.get("reasoning_content").or_else(|| delta.get("reasoning")).and_then(Value::as_str);
                 if let Some(text) = reasoning.filter(|t| !t.is_empty()) {
                     out.push(StreamEvent::ThinkingDelta(text.to_string()));
                 }
@@ -715,13 +798,18 @@ impl ChatStreamParser {
         if let Some(id) = call.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             tool.id.get_or_insert_with(|| id.to_string());
         }
-        if let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        if let Some(name) =
+            function.and_then(|f| f.get("name")).and_then(Value::as_str).filter(|s| !s.is_empty())
+        {
             tool.name.get_or_insert_with(|| name.to_string());
         }
         match tool.canonical_index {
             Some(index) => {
                 if !fragment.is_empty() {
-                    out.push(StreamEvent::ToolCallArguments { tool_index: index, fragment: fragment.to_string() });
+                    out.push(StreamEvent::ToolCallArguments {
+                        tool_index: index,
+                        fragment: fragment.to_string(),
+                    });
                 }
             }
             None => {
@@ -743,10 +831,7 @@ impl ChatStreamParser {
         tool.canonical_index = Some(index);
         let id = match &tool.id {
             Some(id) => id.clone(),
-            None => {
-                self.synthesized_ids += 1;
-                format!("call_{index}")
-            }
+            None => format!("call_{index}"),
         };
         out.push(StreamEvent::ToolCallStart {
             tool_index: index,
@@ -763,7 +848,8 @@ impl ChatStreamParser {
     /// Tools whose name never came are started (with an empty name) at the end
     /// rather than lost.
     fn flush_unnamed_tools(&mut self, out: &mut Vec<StreamEvent>) {
-        let keys: Vec<u64> = self.tools.iter().filter(|(_, t)| t.canonical_index.is_none()).map(|(k, _)| *k).collect();
+        let keys: Vec<u64> =
+            self.tools.iter().filter(|(_, t)| t.canonical_index.is_none()).map(|(k, _)| *k).collect();
         for key in keys {
             self.start_tool(key, out);
         }
@@ -827,7 +913,11 @@ impl ClientRenderer for ChatStreamRenderer {
             }
             StreamEvent::ToolCallArguments { tool_index, fragment } => {
                 self.ensure_role(out);
-                self.chunk(json!({"tool_calls": [{"index": tool_index, "function": {"arguments": fragment}}]}), Value::Null, out);
+                self.chunk(
+                    json!({"tool_calls": [{"index": tool_index, "function": {"arguments": fragment}}]}),
+                    Value::Null,
+                    out,
+                );
             }
             StreamEvent::Finish { reason, .. } => {
                 self.ensure_role(out);
@@ -844,7 +934,13 @@ impl ClientRenderer for ChatStreamRenderer {
         }
     }
 
-    fn end(&mut self, reason: &FinishReason, _stop_sequence: Option<&str>, usage: Option<&TokenUsage>, out: &mut Vec<u8>) {
+    fn end(
+        &mut self,
+        reason: &FinishReason,
+        _stop_sequence: Option<&str>,
+        usage: Option<&TokenUsage>,
+        out: &mut Vec<u8>,
+    ) {
         self.on_event(&StreamEvent::Finish { reason: reason.clone(), stop_sequence: None }, out);
         if self.include_usage {
             let chunk = json!({

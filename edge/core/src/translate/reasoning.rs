@@ -109,7 +109,9 @@ mod tests {
 
     #[test]
     fn table_round_trips() {
-        for effort in [ReasoningEffort::Minimal, ReasoningEffort::Low, ReasoningEffort::Medium, ReasoningEffort::High] {
+        for effort in
+            [ReasoningEffort::Minimal, ReasoningEffort::Low, ReasoningEffort::Medium, ReasoningEffort::High]
+        {
             assert_eq!(budget_effort(effort_budget(effort)), effort);
             assert_eq!(parse_effort(effort_word(effort)), Some(Reasoning::Effort(effort)));
         }

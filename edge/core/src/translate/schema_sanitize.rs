@@ -107,7 +107,8 @@ fn sanitize(schema: &Value, defs: &Map<String, Value>, ref_depth: usize, nesting
             out.insert("type".into(), Value::String(t.clone()));
         }
         Some(Value::Array(types)) => {
-            let non_null: Vec<&str> = types.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect();
+            let non_null: Vec<&str> =
+                types.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect();
             if non_null.len() < types.len() {
                 nullable = true;
             }
@@ -148,7 +149,9 @@ fn sanitize(schema: &Value, defs: &Map<String, Value>, ref_depth: usize, nesting
     if !alternatives.is_empty() {
         let mut kept = Vec::new();
         for alt in &alternatives {
-            if alt.get("type").and_then(Value::as_str) == Some("null") && alt.as_object().is_some_and(|o| o.len() == 1) {
+            if alt.get("type").and_then(Value::as_str) == Some("null")
+                && alt.as_object().is_some_and(|o| o.len() == 1)
+            {
                 nullable = true;
             } else {
                 kept.push(sanitize(alt, defs, ref_depth, nesting + 1));
@@ -338,6 +341,9 @@ mod tests {
     #[test]
     fn multi_type_becomes_any_of() {
         let out = sanitize_for_gemini(&json!({"type": ["string", "number", "null"], "description": "x"}));
-        assert_eq!(out, json!({"anyOf": [{"type": "string", "description": "x"}, {"type": "number", "description": "x"}], "nullable": true, "description": "x"}));
+        assert_eq!(
+            out,
+            json!({"anyOf": [{"type": "string", "description": "x"}, {"type": "number", "description": "x"}], "nullable": true, "description": "x"})
+        );
     }
 }

@@ -1,0 +1,427 @@
+//! Protocol translation: any client dialect to any provider dialect, through
+//! one canonical hub ([`canonical`]). No pairwise converters: each dialect
+//! module parses into and renders from the hub, in both roles.
+//!
+//! | module | client-facing | provider-facing |
+//! |---|---|---|
+//! | `openai_chat` | `/v1/chat/completions` | `/chat/completions` |
+//! | `anthropic` | `/v1/messages`, `/v1/messages/count_tokens` | `/messages` |
+//! | `gemini` | `/v1beta/models/{m}:generateContent`, `:streamGenerateContent`, `:countTokens` | `/models/{m}:generateContent`, `:streamGenerateContent?alt=sse` |
+//! | `openai_responses` | `/v1/responses` (stateless) | — |
+//!
+//! OpenAI → OpenAI-compatible traffic keeps using [`crate::openai_relay`]
+//! (no rebuild); this module is for every other pair.
+//!
+//! # How the worker uses it
+//!
+//! ```text
+//! let req  = parse_client_request(client, body, path_model, path_stream)?;   // 400s here
+//! let call = build_upstream_request(upstream, &req, &route.upstream_model)?;   // and here
+//! // POST {base_url}{call.path} with call.body
+//! if !status.is_success() { return parse_upstream_error(upstream, status, body) }  // rendered in client dialect
+//! if req.stream {
+//!     let mut t = StreamTranslator::new(upstream, client, StreamOptions { .. });
+//!     for chunk in upstream_body { send(t.feed(chunk)) }  send(t.finish());
+//!     record(t.usage());                                 // None → estimate
+//! } else {
+//!     let resp = parse_upstream_response(upstream, body)?;
+//!     send(render_client_response(client, &resp));
+//! }
+//! ```
+//!
+//! # Policies (decided here, tested by the golden fixtures)
+//!
+//! * **System messages**: every `system`/`developer` message, wherever it is
+//!   in the conversation, is hoisted in order into the single top-level system
+//!   instruction (Anthropic `system`, Gemini `systemInstruction`, one OpenAI
+//!   `system` message). A mid-conversation system message therefore loses its
+//!   position but never its text: no provider but OpenAI can express it in
+//!   place.
+//! * **Unsupported parameters** are refused with a 400 naming the parameter
+//!   (`n` > 1, `logprobs`, `logit_bias`, `top_k` to OpenAI, `seed` and
+//!   penalties to Anthropic, audio output, server-side tools, Responses
+//!   `previous_response_id`, …); parameters left at their default value are
+//!   accepted. Unknown top-level fields are refused like the providers do.
+//! * **Media URLs** are never fetched. Anthropic gets `url` sources; Gemini
+//!   accepts only its own file URIs, so other URLs are a 400 asking for a data
+//!   URI; private, loopback and link-local hosts are always refused; inline
+//!   data is capped at [`media::MAX_INLINE_MEDIA_BYTES`].
+//! * **Tool calls left unanswered** get an `is_error` result saying so, since
+//!   Anthropic and Gemini refuse an unanswered call.
+//! * **Thinking**: Anthropic `thinking`/`redacted_thinking` and Gemini
+//!   `thoughtSignature`s round-trip through Anthropic, Gemini and Responses
+//!   clients (Responses: `reasoning` items with `encrypted_content`). OpenAI
+//!   chat clients see `reasoning_content` and cannot send signatures back:
+//!   [`preserved_reasoning`] / [`restore_reasoning`] let the worker keep them
+//!   server-side keyed by tool call id. A Gemini function call with no
+//!   signature gets Gemini's documented validator-skip value.
+//! * **Structured output to Anthropic** is a forced tool named
+//!   [`anthropic::STRUCTURED_OUTPUT_TOOL`]; its input comes back as text.
+//! * **Reasoning effort** ↔ budgets: see [`reasoning`].
+
+pub mod canonical;
+mod json_fields;
+pub mod media;
+mod normalize;
+pub mod reasoning;
+pub mod schema_sanitize;
+pub mod stream;
+
+pub mod anthropic;
+pub mod gemini;
+mod openai_chat;
+mod openai_responses;
+
+pub use canonical::{CanonicalRequest, CanonicalResponse, ContentPart, FinishReason, StreamEvent};
+pub use stream::{StreamOptions, StreamOutcome, StreamTranslator};
+
+use crate::error::{
+    redact_secrets, upstream_error_message, Dialect, GatewayError, MAX_UPSTREAM_MESSAGE_CHARS,
+};
+use crate::provider::ProviderDialect;
+use crate::usage::estimate_tokens;
+use canonical::{Message, Role, ToolResultPart};
+use serde_json::json;
+
+/// The API a client speaks to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientDialect {
+    OpenAiChat,
+    Anthropic,
+    Gemini,
+    OpenAiResponses,
+}
+
+impl ClientDialect {
+    /// Every client dialect.
+    pub const ALL: [ClientDialect; 4] =
+        [Self::OpenAiChat, Self::Anthropic, Self::Gemini, Self::OpenAiResponses];
+
+    /// The error shape this client understands.
+    pub fn error_dialect(self) -> Dialect {
+        match self {
+            Self::OpenAiChat | Self::OpenAiResponses => Dialect::OpenAi,
+            Self::Anthropic => Dialect::Anthropic,
+            Self::Gemini => Dialect::Gemini,
+        }
+    }
+
+    /// Short name used in fixture file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OpenAiChat => "openai_chat",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::OpenAiResponses => "openai_responses",
+        }
+    }
+}
+
+/// The API an upstream provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamDialect {
+    OpenAiChat,
+    Anthropic,
+    Gemini,
+}
+
+impl UpstreamDialect {
+    /// Every upstream dialect.
+    pub const ALL: [UpstreamDialect; 3] = [Self::OpenAiChat, Self::Anthropic, Self::Gemini];
+
+    /// The dialect of a provider-table row (`None` for the built-in mock).
+    pub fn from_provider(dialect: ProviderDialect) -> Option<Self> {
+        match dialect {
+            ProviderDialect::OpenAiChat => Some(Self::OpenAiChat),
+            ProviderDialect::Anthropic => Some(Self::Anthropic),
+            ProviderDialect::Gemini => Some(Self::Gemini),
+            ProviderDialect::Mock => None,
+        }
+    }
+
+    /// Short name used in fixture file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OpenAiChat => "openai_chat",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+        }
+    }
+}
+
+/// What to send upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamCall {
+    /// Appended to the provider's base URL (which ends in its version prefix),
+    /// query string included: `/chat/completions`, `/messages`,
+    /// `/models/{m}:streamGenerateContent?alt=sse`.
+    pub path: String,
+    /// JSON body.
+    pub body: Vec<u8>,
+    /// The response will be an SSE stream.
+    pub stream: bool,
+}
+
+/// Parses a client request body. Gemini carries the model and streaming in
+/// the URL: pass them as `path_model` / `path_stream` (they win over the body).
+/// A model-name reasoning suffix (`-high`, `-thinking`, …) sets
+/// [`CanonicalRequest::reasoning`] unless the body set it, and
+/// [`CanonicalRequest::model_without_suffix`] for routing.
+pub fn parse_client_request(
+    dialect: ClientDialect,
+    body: &[u8],
+    path_model: Option<&str>,
+    path_stream: bool,
+) -> Result<CanonicalRequest, GatewayError> {
+    let mut req = match dialect {
+        ClientDialect::OpenAiChat => openai_chat::parse_request(body)?,
+        ClientDialect::Anthropic => anthropic::parse_request(body, false)?,
+        ClientDialect::Gemini => gemini::parse_request(body, false)?,
+        ClientDialect::OpenAiResponses => openai_responses::parse_request(body)?,
+    };
+    apply_path(&mut req, path_model, path_stream)?;
+    Ok(req)
+}
+
+/// Parses a token-counting request: Anthropic `/v1/messages/count_tokens`
+/// (no `max_tokens` needed) or Gemini `:countTokens` (`contents` or a whole
+/// `generateContentRequest`).
+pub fn parse_count_tokens_request(
+    dialect: ClientDialect,
+    body: &[u8],
+    path_model: Option<&str>,
+) -> Result<CanonicalRequest, GatewayError> {
+    let mut req = match dialect {
+        ClientDialect::Anthropic => anthropic::parse_request(body, true)?,
+        ClientDialect::Gemini => gemini::parse_request(body, true)?,
+        ClientDialect::OpenAiChat | ClientDialect::OpenAiResponses => return Err(GatewayError::NotFound),
+    };
+    apply_path(&mut req, path_model, false)?;
+    Ok(req)
+}
+
+fn apply_path(
+    req: &mut CanonicalRequest,
+    path_model: Option<&str>,
+    path_stream: bool,
+) -> Result<(), GatewayError> {
+    if let Some(model) = path_model {
+        req.model = model.strip_prefix("models/").unwrap_or(model).to_string();
+    }
+    if path_stream {
+        req.stream = true;
+    }
+    if req.model.trim().is_empty() {
+        return Err(json_fields::invalid("You must provide a model parameter.", "model"));
+    }
+    if let Some((base, reasoning)) = reasoning::split_model_suffix(&req.model) {
+        req.model_without_suffix = Some(base.to_string());
+        if req.reasoning.is_none() {
+            req.reasoning = Some(reasoning);
+        }
+    }
+    Ok(())
+}
+
+/// Builds the upstream request for `upstream_model` (the route's model name).
+pub fn build_upstream_request(
+    dialect: UpstreamDialect,
+    req: &CanonicalRequest,
+    upstream_model: &str,
+) -> Result<UpstreamCall, GatewayError> {
+    match dialect {
+        UpstreamDialect::OpenAiChat => openai_chat::build_request(req, upstream_model),
+        UpstreamDialect::Anthropic => anthropic::build_request(req, upstream_model),
+        UpstreamDialect::Gemini => gemini::build_request(req, upstream_model),
+    }
+}
+
+/// Parses a successful non-streaming upstream body. Garbage is
+/// [`GatewayError::UpstreamUnavailable`] (502).
+pub fn parse_upstream_response(
+    dialect: UpstreamDialect,
+    body: &[u8],
+) -> Result<CanonicalResponse, GatewayError> {
+    match dialect {
+        UpstreamDialect::OpenAiChat => openai_chat::parse_response(body),
+        UpstreamDialect::Anthropic => anthropic::parse_response(body),
+        UpstreamDialect::Gemini => gemini::parse_response(body, ""),
+    }
+}
+
+/// Renders a response body in the client's dialect.
+pub fn render_client_response(dialect: ClientDialect, resp: &CanonicalResponse) -> Vec<u8> {
+    let value = match dialect {
+        ClientDialect::OpenAiChat => openai_chat::render_response(resp),
+        ClientDialect::Anthropic => anthropic::render_response(resp),
+        ClientDialect::Gemini => gemini::render_response(resp),
+        ClientDialect::OpenAiResponses => openai_responses::render_response(resp),
+    };
+    json_fields::to_bytes(&value)
+}
+
+/// An error body in the client's dialect (status: [`GatewayError::status`]).
+pub fn render_client_error(dialect: ClientDialect, error: &GatewayError) -> Vec<u8> {
+    error.body(dialect.error_dialect()).into_bytes()
+}
+
+/// An upstream error response as a gateway error: the status is kept (429
+/// stays 429, Anthropic 529 renders as overloaded), the message is extracted
+/// from the provider's error shape, redacted and truncated; the raw body is
+/// never passed on.
+pub fn parse_upstream_error(dialect: UpstreamDialect, status: u16, body: &[u8]) -> GatewayError {
+    let mut message = upstream_error_message(body, &[]);
+    if message.is_empty() && dialect == UpstreamDialect::Gemini {
+        let status_word = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.pointer("/error/status").and_then(|s| s.as_str()).map(str::to_string));
+        message = status_word.unwrap_or_default();
+    }
+    GatewayError::Upstream { status, message }
+}
+
+/// An upstream error met inside a stream.
+pub(crate) fn upstream_error_from_message(status: u16, raw: &str) -> GatewayError {
+    let redacted = redact_secrets(raw, &[]);
+    let message = match redacted.char_indices().nth(MAX_UPSTREAM_MESSAGE_CHARS) {
+        Some((i, _)) => format!("{}…", &redacted[..i]),
+        None => redacted,
+    };
+    GatewayError::Upstream { status, message }
+}
+
+/// Flat token allowance for one image, document or audio part.
+const MEDIA_TOKEN_ALLOWANCE: u64 = 1_000;
+
+/// Prompt tokens estimated from a request (one token per four bytes of text,
+/// tool definitions and arguments; a flat allowance per media part). Used for
+/// Anthropic `count_tokens` and Gemini `countTokens` when no upstream count is
+/// asked for, and for billing when a provider reports nothing.
+pub fn count_tokens_estimate(req: &CanonicalRequest) -> u64 {
+    let mut bytes: usize = req.system.iter().map(|s| s.text.len()).sum();
+    let mut media = 0u64;
+    for tool in &req.tools {
+        bytes += tool.name.len()
+            + tool.description.as_ref().map_or(0, String::len)
+            + tool.parameters.to_string().len();
+    }
+    for message in &req.messages {
+        for part in &message.content {
+            match part {
+                ContentPart::Text { text, .. } | ContentPart::Thinking { text, .. } => bytes += text.len(),
+                ContentPart::ToolCall { name, arguments, .. } => bytes += name.len() + arguments.len(),
+                ContentPart::ToolResult { content, .. } => {
+                    for p in content {
+                        match p {
+                            ToolResultPart::Text(t) => bytes += t.len(),
+                            ToolResultPart::Image(_) => media += MEDIA_TOKEN_ALLOWANCE,
+                        }
+                    }
+                }
+                ContentPart::Image { .. } | ContentPart::Document { .. } | ContentPart::Audio { .. } => {
+                    media += MEDIA_TOKEN_ALLOWANCE
+                }
+                ContentPart::RedactedThinking { .. } => {}
+            }
+        }
+    }
+    estimate_tokens(bytes) + media
+}
+
+/// The token-count answer in the client's dialect: Anthropic
+/// `{"input_tokens": n}`, Gemini `{"totalTokens": n}`.
+pub fn render_count_tokens(dialect: ClientDialect, tokens: u64) -> Vec<u8> {
+    let value = match dialect {
+        ClientDialect::Gemini => json!({"totalTokens": tokens}),
+        _ => json!({"input_tokens": tokens}),
+    };
+    json_fields::to_bytes(&value)
+}
+
+/// Reasoning that must come back with a tool call in the next turn, for
+/// clients (OpenAI chat) that cannot carry it: the thinking blocks and
+/// signatures of a response, keyed by its first tool call id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreservedReasoning {
+    /// The first tool call id of the response.
+    pub tool_call_id: String,
+    /// Thinking / redacted thinking parts, in order.
+    pub reasoning: Vec<ContentPart>,
+    /// Gemini signatures on tool calls: (tool call id, signature).
+    pub tool_call_signatures: Vec<(String, String)>,
+}
+
+/// What of `resp` to keep server-side, if anything (only responses that call
+/// tools and carry signatures need it).
+pub fn preserved_reasoning(resp: &CanonicalResponse) -> Option<PreservedReasoning> {
+    let tool_call_id = resp.content.iter().find_map(|p| match p {
+        ContentPart::ToolCall { id, .. } => Some(id.clone()),
+        _ => None,
+    })?;
+    let reasoning: Vec<ContentPart> = resp
+        .content
+        .iter()
+        .filter(|p| {
+            matches!(
+                p,
+                ContentPart::RedactedThinking { .. } | ContentPart::Thinking { signature: Some(_), .. }
+            )
+        })
+        .cloned()
+        .collect();
+    let tool_call_signatures: Vec<(String, String)> = resp
+        .content
+        .iter()
+        .filter_map(|p| match p {
+            ContentPart::ToolCall { id, signature: Some(sig), .. } => Some((id.clone(), sig.clone())),
+            _ => None,
+        })
+        .collect();
+    if reasoning.is_empty() && tool_call_signatures.is_empty() {
+        return None;
+    }
+    Some(PreservedReasoning { tool_call_id, reasoning, tool_call_signatures })
+}
+
+/// Puts preserved reasoning back: for each assistant turn that calls tools
+/// but carries no signed reasoning, `lookup(first tool call id)` may return
+/// what [`preserved_reasoning`] kept.
+pub fn restore_reasoning(req: &mut CanonicalRequest, lookup: impl Fn(&str) -> Option<PreservedReasoning>) {
+    for message in req.messages.iter_mut().filter(|m| m.role == Role::Assistant) {
+        restore_in_message(message, &lookup);
+    }
+}
+
+fn restore_in_message(message: &mut Message, lookup: &impl Fn(&str) -> Option<PreservedReasoning>) {
+    let has_signed = message.content.iter().any(|p| {
+        matches!(p, ContentPart::RedactedThinking { .. } | ContentPart::Thinking { signature: Some(_), .. })
+            || matches!(p, ContentPart::ToolCall { signature: Some(_), .. })
+    });
+    if has_signed {
+        return;
+    }
+    let Some(first_id) = message.content.iter().find_map(|p| match p {
+        ContentPart::ToolCall { id, .. } => Some(id.clone()),
+        _ => None,
+    }) else {
+        return;
+    };
+    let Some(kept) = lookup(&first_id) else { return };
+    for part in message.content.iter_mut() {
+        if let ContentPart::ToolCall { id, signature, .. } = part {
+            if let Some((_, sig)) = kept.tool_call_signatures.iter().find(|(k, _)| k == id) {
+                *signature = Some(sig.clone());
+            }
+        }
+    }
+    // Unsigned reasoning text the client sent back is replaced by the signed original.
+    message.content.retain(|p| !matches!(p, ContentPart::Thinking { signature: None, .. }));
+    let mut content = kept.reasoning;
+    content.append(&mut message.content);
+    message.content = content;
+}
+
+/// Marks Anthropic `redacted_thinking` data carried in a signature field by
+/// dialects that have no such block (Gemini `thoughtSignature`, Responses
+/// `encrypted_content`), so it round-trips back to a `redacted_thinking` block.
+pub const REDACTED_THINKING_PREFIX: &str = "redacted_thinking:";
