@@ -29,7 +29,11 @@ pub fn bearer_matches(header: Option<&str>, expected_digest: &[u8; 32]) -> bool 
 }
 
 /// Middleware refusing requests without the admin bearer token (401 JSON).
-pub async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let header = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     if bearer_matches(header, state.admin_token_digest()) {
         Ok(next.run(request).await)

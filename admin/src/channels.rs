@@ -199,7 +199,11 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
     let id = validate::ident("id", &body.id)?;
     let provider = provider_by_id(body.provider.trim()).ok_or_else(|| {
         let known: Vec<&str> = PROVIDERS.iter().map(|p| p.id).collect();
-        ApiError::bad_request(format!("unknown provider `{}`; known: {}", body.provider.trim(), known.join(", ")))
+        ApiError::bad_request(format!(
+            "unknown provider `{}`; known: {}",
+            body.provider.trim(),
+            known.join(", ")
+        ))
     })?;
     let base_url = body.base_url.as_deref().map(|u| validate::http_url("base_url", u)).transpose()?;
     let api_key = match body.api_key.as_deref().map(str::trim) {
@@ -228,11 +232,16 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
             return Err(ApiError::bad_request("`mock` options apply only to the `mock` provider"));
         }
         if mock.latency_ms > MAX_MOCK_DELAY_MS || mock.chunk_delay_ms > MAX_MOCK_DELAY_MS {
-            return Err(ApiError::bad_request(format!("`mock` delays must be at most {MAX_MOCK_DELAY_MS} ms")));
+            return Err(ApiError::bad_request(format!(
+                "`mock` delays must be at most {MAX_MOCK_DELAY_MS} ms"
+            )));
         }
     }
     if body.models.len() > validate::MAX_LIST {
-        return Err(ApiError::bad_request(format!("`models` may hold at most {} entries", validate::MAX_LIST)));
+        return Err(ApiError::bad_request(format!(
+            "`models` may hold at most {} entries",
+            validate::MAX_LIST
+        )));
     }
     let mut models: Vec<ChannelModel> = Vec::with_capacity(body.models.len());
     for model in body.models {
@@ -240,11 +249,17 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
         if models.iter().any(|m| m.name == name) {
             return Err(ApiError::bad_request(format!("model `{name}` is listed twice")));
         }
-        let upstream_model =
-            model.upstream_model.as_deref().map(|u| validate::text("models[].upstream_model", u)).transpose()?;
-        let owned_by = model.owned_by.as_deref().map(|o| validate::text("models[].owned_by", o)).transpose()?;
+        let upstream_model = model
+            .upstream_model
+            .as_deref()
+            .map(|u| validate::text("models[].upstream_model", u))
+            .transpose()?;
+        let owned_by =
+            model.owned_by.as_deref().map(|o| validate::text("models[].owned_by", o)).transpose()?;
         if model.weight.is_some_and(|w| w > MAX_WEIGHT) {
-            return Err(ApiError::bad_request(format!("model `{name}`: `weight` must be at most {MAX_WEIGHT}")));
+            return Err(ApiError::bad_request(format!(
+                "model `{name}`: `weight` must be at most {MAX_WEIGHT}"
+            )));
         }
         if let Some(price) = &model.price {
             check_price(&name, price)?;
@@ -436,7 +451,7 @@ pub async fn create(
     check_routing(&config)?;
     tx.commit().await?;
     tracing::info!(channel = %channel.id, provider = %channel.provider, version, "channel created");
-    let edge_synced = push_routing_if_configured(&state, &config).await;
+    let edge_synced = push_routing_if_configured(&state).await;
     let view = channel_views(&config).into_iter().find(|v| v.id == channel.id);
     Ok((
         StatusCode::CREATED,
@@ -462,14 +477,16 @@ pub async fn remove(
         return Err(ApiError::NotFound(format!("no channel with id `{id}`")));
     }
     sqlx::query("DELETE FROM model_targets WHERE channel = $1").bind(&id).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM models WHERE NOT EXISTS (SELECT 1 FROM model_targets t WHERE t.model = models.name)")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "DELETE FROM models WHERE NOT EXISTS (SELECT 1 FROM model_targets t WHERE t.model = models.name)",
+    )
+    .execute(&mut *tx)
+    .await?;
     let config = load_routing_config(&mut tx).await?;
     check_routing(&config)?;
     tx.commit().await?;
     tracing::info!(channel = %id, version, "channel deleted");
-    let edge_synced = push_routing_if_configured(&state, &config).await;
+    let edge_synced = push_routing_if_configured(&state).await;
     Ok(Json(ChannelChange { channel: None, deleted: Some(id), routing_version: version, edge_synced }))
 }
 
@@ -500,9 +517,13 @@ mod tests {
         assert!(validated(body(r#"{"id":"a","provider":"openai","timeout_ms":0}"#)).is_err());
         assert!(validated(body(r#"{"id":"a","provider":"openai","api_key":"has space"}"#)).is_err());
         assert!(validated(body(r#"{"id":"a","provider":"openai","api_key_secret":"BAD-NAME"}"#)).is_err());
-        assert!(validated(body(r#"{"id":"a","provider":"mock","models":[{"name":"m"},{"name":"m"}]}"#)).is_err());
-        assert!(validated(body(r#"{"id":"a","provider":"mock","models":[{"name":"m","price":{"input":-1}}]}"#))
-            .is_err());
+        assert!(
+            validated(body(r#"{"id":"a","provider":"mock","models":[{"name":"m"},{"name":"m"}]}"#)).is_err()
+        );
+        assert!(validated(body(
+            r#"{"id":"a","provider":"mock","models":[{"name":"m","price":{"input":-1}}]}"#
+        ))
+        .is_err());
         let (ch, models) = validated(body(
             r#"{"id":"a","provider":"openai","api_key":" sk-x ","base_url":"https://x.test/v1/","models":[{"name":" m "}]}"#,
         ))

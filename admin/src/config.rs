@@ -79,19 +79,23 @@ impl Config {
         }
 
         let listen_text = non_empty("ADMIN_LISTEN").unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|_| ConfigError(format!("ADMIN_LISTEN `{listen_text}` is not an address like 127.0.0.1:8788")))?;
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError(format!("ADMIN_LISTEN `{listen_text}` is not an address like 127.0.0.1:8788"))
+        })?;
 
         let admin_token = non_empty("ADMIN_TOKEN")
             .ok_or_else(|| ConfigError("ADMIN_TOKEN is required (the admin API bearer token)".into()))?;
         if admin_token.len() < MIN_ADMIN_TOKEN_LEN {
-            return Err(ConfigError(format!("ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} characters")));
+            return Err(ConfigError(format!(
+                "ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+            )));
         }
 
         let internal_secret = non_empty("EDGE_ADMIN_SECRET");
         if internal_secret.as_ref().is_some_and(|s| s.len() < MIN_SECRET_LEN) {
-            return Err(ConfigError(format!("EDGE_ADMIN_SECRET must be at least {MIN_SECRET_LEN} characters")));
+            return Err(ConfigError(format!(
+                "EDGE_ADMIN_SECRET must be at least {MIN_SECRET_LEN} characters"
+            )));
         }
 
         let edge = match non_empty("EDGE_URL") {
@@ -158,14 +162,16 @@ mod tests {
     #[test]
     fn edge_url_needs_a_strong_secret() {
         assert!(config(&[TOKEN, ("EDGE_URL", "http://127.0.0.1:8787")]).is_err());
-        assert!(config(&[TOKEN, ("EDGE_URL", "http://127.0.0.1:8787"), ("EDGE_ADMIN_SECRET", "short")]).is_err());
+        assert!(
+            config(&[TOKEN, ("EDGE_URL", "http://127.0.0.1:8787"), ("EDGE_ADMIN_SECRET", "short")]).is_err()
+        );
         let c = config(&[
             TOKEN,
             ("EDGE_URL", "http://127.0.0.1:8787/"),
             ("EDGE_ADMIN_SECRET", "0123456789abcdef-secret"),
         ])
         .unwrap();
-        let edge = c.edge.unwrap();
+        let edge = c.edge.clone().unwrap();
         assert_eq!(edge.url, "http://127.0.0.1:8787");
         assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug must redact secrets");
     }

@@ -62,9 +62,7 @@ const POSTGRES_MIGRATIONS: EmbeddedList =
 struct Embedded(EmbeddedList);
 
 impl MigrationSource<'static> for Embedded {
-    fn resolve(
-        self,
-    ) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
         let list = self.0;
         Box::pin(async move {
             Ok(list
@@ -100,6 +98,11 @@ impl Db {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
+        if backend == Backend::Sqlite {
+            // WAL lets readers proceed while a writer commits; the mode is
+            // stored in the file, so once is enough.
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        }
         let db = Self { pool, backend };
         db.migrate().await?;
         Ok(db)
@@ -117,11 +120,6 @@ impl Db {
             Backend::Postgres => POSTGRES_MIGRATIONS,
         };
         let migrator = Migrator::new(Embedded(list)).await.map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
-        if self.backend == Backend::Sqlite {
-            // WAL lets readers proceed while a writer commits; harmless for
-            // in-memory databases, which keep their own journal mode.
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&self.pool).await?;
-        }
         migrator.run(&self.pool).await.map_err(|e| sqlx::Error::Migrate(Box::new(e)))
     }
 }

@@ -47,7 +47,8 @@ pub struct EdgeClient {
 }
 
 impl EdgeClient {
-    pub fn new(target: EdgeTarget) -> Result<Self, reqwest::Error> {
+    pub fn new(mut target: EdgeTarget) -> Result<Self, reqwest::Error> {
+        target.url = target.url.trim_end_matches('/').to_string();
         let http = reqwest::Client::builder()
             .timeout(PUSH_TIMEOUT)
             .connect_timeout(PUSH_TIMEOUT)
@@ -107,19 +108,33 @@ impl EdgeClient {
     }
 }
 
-/// Pushes one key record if an edge is configured; whether it landed.
-pub async fn push_key_if_configured(state: &AppState, record: &KeyRecord) -> bool {
-    match state.edge() {
-        Some(edge) => edge.push_key(record).await.is_ok(),
-        None => false,
+/// Pushes the committed record of key `id`, if an edge is configured;
+/// whether it landed. The record is read under the push lock, so concurrent
+/// changes of one key reach the edge in commit order.
+pub async fn push_key_if_configured(state: &AppState, id: &str) -> bool {
+    let Some(edge) = state.edge() else { return false };
+    let _order = state.lock_pushes().await;
+    match keys::find_key(state.db(), id).await {
+        Ok(Some(key)) => edge.push_key(&key.to_record()).await.is_ok(),
+        Ok(None) => false,
+        Err(err) => {
+            tracing::warn!(%err, "key push skipped: could not read the key");
+            false
+        }
     }
 }
 
-/// Pushes the routing config if an edge is configured; whether it landed.
-pub async fn push_routing_if_configured(state: &AppState, config: &RoutingConfig) -> bool {
-    match state.edge() {
-        Some(edge) => edge.push_routing(config).await.is_ok(),
-        None => false,
+/// Pushes the committed routing config, if an edge is configured; whether it
+/// landed. Read under the push lock, so the last push carries the newest config.
+pub async fn push_routing_if_configured(state: &AppState) -> bool {
+    let Some(edge) = state.edge() else { return false };
+    let _order = state.lock_pushes().await;
+    match channels::load_routing_config_consistent(state.db()).await {
+        Ok(config) => edge.push_routing(&config).await.is_ok(),
+        Err(err) => {
+            tracing::warn!(%err, "routing push skipped: could not read the config");
+            false
+        }
     }
 }
 
@@ -135,10 +150,13 @@ pub struct SyncReport {
 }
 
 /// Pushes the routing config and every key record. Stops early when the edge
-/// is unreachable, so a down edge costs one time-out, not one per key.
+/// is unreachable, so a down edge costs one time-out, not one per key. A
+/// routing config this admin never changed (version 0) is not pushed, so a
+/// fresh admin does not wipe an edge configured by another.
 pub async fn full_sync(state: &AppState, edge: &EdgeClient) -> ApiResult<SyncReport> {
+    let _order = state.lock_pushes().await;
     let config = channels::load_routing_config_consistent(state.db()).await?;
-    let routing = edge.push_routing(&config).await;
+    let routing = if config.version == 0 { Ok(()) } else { edge.push_routing(&config).await };
     let records = keys::all_key_records(state.db()).await?;
     let mut report = SyncReport {
         edge_synced: false,

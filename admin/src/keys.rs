@@ -3,9 +3,9 @@
 //!
 //! Invariants: the plaintext key is returned once, by `POST /api/keys`, and is
 //! never stored, logged or returned again; the row keeps its SHA-256 digest
-//! and a 10-character label. Every change bumps `version` by one with a
-//! compare-and-set on the old version, so concurrent edits never lose an
-//! update and the edge can order the records it receives. Revoking disables
+//! and a 10-character label. Every change is one `UPDATE … RETURNING` that
+//! also bumps `version` by one, so concurrent edits serialise in the database,
+//! none is lost, and the edge can order the records it receives. Revoking disables
 //! the key but keeps the row, so the ledger still resolves it.
 
 use crate::db::{Db, RowExt};
@@ -72,7 +72,9 @@ impl StoredKey {
         let status = match row.text("status")?.as_str() {
             "active" => KeyStatus::Active,
             "disabled" => KeyStatus::Disabled,
-            other => return Err(ApiError::internal(format_args!("unknown key status `{other}` in database"))),
+            other => {
+                return Err(ApiError::internal(format_args!("unknown key status `{other}` in database")))
+            }
         };
         Ok(Self {
             id: row.text("id")?,
@@ -112,7 +114,8 @@ fn to_json_list(list: &Option<Vec<String>>) -> Result<Option<String>, ApiError> 
 }
 
 fn number<T: TryFrom<i64>>(value: i64) -> Result<T, ApiError> {
-    T::try_from(value).map_err(|_| ApiError::internal(format_args!("number {value} out of range in database")))
+    T::try_from(value)
+        .map_err(|_| ApiError::internal(format_args!("number {value} out of range in database")))
 }
 
 fn opt_number<T: TryFrom<i64>>(value: Option<i64>) -> Result<Option<T>, ApiError> {
@@ -183,31 +186,80 @@ async fn insert_key(db: &Db, key: &StoredKey) -> ApiResult<()> {
     Ok(())
 }
 
-/// Writes `next` over the row if its version is still `expected_version`.
-async fn update_key_if_version(db: &Db, next: &StoredKey, expected_version: u64) -> ApiResult<bool> {
-    let result = sqlx::query(
-        "UPDATE api_keys SET name = $1, owner = $2, group_name = $3, status = $4, expires_at = $5, \
-         allowed_models = $6, quota_micros = $7, rpm = $8, tpm = $9, max_concurrency = $10, \
-         allowed_ips = $11, version = $12, updated_at = $13 WHERE id = $14 AND version = $15",
+/// A validated change of a key: `None` leaves a column as it is,
+/// `Some(None)` clears it, `Some(Some(v))` sets it.
+#[derive(Debug, Default, Clone)]
+struct KeyChange {
+    name: Option<String>,
+    owner: Option<String>,
+    group: Option<String>,
+    status: Option<KeyStatus>,
+    expires_at: Option<Option<i64>>,
+    allowed_models: Option<Option<Vec<String>>>,
+    quota_micros: Option<Option<i64>>,
+    rpm: Option<Option<u32>>,
+    tpm: Option<Option<u64>>,
+    max_concurrency: Option<Option<u32>>,
+    allowed_ips: Option<Option<Vec<String>>>,
+}
+
+/// `1` if the column is to be written, for the `CASE WHEN $n = 1` guards.
+fn flag<T>(field: &Option<T>) -> i64 {
+    i64::from(field.is_some())
+}
+
+/// Applies `change` and bumps `version` in one statement, so concurrent
+/// changes of a key serialise in the database and none is lost. Returns the
+/// row as written, or `None` if there is no such key.
+async fn apply_change(db: &Db, id: &str, change: &KeyChange, now: i64) -> ApiResult<Option<StoredKey>> {
+    let models = change.allowed_models.as_ref().map(to_json_list).transpose()?.flatten();
+    let ips = change.allowed_ips.as_ref().map(to_json_list).transpose()?.flatten();
+    let tpm = to_db_int("tpm", change.tpm.flatten())?;
+    let row = sqlx::query(
+        "UPDATE api_keys SET \
+         name = CASE WHEN $1 = 1 THEN $2 ELSE name END, \
+         owner = CASE WHEN $3 = 1 THEN $4 ELSE owner END, \
+         group_name = CASE WHEN $5 = 1 THEN $6 ELSE group_name END, \
+         status = CASE WHEN $7 = 1 THEN $8 ELSE status END, \
+         expires_at = CASE WHEN $9 = 1 THEN $10 ELSE expires_at END, \
+         allowed_models = CASE WHEN $11 = 1 THEN $12 ELSE allowed_models END, \
+         quota_micros = CASE WHEN $13 = 1 THEN $14 ELSE quota_micros END, \
+         rpm = CASE WHEN $15 = 1 THEN $16 ELSE rpm END, \
+         tpm = CASE WHEN $17 = 1 THEN $18 ELSE tpm END, \
+         max_concurrency = CASE WHEN $19 = 1 THEN $20 ELSE max_concurrency END, \
+         allowed_ips = CASE WHEN $21 = 1 THEN $22 ELSE allowed_ips END, \
+         version = version + 1, updated_at = $23 \
+         WHERE id = $24 \
+         RETURNING id, name, owner, group_name, digest, key_prefix_label, status, expires_at, \
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at",
     )
-    .bind(&next.name)
-    .bind(&next.owner)
-    .bind(&next.group)
-    .bind(status_text(next.status))
-    .bind(next.expires_at)
-    .bind(to_json_list(&next.allowed_models)?)
-    .bind(next.quota_micros)
-    .bind(next.rpm.map(i64::from))
-    .bind(to_db_int("tpm", next.tpm)?)
-    .bind(next.max_concurrency.map(i64::from))
-    .bind(to_json_list(&next.allowed_ips)?)
-    .bind(to_db_int("version", Some(next.version))?)
-    .bind(next.updated_at)
-    .bind(&next.id)
-    .bind(to_db_int("version", Some(expected_version))?)
-    .execute(&db.pool)
+    .bind(flag(&change.name))
+    .bind(change.name.clone())
+    .bind(flag(&change.owner))
+    .bind(change.owner.clone())
+    .bind(flag(&change.group))
+    .bind(change.group.clone())
+    .bind(flag(&change.status))
+    .bind(change.status.map(status_text))
+    .bind(flag(&change.expires_at))
+    .bind(change.expires_at.flatten())
+    .bind(flag(&change.allowed_models))
+    .bind(models)
+    .bind(flag(&change.quota_micros))
+    .bind(change.quota_micros.flatten())
+    .bind(flag(&change.rpm))
+    .bind(change.rpm.flatten().map(i64::from))
+    .bind(flag(&change.tpm))
+    .bind(tpm)
+    .bind(flag(&change.max_concurrency))
+    .bind(change.max_concurrency.flatten().map(i64::from))
+    .bind(flag(&change.allowed_ips))
+    .bind(ips)
+    .bind(now)
+    .bind(id)
+    .fetch_optional(&db.pool)
     .await?;
-    Ok(result.rows_affected() == 1)
+    row.as_ref().map(StoredKey::from_row).transpose()
 }
 
 // ---- request bodies and validation ----
@@ -298,16 +350,21 @@ fn check_expiry(expires_at: Option<i64>, now: i64) -> ApiResult<Option<i64>> {
     }
 }
 
-fn check_limits(key: &StoredKey) -> ApiResult<()> {
-    if key.quota_micros.is_some_and(|q| q < 0) {
+fn check_limits(
+    quota_micros: Option<i64>,
+    rpm: Option<u32>,
+    tpm: Option<u64>,
+    max_concurrency: Option<u32>,
+) -> ApiResult<()> {
+    if quota_micros.is_some_and(|q| q < 0) {
         return Err(ApiError::bad_request("`quota_micros` must not be negative"));
     }
-    if key.rpm == Some(0) || key.tpm == Some(0) || key.max_concurrency == Some(0) {
+    if rpm == Some(0) || tpm == Some(0) || max_concurrency == Some(0) {
         return Err(ApiError::bad_request(
             "`rpm`, `tpm` and `max_concurrency` must be at least 1 (null = unlimited; to block a key, disable it)",
         ));
     }
-    if key.tpm.is_some_and(|t| i64::try_from(t).is_err()) {
+    if tpm.is_some_and(|t| i64::try_from(t).is_err()) {
         return Err(ApiError::bad_request("`tpm` is too large"));
     }
     Ok(())
@@ -364,10 +421,10 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    check_limits(&stored)?;
+    check_limits(stored.quota_micros, stored.rpm, stored.tpm, stored.max_concurrency)?;
     insert_key(state.db(), &stored).await?;
     tracing::info!(id = %stored.id, label = %stored.key_prefix, "key created");
-    let edge_synced = push_key_if_configured(&state, &stored.to_record()).await;
+    let edge_synced = push_key_if_configured(&state, &stored.id).await;
     Ok((StatusCode::CREATED, Json(CreatedKey { key, stored, edge_synced })))
 }
 
@@ -375,7 +432,10 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<List<StoredKe
     Ok(Json(List { data: all_keys(state.db()).await? }))
 }
 
-pub async fn get_one(State(state): State<AppState>, PathParam(id): PathParam<String>) -> ApiResult<Json<StoredKey>> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Json<StoredKey>> {
     find_key(state.db(), &id).await?.map(Json).ok_or_else(|| not_found(&id))
 }
 
@@ -383,28 +443,12 @@ fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no key with id `{id}`"))
 }
 
-/// Applies `change` to the current row and writes it with a version
-/// compare-and-set, retrying a few times if another writer got there first.
-async fn change_key(
-    state: &AppState,
-    id: &str,
-    change: impl Fn(&mut StoredKey, i64) -> ApiResult<()>,
-) -> ApiResult<ChangedKey> {
-    for _ in 0..5 {
-        let current = find_key(state.db(), id).await?.ok_or_else(|| not_found(id))?;
-        let now = now_secs();
-        let mut next = current.clone();
-        change(&mut next, now)?;
-        check_limits(&next)?;
-        next.version = current.version.saturating_add(1);
-        next.updated_at = now;
-        if update_key_if_version(state.db(), &next, current.version).await? {
-            tracing::info!(id = %next.id, version = next.version, status = status_text(next.status), "key changed");
-            let edge_synced = push_key_if_configured(state, &next.to_record()).await;
-            return Ok(ChangedKey { stored: next, edge_synced });
-        }
-    }
-    Err(ApiError::Conflict("the key is being changed concurrently; retry".into()))
+/// Applies a validated change, then pushes the key's record.
+async fn change_key(state: &AppState, id: &str, change: &KeyChange) -> ApiResult<ChangedKey> {
+    let stored = apply_change(state.db(), id, change, now_secs()).await?.ok_or_else(|| not_found(id))?;
+    tracing::info!(id = %stored.id, version = stored.version, status = status_text(stored.status), "key changed");
+    let edge_synced = push_key_if_configured(state, &stored.id).await;
+    Ok(ChangedKey { stored, edge_synced })
 }
 
 pub async fn update(
@@ -415,62 +459,35 @@ pub async fn update(
     if body.is_empty() {
         return Err(ApiError::bad_request("nothing to change: send at least one field"));
     }
-    // Validate what can be validated once, before touching the row.
-    let name = body.name.as_deref().map(|n| validate::text("name", n)).transpose()?;
-    let owner = body.owner.as_deref().map(|o| validate::optional_text("owner", o)).transpose()?;
-    let group = body.group.as_deref().map(|g| validate::ident("group", g)).transpose()?;
-    let allowed_models =
-        body.allowed_models.clone().map(|m| validate::model_list("allowed_models", m)).transpose()?;
-    let allowed_ips = body.allowed_ips.clone().map(validate::ip_list).transpose()?;
-    let expires_at = body.expires_at.map(|e| check_expiry(e, now_secs())).transpose()?;
-    let changed = change_key(&state, &id, |key, _now| {
-        if let Some(name) = &name {
-            key.name.clone_from(name);
-        }
-        if let Some(owner) = &owner {
-            key.owner.clone_from(owner);
-        }
-        if let Some(group) = &group {
-            key.group.clone_from(group);
-        }
-        if let Some(status) = body.status {
-            key.status = status;
-        }
-        if let Some(expires_at) = expires_at {
-            key.expires_at = expires_at;
-        }
-        if let Some(models) = &allowed_models {
-            key.allowed_models.clone_from(models);
-        }
-        if let Some(quota) = body.quota_micros {
-            key.quota_micros = quota;
-        }
-        if let Some(rpm) = body.rpm {
-            key.rpm = rpm;
-        }
-        if let Some(tpm) = body.tpm {
-            key.tpm = tpm;
-        }
-        if let Some(max) = body.max_concurrency {
-            key.max_concurrency = max;
-        }
-        if let Some(ips) = &allowed_ips {
-            key.allowed_ips.clone_from(ips);
-        }
-        Ok(())
-    })
-    .await?;
-    Ok(Json(changed))
+    check_limits(
+        body.quota_micros.flatten(),
+        body.rpm.flatten(),
+        body.tpm.flatten(),
+        body.max_concurrency.flatten(),
+    )?;
+    let change = KeyChange {
+        name: body.name.as_deref().map(|n| validate::text("name", n)).transpose()?,
+        owner: body.owner.as_deref().map(|o| validate::optional_text("owner", o)).transpose()?,
+        group: body.group.as_deref().map(|g| validate::ident("group", g)).transpose()?,
+        status: body.status,
+        expires_at: body.expires_at.map(|e| check_expiry(e, now_secs())).transpose()?,
+        allowed_models: body.allowed_models.map(|m| validate::model_list("allowed_models", m)).transpose()?,
+        quota_micros: body.quota_micros,
+        rpm: body.rpm,
+        tpm: body.tpm,
+        max_concurrency: body.max_concurrency,
+        allowed_ips: body.allowed_ips.map(validate::ip_list).transpose()?,
+    };
+    Ok(Json(change_key(&state, &id, &change).await?))
 }
 
 /// `DELETE /api/keys/{id}`: revoke (disable and push); the row stays for the ledger.
-pub async fn revoke(State(state): State<AppState>, PathParam(id): PathParam<String>) -> ApiResult<Json<ChangedKey>> {
-    let changed = change_key(&state, &id, |key, _now| {
-        key.status = KeyStatus::Disabled;
-        Ok(())
-    })
-    .await?;
-    Ok(Json(changed))
+pub async fn revoke(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Json<ChangedKey>> {
+    let change = KeyChange { status: Some(KeyStatus::Disabled), ..KeyChange::default() };
+    Ok(Json(change_key(&state, &id, &change).await?))
 }
 
 #[cfg(test)]

@@ -10,9 +10,11 @@
 //! edge is a replica that is allowed to lag. Every change is committed first
 //! and pushed second; a failed push is reported (`edge_synced: false`), never
 //! rolled back, and a full sync (on demand and at start-up) converges the edge.
-//! Key records and the routing config carry monotonic versions, so the edge
-//! can drop stale pushes that arrive out of order. Plaintext client keys exist
-//! only in the one response that issues them; only SHA-256 digests are stored.
+//! Pushes are serialised and each one re-reads the committed state, so the
+//! last push to land always carries the newest state; key records and the
+//! routing config also carry monotonic versions for the edge. Plaintext client
+//! keys exist only in the one response that issues them; only SHA-256 digests
+//! are stored.
 
 pub mod auth;
 pub mod channels;
@@ -49,6 +51,9 @@ struct Inner {
     edge: Option<EdgeClient>,
     admin_token_digest: [u8; 32],
     internal_secret: Option<String>,
+    /// Held while reading state and pushing it to the edge, so pushes leave in
+    /// commit order and the last one to land carries the newest state.
+    push_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -71,6 +76,7 @@ impl AppState {
             edge,
             admin_token_digest: auth::token_digest(&config.admin_token),
             internal_secret: config.internal_secret.clone(),
+            push_lock: tokio::sync::Mutex::new(()),
         })))
     }
 
@@ -88,6 +94,11 @@ impl AppState {
 
     pub fn internal_secret(&self) -> Option<&str> {
         self.0.internal_secret.as_deref()
+    }
+
+    /// Serialises edge pushes (see [`edge_sync`]).
+    pub async fn lock_pushes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.push_lock.lock().await
     }
 }
 

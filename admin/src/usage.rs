@@ -91,7 +91,11 @@ impl<'a> LedgerRow<'a> {
 }
 
 /// `POST /internal/usage`: HMAC-signed by the edge; inserts idempotently.
-pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<IngestResult>> {
+pub async fn ingest(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<IngestResult>> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     match verify(
         state.internal_secret(),
@@ -104,7 +108,9 @@ pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Byt
     ) {
         Ok(()) => {}
         Err(InternalAuthError::NotConfigured) => {
-            return Err(ApiError::NotConfigured("usage ingest is disabled: EDGE_ADMIN_SECRET is not set".into()))
+            return Err(ApiError::NotConfigured(
+                "usage ingest is disabled: EDGE_ADMIN_SECRET is not set".into(),
+            ))
         }
         Err(reason) => {
             tracing::warn!(?reason, "usage ingest refused: bad signature");
@@ -116,7 +122,8 @@ pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Byt
     if batch.events.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!("a batch may hold at most {MAX_BATCH} events")));
     }
-    let rows = batch.events.iter().enumerate().map(|(i, e)| LedgerRow::new(i, e)).collect::<ApiResult<Vec<_>>>()?;
+    let rows =
+        batch.events.iter().enumerate().map(|(i, e)| LedgerRow::new(i, e)).collect::<ApiResult<Vec<_>>>()?;
     let ingested_at = now_ms();
     let mut tx = state.db().pool.begin().await?;
     let mut inserted = 0u64;
@@ -228,7 +235,10 @@ pub async fn list(
     let digest = match &query.key_id {
         None => String::new(),
         Some(id) => {
-            find_key(state.db(), id).await?.ok_or_else(|| ApiError::NotFound(format!("no key with id `{id}`")))?.digest
+            find_key(state.db(), id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no key with id `{id}`")))?
+                .digest
         }
     };
     let rows = sqlx::query(

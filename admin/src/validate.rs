@@ -92,7 +92,9 @@ fn is_ip_or_cidr(value: &str) -> bool {
     let max = if ip.is_ipv4() { 32 } else { 128 };
     match prefix {
         None => true,
-        Some(p) => !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok_and(|n| n <= max),
+        Some(p) => {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok_and(|n| n <= max)
+        }
     }
 }
 
@@ -129,7 +131,10 @@ mod tests {
     #[test]
     fn lists_are_normalised() {
         assert_eq!(model_list("m", Some(vec![])).unwrap(), None);
-        assert_eq!(model_list("m", Some(vec![" a ".into(), "a".into(), "b".into()])).unwrap(), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            model_list("m", Some(vec![" a ".into(), "a".into(), "b".into()])).unwrap(),
+            Some(vec!["a".into(), "b".into()])
+        );
         assert!(model_list("m", Some(vec!["".into()])).is_err());
         assert_eq!(ip_list(Some(vec![])).unwrap(), None);
     }

@@ -1,0 +1,14 @@
+//! Integration tests of the admin HTTP API: each test gets a fresh database
+//! and drives the router with `oneshot`; edge pushes go to a fake edge on
+//! 127.0.0.1. Tests marked `on_both_databases!` also run against Postgres
+//! when `TEST_POSTGRES_URL` is set.
+
+// Test helpers fail loudly: a panic is the assertion.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod edge;
+mod keys;
+mod openapi;
+mod routing;
+mod usage;
