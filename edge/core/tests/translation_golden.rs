@@ -7,10 +7,12 @@
 //! edgeway-core --test translation_golden` rewrites the golden files (review
 //! the diff before committing).
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 use edgeway_core::translate::{
     build_upstream_request, parse_client_request, parse_upstream_error, parse_upstream_response,
-    render_client_error, render_client_response, ClientDialect, StreamOptions, StreamOutcome, StreamTranslator,
-    UpstreamDialect,
+    render_client_error, render_client_response, ClientDialect, StreamOptions, StreamOutcome,
+    StreamTranslator, UpstreamDialect,
 };
 use serde_json::{json, Value};
 use std::fs;
@@ -57,7 +59,11 @@ fn stream_options() -> StreamOptions {
 }
 
 /// Runs a whole stream through a translator, in the given pieces.
-fn translate_stream(upstream: UpstreamDialect, client: ClientDialect, pieces: &[&[u8]]) -> (Vec<u8>, StreamTranslator) {
+fn translate_stream(
+    upstream: UpstreamDialect,
+    client: ClientDialect,
+    pieces: &[&[u8]],
+) -> (Vec<u8>, StreamTranslator) {
     let mut translator = StreamTranslator::new(upstream, client, stream_options());
     let mut out = Vec::new();
     for piece in pieces {
@@ -75,7 +81,11 @@ struct Golden {
 
 impl Golden {
     fn new() -> Self {
-        Self { update: std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1"), mismatches: Vec::new(), checked: 0 }
+        Self {
+            update: std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1"),
+            mismatches: Vec::new(),
+            checked: 0,
+        }
     }
 
     fn check(&mut self, case: &Path, name: &str, actual: &str) {
@@ -98,13 +108,20 @@ impl Golden {
                     actual.lines().nth(line).unwrap_or("")
                 ));
             }
-            Err(_) => self.mismatches.push(format!("{case_name}/{name}: golden file missing (run with UPDATE_GOLDEN=1)")),
+            Err(_) => self
+                .mismatches
+                .push(format!("{case_name}/{name}: golden file missing (run with UPDATE_GOLDEN=1)")),
         }
     }
 
     fn finish(self) {
         assert!(self.checked > 0, "no golden file was checked");
-        assert!(self.mismatches.is_empty(), "{} golden mismatches:\n{}", self.mismatches.len(), self.mismatches.join("\n"));
+        assert!(
+            self.mismatches.is_empty(),
+            "{} golden mismatches:\n{}",
+            self.mismatches.len(),
+            self.mismatches.join("\n")
+        );
     }
 }
 
@@ -133,7 +150,11 @@ fn requests_translate_to_every_upstream() {
                         Err(e) => error_json(client, &e),
                     },
                 };
-                golden.check(&case, &format!("request.{}_to_{}.json", client.name(), upstream.name()), &pretty(&output));
+                golden.check(
+                    &case,
+                    &format!("request.{}_to_{}.json", client.name(), upstream.name()),
+                    &pretty(&output),
+                );
             }
         }
     }
@@ -164,7 +185,11 @@ fn responses_translate_to_every_client() {
                         serde_json::from_slice::<Value>(&render_client_response(client, &resp)).expect("json")
                     }
                 };
-                golden.check(&case, &format!("response.{}_to_{}.json", upstream.name(), client.name()), &pretty(&output));
+                golden.check(
+                    &case,
+                    &format!("response.{}_to_{}.json", upstream.name(), client.name()),
+                    &pretty(&output),
+                );
             }
         }
     }
@@ -195,10 +220,16 @@ fn streams_translate_to_every_client() {
                 });
                 match &usage_seen {
                     None => {
-                        golden.check(&case, &format!("usage.stream.{}.json", upstream.name()), &pretty(&summary));
+                        golden.check(
+                            &case,
+                            &format!("usage.stream.{}.json", upstream.name()),
+                            &pretty(&summary),
+                        );
                         usage_seen = Some(summary);
                     }
-                    Some(first) => assert_eq!(first, &summary, "stream summary depends on the client dialect"),
+                    Some(first) => {
+                        assert_eq!(first, &summary, "stream summary depends on the client dialect")
+                    }
                 }
             }
         }
@@ -222,7 +253,11 @@ fn upstream_errors_render_in_every_client_dialect() {
             for client in ClientDialect::ALL {
                 let rendered = error_json(client, &error);
                 assert!(!rendered.to_string().contains("sk-live"), "key leaked: {rendered}");
-                golden.check(&case, &format!("error.{}_to_{}.json", upstream.name(), client.name()), &pretty(&rendered));
+                golden.check(
+                    &case,
+                    &format!("error.{}_to_{}.json", upstream.name(), client.name()),
+                    &pretty(&rendered),
+                );
             }
         }
     }
@@ -233,7 +268,9 @@ fn upstream_errors_render_in_every_client_dialect() {
 fn stream_fixtures(upstream: UpstreamDialect) -> Vec<(PathBuf, Vec<u8>)> {
     cases()
         .into_iter()
-        .filter_map(|case| read(&case.join(format!("stream.{}.sse", upstream.name()))).map(|body| (case, body)))
+        .filter_map(|case| {
+            read(&case.join(format!("stream.{}.sse", upstream.name()))).map(|body| (case, body))
+        })
         .collect()
 }
 

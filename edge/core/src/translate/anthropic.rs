@@ -164,7 +164,7 @@ fn parse_tool(tool: &Value, i: usize) -> Result<ToolDefinition, GatewayError> {
     let obj = as_object(tool, &path)?;
     if let Some(kind) = opt_str(obj, "type", &path)?.filter(|k| *k != "custom") {
         return Err(invalid(
-            format!("Server tool `{kind}` cannot be translated to another provider; only custom tools can."),
+            format!("Server tool `{kind}` is not supported through edgeway's translation layer; only custom (function) tools are."),
             &format!("{path}.type"),
         ));
     }
@@ -386,6 +386,25 @@ fn blocks_for(message: &Message) -> Result<Vec<Value>, GatewayError> {
     Ok(blocks)
 }
 
+/// With thinking on, Anthropic requires the assistant turn whose tool calls
+/// the conversation is answering to start with its signed thinking. A client
+/// that cannot carry signatures (OpenAI chat without server-side
+/// preservation) leaves it out; thinking is then left off for this request
+/// rather than sending a request Anthropic is known to refuse.
+fn tool_turn_lacks_signed_thinking(messages: &[Message]) -> bool {
+    let Some(last_assistant) = messages.iter().rev().find(|m| m.role == Role::Assistant) else {
+        return false;
+    };
+    let calls_tools = last_assistant.content.iter().any(|p| matches!(p, ContentPart::ToolCall { .. }));
+    let signed = last_assistant.content.iter().any(|p| {
+        matches!(p, ContentPart::Thinking { signature: Some(_), .. } | ContentPart::RedactedThinking { .. })
+    });
+    let answered_last = messages.last().is_some_and(|m| {
+        m.role == Role::User && m.content.iter().any(|p| matches!(p, ContentPart::ToolResult { .. }))
+    });
+    calls_tools && answered_last && !signed
+}
+
 fn unsupported(param: &str) -> GatewayError {
     invalid(format!("`{param}` is not supported by Anthropic upstreams."), param)
 }
@@ -415,7 +434,8 @@ pub(crate) fn build_request(
     }
     let mut body = Map::new();
     body.insert("model".into(), json!(upstream_model));
-    let budget = req.reasoning.and_then(budget_for);
+    let messages = normalize_messages(&req.messages);
+    let budget = req.reasoning.and_then(budget_for).filter(|_| !tool_turn_lacks_signed_thinking(&messages));
     let max_tokens = match (req.max_output_tokens, budget) {
         (Some(max), _) => max,
         (None, Some(budget)) => budget + DEFAULT_MAX_TOKENS,
@@ -435,16 +455,16 @@ pub(crate) fn build_request(
         };
         body.insert("system".into(), system);
     }
-    let mut messages = Vec::new();
-    for message in normalize_messages(&req.messages) {
-        let content = blocks_for(&message)?;
+    let mut wire_messages = Vec::new();
+    for message in &messages {
+        let content = blocks_for(message)?;
         if content.is_empty() {
             continue;
         }
         let role = if message.role == Role::User { "user" } else { "assistant" };
-        messages.push(json!({"role": role, "content": content}));
+        wire_messages.push(json!({"role": role, "content": content}));
     }
-    body.insert("messages".into(), Value::Array(messages));
+    body.insert("messages".into(), Value::Array(wire_messages));
     if let Some(budget) = budget {
         let budget = if req.max_output_tokens.is_some() && budget >= max_tokens {
             // `budget_tokens` must stay below `max_tokens`.

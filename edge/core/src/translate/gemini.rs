@@ -122,7 +122,7 @@ pub(crate) fn parse_request(body: &[u8], count_tokens: bool) -> Result<Canonical
             for key in t.keys() {
                 if key != "functionDeclarations" {
                     return Err(invalid(
-                        format!("Gemini tool `{key}` cannot be translated to another provider; only function declarations can."),
+                        format!("Gemini tool `{key}` is not supported through edgeway's translation layer; only function declarations are."),
                         &format!("{path}.{key}"),
                     ));
                 }
@@ -944,6 +944,10 @@ impl UpstreamParser for GeminiStreamParser {
             )));
             return;
         }
+        // Usage first, so a client stream that starts now can show the prompt count.
+        if let Some(meta) = chunk.get("usageMetadata").filter(|u| u.is_object()) {
+            out.push(StreamEvent::Usage(parse_usage(meta)));
+        }
         if !self.started {
             self.started = true;
             if self.id_seed.is_empty() {
@@ -979,9 +983,6 @@ impl UpstreamParser for GeminiStreamParser {
                     _ => {}
                 }
             }
-        }
-        if let Some(meta) = chunk.get("usageMetadata").filter(|u| u.is_object()) {
-            out.push(StreamEvent::Usage(parse_usage(meta)));
         }
         let reason = match candidate.get("finishReason").and_then(Value::as_str) {
             Some(reason) => Some(parse_finish_reason(reason)),
