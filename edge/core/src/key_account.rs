@@ -12,16 +12,65 @@ use std::collections::BTreeMap;
 /// Default lease lifetime: longer than any request the gateway lets run.
 pub const DEFAULT_LEASE_MS: i64 = 10 * 60 * 1000;
 
+/// The limits of a key as the worker last read them from KV. The object keeps
+/// the newest version it has seen (from admission calls or from the admin's
+/// pushes) and enforces that one, so a revocation or quota change pushed to
+/// the object applies on the next request even while KV still serves the old
+/// record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimits {
+    /// `KeyRecord::version`.
+    #[serde(default)]
+    pub version: u64,
+    /// The key is disabled (revoked).
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Total spend allowed, micro-units; `None` = unlimited.
+    #[serde(default)]
+    pub quota_micros: Option<i64>,
+}
+
 /// What the worker sends to admit a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdmitRequest {
     pub request_id: String,
-    /// Most requests in flight at once; `None` = unlimited (still counted).
+    /// Limits from the worker's copy of the key record.
     #[serde(default)]
-    pub max_concurrency: Option<u32>,
+    pub limits: KeyLimits,
+    /// Worst-case cost to reserve against the quota, micro-units.
+    #[serde(default)]
+    pub reserve_micros: i64,
+    /// Estimated tokens (prompt + max output) counted against TPM until settled.
+    #[serde(default)]
+    pub estimated_tokens: u64,
     /// Lease lifetime in ms; default [`DEFAULT_LEASE_MS`].
     #[serde(default)]
     pub lease_ms: Option<i64>,
+    /// Older callers only sent this; kept so both versions work during a deploy.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+}
+
+/// Why the object refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// Too many requests in flight.
+    Concurrency,
+    /// Requests-per-minute window full.
+    Rpm,
+    /// Tokens-per-minute window full.
+    Tpm,
+    /// The reservation would exceed the quota.
+    Quota,
+    /// The key was disabled.
+    Revoked,
 }
 
 /// The object's answer.
@@ -30,11 +79,26 @@ pub struct AdmitRequest {
 pub enum AdmitDecision {
     /// Go ahead; `in_flight` counts this request.
     Admitted { in_flight: u32, lease_expires_at_ms: i64 },
-    /// Too many in flight; retry after the given seconds.
+    /// Too many in flight; retry after the given seconds. (Kept for callers of
+    /// the first protocol version.)
     ConcurrencyLimited { in_flight: u32, retry_after_secs: u64 },
+    /// Refused for `reason`; retry after the given seconds when it can pass later.
+    Refused { reason: Refusal, retry_after_secs: Option<u64> },
 }
 
-/// What the worker sends when a request ends.
+/// What the worker sends when a request ends: the settled usage event, which
+/// the object stores in its outbox before answering and then publishes to the
+/// usage queue (retrying by alarm until the queue accepts it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleRequest {
+    pub request_id: String,
+    /// `None` releases the lease and the reservation without billing (for
+    /// requests refused before they reached a provider).
+    #[serde(default)]
+    pub event: Option<crate::usage::UsageEvent>,
+}
+
+/// What the worker sends when a request ends (first protocol version).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseRequest {
     pub request_id: String,
@@ -65,7 +129,7 @@ impl Leases {
         let expired = self.expire(now_ms);
         let lease_ms = req.lease_ms.unwrap_or(DEFAULT_LEASE_MS).max(1);
         let renewing = self.by_request.contains_key(&req.request_id);
-        if let Some(limit) = req.max_concurrency {
+        if let Some(limit) = req.limits.max_concurrency.or(req.max_concurrency) {
             if !renewing && self.in_flight() >= limit {
                 let soonest = self.by_request.values().min().copied().unwrap_or(now_ms);
                 let wait_ms = (soonest - now_ms).clamp(0, 60_000);
@@ -110,7 +174,15 @@ mod tests {
     use super::*;
 
     fn admit(l: &mut Leases, id: &str, max: Option<u32>, now: i64) -> AdmitDecision {
-        l.admit(&AdmitRequest { request_id: id.into(), max_concurrency: max, lease_ms: Some(1000) }, now).0
+        let req = AdmitRequest {
+            request_id: id.into(),
+            limits: KeyLimits { max_concurrency: max, ..Default::default() },
+            reserve_micros: 0,
+            estimated_tokens: 0,
+            lease_ms: Some(1000),
+            max_concurrency: None,
+        };
+        l.admit(&req, now).0
     }
 
     #[test]

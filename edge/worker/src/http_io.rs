@@ -7,13 +7,12 @@ use worker::{Headers, Request, Response, Result};
 
 /// Reads the whole body, refusing more than `limit` bytes without buffering
 /// them: a declared `Content-Length` over the limit is refused before reading.
-pub async fn read_body_limited(req: &mut Request, limit: usize) -> std::result::Result<Vec<u8>, GatewayError> {
-    let declared = req
-        .headers()
-        .get("content-length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.trim().parse::<u64>().ok());
+pub async fn read_body_limited(
+    req: &mut Request,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, GatewayError> {
+    let declared =
+        req.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(GatewayError::PayloadTooLarge { limit_bytes: limit });
     }
@@ -48,9 +47,15 @@ pub fn json_response(status: u16, body: &serde_json::Value) -> std::result::Resu
 }
 
 /// A response with a fixed body.
-pub fn bytes_response(status: u16, body: Vec<u8>, content_type: &str) -> std::result::Result<Response, GatewayError> {
+pub fn bytes_response(
+    status: u16,
+    body: Vec<u8>,
+    content_type: &str,
+) -> std::result::Result<Response, GatewayError> {
     let headers = base_headers(content_type).map_err(|_| GatewayError::Internal)?;
-    Response::from_bytes(body).map(|r| r.with_status(status).with_headers(headers)).map_err(|_| GatewayError::Internal)
+    Response::from_bytes(body)
+        .map(|r| r.with_status(status).with_headers(headers))
+        .map_err(|_| GatewayError::Internal)
 }
 
 /// The error as a response in `dialect`, with `Retry-After` when it applies.
@@ -62,7 +67,9 @@ pub fn error_response(error: &GatewayError, dialect: Dialect) -> Result<Response
     if matches!(error, GatewayError::MissingApiKey | GatewayError::InvalidApiKey) {
         headers.set("www-authenticate", "Bearer")?;
     }
-    Ok(Response::from_bytes(error.body(dialect).into_bytes())?.with_status(error.status()).with_headers(headers))
+    Ok(Response::from_bytes(error.body(dialect).into_bytes())?
+        .with_status(error.status())
+        .with_headers(headers))
 }
 
 /// CORS preflight answer, so browser clients can call the gateway directly.

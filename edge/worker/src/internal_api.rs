@@ -36,7 +36,10 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
             InternalAuthError::Stale => "signature timestamp outside the allowed clock skew",
             InternalAuthError::BadSignature => "bad signature",
         };
-        return http_io::json_response(401, &json!({"error": {"message": message, "type": "authentication_error"}}));
+        return http_io::json_response(
+            401,
+            &json!({"error": {"message": message, "type": "authentication_error"}}),
+        );
     }
     let kv = env.kv(bindings::KV).map_err(|_| GatewayError::Internal)?;
     let bad = |message: String| GatewayError::InvalidRequest { message, param: None };
@@ -59,7 +62,10 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
                     .await
                     .map_err(|_| GatewayError::Internal)?;
                 isolate_cache::forget_key(digest);
-                http_io::json_response(200, &json!({"stored": true, "digest": digest, "version": record.version}))
+                http_io::json_response(
+                    200,
+                    &json!({"stored": true, "digest": digest, "version": record.version}),
+                )
             }
             Method::Delete => {
                 kv.delete(&kv_key_for_digest(digest)).await.map_err(|_| GatewayError::Internal)?;
@@ -81,11 +87,17 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
                 .await
                 .map_err(|_| GatewayError::Internal)?;
             isolate_cache::set_routing(table);
-            http_io::json_response(200, &json!({"stored": true, "version": config.version, "models": config.models.len()}))
+            http_io::json_response(
+                200,
+                &json!({"stored": true, "version": config.version, "models": config.models.len()}),
+            )
         }
         (Method::Get, "/internal/routing") => {
             let table = isolate_cache::routing_table(env).await?;
-            http_io::json_response(200, &serde_json::to_value(table.config()).map_err(|_| GatewayError::Internal)?)
+            http_io::json_response(
+                200,
+                &serde_json::to_value(table.config()).map_err(|_| GatewayError::Internal)?,
+            )
         }
         _ => Err(GatewayError::NotFound),
     }

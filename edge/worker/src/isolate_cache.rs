@@ -26,19 +26,17 @@ thread_local! {
 /// `InvalidApiKey`; the stored digest is compared in constant time.
 pub async fn key_record(env: &Env, digest: &str) -> Result<Rc<KeyRecord>, GatewayError> {
     let now = now_ms();
-    let cached = KEYS.with(|k| k.borrow().get(digest).filter(|(_, at)| now - at < KEY_CACHE_TTL_MS as i64).map(|(r, _)| r.clone()));
+    let cached = KEYS.with(|k| {
+        k.borrow().get(digest).filter(|(_, at)| now - at < KEY_CACHE_TTL_MS as i64).map(|(r, _)| r.clone())
+    });
     let record = match cached {
         Some(record) => record,
         None => {
             let kv = env.kv(bindings::KV).map_err(|_| GatewayError::Internal)?;
-            let record: Option<KeyRecord> = kv
-                .get(&kv_key_for_digest(digest))
-                .json()
-                .await
-                .map_err(|e| {
-                    worker::console_error!("kv key read failed: {e}");
-                    GatewayError::Internal
-                })?;
+            let record: Option<KeyRecord> = kv.get(&kv_key_for_digest(digest)).json().await.map_err(|e| {
+                worker::console_error!("kv key read failed: {e}");
+                GatewayError::Internal
+            })?;
             let record = Rc::new(record.ok_or(GatewayError::InvalidApiKey)?);
             KEYS.with(|k| {
                 let mut k = k.borrow_mut();

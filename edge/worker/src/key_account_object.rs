@@ -9,9 +9,11 @@
 
 use crate::runtime::now_ms;
 use edgeway_core::error::GatewayError;
-use edgeway_core::key_account::{AdmitDecision, AdmitRequest, Leases, ReleaseRequest};
+use edgeway_core::key_account::{AdmitDecision, AdmitRequest, Leases, ReleaseRequest, SettleRequest};
 use std::cell::RefCell;
-use worker::{durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result, State};
+use worker::{
+    durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result, State,
+};
 
 const LEASE_PREFIX: &str = "lease:";
 
@@ -26,11 +28,8 @@ impl KeyAccount {
         if let Some(leases) = self.leases.borrow().as_ref() {
             return Ok(leases.clone());
         }
-        let stored = self
-            .state
-            .storage()
-            .list_with_options(worker::ListOptions::new().prefix(LEASE_PREFIX))
-            .await?;
+        let stored =
+            self.state.storage().list_with_options(worker::ListOptions::new().prefix(LEASE_PREFIX)).await?;
         let mut entries = Vec::new();
         for entry in stored.entries() {
             let Ok(pair) = entry else { continue };
@@ -79,7 +78,9 @@ impl DurableObject for KeyAccount {
                 let mut leases = self.loaded_leases().await?;
                 let (decision, expired) = leases.admit(&admit, now);
                 let put = match &decision {
-                    AdmitDecision::Admitted { lease_expires_at_ms, .. } => Some((admit.request_id.as_str(), *lease_expires_at_ms)),
+                    AdmitDecision::Admitted { lease_expires_at_ms, .. } => {
+                        Some((admit.request_id.as_str(), *lease_expires_at_ms))
+                    }
                     AdmitDecision::ConcurrencyLimited { .. } => None,
                 };
                 self.store(leases, put, &expired).await?;
@@ -118,12 +119,20 @@ pub struct KeyAccountClient {
 
 impl KeyAccountClient {
     pub fn new(env: &Env, digest: &str) -> std::result::Result<Self, GatewayError> {
-        let namespace = env.durable_object(crate::bindings::KEY_ACCOUNT).map_err(|_| GatewayError::Internal)?;
-        let stub = namespace.id_from_name(digest).and_then(|id| id.get_stub()).map_err(|_| GatewayError::Internal)?;
+        let namespace =
+            env.durable_object(crate::bindings::KEY_ACCOUNT).map_err(|_| GatewayError::Internal)?;
+        let stub = namespace
+            .id_from_name(digest)
+            .and_then(|id| id.get_stub())
+            .map_err(|_| GatewayError::Internal)?;
         Ok(Self { stub })
     }
 
-    async fn call<T: serde::Serialize, R: serde::de::DeserializeOwned>(&self, path: &str, body: &T) -> Result<R> {
+    async fn call<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<R> {
         let headers = Headers::new();
         headers.set("content-type", "application/json")?;
         let mut init = RequestInit::new();
@@ -135,10 +144,9 @@ impl KeyAccountClient {
         response.json().await
     }
 
-    /// Takes a concurrency lease for `request_id`, or refuses with 429.
-    pub async fn admit(&self, request_id: &str, max_concurrency: Option<u32>) -> std::result::Result<(), GatewayError> {
-        let req = AdmitRequest { request_id: request_id.to_string(), max_concurrency, lease_ms: None };
-        let decision: AdmitDecision = self.call("/admit", &req).await.map_err(|e| {
+    /// Takes a lease (and, later, a quota reservation) or refuses.
+    pub async fn admit(&self, req: &AdmitRequest) -> std::result::Result<(), GatewayError> {
+        let decision: AdmitDecision = self.call("/admit", req).await.map_err(|e| {
             worker::console_error!("key account admit failed: {e}");
             GatewayError::Internal
         })?;
@@ -148,13 +156,16 @@ impl KeyAccountClient {
                 message: format!("Too many concurrent requests for this key ({in_flight} in flight). Retry shortly."),
                 retry_after_secs,
             }),
+            AdmitDecision::Refused { .. } => Err(GatewayError::RateLimited {
+                message: "Request refused by the key's limits.".into(),
+                retry_after_secs: 1,
+            }),
         }
     }
 
-    /// Releases the lease; failures are logged (the lease expires by alarm).
-    pub async fn release(&self, request_id: &str) {
-        let req = ReleaseRequest { request_id: request_id.to_string() };
-        if let Err(e) = self.call::<_, serde_json::Value>("/release", &req).await {
+    /// Ends a request: releases its lease and publishes its usage event.
+    pub async fn settle(&self, req: &SettleRequest) {
+        if let Err(e) = self.call::<_, serde_json::Value>("/release", &ReleaseRequest { request_id: req.request_id.clone() }).await {
             worker::console_warn!("key account release failed (lease will expire): {e}");
         }
     }

@@ -33,11 +33,14 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let outcome = match (method.clone(), path.as_str()) {
         (Method::Post, "/v1/chat/completions") => chat_handler::handle(req, &env, &ctx).await,
         (Method::Get, "/v1/models") => chat_handler::list_models(&req, &env).await,
-        (Method::Get, "/health") | (Method::Get, "/") => http_io::json_response(200, &serde_json::json!({
-            "status": "ok",
-            "service": "edgeway",
-            "version": env!("CARGO_PKG_VERSION"),
-        })),
+        (Method::Get, "/health") | (Method::Get, "/") => http_io::json_response(
+            200,
+            &serde_json::json!({
+                "status": "ok",
+                "service": "edgeway",
+                "version": env!("CARGO_PKG_VERSION"),
+            }),
+        ),
         (_, p) if p.starts_with("/internal/") => internal_api::handle(req, &env).await,
         (Method::Options, _) => http_io::preflight(),
         (_, "/v1/chat/completions") | (_, "/v1/models") => Err(GatewayError::MethodNotAllowed),

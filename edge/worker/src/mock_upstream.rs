@@ -11,7 +11,12 @@ use std::time::Duration;
 use worker::Delay;
 
 /// Answers like an OpenAI-compatible upstream would.
-pub async fn reply(prepared: &PreparedChat, upstream_model: &str, options: MockOptions, now_ms: i64) -> UpstreamReply {
+pub async fn reply(
+    prepared: &PreparedChat,
+    upstream_model: &str,
+    options: MockOptions,
+    now_ms: i64,
+) -> UpstreamReply {
     if options.latency_ms > 0 {
         Delay::from(Duration::from_millis(options.latency_ms)).await;
     }
@@ -34,13 +39,16 @@ pub async fn reply(prepared: &PreparedChat, upstream_model: &str, options: MockO
     let stream: BodyStream = if delay_ms == 0 {
         Box::pin(futures_util::stream::iter([Ok(frames.concat())]))
     } else {
-        Box::pin(futures_util::stream::unfold((frames.into_iter(), true), move |(mut frames, first)| async move {
-            let frame = frames.next()?;
-            if !first {
-                Delay::from(Duration::from_millis(delay_ms)).await;
-            }
-            Some((Ok(frame), (frames, false)))
-        }))
+        Box::pin(futures_util::stream::unfold(
+            (frames.into_iter(), true),
+            move |(mut frames, first)| async move {
+                let frame = frames.next()?;
+                if !first {
+                    Delay::from(Duration::from_millis(delay_ms)).await;
+                }
+                Some((Ok(frame), (frames, false)))
+            },
+        ))
     };
     UpstreamReply { status: 200, body: stream }
 }

@@ -22,9 +22,11 @@ pub struct UpstreamReply {
 
 /// The channel's credential: inline, or from the named worker secret.
 pub fn channel_credential(channel: &Channel, env: &Env) -> Option<String> {
-    channel.api_key.clone().filter(|k| !k.is_empty()).or_else(|| {
-        channel.api_key_secret.as_deref().and_then(|name| crate::bindings::text(env, name))
-    })
+    channel
+        .api_key
+        .clone()
+        .filter(|k| !k.is_empty())
+        .or_else(|| channel.api_key_secret.as_deref().and_then(|name| crate::bindings::text(env, name)))
 }
 
 /// POSTs `body` to `url` and waits at most `timeout_ms` for the response headers.
