@@ -425,3 +425,34 @@ fn garbage_upstream_bodies_are_502() {
         assert_eq!(err.status(), 502);
     }
 }
+
+#[test]
+fn gemini_function_responses_name_the_latest_call_with_that_id() {
+    let req = parse_client_request(
+        ClientDialect::OpenAiChat,
+        &body(json!({"model": "m", "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": "first", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "1"},
+            {"role": "assistant", "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": "second", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "2"}]})),
+        None,
+        false,
+    )
+    .expect("parse");
+    let up = upstream_body(UpstreamDialect::Gemini, &req);
+    assert_eq!(up["contents"][2]["parts"][0]["functionResponse"]["name"], "first");
+    assert_eq!(up["contents"][4]["parts"][0]["functionResponse"]["name"], "second");
+}
+
+#[test]
+fn channel_secrets_are_redacted_from_upstream_errors() {
+    let err = edgeway_core::translate::parse_upstream_error_redacting(
+        UpstreamDialect::Anthropic,
+        401,
+        br#"{"type":"error","error":{"type":"authentication_error","message":"bad key my-channel-key"}}"#,
+        &["my-channel-key"],
+    );
+    assert!(!err.message().contains("my-channel-key"));
+    assert_eq!(err.status(), 502, "our credential being refused is not the client's fault");
+}

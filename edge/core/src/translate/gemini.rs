@@ -13,6 +13,7 @@ use crate::error::{Dialect, GatewayError};
 use crate::sse::{encode_event, SseEvent};
 use crate::usage::TokenUsage;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 
 /// Signature Gemini documents for function calls whose real signature was
 /// lost (history from another model or a client that dropped it).
@@ -482,12 +483,16 @@ fn function_response(text: &str, is_error: bool) -> Value {
     }
 }
 
-fn contents_for(
-    messages: &[Message],
-    names: &std::collections::HashMap<String, String>,
-) -> Result<Vec<Value>, GatewayError> {
+fn contents_for(messages: &[Message]) -> Result<Vec<Value>, GatewayError> {
     let mut contents = Vec::new();
+    // Tool call id → function name, as of the current point in the
+    // conversation, so a result finds the latest call with its id even when
+    // ids repeat across turns.
+    let mut names: HashMap<String, String> = HashMap::new();
     for message in messages {
+        if message.role == Role::Assistant {
+            names.extend(tool_names_by_id(std::slice::from_ref(message)));
+        }
         let mut parts: Vec<Value> = Vec::new();
         let mut pending_signature: Option<String> = None;
         let mut first_call = true;
@@ -600,9 +605,8 @@ pub(crate) fn build_request(
         ));
     }
     let messages = normalize_messages(&req.messages);
-    let names = tool_names_by_id(&messages);
     let mut body = Map::new();
-    body.insert("contents".into(), Value::Array(contents_for(&messages, &names)?));
+    body.insert("contents".into(), Value::Array(contents_for(&messages)?));
     if !req.system.is_empty() {
         let text = req.system.iter().map(|b| b.text.as_str()).collect::<Vec<_>>().join("\n\n");
         body.insert("systemInstruction".into(), json!({"parts": [{"text": text}]}));

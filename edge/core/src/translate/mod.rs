@@ -280,6 +280,22 @@ pub fn parse_upstream_error(dialect: UpstreamDialect, status: u16, body: &[u8]) 
     GatewayError::Upstream { status, message }
 }
 
+/// [`parse_upstream_error`], also redacting the channel's own credentials
+/// (`secrets`) wherever they appear in the message.
+pub fn parse_upstream_error_redacting(
+    dialect: UpstreamDialect,
+    status: u16,
+    body: &[u8],
+    secrets: &[&str],
+) -> GatewayError {
+    match parse_upstream_error(dialect, status, body) {
+        GatewayError::Upstream { status, message } => {
+            GatewayError::Upstream { status, message: redact_secrets(&message, secrets) }
+        }
+        other => other,
+    }
+}
+
 /// An upstream error met inside a stream.
 pub(crate) fn upstream_error_from_message(status: u16, raw: &str) -> GatewayError {
     let redacted = redact_secrets(raw, &[]);
