@@ -198,6 +198,9 @@ pub struct CanonicalRequest {
     pub candidate_count: Option<u64>,
     /// Log probabilities asked for; never translated.
     pub logprobs: bool,
+    /// Gemini `safetySettings`, passed on to Gemini upstreams only (other
+    /// providers have no per-request safety thresholds).
+    pub gemini_safety_settings: Option<Value>,
 }
 
 /// Why generation stopped.

@@ -112,6 +112,12 @@ pub(crate) fn parse_request(body: &[u8], count_tokens: bool) -> Result<Canonical
             }
         }
     }
+    if let Some(settings) = either(&obj, "safetySettings", "safety_settings") {
+        if !settings.is_array() {
+            return Err(invalid("`safetySettings` must be an array.", "safetySettings"));
+        }
+        req.gemini_safety_settings = Some(settings.clone());
+    }
     if let Some(config) = either(&obj, "generationConfig", "generation_config") {
         parse_generation_config(&snake_to_camel(as_object(config, "generationConfig")?), &mut req)?;
     }
@@ -664,6 +670,9 @@ pub(crate) fn build_request(
     }
     if !config.is_empty() {
         body.insert("generationConfig".into(), Value::Object(config));
+    }
+    if let Some(settings) = &req.gemini_safety_settings {
+        body.insert("safetySettings".into(), settings.clone());
     }
     if !req.tools.is_empty() {
         let declarations: Vec<Value> = req
