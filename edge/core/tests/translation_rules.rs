@@ -456,3 +456,49 @@ fn channel_secrets_are_redacted_from_upstream_errors() {
     assert!(!err.message().contains("my-channel-key"));
     assert_eq!(err.status(), 502, "our credential being refused is not the client's fault");
 }
+
+#[test]
+fn usage_is_known_even_if_the_client_goes_away() {
+    let mut t = StreamTranslator::new(
+        UpstreamDialect::Anthropic,
+        ClientDialect::OpenAiChat,
+        StreamOptions::default(),
+    );
+    let _ = t.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":42,\"output_tokens\":1}}}\n\n");
+    let _ = t.feed(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":9}}\n\n");
+    // No finish(): the worker stops pumping when the client disconnects.
+    assert_eq!(t.usage().map(|u| (u.input_uncached, u.output)), Some((42, 9)));
+    assert_eq!(t.outcome(), StreamOutcome::Open);
+}
+
+#[test]
+fn tool_names_and_arguments_may_come_late() {
+    let sse = concat!(
+        "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c1\",\"function\":{\"arguments\":\"{\\\"a\\\"\"}}]}}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\",\"arguments\":\":1}\"}}]}}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":3,\"id\":\"c2\",\"function\":{\"name\":\"g\"}}]}}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":3,\"function\":{\"arguments\":\"{}\"}}]},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let (out, t) = stream(UpstreamDialect::OpenAiChat, ClientDialect::Anthropic, sse, false);
+    let snapshot = t.response_snapshot();
+    assert_eq!(
+        snapshot.content,
+        vec![
+            ContentPart::ToolCall {
+                id: "c1".into(),
+                name: "f".into(),
+                arguments: "{\"a\":1}".into(),
+                signature: None
+            },
+            ContentPart::ToolCall {
+                id: "c2".into(),
+                name: "g".into(),
+                arguments: "{}".into(),
+                signature: None
+            },
+        ]
+    );
+    assert!(out.contains("\"stop_reason\":\"tool_use\""), "a turn with tool calls ends in tool_use: {out}");
+    assert!(out.contains("\"index\":1"), "second tool is the second content block");
+}

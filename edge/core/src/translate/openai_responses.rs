@@ -712,6 +712,19 @@ impl ClientRenderer for ResponsesStreamRenderer {
             json!({"code": code, "message": detail["message"], "param": detail["param"]}),
         );
         if self.started {
+            // The item cut short is reported as it stood, marked incomplete.
+            match self.open.take() {
+                Some(OpenItem::Message { item_id, text, .. }) => {
+                    self.output.push(message_item(item_id, &text, "incomplete"))
+                }
+                Some(OpenItem::Function { item_id, call_id, name, arguments, .. }) => {
+                    self.output.push(function_item(item_id, &call_id, &name, &arguments, "incomplete"))
+                }
+                Some(OpenItem::Reasoning { item_id, text, .. }) => {
+                    self.output.push(reasoning_item(item_id, &text, None))
+                }
+                None => {}
+            }
             let mut response = self.snapshot("failed", Value::Null, Value::Null);
             response["error"] = json!({"code": code, "message": detail["message"]});
             self.emit(out, "response.failed", json!({"response": response}));
