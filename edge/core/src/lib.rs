@@ -12,16 +12,19 @@
 //! is tested natively (`cargo nextest`) and fed split at every byte offset.
 
 pub mod api_key;
+pub mod endpoint;
 pub mod error;
 pub mod internal_auth;
 pub mod key_account;
 pub mod key_record;
 pub mod limits;
 pub mod mock_provider;
+pub mod model_catalog;
 pub mod openai_relay;
 pub mod pricing;
 pub mod provider;
 pub mod routing;
 pub mod sse;
+pub mod stream_shaper;
 pub mod translate;
 pub mod usage;

@@ -19,3 +19,12 @@ pub const KEY_CACHE_TTL_MS: u64 = 10_000;
 
 /// How long the routing table is trusted from the per-isolate cache (ms).
 pub const ROUTING_CACHE_TTL_MS: u64 = 5_000;
+
+/// Output tokens assumed (and, for keys with a quota, enforced upstream as
+/// `max_tokens`) when a request sets no output limit.
+pub const DEFAULT_RESERVED_OUTPUT_TOKENS: u64 = 4096;
+
+/// How long the gateway keeps reading an upstream stream after the client
+/// disconnected, to record the provider's own usage (ms). Stays inside the
+/// platform's `waitUntil` allowance (about 30 s).
+pub const MAX_DRAIN_AFTER_DISCONNECT_MS: i64 = 20_000;

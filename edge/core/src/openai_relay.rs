@@ -12,9 +12,7 @@
 //!   client a well-formed end.
 
 use crate::error::{redact_secrets, GatewayError};
-use crate::key_record::KeyRecord;
 use crate::limits::MAX_SSE_LINE_BYTES;
-use crate::routing::RoutingTable;
 use crate::sse::{encode_event, SseDecoder, SseEvent};
 use crate::usage::{estimate_tokens, OpenAiUsage};
 use serde::Deserialize;
@@ -142,6 +140,15 @@ impl PreparedChat {
             body.insert("stream_options".into(), Value::Object(options));
         }
         serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+    }
+
+    /// Sets `max_tokens` when the client set no output limit, so that a
+    /// quota reservation based on `limit` really bounds the cost.
+    pub fn cap_output_tokens(&mut self, limit: u64) {
+        if self.max_output_tokens.is_none() {
+            self.body.insert("max_tokens".into(), Value::from(limit));
+            self.max_output_tokens = Some(limit);
+        }
     }
 
     /// The request body as JSON (for the built-in mock).
@@ -394,23 +401,6 @@ pub fn response_content_bytes(body: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
-/// The `GET /v1/models` body for a key: every routed model it may use.
-pub fn models_list(table: &RoutingTable, key: &KeyRecord, created: i64) -> Value {
-    let data: Vec<Value> = table
-        .models()
-        .filter(|m| key.can_see_model(&m.name))
-        .map(|m| {
-            json!({
-                "id": m.name,
-                "object": "model",
-                "created": created,
-                "owned_by": m.owned_by.clone().unwrap_or_else(|| "edgeway".into()),
-            })
-        })
-        .collect();
-    json!({"object": "list", "data": data})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,6 +451,22 @@ mod tests {
         assert!(up.get("stream_options").is_none(), "non-stream requests are not given stream_options");
         assert_eq!(p.max_output_tokens, Some(7));
         assert_eq!(p.prompt_bytes, 5);
+    }
+
+    #[test]
+    fn output_cap_applies_only_when_the_client_set_none() {
+        let mut p = parse(r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        p.cap_output_tokens(100);
+        assert_eq!(p.max_output_tokens, Some(100));
+        let up: Value = serde_json::from_slice(&p.upstream_body("m", true)).unwrap();
+        assert_eq!(up["max_tokens"], 100);
+        let mut p =
+            parse(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":7}"#)
+                .unwrap();
+        p.cap_output_tokens(100);
+        assert_eq!(p.max_output_tokens, Some(7));
+        let up: Value = serde_json::from_slice(&p.upstream_body("m", true)).unwrap();
+        assert!(up.get("max_tokens").is_none());
     }
 
     const STREAM: &str = concat!(

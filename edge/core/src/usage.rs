@@ -176,13 +176,13 @@ pub fn estimate_tokens(text_bytes: usize) -> u64 {
 /// estimated from the prompt and the bytes forwarded. A request that never
 /// reached a provider, or that the provider refused, uses nothing.
 pub fn settle_usage(
-    reported: Option<&OpenAiUsage>,
+    reported: Option<TokenUsage>,
     upstream_succeeded: bool,
     estimated_prompt_tokens: u64,
     forwarded_content_bytes: usize,
 ) -> (TokenUsage, UsageSource) {
     match reported {
-        Some(usage) => (TokenUsage::from_openai(usage), UsageSource::Provider),
+        Some(usage) => (usage, UsageSource::Provider),
         None if upstream_succeeded => (
             TokenUsage {
                 input_uncached: estimated_prompt_tokens,
@@ -201,8 +201,8 @@ mod tests {
 
     #[test]
     fn settle_prefers_the_provider_and_keeps_explicit_zero() {
-        let zero = OpenAiUsage::default();
-        assert_eq!(settle_usage(Some(&zero), true, 100, 400), (TokenUsage::default(), UsageSource::Provider));
+        let zero = TokenUsage::default();
+        assert_eq!(settle_usage(Some(zero), true, 100, 400), (TokenUsage::default(), UsageSource::Provider));
         let (u, s) = settle_usage(None, true, 100, 400);
         assert_eq!((u.input_uncached, u.output, s), (100, 100, UsageSource::Estimated));
         assert_eq!(settle_usage(None, false, 100, 400), (TokenUsage::default(), UsageSource::None));

@@ -81,7 +81,7 @@ impl DurableObject for KeyAccount {
                     AdmitDecision::Admitted { lease_expires_at_ms, .. } => {
                         Some((admit.request_id.as_str(), *lease_expires_at_ms))
                     }
-                    AdmitDecision::ConcurrencyLimited { .. } => None,
+                    AdmitDecision::ConcurrencyLimited { .. } | AdmitDecision::Refused { .. } => None,
                 };
                 self.store(leases, put, &expired).await?;
                 Response::from_json(&decision)
@@ -115,6 +115,7 @@ impl DurableObject for KeyAccount {
 /// The worker's handle on one key's account object.
 pub struct KeyAccountClient {
     stub: worker::Stub,
+    env: Env,
 }
 
 impl KeyAccountClient {
@@ -125,7 +126,7 @@ impl KeyAccountClient {
             .id_from_name(digest)
             .and_then(|id| id.get_stub())
             .map_err(|_| GatewayError::Internal)?;
-        Ok(Self { stub })
+        Ok(Self { stub, env: env.clone() })
     }
 
     async fn call<T: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -152,10 +153,14 @@ impl KeyAccountClient {
         })?;
         match decision {
             AdmitDecision::Admitted { .. } => Ok(()),
-            AdmitDecision::ConcurrencyLimited { in_flight, retry_after_secs } => Err(GatewayError::RateLimited {
-                message: format!("Too many concurrent requests for this key ({in_flight} in flight). Retry shortly."),
-                retry_after_secs,
-            }),
+            AdmitDecision::ConcurrencyLimited { in_flight, retry_after_secs } => {
+                Err(GatewayError::RateLimited {
+                    message: format!(
+                        "Too many concurrent requests for this key ({in_flight} in flight). Retry shortly."
+                    ),
+                    retry_after_secs,
+                })
+            }
             AdmitDecision::Refused { .. } => Err(GatewayError::RateLimited {
                 message: "Request refused by the key's limits.".into(),
                 retry_after_secs: 1,
@@ -165,8 +170,14 @@ impl KeyAccountClient {
 
     /// Ends a request: releases its lease and publishes its usage event.
     pub async fn settle(&self, req: &SettleRequest) {
-        if let Err(e) = self.call::<_, serde_json::Value>("/release", &ReleaseRequest { request_id: req.request_id.clone() }).await {
+        if let Err(e) = self
+            .call::<_, serde_json::Value>("/release", &ReleaseRequest { request_id: req.request_id.clone() })
+            .await
+        {
             worker::console_warn!("key account release failed (lease will expire): {e}");
+        }
+        if let Some(event) = &req.event {
+            crate::usage_pipeline::publish(&self.env, event).await;
         }
     }
 }

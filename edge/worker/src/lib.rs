@@ -11,7 +11,7 @@
 //! function in `edgeway-core`, tested natively.
 
 mod bindings;
-mod chat_handler;
+mod gateway;
 mod http_io;
 mod internal_api;
 mod isolate_cache;
@@ -21,8 +21,9 @@ mod runtime;
 mod upstream;
 mod usage_pipeline;
 
+use edgeway_core::endpoint::{self, Endpoint, NoEndpoint};
 use edgeway_core::error::{Dialect, GatewayError};
-use worker::{event, Context, Env, Method, Request, Response, Result};
+use worker::{event, Context, Env, Request, Response, Result};
 
 pub use key_account_object::KeyAccount;
 
@@ -30,10 +31,25 @@ pub use key_account_object::KeyAccount;
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let path = req.path();
     let method = req.method();
-    let outcome = match (method.clone(), path.as_str()) {
-        (Method::Post, "/v1/chat/completions") => chat_handler::handle(req, &env, &ctx).await,
-        (Method::Get, "/v1/models") => chat_handler::list_models(&req, &env).await,
-        (Method::Get, "/health") | (Method::Get, "/") => http_io::json_response(
+    let endpoint = endpoint::classify(method.as_ref(), &path);
+    // Errors are rendered in the dialect of the endpoint that was asked for.
+    let dialect = match &endpoint {
+        Ok(Endpoint::Generate { client, .. }) | Ok(Endpoint::CountTokens { client, .. }) => {
+            client.error_dialect()
+        }
+        Ok(Endpoint::ListGeminiModels) => Dialect::Gemini,
+        _ => Dialect::OpenAi,
+    };
+    let outcome = match endpoint {
+        Ok(Endpoint::Generate { client, path_model, path_stream }) => {
+            gateway::generate(req, &env, &ctx, client, path_model, path_stream).await
+        }
+        Ok(Endpoint::CountTokens { client, path_model }) => {
+            gateway::count_tokens(req, &env, client, path_model).await
+        }
+        Ok(Endpoint::ListModels) => gateway::list_models(&req, &env, false).await,
+        Ok(Endpoint::ListGeminiModels) => gateway::list_models(&req, &env, true).await,
+        Ok(Endpoint::Health) => http_io::json_response(
             200,
             &serde_json::json!({
                 "status": "ok",
@@ -41,14 +57,14 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
                 "version": env!("CARGO_PKG_VERSION"),
             }),
         ),
-        (_, p) if p.starts_with("/internal/") => internal_api::handle(req, &env).await,
-        (Method::Options, _) => http_io::preflight(),
-        (_, "/v1/chat/completions") | (_, "/v1/models") => Err(GatewayError::MethodNotAllowed),
-        _ => Err(GatewayError::NotFound),
+        Ok(Endpoint::Internal) => internal_api::handle(req, &env).await,
+        Ok(Endpoint::Preflight) => http_io::preflight(),
+        Err(NoEndpoint::MethodNotAllowed) => Err(GatewayError::MethodNotAllowed),
+        Err(NoEndpoint::NotFound) => Err(GatewayError::NotFound),
     };
     match outcome {
         Ok(response) => Ok(response),
-        Err(error) => http_io::error_response(&error, Dialect::OpenAi),
+        Err(error) => http_io::error_response(&error, dialect),
     }
 }
 

@@ -1,0 +1,176 @@
+//! Which gateway endpoint a request is for, from its method and path. Kept
+//! pure so every path shape (Gemini puts the model and the action in the
+//! path: `/v1beta/models/{model}:streamGenerateContent`) is tested natively.
+
+use crate::translate::ClientDialect;
+
+/// A recognised endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A generation request in `client`'s dialect. Gemini carries the model
+    /// (`path_model`) and streaming (`path_stream`) in the path.
+    Generate { client: ClientDialect, path_model: Option<String>, path_stream: bool },
+    /// Token counting: Anthropic `/v1/messages/count_tokens`, Gemini `:countTokens`.
+    CountTokens { client: ClientDialect, path_model: Option<String> },
+    /// `GET /v1/models` (OpenAI and Anthropic list shapes are compatible enough
+    /// for both SDKs' `models.list`).
+    ListModels,
+    /// `GET /v1beta/models` (Gemini's list shape).
+    ListGeminiModels,
+    /// `GET /health`.
+    Health,
+    /// `/internal/*`, the admin's signed API.
+    Internal,
+    /// CORS preflight.
+    Preflight,
+}
+
+/// Why no endpoint matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoEndpoint {
+    /// Unknown path.
+    NotFound,
+    /// Known path, wrong method.
+    MethodNotAllowed,
+}
+
+/// Percent-decodes the few characters SDKs escape in a model path segment.
+fn decode_segment(segment: &str) -> String {
+    let mut out = Vec::with_capacity(segment.len());
+    let bytes = segment.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(v) = segment.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Classifies a request. `path` excludes the query string.
+pub fn classify(method: &str, path: &str) -> Result<Endpoint, NoEndpoint> {
+    let post = method.eq_ignore_ascii_case("POST");
+    let get = method.eq_ignore_ascii_case("GET");
+    if method.eq_ignore_ascii_case("OPTIONS") {
+        return Ok(Endpoint::Preflight);
+    }
+    if path.starts_with("/internal/") {
+        return Ok(Endpoint::Internal);
+    }
+    let only =
+        |ok: bool, endpoint: Endpoint| if ok { Ok(endpoint) } else { Err(NoEndpoint::MethodNotAllowed) };
+    let generate = |client| Endpoint::Generate { client, path_model: None, path_stream: false };
+    match path.trim_end_matches('/') {
+        "/v1/chat/completions" | "/chat/completions" => only(post, generate(ClientDialect::OpenAiChat)),
+        "/v1/responses" | "/responses" => only(post, generate(ClientDialect::OpenAiResponses)),
+        "/v1/messages" => only(post, generate(ClientDialect::Anthropic)),
+        "/v1/messages/count_tokens" => {
+            only(post, Endpoint::CountTokens { client: ClientDialect::Anthropic, path_model: None })
+        }
+        "/v1/models" | "/models" => only(get, Endpoint::ListModels),
+        "/v1beta/models" => only(get, Endpoint::ListGeminiModels),
+        "/health" | "" => only(get, Endpoint::Health),
+        other => {
+            let Some(rest) =
+                other.strip_prefix("/v1beta/models/").or_else(|| other.strip_prefix("/v1/models/"))
+            else {
+                return Err(NoEndpoint::NotFound);
+            };
+            let Some((model, action)) = rest.rsplit_once(':') else { return Err(NoEndpoint::NotFound) };
+            let model = decode_segment(model);
+            if model.is_empty() || model.contains('/') {
+                return Err(NoEndpoint::NotFound);
+            }
+            let client = ClientDialect::Gemini;
+            match action {
+                "generateContent" => {
+                    only(post, Endpoint::Generate { client, path_model: Some(model), path_stream: false })
+                }
+                "streamGenerateContent" => {
+                    only(post, Endpoint::Generate { client, path_model: Some(model), path_stream: true })
+                }
+                "countTokens" => only(post, Endpoint::CountTokens { client, path_model: Some(model) }),
+                _ => Err(NoEndpoint::NotFound),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_anthropic_and_responses_paths() {
+        assert_eq!(
+            classify("POST", "/v1/chat/completions"),
+            Ok(Endpoint::Generate {
+                client: ClientDialect::OpenAiChat,
+                path_model: None,
+                path_stream: false
+            })
+        );
+        assert!(matches!(
+            classify("POST", "/v1/messages"),
+            Ok(Endpoint::Generate { client: ClientDialect::Anthropic, .. })
+        ));
+        assert!(matches!(
+            classify("POST", "/v1/responses"),
+            Ok(Endpoint::Generate { client: ClientDialect::OpenAiResponses, .. })
+        ));
+        assert!(matches!(
+            classify("POST", "/v1/messages/count_tokens"),
+            Ok(Endpoint::CountTokens { client: ClientDialect::Anthropic, .. })
+        ));
+        assert_eq!(classify("GET", "/v1/chat/completions"), Err(NoEndpoint::MethodNotAllowed));
+        assert_eq!(classify("GET", "/v1/models"), Ok(Endpoint::ListModels));
+        assert_eq!(classify("GET", "/nope"), Err(NoEndpoint::NotFound));
+        assert_eq!(classify("OPTIONS", "/v1/messages"), Ok(Endpoint::Preflight));
+        assert_eq!(classify("PUT", "/internal/routing"), Ok(Endpoint::Internal));
+    }
+
+    #[test]
+    fn gemini_paths_carry_model_and_action() {
+        assert_eq!(
+            classify("POST", "/v1beta/models/gemini-2.5-flash:streamGenerateContent"),
+            Ok(Endpoint::Generate {
+                client: ClientDialect::Gemini,
+                path_model: Some("gemini-2.5-flash".into()),
+                path_stream: true
+            })
+        );
+        assert_eq!(
+            classify("POST", "/v1beta/models/my%2Dmodel:generateContent"),
+            Ok(Endpoint::Generate {
+                client: ClientDialect::Gemini,
+                path_model: Some("my-model".into()),
+                path_stream: false
+            })
+        );
+        assert!(matches!(
+            classify("POST", "/v1beta/models/m:countTokens"),
+            Ok(Endpoint::CountTokens { client: ClientDialect::Gemini, .. })
+        ));
+        assert_eq!(classify("POST", "/v1beta/models/m:embedContent"), Err(NoEndpoint::NotFound));
+        assert_eq!(classify("POST", "/v1beta/models/:generateContent"), Err(NoEndpoint::NotFound));
+        assert_eq!(classify("GET", "/v1beta/models/m:generateContent"), Err(NoEndpoint::MethodNotAllowed));
+        assert_eq!(classify("GET", "/v1beta/models"), Ok(Endpoint::ListGeminiModels));
+    }
+
+    #[test]
+    fn bad_percent_escapes_do_not_panic() {
+        for p in [
+            "/v1beta/models/%:generateContent",
+            "/v1beta/models/a%z:generateContent",
+            "/v1beta/models/%4:generateContent",
+        ] {
+            let _ = classify("POST", p);
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! One interface over the two ways a streamed response is shaped for the
+//! client: the OpenAI passthrough tap ([`ChatStreamTap`]) when client and
+//! upstream both speak OpenAI chat, and the [`StreamTranslator`] for every
+//! other pair. The worker's pump drives either the same way.
+
+use crate::openai_relay::ChatStreamTap;
+use crate::translate::{StreamOutcome, StreamTranslator};
+use crate::usage::TokenUsage;
+
+/// A client-stream shaper.
+#[derive(Debug)]
+pub enum StreamShaper {
+    /// OpenAI → OpenAI: pass chunks through, tap usage.
+    Relay(Box<ChatStreamTap>),
+    /// Any other pair: translate through the canonical hub.
+    Translate(Box<StreamTranslator>),
+}
+
+impl StreamShaper {
+    /// Upstream bytes in, client bytes out.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
+        match self {
+            Self::Relay(tap) => tap.feed(bytes),
+            Self::Translate(t) => t.feed(bytes),
+        }
+    }
+
+    /// The upstream closed; the bytes that end the client stream well.
+    pub fn finish(&mut self) -> Vec<u8> {
+        match self {
+            Self::Relay(tap) => tap.finish(),
+            Self::Translate(t) => t.finish(),
+        }
+    }
+
+    /// The client stream has ended (terminator or error sent).
+    pub fn is_ended(&self) -> bool {
+        match self {
+            Self::Relay(tap) => tap.is_ended(),
+            Self::Translate(t) => t.outcome() != StreamOutcome::Open,
+        }
+    }
+
+    /// Ended well.
+    pub fn completed(&self) -> bool {
+        match self {
+            Self::Relay(tap) => tap.summary().completed(),
+            Self::Translate(t) => t.outcome() == StreamOutcome::Completed,
+        }
+    }
+
+    /// Provider-reported usage so far, in disjoint buckets.
+    pub fn usage(&self) -> Option<TokenUsage> {
+        match self {
+            Self::Relay(tap) => tap.summary().usage.as_ref().map(TokenUsage::from_openai),
+            Self::Translate(t) => t.usage(),
+        }
+    }
+
+    /// Content (text, reasoning, tool calls) has reached the client.
+    pub fn saw_content(&self) -> bool {
+        match self {
+            Self::Relay(tap) => tap.summary().first_content_sent,
+            Self::Translate(t) => t.saw_content(),
+        }
+    }
+
+    /// Bytes of content forwarded (basis of an estimate).
+    pub fn content_bytes(&self) -> usize {
+        match self {
+            Self::Relay(tap) => tap.summary().content_bytes,
+            Self::Translate(t) => t.content_bytes(),
+        }
+    }
+}
