@@ -502,3 +502,32 @@ fn tool_names_and_arguments_may_come_late() {
     assert!(out.contains("\"stop_reason\":\"tool_use\""), "a turn with tool calls ends in tool_use: {out}");
     assert!(out.contains("\"index\":1"), "second tool is the second content block");
 }
+
+#[test]
+fn token_counting_can_be_asked_of_the_provider() {
+    use edgeway_core::translate::{build_upstream_count_tokens, parse_upstream_count_tokens};
+    let req = parse_count_tokens_request(
+        ClientDialect::Anthropic,
+        &body(json!({"model": "m", "system": "be brief", "messages": [{"role": "user", "content": "hi"}]})),
+        None,
+    )
+    .expect("parse");
+    let call = build_upstream_count_tokens(UpstreamDialect::Anthropic, &req, "claude")
+        .expect("build")
+        .expect("some");
+    assert_eq!(call.path, "/messages/count_tokens");
+    let up: Value = serde_json::from_slice(&call.body).expect("json");
+    assert!(up.get("max_tokens").is_none());
+    assert_eq!(up["system"], "be brief");
+    let call = build_upstream_count_tokens(UpstreamDialect::Gemini, &req, "gemini-2.5-flash")
+        .expect("build")
+        .expect("some");
+    assert_eq!(call.path, "/models/gemini-2.5-flash:countTokens");
+    let up: Value = serde_json::from_slice(&call.body).expect("json");
+    assert_eq!(up["generateContentRequest"]["model"], "models/gemini-2.5-flash");
+    assert_eq!(up["generateContentRequest"]["systemInstruction"]["parts"][0]["text"], "be brief");
+    assert!(build_upstream_count_tokens(UpstreamDialect::OpenAiChat, &req, "gpt").expect("ok").is_none());
+    assert_eq!(parse_upstream_count_tokens(UpstreamDialect::Anthropic, br#"{"input_tokens":12}"#), Some(12));
+    assert_eq!(parse_upstream_count_tokens(UpstreamDialect::Gemini, br#"{"totalTokens":9}"#), Some(9));
+    assert_eq!(parse_upstream_count_tokens(UpstreamDialect::Gemini, b"nope"), None);
+}

@@ -29,6 +29,14 @@
 //! }
 //! ```
 //!
+//! Token counting: [`parse_count_tokens_request`], then either
+//! [`build_upstream_count_tokens`] + [`parse_upstream_count_tokens`] (Anthropic
+//! and Gemini upstreams) or [`count_tokens_estimate`]; answer with
+//! [`render_count_tokens`]. Signed reasoning for OpenAI chat clients:
+//! [`preserved_reasoning`] after a response (or
+//! [`StreamTranslator::response_snapshot`] after a stream), stored by tool
+//! call id, and [`restore_reasoning`] on the next request.
+//!
 //! # Policies (decided here, tested by the golden fixtures)
 //!
 //! * **System messages**: every `system`/`developer` message, wherever it is
@@ -352,6 +360,50 @@ pub fn render_count_tokens(dialect: ClientDialect, tokens: u64) -> Vec<u8> {
         _ => json!({"input_tokens": tokens}),
     };
     json_fields::to_bytes(&value)
+}
+
+/// The provider's own token-counting call for `req`, when it has one
+/// (Anthropic `/messages/count_tokens`, Gemini `:countTokens`); `None` for
+/// OpenAI-format upstreams, which have none: use [`count_tokens_estimate`].
+pub fn build_upstream_count_tokens(
+    dialect: UpstreamDialect,
+    req: &CanonicalRequest,
+    upstream_model: &str,
+) -> Result<Option<UpstreamCall>, GatewayError> {
+    let mut plain = req.clone();
+    plain.stream = false;
+    let call = match dialect {
+        UpstreamDialect::OpenAiChat => return Ok(None),
+        UpstreamDialect::Anthropic => anthropic::build_request(&plain, upstream_model)?,
+        UpstreamDialect::Gemini => gemini::build_request(&plain, upstream_model)?,
+    };
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice::<serde_json::Value>(&call.body)
+    else {
+        return Err(GatewayError::Internal);
+    };
+    let (path, body) = match dialect {
+        UpstreamDialect::Anthropic => {
+            for key in ["max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata"]
+            {
+                body.remove(key);
+            }
+            ("/messages/count_tokens".to_string(), serde_json::Value::Object(body))
+        }
+        _ => {
+            let model = upstream_model.strip_prefix("models/").unwrap_or(upstream_model);
+            body.insert("model".into(), json!(format!("models/{model}")));
+            (format!("/models/{model}:countTokens"), json!({"generateContentRequest": body}))
+        }
+    };
+    Ok(Some(UpstreamCall { path, body: json_fields::to_bytes(&body), stream: false }))
+}
+
+/// The count from a provider's token-counting answer (`input_tokens` or
+/// `totalTokens`); `None` when the body has neither.
+pub fn parse_upstream_count_tokens(dialect: UpstreamDialect, body: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let key = if dialect == UpstreamDialect::Gemini { "totalTokens" } else { "input_tokens" };
+    value.get(key).and_then(serde_json::Value::as_u64)
 }
 
 /// Reasoning that must come back with a tool call in the next turn, for
