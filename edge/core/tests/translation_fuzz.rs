@@ -127,6 +127,22 @@ fn apply(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
     bytes
 }
 
+/// Client bytes for `bytes` fed in pieces cut at `cuts`.
+fn translate(upstream: UpstreamDialect, client: ClientDialect, bytes: &[u8], cuts: &[usize]) -> Vec<u8> {
+    let mut translator = StreamTranslator::new(upstream, client, StreamOptions::default());
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    points.sort_unstable();
+    let mut out = Vec::new();
+    let mut start = 0;
+    for p in points {
+        out.extend(translator.feed(&bytes[start..p]));
+        start = p;
+    }
+    out.extend(translator.feed(&bytes[start..]));
+    out.extend(translator.finish());
+    out
+}
+
 fn run_stream(upstream: UpstreamDialect, client: ClientDialect, bytes: &[u8], cuts: &[usize]) {
     let mut translator = StreamTranslator::new(
         upstream,
@@ -247,5 +263,20 @@ proptest! {
         }
         let error = parse_upstream_error(upstream, status, &mutated);
         prop_assert!(error.message().chars().count() < 600);
+    }
+}
+
+proptest! {
+    // Cheap enough for more cases in the test run: every pair, random chunking.
+    #![proptest_config(ProptestConfig::with_cases(cases(256)))]
+
+    #[test]
+    fn every_pair_is_split_invariant_at_random_cuts(pick in any::<usize>(),
+                                                    cuts in proptest::collection::vec(any::<usize>(), 1..8),
+                                                    client_pick in 0usize..4) {
+        let fixtures = fixture_files("stream.");
+        let (name, body) = &fixtures[pick % fixtures.len()];
+        let (upstream, client) = (upstream_for(name), ClientDialect::ALL[client_pick]);
+        prop_assert_eq!(translate(upstream, client, body, &[]), translate(upstream, client, body, &cuts));
     }
 }
