@@ -1,0 +1,105 @@
+// A mock provider speaking three wire formats, answering from the shared
+// translation fixtures (tests/fixtures/translation/cases): the same bytes the
+// Rust golden tests feed the translators.
+//
+//   POST /openai/v1/chat/completions                      OpenAI chat
+//   POST /anthropic/v1/messages                           Anthropic Messages
+//   POST /gemini/v1beta/models/{model}:generateContent    Gemini
+//   POST /gemini/v1beta/models/{model}:streamGenerateContent?alt=sse
+//
+// The upstream model name picks the fixture: `case:<name>` serves that case;
+// anything else plays a tool-using assistant: it calls tools (case
+// `tool_calls`) when tools are offered and the conversation does not end with
+// tool results, and answers with text (case `text_basic`) otherwise.
+// GET /__requests returns every request received (body, path, credential
+// header names), POST /__reset clears them.
+import http from 'node:http';
+import { readFileSync, existsSync } from 'node:fs';
+import path from 'node:path';
+
+const CASES = path.resolve(import.meta.dirname, '../fixtures/translation/cases');
+
+function fixture(caseName, file) {
+  const p = path.join(CASES, caseName, file);
+  return existsSync(p) ? readFileSync(p) : null;
+}
+
+function endsWithToolResults(dialect, body) {
+  if (dialect === 'openai_chat') return body.messages?.at(-1)?.role === 'tool';
+  if (dialect === 'anthropic') {
+    const last = body.messages?.at(-1);
+    return last?.role === 'user' && Array.isArray(last.content) && last.content.some((b) => b.type === 'tool_result');
+  }
+  const last = body.contents?.at(-1);
+  return (last?.parts ?? []).some((p) => p.functionResponse);
+}
+
+function hasTools(dialect, body) {
+  if (dialect === 'gemini') return (body.tools ?? []).some((t) => (t.functionDeclarations ?? []).length > 0);
+  return (body.tools ?? []).length > 0;
+}
+
+export function createDialectMock() {
+  const requests = [];
+  const server = http.createServer(async (req, res) => {
+    const url = new URL(req.url, 'http://mock');
+    if (req.method === 'GET' && url.pathname === '/__requests') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify(requests));
+    }
+    if (req.method === 'POST' && url.pathname === '/__reset') {
+      requests.length = 0;
+      res.writeHead(204);
+      return res.end();
+    }
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    let body = {};
+    try { body = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}'); } catch {}
+    let dialect;
+    let model;
+    let stream = false;
+    let m;
+    if (url.pathname === '/openai/v1/chat/completions') {
+      dialect = 'openai_chat'; model = body.model; stream = Boolean(body.stream);
+    } else if (url.pathname === '/anthropic/v1/messages') {
+      dialect = 'anthropic'; model = body.model; stream = Boolean(body.stream);
+    } else if ((m = /^\/gemini\/v1beta\/models\/(.+):(generateContent|streamGenerateContent)$/.exec(url.pathname))) {
+      dialect = 'gemini'; model = decodeURIComponent(m[1]); stream = m[2] === 'streamGenerateContent';
+    } else {
+      res.writeHead(404, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ error: { message: `no route ${url.pathname}` } }));
+    }
+    requests.push({
+      dialect, path: url.pathname + url.search, model, stream, body,
+      credentialHeaders: ['authorization', 'x-api-key', 'x-goog-api-key'].filter((h) => req.headers[h]),
+      anthropicVersion: req.headers['anthropic-version'] ?? null,
+    });
+    let caseName = String(model ?? '').startsWith('case:') ? String(model).slice(5) : null;
+    if (!caseName) caseName = hasTools(dialect, body) && !endsWithToolResults(dialect, body) ? 'tool_calls' : 'text_basic';
+    const error = fixture(caseName, `error.${dialect}.json`);
+    if (error) {
+      const { status, body: errBody } = JSON.parse(error);
+      res.writeHead(status, { 'content-type': 'application/json' });
+      return res.end(typeof errBody === 'string' ? errBody : JSON.stringify(errBody));
+    }
+    const file = stream ? `stream.${dialect}.sse` : `response.${dialect}.json`;
+    const data = fixture(caseName, file);
+    if (!data) {
+      res.writeHead(500, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ error: { message: `fixture ${caseName}/${file} missing` } }));
+    }
+    res.writeHead(200, { 'content-type': stream ? 'text/event-stream' : 'application/json' });
+    if (!stream) return res.end(data);
+    // Send the SSE in a few pieces, split mid-event, as networks do.
+    const text = data;
+    const step = Math.max(1, Math.ceil(text.length / 5));
+    for (let i = 0; i < text.length; i += step) {
+      res.write(text.subarray(i, i + step));
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    res.end();
+  });
+  server.on('connection', (s) => s.setNoDelay(true));
+  return { server, requests };
+}
