@@ -207,6 +207,16 @@ describe('@anthropic-ai/sdk → OpenAI and Gemini upstreams', () => {
     });
   }
 
+  test('the built-in mock serves Anthropic clients too (translated from its OpenAI form)', async () => {
+    const anthropic = client();
+    const msg = await anthropic.messages.create({ model: 'mock-1', max_tokens: 64, messages: [{ role: 'user', content: 'Hello!' }] });
+    assert.equal(msg.content[0].text, 'Hello from the edgeway mock provider. You said: "Hello!"');
+    const ai = new GoogleGenAI({ apiKey: stack.keys.main, httpOptions: { baseUrl: stack.gatewayUrl } });
+    let text = '';
+    for await (const chunk of await ai.models.generateContentStream({ model: 'mock-1', contents: 'Hello!' })) text += chunk.text ?? '';
+    assert.equal(text, 'Hello from the edgeway mock provider. You said: "Hello!"');
+  });
+
   test('count_tokens is answered by estimate; errors come in Anthropic shape', async () => {
     const anthropic = client();
     const count = await anthropic.messages.countTokens({ model: MODELS.openai, messages: [{ role: 'user', content: 'Hello there, how are you?' }] });
