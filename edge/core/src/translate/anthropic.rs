@@ -438,7 +438,7 @@ pub(crate) fn build_request(
     let budget = req.reasoning.and_then(budget_for).filter(|_| !tool_turn_lacks_signed_thinking(&messages));
     let max_tokens = match (req.max_output_tokens, budget) {
         (Some(max), _) => max,
-        (None, Some(budget)) => budget + DEFAULT_MAX_TOKENS,
+        (None, Some(budget)) => budget.saturating_add(DEFAULT_MAX_TOKENS),
         (None, None) => DEFAULT_MAX_TOKENS,
     };
     body.insert("max_tokens".into(), json!(max_tokens));
@@ -621,13 +621,14 @@ pub(crate) fn parse_usage(usage: &Value, into: &mut TokenUsage) {
     if let Some(n) = usage.get("output_tokens").and_then(Value::as_u64) {
         into.output = n;
     }
+    *into = super::clamp_usage(*into);
 }
 
 /// Disjoint buckets → Anthropic usage.
 pub(crate) fn usage_json(usage: &TokenUsage) -> Value {
     json!({
         "input_tokens": usage.input_uncached,
-        "cache_creation_input_tokens": usage.cache_write_5m + usage.cache_write_1h,
+        "cache_creation_input_tokens": usage.cache_write_5m.saturating_add(usage.cache_write_1h),
         "cache_read_input_tokens": usage.cache_read,
         "cache_creation": {
             "ephemeral_5m_input_tokens": usage.cache_write_5m,

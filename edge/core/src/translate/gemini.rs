@@ -749,17 +749,18 @@ pub(crate) fn finish_reason_word(reason: &FinishReason) -> &'static str {
 /// `cachedContentTokenCount`; `thoughtsTokenCount` is beside
 /// `candidatesTokenCount`; tool-use prompt tokens are input.
 pub(crate) fn parse_usage(meta: &Value) -> TokenUsage {
-    let prompt = u64_at(meta, "promptTokenCount");
-    let cached = u64_at(meta, "cachedContentTokenCount").min(prompt);
-    let thoughts = u64_at(meta, "thoughtsTokenCount");
-    TokenUsage {
-        input_uncached: prompt - cached + u64_at(meta, "toolUsePromptTokenCount"),
+    let count = |key: &str| u64_at(meta, key).min(super::MAX_REPORTED_TOKENS);
+    let prompt = count("promptTokenCount");
+    let cached = count("cachedContentTokenCount").min(prompt);
+    let thoughts = count("thoughtsTokenCount");
+    super::clamp_usage(TokenUsage {
+        input_uncached: prompt - cached + count("toolUsePromptTokenCount"),
         cache_read: cached,
         cache_write_5m: 0,
         cache_write_1h: 0,
-        output: u64_at(meta, "candidatesTokenCount") + thoughts,
+        output: count("candidatesTokenCount") + thoughts,
         reasoning: thoughts,
-    }
+    })
 }
 
 /// Disjoint buckets → `usageMetadata` (cache writes count as prompt).

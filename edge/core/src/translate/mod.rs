@@ -87,7 +87,7 @@ use crate::error::{
     redact_secrets, upstream_error_message, Dialect, GatewayError, MAX_UPSTREAM_MESSAGE_CHARS,
 };
 use crate::provider::ProviderDialect;
-use crate::usage::estimate_tokens;
+use crate::usage::{estimate_tokens, TokenUsage};
 use canonical::{Message, Role, ToolResultPart};
 use serde_json::json;
 
@@ -301,6 +301,23 @@ pub fn parse_upstream_error_redacting(
             GatewayError::Upstream { status, message: redact_secrets(&message, secrets) }
         }
         other => other,
+    }
+}
+
+/// Largest token count believed from a provider; anything above is clamped so
+/// sums of buckets can never overflow.
+pub const MAX_REPORTED_TOKENS: u64 = 1 << 40;
+
+/// Clamps every bucket to [`MAX_REPORTED_TOKENS`] and `reasoning` to `output`.
+pub(crate) fn clamp_usage(usage: TokenUsage) -> TokenUsage {
+    let c = |n: u64| n.min(MAX_REPORTED_TOKENS);
+    TokenUsage {
+        input_uncached: c(usage.input_uncached),
+        cache_read: c(usage.cache_read),
+        cache_write_5m: c(usage.cache_write_5m),
+        cache_write_1h: c(usage.cache_write_1h),
+        output: c(usage.output),
+        reasoning: c(usage.reasoning).min(c(usage.output)),
     }
 }
 

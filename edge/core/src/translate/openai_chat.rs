@@ -614,8 +614,10 @@ pub(crate) fn usage_json(usage: &TokenUsage) -> Value {
 
 /// Usage from an OpenAI usage value.
 pub(crate) fn parse_usage(value: &Value) -> Option<TokenUsage> {
-    let usage: OpenAiUsage = serde_json::from_value(value.clone()).ok()?;
-    Some(TokenUsage::from_openai(&usage))
+    let mut usage: OpenAiUsage = serde_json::from_value(value.clone()).ok()?;
+    usage.prompt_tokens = usage.prompt_tokens.min(super::MAX_REPORTED_TOKENS);
+    usage.completion_tokens = usage.completion_tokens.min(super::MAX_REPORTED_TOKENS);
+    Some(super::clamp_usage(TokenUsage::from_openai(&usage)))
 }
 
 /// Parses a non-streaming upstream `chat.completion`.

@@ -15,9 +15,19 @@
 //! * `required` names only properties that exist.
 
 use serde_json::{Map, Value};
+use std::cell::Cell;
 
 /// How deep `$ref`s are followed before recursion is cut.
 pub const MAX_REF_DEPTH: usize = 8;
+
+/// Most schema nodes produced: inlining `$ref`s can multiply a small schema;
+/// past this budget the rest becomes a plain `{"type": "object"}`.
+pub const MAX_OUTPUT_NODES: usize = 20_000;
+
+struct Context {
+    defs: Map<String, Value>,
+    nodes_left: Cell<usize>,
+}
 
 /// How deep a schema may nest at all.
 const MAX_NESTING: usize = 64;
@@ -48,8 +58,8 @@ const KEPT_KEYS: &[&str] = &[
 
 /// Sanitizes a schema for Gemini.
 pub fn sanitize_for_gemini(schema: &Value) -> Value {
-    let defs = collect_defs(schema);
-    sanitize(schema, &defs, 0, 0)
+    let ctx = Context { defs: collect_defs(schema), nodes_left: Cell::new(MAX_OUTPUT_NODES) };
+    sanitize(schema, &ctx, 0, 0)
 }
 
 fn collect_defs(schema: &Value) -> Map<String, Value> {
@@ -64,7 +74,12 @@ fn collect_defs(schema: &Value) -> Map<String, Value> {
     defs
 }
 
-fn sanitize(schema: &Value, defs: &Map<String, Value>, ref_depth: usize, nesting: usize) -> Value {
+fn sanitize(schema: &Value, ctx: &Context, ref_depth: usize, nesting: usize) -> Value {
+    let left = ctx.nodes_left.get();
+    if left == 0 {
+        return object_type();
+    }
+    ctx.nodes_left.set(left - 1);
     let Value::Object(obj) = schema else {
         // `true` / `{}`-like schemas: anything goes.
         return Value::Object(Map::new());
@@ -76,7 +91,7 @@ fn sanitize(schema: &Value, defs: &Map<String, Value>, ref_depth: usize, nesting
         if ref_depth >= MAX_REF_DEPTH {
             return object_type();
         }
-        return match defs.get(reference) {
+        return match ctx.defs.get(reference) {
             Some(target) => {
                 let mut merged = target.clone();
                 // Sibling keywords (e.g. a description) win over the target's.
@@ -85,7 +100,7 @@ fn sanitize(schema: &Value, defs: &Map<String, Value>, ref_depth: usize, nesting
                         m.insert(k.clone(), v.clone());
                     }
                 }
-                sanitize(&merged, defs, ref_depth + 1, nesting + 1)
+                sanitize(&merged, ctx, ref_depth + 1, nesting + 1)
             }
             None => object_type(),
         };
@@ -93,7 +108,7 @@ fn sanitize(schema: &Value, defs: &Map<String, Value>, ref_depth: usize, nesting
     let mut obj = obj.clone();
     if let Some(Value::Array(parts)) = obj.remove("allOf") {
         for part in parts {
-            let resolved = sanitize(&part, defs, ref_depth, nesting + 1);
+            let resolved = sanitize(&part, ctx, ref_depth, nesting + 1);
             merge_into(&mut obj, resolved);
         }
     }
@@ -123,7 +138,7 @@ fn sanitize(schema: &Value, defs: &Map<String, Value>, ref_depth: usize, nesting
                         .map(|t| {
                             let mut branch = obj.clone();
                             branch.insert("type".into(), Value::String((*t).to_string()));
-                            sanitize(&Value::Object(branch), defs, ref_depth, nesting + 1)
+                            sanitize(&Value::Object(branch), ctx, ref_depth, nesting + 1)
                         })
                         .collect();
                     let mut any = Map::new();
@@ -154,7 +169,7 @@ fn sanitize(schema: &Value, defs: &Map<String, Value>, ref_depth: usize, nesting
             {
                 nullable = true;
             } else {
-                kept.push(sanitize(alt, defs, ref_depth, nesting + 1));
+                kept.push(sanitize(alt, ctx, ref_depth, nesting + 1));
             }
         }
         if kept.len() == 1 {
@@ -177,7 +192,7 @@ fn sanitize(schema: &Value, defs: &Map<String, Value>, ref_depth: usize, nesting
                 if let Value::Object(props) = value {
                     let cleaned: Map<String, Value> = props
                         .iter()
-                        .map(|(name, s)| (name.clone(), sanitize(s, defs, ref_depth, nesting + 1)))
+                        .map(|(name, s)| (name.clone(), sanitize(s, ctx, ref_depth, nesting + 1)))
                         .collect();
                     out.insert("properties".into(), Value::Object(cleaned));
                 }
@@ -187,7 +202,7 @@ fn sanitize(schema: &Value, defs: &Map<String, Value>, ref_depth: usize, nesting
                     Value::Array(tuple) => tuple.first().cloned().unwrap_or(Value::Object(Map::new())),
                     other => other.clone(),
                 };
-                out.insert("items".into(), sanitize(&item, defs, ref_depth, nesting + 1));
+                out.insert("items".into(), sanitize(&item, ctx, ref_depth, nesting + 1));
             }
             "enum" => {
                 if let Value::Array(values) = value {
@@ -336,6 +351,15 @@ mod tests {
         assert_eq!(out["type"], "object");
         let text = out.to_string();
         assert!(!text.contains("$ref"));
+    }
+
+    #[test]
+    fn ref_fan_out_is_bounded() {
+        let refs: Vec<Value> = (0..10).map(|_| json!({"$ref": "#/$defs/N"})).collect();
+        let schema = json!({"$defs": {"N": {"type": "object", "properties": {
+            "a": {"anyOf": refs.clone()}, "b": {"anyOf": refs}}}}, "$ref": "#/$defs/N"});
+        let out = sanitize_for_gemini(&schema);
+        assert!(out.to_string().len() < 4_000_000);
     }
 
     #[test]
