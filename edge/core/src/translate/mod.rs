@@ -50,6 +50,12 @@
 //!   penalties to Anthropic, audio output, server-side tools, Responses
 //!   `previous_response_id`, …); parameters left at their default value are
 //!   accepted. Unknown top-level fields are refused like the providers do.
+//! * **Accepted but not forwarded** (they change nothing the model does):
+//!   OpenAI `metadata`, `store`, `service_tier`, `prompt_cache_key`, image
+//!   `detail`; Anthropic `service_tier`; Gemini `labels`, `mediaResolution`;
+//!   `user` to Gemini (no such field); Gemini `safetySettings` to non-Gemini
+//!   upstreams; unsigned reasoning text to Anthropic and Gemini (they accept
+//!   only their own signed reasoning).
 //! * **Media URLs** are never fetched. Anthropic gets `url` sources; Gemini
 //!   accepts only its own file URIs, so other URLs are a 400 asking for a data
 //!   URI; private, loopback and link-local hosts are always refused; inline
