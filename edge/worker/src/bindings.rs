@@ -16,6 +16,15 @@ pub const EDGE_ADMIN_SECRET: &str = "EDGE_ADMIN_SECRET";
 pub const MAX_BODY_BYTES: &str = "MAX_BODY_BYTES";
 /// Optional: default upstream time limit for response headers, ms.
 pub const UPSTREAM_TIMEOUT_MS: &str = "UPSTREAM_TIMEOUT_MS";
+/// Optional: the admin's usage ingest (`https://admin.example.com` or the full
+/// `…/internal/usage` URL); when set, the queue consumer posts every batch
+/// there after D1, and acknowledges only when both took it.
+pub const ADMIN_INGEST_URL: &str = "ADMIN_INGEST_URL";
+/// Optional: seconds before a usage batch the admin or D1 refused is
+/// delivered again (default 30).
+pub const USAGE_RETRY_DELAY_SECS: &str = "USAGE_RETRY_DELAY_SECS";
+/// Optional, for tests: length of the RPM/TPM windows in ms (default 60000).
+pub const RATE_WINDOW_MS: &str = "RATE_WINDOW_MS";
 
 /// A plain-text var or secret, if set and non-empty.
 pub fn text(env: &Env, name: &str) -> Option<String> {

@@ -1,15 +1,54 @@
-//! The internal API the admin service pushes configuration through. Every
-//! request is HMAC-signed (`edgeway_core::internal_auth`); with no secret
-//! configured the whole API refuses, so it can never be open by mistake.
+//! The internal API the admin service pushes configuration through, and the
+//! operator's view of key accounts and the usage pipeline. Every request is
+//! HMAC-signed (`edgeway_core::internal_auth`); with no secret configured the
+//! whole API refuses, so it can never be open by mistake.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `PUT /internal/keys/{digest}` | store the key record in KV and push it to the key's account object (revocation and quota changes apply on the next request, whatever KV's propagation) |
+//! | `DELETE /internal/keys/{digest}` | delete it from KV and disable the account for good |
+//! | `GET /internal/keys/{digest}/account` | the account's snapshot: spend, reservations, leases, windows, outbox, counters |
+//! | `PUT`/`GET /internal/routing` | the routing config |
+//! | `GET /internal/usage/stats?key_digest=&limit=` | D1 usage totals and rows (newest first), dead-letter counts |
+//! | `POST /internal/usage/requeue` | `{"events":[…]}` onto the usage queue again (every store is idempotent on request id) |
+//! | `GET /internal/usage/dead-letters?limit=` | dead letters kept in D1 |
+//! | `POST /internal/usage/dead-letters/replay?limit=` | put unreplayed dead letters back on the usage queue |
 
-use crate::{bindings, http_io, isolate_cache, runtime::now_ms};
+use crate::key_account_object::KeyAccountClient;
+use crate::{bindings, http_io, isolate_cache, runtime::now_ms, usage_pipeline};
 use edgeway_core::api_key::{is_valid_digest, kv_key_for_digest};
 use edgeway_core::error::GatewayError;
 use edgeway_core::internal_auth::{self, InternalAuthError, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use edgeway_core::key_record::KeyRecord;
 use edgeway_core::routing::{RoutingConfig, RoutingTable, ROUTING_KV_KEY};
+use edgeway_core::usage::UsageEvent;
+use serde::Deserialize;
 use serde_json::json;
 use worker::{Env, Method, Request, Response};
+
+/// Most events accepted by `POST /internal/usage/requeue`.
+const MAX_REQUEUE_EVENTS: usize = 1000;
+
+#[derive(Deserialize)]
+struct Requeue {
+    events: Vec<UsageEvent>,
+}
+
+/// A query parameter of the request URL.
+fn query_param(req: &Request, name: &str) -> Option<String> {
+    let url = req.url().ok()?;
+    url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+fn limit_param(req: &Request, default: u32, max: u32) -> u32 {
+    query_param(req, "limit").and_then(|v| v.parse::<u32>().ok()).unwrap_or(default).clamp(1, max)
+}
+
+/// A record that disables a deleted key in its account for good.
+fn deleted_record(digest: &str) -> Result<KeyRecord, GatewayError> {
+    serde_json::from_value(json!({"digest": digest, "status": "disabled", "version": u64::MAX}))
+        .map_err(|_| GatewayError::Internal)
+}
 
 /// Largest internal request body (a routing config with many channels).
 const MAX_INTERNAL_BODY: usize = 1024 * 1024;
@@ -44,9 +83,20 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
     let kv = env.kv(bindings::KV).map_err(|_| GatewayError::Internal)?;
     let bad = |message: String| GatewayError::InvalidRequest { message, param: None };
 
-    if let Some(digest) = path.strip_prefix("/internal/keys/") {
+    if let Some(rest) = path.strip_prefix("/internal/keys/") {
+        let (digest, account_view) = match rest.strip_suffix("/account") {
+            Some(digest) => (digest, true),
+            None => (rest, false),
+        };
         if !is_valid_digest(digest) {
             return Err(bad("key digest must be 64 lower-case hex characters".into()));
+        }
+        let account = KeyAccountClient::new(env, digest)?;
+        if account_view {
+            return match method {
+                Method::Get => http_io::json_response(200, &account.snapshot().await?),
+                _ => Err(GatewayError::MethodNotAllowed),
+            };
         }
         return match method {
             Method::Put => {
@@ -62,6 +112,9 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
                     .await
                     .map_err(|_| GatewayError::Internal)?;
                 isolate_cache::forget_key(digest);
+                // KV is only a cache that other locations see late; the
+                // account object enforces the new record from its next request.
+                account.configure(&record).await?;
                 http_io::json_response(
                     200,
                     &json!({"stored": true, "digest": digest, "version": record.version}),
@@ -70,6 +123,7 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
             Method::Delete => {
                 kv.delete(&kv_key_for_digest(digest)).await.map_err(|_| GatewayError::Internal)?;
                 isolate_cache::forget_key(digest);
+                account.configure(&deleted_record(digest)?).await?;
                 http_io::json_response(200, &json!({"deleted": true}))
             }
             _ => Err(GatewayError::MethodNotAllowed),
@@ -92,6 +146,38 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
                 &json!({"stored": true, "version": config.version, "models": config.models.len()}),
             )
         }
+        (Method::Get, "/internal/usage/stats") => {
+            let digest = query_param(&req, "key_digest").unwrap_or_default();
+            if !digest.is_empty() && !is_valid_digest(&digest) {
+                return Err(bad("key_digest must be 64 lower-case hex characters".into()));
+            }
+            let stats = usage_pipeline::stats(env, &digest, limit_param(&req, 100, 1000))
+                .await
+                .map_err(|e| internal("usage stats", e))?;
+            http_io::json_response(200, &stats)
+        }
+        (Method::Post, "/internal/usage/requeue") => {
+            let requeue: Requeue =
+                serde_json::from_slice(&body).map_err(|e| bad(format!("invalid usage events: {e}")))?;
+            if requeue.events.len() > MAX_REQUEUE_EVENTS {
+                return Err(bad(format!("at most {MAX_REQUEUE_EVENTS} events per call")));
+            }
+            let queued =
+                usage_pipeline::requeue(env, &requeue.events).await.map_err(|e| internal("requeue", e))?;
+            http_io::json_response(200, &json!({"queued": queued}))
+        }
+        (Method::Get, "/internal/usage/dead-letters") => {
+            let rows = usage_pipeline::dead_letters(env, limit_param(&req, 100, 1000))
+                .await
+                .map_err(|e| internal("dead letters", e))?;
+            http_io::json_response(200, &rows)
+        }
+        (Method::Post, "/internal/usage/dead-letters/replay") => {
+            let replayed = usage_pipeline::replay_dead_letters(env, limit_param(&req, 100, 1000))
+                .await
+                .map_err(|e| internal("dead-letter replay", e))?;
+            http_io::json_response(200, &replayed)
+        }
         (Method::Get, "/internal/routing") => {
             let table = isolate_cache::routing_table(env).await?;
             http_io::json_response(
@@ -101,4 +187,9 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
         }
         _ => Err(GatewayError::NotFound),
     }
+}
+
+fn internal(what: &str, e: worker::Error) -> GatewayError {
+    worker::console_error!("internal API: {what} failed: {e}");
+    GatewayError::Internal
 }

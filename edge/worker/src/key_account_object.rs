@@ -1,113 +1,326 @@
 //! The per-key Durable Object (`KeyAccount`, one per key digest) and the
 //! worker-side client that talks to it.
 //!
-//! The object is the key's account: it holds the concurrency leases
-//! (`edgeway_core::key_account::Leases`) in memory and in its SQLite-backed
-//! storage, so an eviction loses nothing, and an alarm expires leases whose
-//! release never came. Being single-threaded per key, its admit decisions
-//! cannot race.
+//! The object is the key's account. Its rules are
+//! `edgeway_core::key_account::KeyAccountState` (leases, RPM/TPM windows,
+//! quota reserve → settle, outbox); this file only loads that state once,
+//! persists exactly the records each operation reports as changed, runs the
+//! alarm, and publishes the outbox to the usage queue.
+//!
+//! **Key design decision:** the in-memory state is the truth while the object
+//! lives and storage is its durable mirror. Every operation mutates memory
+//! synchronously (no `await` in between, so concurrent requests cannot
+//! interleave inside a decision), then writes its changed records in one
+//! `put` (the output gate holds the reply until they are durable). State is
+//! loaded in the constructor under `blockConcurrencyWhile`, so no request ever
+//! sees a half-loaded account.
+//!
+//! Storage: `core` (limits, spend, windows, counters) and `r:<request id>`
+//! ([`RequestRecord`]), values as JSON text. An admission writes `core` and
+//! its lease; a settle writes `core` and the request's record, which carries
+//! the outbox copy of the usage event until the queue accepted it.
 
+use crate::bindings;
 use crate::runtime::now_ms;
 use edgeway_core::error::GatewayError;
-use edgeway_core::key_account::{AdmitDecision, AdmitRequest, Leases, ReleaseRequest, SettleRequest};
-use std::cell::RefCell;
+use edgeway_core::key_account::{
+    AccountCore, AdmitDecision, AdmitRequest, KeyAccountState, ReleaseRequest, RequestRecord, SettleOutcome,
+    SettleRequest, Writes, OUTBOX_BATCH,
+};
+use edgeway_core::key_record::KeyRecord;
+use edgeway_core::rate_window::MINUTE_MS;
+use edgeway_core::usage::UsageEvent;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+use worker::js_sys::{Array, Object, Reflect};
+use worker::wasm_bindgen::JsValue;
 use worker::{
-    durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result, State,
+    durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result,
+    ScheduledTime, State, Storage,
 };
 
-const LEASE_PREFIX: &str = "lease:";
+const CORE_KEY: &str = "core";
+const RECORD_PREFIX: &str = "r:";
+/// Most keys per storage `put`/`delete` call.
+const STORAGE_BATCH: usize = 128;
+/// Largest body the object accepts from the worker.
+const MAX_OBJECT_BODY: usize = 256 * 1024;
+/// An outbox event is published at once after its settle; if that fails or
+/// the object is evicted first, the alarm retries this soon.
+const OUTBOX_SAFETY_MS: i64 = 5_000;
+
+struct Inner {
+    state: State,
+    env: Env,
+    account: RefCell<Option<KeyAccountState>>,
+    /// The alarm time this object last set and has not seen fire.
+    alarm_at: Cell<Option<i64>>,
+    /// An outbox flush is running.
+    flushing: Cell<bool>,
+}
 
 #[durable_object]
 pub struct KeyAccount {
-    state: State,
-    leases: RefCell<Option<Leases>>,
+    inner: Rc<Inner>,
+}
+
+fn record_key(request_id: &str) -> String {
+    format!("{RECORD_PREFIX}{request_id}")
+}
+
+fn json_error(status: u16, message: &str) -> Result<Response> {
+    Ok(Response::from_json(&serde_json::json!({"error": message}))?.with_status(status))
+}
+
+/// Loads the account from storage.
+async fn load(storage: Storage, window_ms: i64) -> Result<(KeyAccountState, Option<i64>)> {
+    let core: Option<AccountCore> = match storage.get::<String>(CORE_KEY).await? {
+        Some(text) => match serde_json::from_str(&text) {
+            Ok(core) => Some(core),
+            Err(e) => {
+                worker::console_error!("key account: unreadable core record, starting afresh: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let listed = storage.list_with_options(worker::ListOptions::new().prefix(RECORD_PREFIX)).await?;
+    let mut records = Vec::new();
+    for entry in listed.entries() {
+        let Ok(pair) = entry else { continue };
+        let pair = Array::from(&pair);
+        let key = pair.get(0).as_string().unwrap_or_default();
+        let Some(id) = key.strip_prefix(RECORD_PREFIX) else { continue };
+        let Some(text) = pair.get(1).as_string() else { continue };
+        match serde_json::from_str::<RequestRecord>(&text) {
+            Ok(record) => records.push((id.to_string(), record)),
+            Err(e) => worker::console_error!("key account: unreadable record {key}: {e}"),
+        }
+    }
+    let alarm = storage.get_alarm().await?;
+    Ok((KeyAccountState::from_stored(core, records, window_ms), alarm))
+}
+
+impl Inner {
+    /// Runs `f` on the loaded account (synchronously: no await inside).
+    fn with_account<T>(&self, f: impl FnOnce(&mut KeyAccountState) -> T) -> Option<T> {
+        self.account.borrow_mut().as_mut().map(f)
+    }
+
+    /// Writes what an operation changed: one `put` of every changed value
+    /// (JSON text), then the deletions.
+    async fn persist(&self, writes: Writes) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut values: Vec<(String, String)> = Vec::with_capacity(writes.put.len() + 1);
+        if writes.core {
+            let core = self.account.borrow().as_ref().map(|a| serde_json::to_string(a.core()));
+            if let Some(core) = core {
+                values.push((CORE_KEY.to_string(), core?));
+            }
+        }
+        for (id, record) in &writes.put {
+            values.push((record_key(id), serde_json::to_string(record)?));
+        }
+        let storage = self.state.storage();
+        for chunk in values.chunks(STORAGE_BATCH) {
+            let object = Object::new();
+            for (key, value) in chunk {
+                Reflect::set(&object, &JsValue::from_str(key), &JsValue::from_str(value))?;
+            }
+            storage.put_multiple_raw(object).await?;
+        }
+        let deletes: Vec<String> = writes.delete.iter().map(|id| record_key(id)).collect();
+        for chunk in deletes.chunks(STORAGE_BATCH) {
+            storage.delete_multiple(chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the alarm fires no later than the account needs (lease
+    /// expiry, hold release, outbox retry, forgetting old ids). Never moves
+    /// an alarm later: an early alarm only re-checks.
+    async fn schedule(&self, now: i64, at_most: Option<i64>) -> Result<()> {
+        let wanted = self.with_account(|a| a.next_wakeup(now)).flatten();
+        let wanted = match (wanted, at_most) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(wanted) = wanted else { return Ok(()) };
+        let wanted = wanted.max(now);
+        if self.alarm_at.get().is_some_and(|current| current <= wanted) {
+            return Ok(());
+        }
+        self.alarm_at.set(Some(wanted));
+        let date = worker::js_sys::Date::new(&JsValue::from_f64(wanted as f64));
+        self.state.storage().set_alarm(ScheduledTime::new(date)).await
+    }
+
+    /// Publishes the outbox to the usage queue, a batch at a time, until it is
+    /// empty or the queue refuses (then the alarm retries with back-off).
+    async fn flush_outbox(&self) -> Result<()> {
+        if self.flushing.replace(true) {
+            return Ok(());
+        }
+        let result = self.flush_loop().await;
+        self.flushing.set(false);
+        result
+    }
+
+    async fn flush_loop(&self) -> Result<()> {
+        loop {
+            let now = now_ms();
+            let batch: Vec<UsageEvent> =
+                self.with_account(|a| a.outbox_batch(now, OUTBOX_BATCH)).unwrap_or_default();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let ids: Vec<String> = batch.iter().map(|e| e.request_id.clone()).collect();
+            let sent = match self.env.queue(bindings::USAGE_QUEUE) {
+                Ok(queue) => queue.send_batch(batch).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(()) => {
+                    let now = now_ms();
+                    let writes = self.with_account(|a| a.mark_published(&ids, now)).unwrap_or_default();
+                    self.persist(writes).await?;
+                }
+                Err(e) => {
+                    let now = now_ms();
+                    let retry_at = self.with_account(|a| a.publish_failed(now));
+                    worker::console_error!(
+                        "key account: {} usage event(s) not accepted by the queue, retrying: {e}",
+                        ids.len()
+                    );
+                    return self.schedule(now, retry_at).await;
+                }
+            }
+        }
+    }
 }
 
 impl KeyAccount {
-    async fn loaded_leases(&self) -> Result<Leases> {
-        if let Some(leases) = self.leases.borrow().as_ref() {
-            return Ok(leases.clone());
+    async fn route(&self, mut req: Request) -> Result<Response> {
+        let inner = &self.inner;
+        if inner.account.borrow().is_none() {
+            return json_error(503, "key account not loaded");
         }
-        let stored =
-            self.state.storage().list_with_options(worker::ListOptions::new().prefix(LEASE_PREFIX)).await?;
-        let mut entries = Vec::new();
-        for entry in stored.entries() {
-            let Ok(pair) = entry else { continue };
-            let pair = worker::js_sys::Array::from(&pair);
-            let key = pair.get(0).as_string().unwrap_or_default();
-            let expires = pair.get(1).as_f64().unwrap_or(0.0) as i64;
-            if let Some(id) = key.strip_prefix(LEASE_PREFIX) {
-                entries.push((id.to_string(), expires));
+        let path = req.path();
+        if path == "/state" {
+            let now = now_ms();
+            let snapshot = inner.with_account(|a| a.snapshot(now));
+            return Response::from_json(&snapshot);
+        }
+        let body = req.bytes().await?;
+        if body.len() > MAX_OBJECT_BODY {
+            return json_error(413, "body too large");
+        }
+        match path.as_str() {
+            "/admit" => {
+                let Ok(admit) = serde_json::from_slice::<AdmitRequest>(&body) else {
+                    return json_error(400, "invalid admission request");
+                };
+                let now = now_ms();
+                let Some((decision, writes)) = inner.with_account(|a| a.admit(&admit, now)) else {
+                    return json_error(503, "key account not loaded");
+                };
+                inner.persist(writes).await?;
+                inner.schedule(now, None).await?;
+                Response::from_json(&decision)
             }
+            "/settle" | "/release" => {
+                let settle = if path == "/release" {
+                    serde_json::from_slice::<ReleaseRequest>(&body)
+                        .map(|r| SettleRequest { request_id: r.request_id, event: None })
+                } else {
+                    serde_json::from_slice::<SettleRequest>(&body)
+                };
+                let Ok(settle) = settle else { return json_error(400, "invalid settle request") };
+                let now = now_ms();
+                let Some((outcome, writes)) = inner.with_account(|a| a.settle(&settle, now)) else {
+                    return json_error(503, "key account not loaded");
+                };
+                inner.persist(writes).await?;
+                let pending = inner.with_account(|a| a.outbox_len()).unwrap_or(0);
+                if pending > 0 {
+                    inner.schedule(now, Some(now + OUTBOX_SAFETY_MS)).await?;
+                    let flusher = self.inner.clone();
+                    inner.state.wait_until(async move {
+                        if let Err(e) = flusher.flush_outbox().await {
+                            worker::console_error!("key account: outbox flush failed: {e}");
+                        }
+                    });
+                } else {
+                    inner.schedule(now, None).await?;
+                }
+                if outcome == SettleOutcome::Duplicate {
+                    worker::console_warn!("key account: repeated settle of {} ignored", settle.request_id);
+                }
+                Response::from_json(&serde_json::json!({ "outcome": outcome }))
+            }
+            "/configure" => {
+                let Ok(record) = serde_json::from_slice::<KeyRecord>(&body) else {
+                    return json_error(400, "invalid key record");
+                };
+                let Some(writes) = inner.with_account(|a| a.configure(&record)) else {
+                    return json_error(503, "key account not loaded");
+                };
+                let applied = writes.core;
+                inner.persist(writes).await?;
+                let limits = inner.with_account(|a| a.core().limits.clone()).flatten();
+                Response::from_json(&serde_json::json!({ "applied": applied, "limits": limits }))
+            }
+            _ => json_error(404, "not found"),
         }
-        let leases = Leases::from_stored(entries);
-        *self.leases.borrow_mut() = Some(leases.clone());
-        Ok(leases)
-    }
-
-    async fn store(&self, leases: Leases, put: Option<(&str, i64)>, delete: &[String]) -> Result<()> {
-        *self.leases.borrow_mut() = Some(leases.clone());
-        let storage = self.state.storage();
-        // The object's input gate holds other events while storage calls are
-        // in flight, and its output gate holds the reply until they are durable.
-        if let Some((id, expires)) = put {
-            storage.put(&format!("{LEASE_PREFIX}{id}"), expires).await?;
-        }
-        if !delete.is_empty() {
-            let keys: Vec<String> = delete.iter().map(|id| format!("{LEASE_PREFIX}{id}")).collect();
-            storage.delete_multiple(keys).await?;
-        }
-        match leases.next_expiry() {
-            Some(at) => storage.set_alarm(at).await?,
-            None => storage.delete_alarm().await?,
-        }
-        Ok(())
     }
 }
 
 impl DurableObject for KeyAccount {
-    fn new(state: State, _env: Env) -> Self {
-        Self { state, leases: RefCell::new(None) }
+    fn new(state: State, env: Env) -> Self {
+        let window_ms = i64::try_from(bindings::number(&env, bindings::RATE_WINDOW_MS, MINUTE_MS as u64))
+            .unwrap_or(MINUTE_MS);
+        let inner = Rc::new(Inner {
+            state,
+            env,
+            account: RefCell::new(None),
+            alarm_at: Cell::new(None),
+            flushing: Cell::new(false),
+        });
+        let loader = inner.clone();
+        let storage = inner.state.storage();
+        // Holds every event until the account is loaded (the runtime's gate).
+        let _loading = inner.state.block_concurrency_while(async move {
+            let (account, alarm) = load(storage, window_ms).await?;
+            *loader.account.borrow_mut() = Some(account);
+            loader.alarm_at.set(alarm);
+            Ok(())
+        });
+        Self { inner }
     }
 
-    async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let now = now_ms();
-        match req.path().as_str() {
-            "/admit" => {
-                let admit: AdmitRequest = req.json().await?;
-                let mut leases = self.loaded_leases().await?;
-                let (decision, expired) = leases.admit(&admit, now);
-                let put = match &decision {
-                    AdmitDecision::Admitted { lease_expires_at_ms, .. } => {
-                        Some((admit.request_id.as_str(), *lease_expires_at_ms))
-                    }
-                    AdmitDecision::ConcurrencyLimited { .. } | AdmitDecision::Refused { .. } => None,
-                };
-                self.store(leases, put, &expired).await?;
-                Response::from_json(&decision)
-            }
-            "/release" => {
-                let release: ReleaseRequest = req.json().await?;
-                let mut leases = self.loaded_leases().await?;
-                let released = leases.release(&release.request_id);
-                self.store(leases, None, &[release.request_id]).await?;
-                Response::from_json(&serde_json::json!({"released": released}))
-            }
-            "/state" => {
-                let leases = self.loaded_leases().await?;
-                Response::from_json(&serde_json::json!({"in_flight": leases.in_flight()}))
-            }
-            _ => Response::error("not found", 404),
-        }
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        self.route(req).await
     }
 
     async fn alarm(&self) -> Result<Response> {
-        let mut leases = self.loaded_leases().await?;
-        let expired = leases.expire(now_ms());
-        if !expired.is_empty() {
-            worker::console_warn!("key account: {} lease(s) expired without release", expired.len());
+        let inner = &self.inner;
+        inner.alarm_at.set(None);
+        let now = now_ms();
+        let Some(writes) = inner.with_account(|a| a.expire(now)) else {
+            return Response::ok("not loaded");
+        };
+        let expired = writes.put.iter().filter(|(_, r)| matches!(r, RequestRecord::Expired { .. })).count();
+        if expired > 0 {
+            worker::console_warn!("key account: {expired} lease(s) or hold(s) expired without a settle");
         }
-        self.store(leases, None, &expired).await?;
+        inner.persist(writes).await?;
+        if let Err(e) = inner.flush_outbox().await {
+            worker::console_error!("key account: outbox flush failed: {e}");
+        }
+        inner.schedule(now_ms(), None).await?;
         Response::ok("ok")
     }
 }
@@ -118,10 +331,12 @@ pub struct KeyAccountClient {
     env: Env,
 }
 
+/// Settle attempts before falling back to publishing the event directly.
+const SETTLE_ATTEMPTS: u32 = 3;
+
 impl KeyAccountClient {
     pub fn new(env: &Env, digest: &str) -> std::result::Result<Self, GatewayError> {
-        let namespace =
-            env.durable_object(crate::bindings::KEY_ACCOUNT).map_err(|_| GatewayError::Internal)?;
+        let namespace = env.durable_object(bindings::KEY_ACCOUNT).map_err(|_| GatewayError::Internal)?;
         let stub = namespace
             .id_from_name(digest)
             .and_then(|id| id.get_stub())
@@ -131,53 +346,103 @@ impl KeyAccountClient {
 
     async fn call<T: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
+        method: Method,
         path: &str,
-        body: &T,
+        body: Option<&T>,
     ) -> Result<R> {
         let headers = Headers::new();
         headers.set("content-type", "application/json")?;
         let mut init = RequestInit::new();
-        init.with_method(Method::Post)
-            .with_headers(headers)
-            .with_body(Some(serde_json::to_string(body)?.into()));
+        init.with_method(method).with_headers(headers);
+        if let Some(body) = body {
+            init.with_body(Some(serde_json::to_string(body)?.into()));
+        }
         let request = Request::new_with_init(&format!("https://key-account{path}"), &init)?;
         let mut response = self.stub.fetch_with_request(request).await?;
+        let status = response.status_code();
+        if !(200..300).contains(&status) {
+            let text = response.text().await.unwrap_or_default();
+            return Err(worker::Error::RustError(format!("key account answered {status}: {text}")));
+        }
         response.json().await
     }
 
-    /// Takes a lease (and, later, a quota reservation) or refuses.
+    /// Ok(()) = admitted (lease held, reservation held, windows counted).
+    /// Refusals map to the client's error (429 with `Retry-After`,
+    /// `insufficient_quota`, invalid key); an unreachable object is
+    /// `Internal` (fail closed). A transport failure is retried once: a
+    /// repeated admission of the same request id only renews its lease.
     pub async fn admit(&self, req: &AdmitRequest) -> std::result::Result<(), GatewayError> {
-        let decision: AdmitDecision = self.call("/admit", req).await.map_err(|e| {
-            worker::console_error!("key account admit failed: {e}");
-            GatewayError::Internal
-        })?;
-        match decision {
-            AdmitDecision::Admitted { .. } => Ok(()),
-            AdmitDecision::ConcurrencyLimited { in_flight, retry_after_secs } => {
-                Err(GatewayError::RateLimited {
-                    message: format!(
-                        "Too many concurrent requests for this key ({in_flight} in flight). Retry shortly."
-                    ),
-                    retry_after_secs,
-                })
+        let mut last_error = None;
+        for _ in 0..2 {
+            match self.call::<_, AdmitDecision>(Method::Post, "/admit", Some(req)).await {
+                Ok(AdmitDecision::Admitted { .. }) => return Ok(()),
+                Ok(AdmitDecision::Refused { reason, retry_after_secs }) => {
+                    return Err(reason.into_error(retry_after_secs))
+                }
+                Ok(AdmitDecision::ConcurrencyLimited { retry_after_secs, .. }) => {
+                    return Err(
+                        edgeway_core::key_account::Refusal::Concurrency.into_error(Some(retry_after_secs))
+                    )
+                }
+                Err(e) => last_error = Some(e),
             }
-            AdmitDecision::Refused { .. } => Err(GatewayError::RateLimited {
-                message: "Request refused by the key's limits.".into(),
-                retry_after_secs: 1,
-            }),
+        }
+        if let Some(e) = last_error {
+            worker::console_error!("key account admission failed for {}: {e}", req.request_id);
+        }
+        Err(GatewayError::Internal)
+    }
+
+    /// Called exactly once per admitted request when it ends. Releases the
+    /// lease and the reservation, books the actual cost, and stores the event
+    /// in the object's outbox before answering; the object then publishes it
+    /// (retrying by alarm). Settling is idempotent, so transport failures are
+    /// retried; if the object stays unreachable the event is sent to the
+    /// queue directly so the usage is never lost (the lease then expires by
+    /// alarm). Never fails loudly.
+    pub async fn settle(&self, req: &SettleRequest) {
+        let mut delay_ms = 50;
+        for attempt in 1..=SETTLE_ATTEMPTS {
+            match self.call::<_, serde_json::Value>(Method::Post, "/settle", Some(req)).await {
+                Ok(_) => return,
+                Err(e) => {
+                    worker::console_warn!(
+                        "key account settle of {} failed (attempt {attempt}): {e}",
+                        req.request_id
+                    );
+                }
+            }
+            if attempt < SETTLE_ATTEMPTS {
+                worker::Delay::from(Duration::from_millis(delay_ms)).await;
+                delay_ms *= 4;
+            }
+        }
+        if let Some(event) = &req.event {
+            worker::console_error!(
+                "key account unreachable: publishing usage of {} directly",
+                req.request_id
+            );
+            crate::usage_pipeline::publish(&self.env, event).await;
         }
     }
 
-    /// Ends a request: releases its lease and publishes its usage event.
-    pub async fn settle(&self, req: &SettleRequest) {
-        if let Err(e) = self
-            .call::<_, serde_json::Value>("/release", &ReleaseRequest { request_id: req.request_id.clone() })
-            .await
-        {
-            worker::console_warn!("key account release failed (lease will expire): {e}");
-        }
-        if let Some(event) = &req.event {
-            crate::usage_pipeline::publish(&self.env, event).await;
-        }
+    /// Admin push: the newest key record wins by version (revocation, quota,
+    /// limits), effective on the key's next admission.
+    pub async fn configure(&self, record: &KeyRecord) -> std::result::Result<(), GatewayError> {
+        self.call::<_, serde_json::Value>(Method::Post, "/configure", Some(record)).await.map(|_| ()).map_err(
+            |e| {
+                worker::console_error!("key account configure failed: {e}");
+                GatewayError::Internal
+            },
+        )
+    }
+
+    /// The account's read-only snapshot (`AccountSnapshot` as JSON).
+    pub async fn snapshot(&self) -> std::result::Result<serde_json::Value, GatewayError> {
+        self.call::<(), serde_json::Value>(Method::Get, "/state", None).await.map_err(|e| {
+            worker::console_error!("key account snapshot failed: {e}");
+            GatewayError::Internal
+        })
     }
 }
