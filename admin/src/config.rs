@@ -27,6 +27,58 @@ impl fmt::Debug for EdgeTarget {
     }
 }
 
+/// Default Cloudflare API base of the pull consumer.
+pub const DEFAULT_CF_API_BASE: &str = "https://api.cloudflare.com/client/v4";
+
+/// Where the usage ledger's events come from (`USAGE_SOURCE`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum UsageSource {
+    /// The edge's queue consumer posts them to `POST /internal/usage` (default).
+    #[default]
+    Push,
+    /// This service pulls them from the usage queue over Cloudflare's HTTP
+    /// pull-consumer API (the queue then has no Worker consumer).
+    Pull(PullConfig),
+}
+
+/// The queue the pull consumer reads (`USAGE_SOURCE=pull`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PullConfig {
+    /// `CF_API_BASE` (tests point it at a fake), without a trailing slash.
+    pub api_base: String,
+    /// `CF_ACCOUNT_ID`.
+    pub account_id: String,
+    /// `CF_QUEUE_ID` (the queue's id, not its name).
+    pub queue_id: String,
+    /// `CF_API_TOKEN`: an API token with Queues Edit permission.
+    pub api_token: String,
+    /// `USAGE_PULL_BATCH_SIZE`: messages per pull, 1–100 (default 100).
+    pub batch_size: u32,
+    /// `USAGE_PULL_VISIBILITY_MS`: how long a pulled message stays leased to
+    /// this consumer before the queue offers it again (default 60000).
+    pub visibility_timeout_ms: u64,
+    /// `USAGE_PULL_IDLE_MS`: wait after an empty pull (default 1000).
+    pub idle_ms: u64,
+    /// `USAGE_PULL_RETRY_DELAY_SECS`: delay of messages handed back for a
+    /// retry (default 30).
+    pub retry_delay_secs: u32,
+}
+
+impl fmt::Debug for PullConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PullConfig")
+            .field("api_base", &self.api_base)
+            .field("account_id", &self.account_id)
+            .field("queue_id", &self.queue_id)
+            .field("api_token", &"<redacted>")
+            .field("batch_size", &self.batch_size)
+            .field("visibility_timeout_ms", &self.visibility_timeout_ms)
+            .field("idle_ms", &self.idle_ms)
+            .field("retry_delay_secs", &self.retry_delay_secs)
+            .finish()
+    }
+}
+
 /// The service configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -41,6 +93,8 @@ pub struct Config {
     /// `EDGE_ADMIN_SECRET`, also used to verify `POST /internal/usage`;
     /// `None` disables usage ingest.
     pub internal_secret: Option<String>,
+    /// `USAGE_SOURCE`: `push` (default) or `pull`.
+    pub usage_source: UsageSource,
 }
 
 impl fmt::Debug for Config {
@@ -51,6 +105,7 @@ impl fmt::Debug for Config {
             .field("admin_token", &"<redacted>")
             .field("edge", &self.edge)
             .field("internal_secret", &self.internal_secret.as_ref().map(|_| "<redacted>"))
+            .field("usage_source", &self.usage_source)
             .finish()
     }
 }
@@ -115,8 +170,58 @@ impl Config {
             }
         };
 
-        Ok(Self { database_url, listen, admin_token, edge, internal_secret })
+        let usage_source = usage_source(&non_empty)?;
+
+        Ok(Self { database_url, listen, admin_token, edge, internal_secret, usage_source })
     }
+}
+
+/// `USAGE_SOURCE` and, for `pull`, the queue and its API.
+fn usage_source(non_empty: &impl Fn(&str) -> Option<String>) -> Result<UsageSource, ConfigError> {
+    let mode = non_empty("USAGE_SOURCE").unwrap_or_else(|| "push".into()).to_ascii_lowercase();
+    match mode.as_str() {
+        "push" => return Ok(UsageSource::Push),
+        "pull" => {}
+        other => return Err(ConfigError(format!("USAGE_SOURCE must be `push` or `pull`, not `{other}`"))),
+    }
+    let required = |name: &str| {
+        non_empty(name).ok_or_else(|| ConfigError(format!("{name} is required when USAGE_SOURCE=pull")))
+    };
+    let account_id = required("CF_ACCOUNT_ID")?;
+    let queue_id = required("CF_QUEUE_ID")?;
+    let api_token = required("CF_API_TOKEN")?;
+    for (name, value) in [("CF_ACCOUNT_ID", &account_id), ("CF_QUEUE_ID", &queue_id)] {
+        if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(ConfigError(format!("{name} may hold only letters, digits, `-` and `_`")));
+        }
+    }
+    let api_base = non_empty("CF_API_BASE").unwrap_or_else(|| DEFAULT_CF_API_BASE.into());
+    let api_base = api_base.trim_end_matches('/').to_string();
+    if !(api_base.starts_with("https://") || api_base.starts_with("http://"))
+        || reqwest::Url::parse(&api_base).is_err()
+    {
+        return Err(ConfigError("CF_API_BASE must be an http(s) URL".into()));
+    }
+    let number = |name: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+        match non_empty(name) {
+            None => Ok(default),
+            Some(text) => text
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| ConfigError(format!("{name} must be a whole number from {min} to {max}"))),
+        }
+    };
+    Ok(UsageSource::Pull(PullConfig {
+        api_base,
+        account_id,
+        queue_id,
+        api_token,
+        batch_size: u32::try_from(number("USAGE_PULL_BATCH_SIZE", 100, 1, 100)?).unwrap_or(100),
+        visibility_timeout_ms: number("USAGE_PULL_VISIBILITY_MS", 60_000, 1_000, 43_200_000)?,
+        idle_ms: number("USAGE_PULL_IDLE_MS", 1_000, 10, 60_000)?,
+        retry_delay_secs: u32::try_from(number("USAGE_PULL_RETRY_DELAY_SECS", 30, 0, 43_200)?).unwrap_or(30),
+    }))
 }
 
 /// The URL with any password replaced, for logs.
@@ -181,6 +286,46 @@ mod tests {
         assert!(config(&[TOKEN, ("DATABASE_URL", "mysql://x")]).is_err());
         assert!(config(&[TOKEN, ("ADMIN_LISTEN", "nope")]).is_err());
         assert!(config(&[TOKEN, ("EDGE_URL", "ftp://x"), ("EDGE_ADMIN_SECRET", "0123456789abcdef")]).is_err());
+    }
+
+    #[test]
+    fn usage_source_push_by_default_pull_needs_the_queue() {
+        assert_eq!(config(&[TOKEN]).unwrap().usage_source, UsageSource::Push);
+        assert_eq!(config(&[TOKEN, ("USAGE_SOURCE", "PUSH")]).unwrap().usage_source, UsageSource::Push);
+        assert!(config(&[TOKEN, ("USAGE_SOURCE", "poll")]).is_err());
+        assert!(config(&[TOKEN, ("USAGE_SOURCE", "pull")]).is_err());
+        let pull = [
+            TOKEN,
+            ("USAGE_SOURCE", "pull"),
+            ("CF_ACCOUNT_ID", "acc123"),
+            ("CF_QUEUE_ID", "q-456"),
+            ("CF_API_TOKEN", "cf-token-secret-value"),
+        ];
+        let c = config(&pull).unwrap();
+        let UsageSource::Pull(p) = &c.usage_source else { panic!("pull expected") };
+        assert_eq!(p.api_base, DEFAULT_CF_API_BASE);
+        assert_eq!(
+            (p.batch_size, p.visibility_timeout_ms, p.idle_ms, p.retry_delay_secs),
+            (100, 60_000, 1_000, 30)
+        );
+        assert!(!format!("{c:?}").contains("cf-token-secret-value"), "Debug must redact the API token");
+        let mut more = pull.to_vec();
+        more.push(("CF_API_BASE", "http://127.0.0.1:9/client/v4/"));
+        more.push(("USAGE_PULL_BATCH_SIZE", "10"));
+        let c = config(&more).unwrap();
+        let UsageSource::Pull(p) = &c.usage_source else { panic!("pull expected") };
+        assert_eq!((p.api_base.as_str(), p.batch_size), ("http://127.0.0.1:9/client/v4", 10));
+        for (name, value) in [
+            ("USAGE_PULL_BATCH_SIZE", "101"),
+            ("USAGE_PULL_BATCH_SIZE", "0"),
+            ("CF_API_BASE", "ftp://x"),
+            ("CF_QUEUE_ID", "../etc"),
+        ] {
+            let mut bad = pull.to_vec();
+            bad.retain(|(n, _)| *n != name);
+            bad.push((name, value));
+            assert!(config(&bad).is_err(), "{name}={value} accepted");
+        }
     }
 
     #[test]

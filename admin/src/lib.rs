@@ -26,6 +26,7 @@ pub mod extract;
 pub mod key_issue;
 pub mod keys;
 pub mod usage;
+pub mod usage_pull;
 pub mod validate;
 
 use crate::config::Config;

@@ -1,9 +1,9 @@
 //! `edgeway-admin`: reads the configuration from the environment, migrates
 //! the database, starts the background edge sync and serves the admin API.
 
-use edgeway_admin::config::{redact_url, Config};
+use edgeway_admin::config::{redact_url, Config, UsageSource};
 use edgeway_admin::db::Db;
-use edgeway_admin::{app, edge_sync, AppState};
+use edgeway_admin::{app, edge_sync, usage_pull, AppState};
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -33,6 +33,10 @@ async fn run() -> Result<(), String> {
     }
     if state.internal_secret().is_none() {
         tracing::warn!("EDGE_ADMIN_SECRET is not set: POST /internal/usage is disabled");
+    }
+    if let UsageSource::Pull(pull) = &config.usage_source {
+        tracing::info!(queue = %pull.queue_id, "usage source: pulling from the queue's HTTP pull consumer");
+        usage_pull::spawn(state.clone(), pull.clone()).map_err(|e| format!("pull consumer: {e}"))?;
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

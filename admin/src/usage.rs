@@ -4,9 +4,11 @@
 //! Queue delivery is at-least-once, so ingest inserts each event with
 //! `ON CONFLICT (request_id) DO NOTHING` inside one transaction: a batch
 //! delivered again, whole or in part and in any order, leaves exactly one row
-//! per request id, and the first delivery's row is the one kept.
+//! per request id, and the first delivery's row is the one kept. The same
+//! function, [`ingest_events`], serves the edge's pushes (`POST
+//! /internal/usage`) and the pull consumer (`crate::usage_pull`).
 
-use crate::db::RowExt;
+use crate::db::{Db, RowExt};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
 use crate::keys::{find_key, List};
@@ -34,7 +36,7 @@ pub struct UsageBatch {
 }
 
 /// `POST /internal/usage` response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestResult {
     pub inserted: u64,
     pub duplicates: u64,
@@ -122,10 +124,20 @@ pub async fn ingest(
     if batch.events.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!("a batch may hold at most {MAX_BATCH} events")));
     }
-    let rows =
-        batch.events.iter().enumerate().map(|(i, e)| LedgerRow::new(i, e)).collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(ingest_events(state.db(), &batch.events).await?))
+}
+
+/// Why an event cannot enter the ledger (a value the database cannot hold).
+pub fn check_event(event: &UsageEvent) -> Result<(), String> {
+    LedgerRow::new(0, event).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Inserts `events` in one transaction, each at most once by request id;
+/// refuses the whole batch (nothing inserted) if any event is invalid.
+pub async fn ingest_events(db: &Db, events: &[UsageEvent]) -> ApiResult<IngestResult> {
+    let rows = events.iter().enumerate().map(|(i, e)| LedgerRow::new(i, e)).collect::<ApiResult<Vec<_>>>()?;
     let ingested_at = now_ms();
-    let mut tx = state.db().pool.begin().await?;
+    let mut tx = db.pool.begin().await?;
     let mut inserted = 0u64;
     for row in &rows {
         let e = row.event;
@@ -165,7 +177,7 @@ pub async fn ingest(
     tx.commit().await?;
     let duplicates = rows.len() as u64 - inserted;
     tracing::info!(inserted, duplicates, "usage batch ingested");
-    Ok(Json(IngestResult { inserted, duplicates }))
+    Ok(IngestResult { inserted, duplicates })
 }
 
 /// `GET /api/usage` query.

@@ -92,6 +92,7 @@ impl TestApp {
                 secret: options.edge_secret.clone().unwrap_or_else(|| SECRET.to_string()),
             }),
             internal_secret: (!options.no_secret).then(|| SECRET.to_string()),
+            usage_source: Default::default(),
         };
         let (database, dir, sqlite_path) = match db {
             DbKind::Sqlite => {

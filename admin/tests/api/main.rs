@@ -12,3 +12,4 @@ mod keys;
 mod openapi;
 mod routing;
 mod usage;
+mod usage_pull;
