@@ -370,12 +370,16 @@ fn blocks_for(message: &Message) -> Result<Vec<Value>, GatewayError> {
                         }
                     }
                 }
+                let mut block = json!({"type": "tool_result", "tool_use_id": anthropic_tool_id(tool_call_id)});
+                // No empty text block: an empty result has no content at all.
                 let content = match parts.as_slice() {
-                    [] => json!(""),
-                    [only] if only["type"] == "text" => only["text"].clone(),
-                    _ => Value::Array(parts),
+                    [] => None,
+                    [only] if only["type"] == "text" => Some(only["text"].clone()),
+                    _ => Some(Value::Array(parts)),
                 };
-                let mut block = json!({"type": "tool_result", "tool_use_id": anthropic_tool_id(tool_call_id), "content": content});
+                if let Some(content) = content {
+                    block["content"] = content;
+                }
                 if *is_error {
                     block["is_error"] = json!(true);
                 }
