@@ -150,6 +150,20 @@ test('unknown model → 404; model outside the allowlist → 403', async () => {
   });
 });
 
+test('IP allow-list: a key bound to other networks gets 403 in the caller\'s dialect', async () => {
+  const { key: elsewhere } = await stack.adminApi('POST', '/api/keys', { name: 'e2e ip', allowed_ips: ['203.0.113.0/24'] });
+  const { key: local } = await stack.adminApi('POST', '/api/keys', { name: 'e2e ip local', allowed_ips: ['127.0.0.0/8', '::1/128'] });
+  const blocked = new OpenAI({ baseURL: `${stack.gatewayUrl}/v1`, apiKey: elsewhere, maxRetries: 0 });
+  await assert.rejects(blocked.chat.completions.create({ model: 'mock-1', messages: user('x') }), (e) => {
+    assert.equal(e.status, 403);
+    assert.equal(e.code, 'ip_not_allowed');
+    return true;
+  });
+  const allowed = new OpenAI({ baseURL: `${stack.gatewayUrl}/v1`, apiKey: local, maxRetries: 0 });
+  const ok = await allowed.chat.completions.create({ model: 'mock-1', messages: user('x') });
+  assert.ok(ok.choices[0].message.content.length > 0);
+});
+
 test('oversized body → 413; malformed JSON and missing fields → 400', async () => {
   const huge = 'x'.repeat(1024 * 1024 + 10);
   await assert.rejects(client.chat.completions.create({ model: 'gpt-test', messages: user(huge) }), (e) => {

@@ -27,6 +27,8 @@ pub enum GatewayError {
     InvalidApiKey,
     /// The key exists but may not use this model.
     ModelNotAllowed { model: String },
+    /// The key's IP allow-list does not include the caller's address.
+    IpNotAllowed,
     /// No route serves this model.
     ModelNotFound { model: String },
     /// The body is not valid JSON (or nests too deep).
@@ -58,7 +60,7 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             Self::MissingApiKey | Self::InvalidApiKey => 401,
-            Self::ModelNotAllowed { .. } => 403,
+            Self::ModelNotAllowed { .. } | Self::IpNotAllowed => 403,
             Self::ModelNotFound { .. } | Self::NotFound => 404,
             Self::InvalidJson { .. } | Self::InvalidRequest { .. } => 400,
             Self::PayloadTooLarge { .. } => 413,
@@ -85,6 +87,7 @@ impl GatewayError {
             Self::MissingApiKey => "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.".into(),
             Self::InvalidApiKey => "Incorrect API key provided, or the key is disabled or expired.".into(),
             Self::ModelNotAllowed { model } => format!("This API key is not allowed to use the model `{model}`."),
+            Self::IpNotAllowed => "This API key may not be used from this IP address.".into(),
             Self::ModelNotFound { model } => format!("The model `{model}` does not exist or you do not have access to it."),
             Self::InvalidJson { detail } => format!("We could not parse the JSON body of your request: {detail}"),
             Self::InvalidRequest { message, .. } => message.clone(),
@@ -110,7 +113,7 @@ impl GatewayError {
     fn openai_type(&self) -> &'static str {
         match self {
             Self::MissingApiKey | Self::InvalidApiKey => "invalid_request_error",
-            Self::ModelNotAllowed { .. } => "permission_error",
+            Self::ModelNotAllowed { .. } | Self::IpNotAllowed => "permission_error",
             Self::ModelNotFound { .. }
             | Self::InvalidJson { .. }
             | Self::InvalidRequest { .. }
@@ -131,6 +134,7 @@ impl GatewayError {
         match self {
             Self::MissingApiKey | Self::InvalidApiKey => Some("invalid_api_key"),
             Self::ModelNotAllowed { .. } => Some("model_not_allowed"),
+            Self::IpNotAllowed => Some("ip_not_allowed"),
             Self::ModelNotFound { .. } => Some("model_not_found"),
             Self::InvalidJson { .. } => Some("invalid_json"),
             Self::PayloadTooLarge { .. } => Some("request_too_large"),
@@ -312,6 +316,11 @@ mod tests {
     fn statuses_match_the_contract() {
         assert_eq!(GatewayError::InvalidApiKey.status(), 401);
         assert_eq!(GatewayError::ModelNotAllowed { model: "m".into() }.status(), 403);
+        assert_eq!(GatewayError::IpNotAllowed.status(), 403);
+        assert_eq!(
+            GatewayError::IpNotAllowed.to_json(Dialect::Anthropic)["error"]["type"],
+            "permission_error"
+        );
         assert_eq!(GatewayError::ModelNotFound { model: "m".into() }.status(), 404);
         assert_eq!(GatewayError::InvalidJson { detail: "x".into() }.status(), 400);
         assert_eq!(GatewayError::PayloadTooLarge { limit_bytes: 1 }.status(), 413);

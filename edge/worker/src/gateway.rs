@@ -18,8 +18,9 @@ use crate::upstream::{self, BodyStream, UpstreamReply};
 use crate::{bindings, mock_upstream};
 use edgeway_core::api_key::{key_digest, presented_key, CredentialHeaders};
 use edgeway_core::error::{redact_secrets, upstream_error_message, GatewayError};
+use edgeway_core::ip_allow::ip_allowed;
 use edgeway_core::key_account::{AdmitRequest, KeyLimits, SettleRequest};
-use edgeway_core::key_record::{KeyRecord, KeyStatus};
+use edgeway_core::key_record::KeyRecord;
 use edgeway_core::limits::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_RESERVED_OUTPUT_TOKENS, DEFAULT_UPSTREAM_TIMEOUT_MS,
     MAX_DRAIN_AFTER_DISCONNECT_MS, MAX_UPSTREAM_BODY_BYTES,
@@ -74,6 +75,13 @@ pub async fn authenticate(req: &Request, env: &Env) -> Result<Rc<KeyRecord>, Gat
     let digest = key_digest(key);
     let record = isolate_cache::key_record(env, &digest).await?;
     record.check_usable(now_ms() / 1000)?;
+    if let Some(allowed) = record.allowed_ips.as_deref().filter(|list| !list.is_empty()) {
+        // Set by Cloudflare's edge (and by wrangler dev); absent means unknown: refuse.
+        let client_ip = header("cf-connecting-ip").unwrap_or_default();
+        if !ip_allowed(allowed, &client_ip) {
+            return Err(GatewayError::IpNotAllowed);
+        }
+    }
     Ok(record)
 }
 
@@ -306,17 +314,6 @@ impl Metering {
     }
 }
 
-fn key_limits(record: &KeyRecord) -> KeyLimits {
-    KeyLimits {
-        version: record.version,
-        disabled: record.status != KeyStatus::Active,
-        max_concurrency: record.max_concurrency,
-        rpm: record.rpm,
-        tpm: record.tpm,
-        quota_micros: record.quota_micros,
-    }
-}
-
 fn client_response_id(client: ClientDialect, request_id: &str) -> String {
     let bare = request_id.trim_start_matches("req_");
     match client {
@@ -365,7 +362,7 @@ pub async fn generate(
     account
         .admit(&AdmitRequest {
             request_id: request_id.clone(),
-            limits: key_limits(&record),
+            limits: KeyLimits::from_record(&record),
             reserve_micros: price.worst_case_micros(inbound.prompt_estimate, max_output),
             estimated_tokens: inbound.prompt_estimate.saturating_add(max_output),
             lease_ms: None,
