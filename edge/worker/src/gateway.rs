@@ -15,7 +15,7 @@ use crate::isolate_cache;
 use crate::key_account_object::KeyAccountClient;
 use crate::runtime::{now_ms, random_uuid, routing_seed};
 use crate::upstream::{self, BodyStream, UpstreamReply};
-use crate::{bindings, mock_upstream};
+use crate::{bindings, mock_upstream, usage_pipeline};
 use edgeway_core::api_key::{key_digest, presented_key, CredentialHeaders};
 use edgeway_core::error::{redact_secrets, upstream_error_message, GatewayError};
 use edgeway_core::ip_allow::ip_allowed;
@@ -249,6 +249,8 @@ struct Metering {
     started_ms: i64,
     prompt_estimate: u64,
     price: ModelPrice,
+    /// Admitted by the key account (which must then settle it).
+    admitted: bool,
 }
 
 /// How a request ended, as far as billing is concerned.
@@ -301,8 +303,14 @@ impl Metering {
     }
 
     /// Settles the request with its key account: lease and reservation
-    /// released, actual cost booked, usage event stored and published.
+    /// released, actual cost booked, usage event stored and published. A
+    /// request that skipped admission publishes its event to the usage queue
+    /// directly (every store is idempotent on the request id).
     async fn settle(self, event: UsageEvent) {
+        if !self.admitted {
+            usage_pipeline::publish(&self.env, &event).await;
+            return;
+        }
         match KeyAccountClient::new(&self.env, &self.record.digest) {
             Ok(account) => {
                 account
@@ -312,6 +320,15 @@ impl Metering {
             Err(e) => worker::console_error!("cannot settle {}: {e}", self.request_id),
         }
     }
+}
+
+/// Whether a key has anything its account must enforce per request.
+fn has_limits(limits: &KeyLimits) -> bool {
+    limits.disabled
+        || limits.max_concurrency.is_some()
+        || limits.rpm.is_some()
+        || limits.tpm.is_some()
+        || limits.quota_micros.is_some()
 }
 
 fn client_response_id(client: ClientDialect, request_id: &str) -> String {
@@ -358,17 +375,28 @@ pub async fn generate(
     }
     let max_output = inbound.max_output_tokens.unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS);
     let request_id = format!("req_{}", random_uuid().replace('-', ""));
-    let account = KeyAccountClient::new(env, &record.digest)?;
-    account
-        .admit(&AdmitRequest {
-            request_id: request_id.clone(),
-            limits: KeyLimits::from_record(&record),
-            reserve_micros: price.worst_case_micros(inbound.prompt_estimate, max_output),
-            estimated_tokens: inbound.prompt_estimate.saturating_add(max_output),
-            lease_ms: None,
-            max_concurrency: record.max_concurrency,
-        })
-        .await?;
+    // Keys with limits are admitted by their account on every request (exact
+    // concurrency, windows and quota). Keys without any skip that round trip;
+    // their account is still consulted every couple of seconds per isolate
+    // for revocations and newly set limits.
+    let limits = KeyLimits::from_record(&record);
+    let admitted =
+        if has_limits(&limits) || !isolate_cache::unlimited_key_may_skip_admission(env, &record).await? {
+            let account = KeyAccountClient::new(env, &record.digest)?;
+            account
+                .admit(&AdmitRequest {
+                    request_id: request_id.clone(),
+                    limits,
+                    reserve_micros: price.worst_case_micros(inbound.prompt_estimate, max_output),
+                    estimated_tokens: inbound.prompt_estimate.saturating_add(max_output),
+                    lease_ms: None,
+                    max_concurrency: record.max_concurrency,
+                })
+                .await?;
+            true
+        } else {
+            false
+        };
 
     // Admitted: from here every path settles exactly once.
     let metering = Metering {
@@ -380,6 +408,7 @@ pub async fn generate(
         started_ms,
         prompt_estimate: inbound.prompt_estimate,
         price,
+        admitted,
     };
     let forwarded = match forward(&mut inbound, &candidates, suffix_stripped, env, started_ms).await {
         Ok(forwarded) => forwarded,

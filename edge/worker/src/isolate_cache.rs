@@ -17,8 +17,14 @@ use worker::Env;
 /// Most key records held per isolate; the cache is cleared when full.
 const MAX_CACHED_KEYS: usize = 10_000;
 
+/// How long an isolate trusts its key account's word that a key without
+/// limits is still active (ms): the bound on how late a revocation pushed to
+/// the account is seen by keys that skip per-request admission.
+pub const ACCOUNT_CHECK_TTL_MS: i64 = 2_000;
+
 thread_local! {
     static KEYS: RefCell<HashMap<String, (Rc<KeyRecord>, i64)>> = RefCell::new(HashMap::new());
+    static ACCOUNT_CHECKS: RefCell<HashMap<String, (bool, i64)>> = RefCell::new(HashMap::new());
     static ROUTING: RefCell<Option<(Rc<RoutingTable>, i64)>> = const { RefCell::new(None) };
 }
 
@@ -57,6 +63,45 @@ pub async fn key_record(env: &Env, digest: &str) -> Result<Rc<KeyRecord>, Gatewa
 /// Forgets a cached key record (after a push or revocation).
 pub fn forget_key(digest: &str) {
     KEYS.with(|k| k.borrow_mut().remove(digest));
+    ACCOUNT_CHECKS.with(|c| c.borrow_mut().remove(digest));
+}
+
+/// For a key whose record sets no limits: whether it may skip per-request
+/// admission. The key's account is asked at most every
+/// [`ACCOUNT_CHECK_TTL_MS`] per isolate; it knows of revocations and limits
+/// pushed by the admin before KV does. A revoked key is refused here.
+pub async fn unlimited_key_may_skip_admission(env: &Env, record: &KeyRecord) -> Result<bool, GatewayError> {
+    let now = now_ms();
+    let cached = ACCOUNT_CHECKS.with(|c| {
+        c.borrow().get(&record.digest).filter(|(_, at)| now - at < ACCOUNT_CHECK_TTL_MS).map(|(ok, _)| *ok)
+    });
+    if let Some(ok) = cached {
+        return Ok(ok);
+    }
+    let account = crate::key_account_object::KeyAccountClient::new(env, &record.digest)?;
+    let snapshot = account.snapshot().await?;
+    let limits: Option<edgeway_core::key_account::KeyLimits> =
+        snapshot.get("limits").cloned().and_then(|l| serde_json::from_value(l).ok());
+    let may_skip = match limits {
+        Some(limits) if limits.version >= record.version => {
+            if limits.disabled {
+                return Err(GatewayError::InvalidApiKey);
+            }
+            limits.max_concurrency.is_none()
+                && limits.rpm.is_none()
+                && limits.tpm.is_none()
+                && limits.quota_micros.is_none()
+        }
+        _ => true,
+    };
+    ACCOUNT_CHECKS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= MAX_CACHED_KEYS {
+            c.clear();
+        }
+        c.insert(record.digest.clone(), (may_skip, now));
+    });
+    Ok(may_skip)
 }
 
 /// The routing table, from cache or KV. An absent configuration is an empty table.
