@@ -15,7 +15,7 @@ use crate::isolate_cache;
 use crate::key_account_object::KeyAccountClient;
 use crate::runtime::{now_ms, random_uuid, routing_seed};
 use crate::upstream::{self, BodyStream, UpstreamReply};
-use crate::{bindings, mock_upstream, usage_pipeline};
+use crate::{bindings, mock_upstream, usage_batcher};
 use edgeway_core::api_key::{key_digest, presented_key, CredentialHeaders};
 use edgeway_core::error::{redact_secrets, upstream_error_message, GatewayError};
 use edgeway_core::ip_allow::ip_allowed;
@@ -308,7 +308,7 @@ impl Metering {
     /// directly (every store is idempotent on the request id).
     async fn settle(self, event: UsageEvent) {
         if !self.admitted {
-            usage_pipeline::publish(&self.env, &event).await;
+            usage_batcher::publish(&self.env, event).await;
             return;
         }
         match KeyAccountClient::new(&self.env, &self.record.digest) {

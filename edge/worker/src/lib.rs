@@ -19,6 +19,7 @@ mod key_account_object;
 mod mock_upstream;
 mod runtime;
 mod upstream;
+mod usage_batcher;
 mod usage_pipeline;
 
 use edgeway_core::endpoint::{self, Endpoint, NoEndpoint};
