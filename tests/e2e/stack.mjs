@@ -3,6 +3,7 @@
 // with local KV, D1, Durable Objects and Queues in a fresh temporary state
 // directory. Configuration goes in through the admin API, as an operator's would.
 import { spawn, execFileSync } from 'node:child_process';
+import { createHash, createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -51,7 +52,15 @@ function stopProc(proc) {
   try { process.kill(-proc.pid, 'SIGTERM'); } catch {}
 }
 
-export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs = 1500 } = {}) {
+/** SHA-256 hex of a client key: its digest in KV, D1 and the admin. */
+export function keyDigest(key) {
+  return createHash('sha256').update(key).digest('hex');
+}
+
+// Options (all optional; the defaults are what every suite used first):
+//   vars         extra worker vars, e.g. { RATE_WINDOW_MS: '6000' }
+//   adminIngest  set ADMIN_INGEST_URL so the queue consumer also posts usage to the admin
+export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs = 1500, vars = {}, adminIngest = false } = {}) {
   const state = mkdtempSync(path.join(tmpdir(), 'edgeway-e2e-'));
   const mock = createMockUpstream();
   const mockPort = await freePort();
@@ -76,11 +85,13 @@ export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs
     '--var', `EDGE_ADMIN_SECRET:${secret}`,
     '--var', `MAX_BODY_BYTES:${maxBodyBytes}`,
     '--var', `UPSTREAM_TIMEOUT_MS:${upstreamTimeoutMs}`,
+    ...(adminIngest ? ['--var', `ADMIN_INGEST_URL:${adminUrl}`] : []),
+    ...Object.entries(vars).flatMap(([name, value]) => ['--var', `${name}:${value}`]),
   ], wranglerEnv);
 
   const adminBin = path.join(ROOT, 'target', 'debug', 'edgeway-admin');
   if (!existsSync(adminBin)) throw new Error(`admin binary missing at ${adminBin}: run cargo build -p edgeway-admin`);
-  const admin = start('admin', adminBin, [], {
+  const launchAdmin = () => start('admin', adminBin, [], {
     DATABASE_URL: `sqlite://${path.join(state, 'admin.sqlite')}?mode=rwc`,
     ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
     ADMIN_TOKEN: adminToken,
@@ -88,9 +99,39 @@ export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs
     EDGE_ADMIN_SECRET: secret,
     RUST_LOG: 'warn',
   });
+  const admin = launchAdmin();
 
   const stack = {
-    state, gatewayUrl, adminUrl, adminToken, mockUrl, mock, worker, admin, keys: {},
+    state, gatewayUrl, adminUrl, adminToken, mockUrl, mock, worker, admin, keys: {}, secret,
+    /** Signed call to the worker's internal API, as the admin makes it. */
+    async internal(method, route, body) {
+      const text = body === undefined ? '' : JSON.stringify(body);
+      const timestamp = Math.floor(Date.now() / 1000);
+      const routePath = route.split('?')[0];
+      const bodyHash = createHash('sha256').update(text).digest('hex');
+      const signature = createHmac('sha256', secret).update(`${method.toUpperCase()}\n${routePath}\n${timestamp}\n${bodyHash}`).digest('hex');
+      const r = await fetch(`${gatewayUrl}${route}`, {
+        method,
+        headers: { 'content-type': 'application/json', 'x-edgeway-timestamp': String(timestamp), 'x-edgeway-signature': signature },
+        body: body === undefined ? undefined : text,
+      });
+      const json = await r.json().catch(() => null);
+      if (!r.ok) throw new Error(`internal ${method} ${route} → ${r.status}: ${JSON.stringify(json)}`);
+      return json;
+    },
+    /** Stops the admin service (its database stays). */
+    async stopAdmin() {
+      const proc = stack.admin;
+      if (proc.exitCode !== null) return;
+      const exited = new Promise((r) => proc.once('exit', r));
+      stopProc(proc);
+      await exited;
+    },
+    /** Starts the admin service again on the same port and database. */
+    async startAdmin() {
+      stack.admin = launchAdmin();
+      await waitFor(`${adminUrl}/health`, 30_000, stack.admin, 'admin');
+    },
     async adminApi(method, route, body) {
       const r = await fetch(`${adminUrl}${route}`, {
         method,
@@ -105,10 +146,10 @@ export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs
     },
     async mockStats() { return (await fetch(`${mockUrl}/__stats`)).json(); },
     async mockLast() { return (await fetch(`${mockUrl}/__last`)).json(); },
-    logs() { return worker.logs.join('') + admin.logs.join(''); },
+    logs() { return worker.logs.join('') + stack.admin.logs.join(''); },
     async stop() {
       stopProc(worker);
-      stopProc(admin);
+      stopProc(stack.admin);
       await new Promise((r) => mock.server.close(r));
       mock.server.closeAllConnections?.();
       if (!process.env.KEEP_E2E_STATE) rmSync(state, { recursive: true, force: true });

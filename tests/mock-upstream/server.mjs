@@ -14,6 +14,8 @@
 //   zero-usage          reports usage of exactly zero tokens
 //   paced-<ms>          streams deltas every <ms> milliseconds
 //   slow-<ms>           waits <ms> before answering
+//   pause-usage-<ms>    streams deltas 40 ms apart, then waits <ms> between the finish chunk and the
+//                       usage chunk (to disconnect a client exactly before the usage arrives)
 // Control endpoints: GET /__stats (requests, in-flight, max in-flight), GET /__last (last
 // request body and headers minus credentials), POST /__reset.
 import http from 'node:http';
@@ -106,7 +108,8 @@ export function createMockUpstream() {
     const wantsUsage = body.stream_options?.include_usage === true;
     const send = (obj) => res.write(`data: ${JSON.stringify(obj)}\n\n`);
     const paced = /^paced-(\d+)$/.exec(model);
-    const gap = paced ? Number(paced[1]) : 0;
+    const pauseUsage = /^pause-usage-(\d+)$/.exec(model);
+    const gap = paced ? Number(paced[1]) : pauseUsage ? 40 : 0;
     send(chunk(model, { role: 'assistant', content: '' }, null, wantsUsage));
     const words = model === 'cut-stream' ? WORDS.slice(0, 2) : WORDS;
     for (const w of words) {
@@ -116,6 +119,10 @@ export function createMockUpstream() {
     }
     if (model === 'cut-stream') return res.end();
     send(chunk(model, {}, 'stop', wantsUsage));
+    if (pauseUsage) {
+      await sleep(Number(pauseUsage[1]));
+      if (res.destroyed) return;
+    }
     if (wantsUsage && usage) send({ id: 'chatcmpl-upstream-1', object: 'chat.completion.chunk', created: 1700000000, model, choices: [], usage });
     res.end('data: [DONE]\n\n');
   });

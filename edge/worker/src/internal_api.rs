@@ -8,6 +8,7 @@
 //! | `PUT /internal/keys/{digest}` | store the key record in KV and push it to the key's account object (revocation and quota changes apply on the next request, whatever KV's propagation) |
 //! | `DELETE /internal/keys/{digest}` | delete it from KV and disable the account for good |
 //! | `GET /internal/keys/{digest}/account` | the account's snapshot: spend, reservations, leases, windows, outbox, counters |
+//! | `POST /internal/keys/{digest}/account/probe?limit=n` | times `n` sequential admission + settle round trips (no billing) on that account: use a scratch digest, the admissions count in its windows |
 //! | `PUT`/`GET /internal/routing` | the routing config |
 //! | `GET /internal/usage/stats?key_digest=&limit=` | D1 usage totals and rows (newest first), dead-letter counts |
 //! | `POST /internal/usage/requeue` | `{"events":[…]}` onto the usage queue again (every store is idempotent on request id) |
@@ -84,19 +85,25 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
     let bad = |message: String| GatewayError::InvalidRequest { message, param: None };
 
     if let Some(rest) = path.strip_prefix("/internal/keys/") {
-        let (digest, account_view) = match rest.strip_suffix("/account") {
-            Some(digest) => (digest, true),
-            None => (rest, false),
+        let (digest, view) = if let Some(digest) = rest.strip_suffix("/account") {
+            (digest, Some(false))
+        } else if let Some(digest) = rest.strip_suffix("/account/probe") {
+            (digest, Some(true))
+        } else {
+            (rest, None)
         };
         if !is_valid_digest(digest) {
             return Err(bad("key digest must be 64 lower-case hex characters".into()));
         }
         let account = KeyAccountClient::new(env, digest)?;
-        if account_view {
-            return match method {
-                Method::Get => http_io::json_response(200, &account.snapshot().await?),
-                _ => Err(GatewayError::MethodNotAllowed),
-            };
+        match (view, method.clone()) {
+            (Some(false), Method::Get) => return http_io::json_response(200, &account.snapshot().await?),
+            (Some(true), Method::Post) => {
+                let probe = account.probe(limit_param(&req, 100, 1000)).await?;
+                return http_io::json_response(200, &probe);
+            }
+            (Some(_), _) => return Err(GatewayError::MethodNotAllowed),
+            (None, _) => {}
         }
         return match method {
             Method::Put => {

@@ -438,6 +438,46 @@ impl KeyAccountClient {
         )
     }
 
+    /// Times `n` sequential admission + settle round trips (settled without
+    /// an event: nothing is billed or published) as the worker sees them:
+    /// what the account adds to a request. Milliseconds, p50/p99/max.
+    pub async fn probe(&self, n: u32) -> std::result::Result<serde_json::Value, GatewayError> {
+        let mut admit_ms = Vec::with_capacity(n as usize);
+        let mut settle_ms = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let request_id = format!("probe_{}", crate::runtime::random_uuid().replace('-', ""));
+            let admit = AdmitRequest {
+                request_id: request_id.clone(),
+                limits: edgeway_core::key_account::KeyLimits::default(),
+                reserve_micros: 0,
+                estimated_tokens: 0,
+                lease_ms: Some(60_000),
+                max_concurrency: None,
+            };
+            let started = worker::Date::now().as_millis();
+            self.admit(&admit).await?;
+            let admitted = worker::Date::now().as_millis();
+            self.call::<_, serde_json::Value>(
+                Method::Post,
+                "/settle",
+                Some(&SettleRequest { request_id, event: None }),
+            )
+            .await
+            .map_err(|_| GatewayError::Internal)?;
+            let settled = worker::Date::now().as_millis();
+            admit_ms.push(admitted.saturating_sub(started));
+            settle_ms.push(settled.saturating_sub(admitted));
+        }
+        let summary = |mut v: Vec<u64>| {
+            v.sort_unstable();
+            let at = |q: f64| {
+                v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0)
+            };
+            serde_json::json!({"p50": at(0.5), "p99": at(0.99), "max": v.last().copied().unwrap_or(0)})
+        };
+        Ok(serde_json::json!({"n": n, "admit_ms": summary(admit_ms), "settle_ms": summary(settle_ms)}))
+    }
+
     /// The account's read-only snapshot (`AccountSnapshot` as JSON).
     pub async fn snapshot(&self) -> std::result::Result<serde_json::Value, GatewayError> {
         self.call::<(), serde_json::Value>(Method::Get, "/state", None).await.map_err(|e| {
