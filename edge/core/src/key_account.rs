@@ -35,7 +35,7 @@ use crate::key_record::{KeyRecord, KeyStatus};
 use crate::rate_window::{retry_after_secs, SlidingWindow, MINUTE_MS};
 use crate::usage::UsageEvent;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Default lease lifetime: longer than any request the gateway lets run.
 pub const DEFAULT_LEASE_MS: i64 = 10 * 60 * 1000;
@@ -357,6 +357,10 @@ pub struct KeyAccountState {
     /// Settled events not yet accepted by the queue.
     outbox: BTreeMap<String, UsageEvent>,
     finished: BTreeMap<String, Finished>,
+    /// The settled ids of `finished`, oldest first (so forgetting is O(1) per id).
+    settled_order: VecDeque<(i64, String)>,
+    /// The expired ids of `finished` (few: only requests whose settle never came).
+    expired_ids: BTreeSet<String>,
     /// Sum of live reservations and stale holds (derived; rebuilt on load).
     reserved_micros: i64,
     /// Outbox publication back-off (memory only: a restart retries at once).
@@ -395,18 +399,27 @@ impl KeyAccountState {
                         Some(event) => {
                             state.outbox.insert(id, *event);
                         }
-                        None => {
-                            state.finished.insert(id, Finished::Settled { at_ms });
-                        }
+                        None => state.remember_settled(id, at_ms),
                     };
                 }
                 RequestRecord::Expired { at_ms, held_micros, hold_until_ms } => {
                     state.reserved_micros = state.reserved_micros.saturating_add(held_micros);
-                    state.finished.insert(id, Finished::Expired { at_ms, held_micros, hold_until_ms });
+                    state.remember_expired(id, Finished::Expired { at_ms, held_micros, hold_until_ms });
                 }
             }
         }
+        state.settled_order.make_contiguous().sort();
         state
+    }
+
+    fn remember_settled(&mut self, id: String, at_ms: i64) {
+        self.settled_order.push_back((at_ms, id.clone()));
+        self.finished.insert(id, Finished::Settled { at_ms });
+    }
+
+    fn remember_expired(&mut self, id: String, finished: Finished) {
+        self.expired_ids.insert(id.clone());
+        self.finished.insert(id, finished);
     }
 
     /// Sets the RPM/TPM window length (one minute in production).
@@ -559,7 +572,7 @@ impl KeyAccountState {
                 RequestRecord::Settled { at_ms: now_ms, pending: Some(Box::new(event)) }
             }
             None => {
-                self.finished.insert(request_id.to_string(), Finished::Settled { at_ms: now_ms });
+                self.remember_settled(request_id.to_string(), now_ms);
                 RequestRecord::Settled { at_ms: now_ms, pending: None }
             }
         };
@@ -593,6 +606,7 @@ impl KeyAccountState {
             }
             Some(Finished::Expired { held_micros, .. }) => {
                 self.finished.remove(id);
+                self.expired_ids.remove(id);
                 self.reserved_micros = self.reserved_micros.saturating_sub(held_micros);
                 self.book(req.event.as_ref(), held_micros);
                 self.core.counters.settled += 1;
@@ -653,15 +667,15 @@ impl KeyAccountState {
                 self.core.counters.leases_expired += 1;
                 writes.core = true;
                 writes.put.push((id.clone(), finished.record()));
-                self.finished.insert(id, finished);
+                self.remember_expired(id, finished);
             }
         }
         // Stale holds whose grace is over.
         let released: Vec<(String, Finished)> = self
-            .finished
+            .expired_ids
             .iter()
-            .filter_map(|(id, f)| match *f {
-                Finished::Expired { at_ms, held_micros, hold_until_ms }
+            .filter_map(|id| match self.finished.get(id).copied() {
+                Some(Finished::Expired { at_ms, held_micros, hold_until_ms })
                     if held_micros > 0 && hold_until_ms <= now_ms =>
                 {
                     Some((id.clone(), Finished::Expired { at_ms, held_micros: 0, hold_until_ms }))
@@ -681,25 +695,34 @@ impl KeyAccountState {
         writes
     }
 
-    /// Forgets finished ids past retention, and the oldest beyond the cap.
+    /// Forgets finished ids past retention, and the oldest settled ones
+    /// beyond the cap (stale holds are kept until released).
     fn forget_finished(&mut self, now_ms: i64) -> Writes {
         let mut writes = Writes::default();
-        let forgettable = |f: &Finished| match *f {
-            Finished::Settled { at_ms } => Some(at_ms),
-            Finished::Expired { at_ms, held_micros: 0, hold_until_ms } => Some(at_ms.max(hold_until_ms)),
-            Finished::Expired { .. } => None,
-        };
-        let mut old: Vec<(i64, String)> =
-            self.finished.iter().filter_map(|(id, f)| forgettable(f).map(|at| (at, id.clone()))).collect();
-        old.sort();
-        let over_cap = self.finished.len().saturating_sub(MAX_TRACKED_FINISHED);
-        for (i, (at, id)) in old.into_iter().enumerate() {
-            if i < over_cap || at.saturating_add(FINISHED_RETENTION_MS) <= now_ms {
-                self.finished.remove(&id);
-                writes.delete.push(id);
-            } else {
+        while let Some(&(at, _)) = self.settled_order.front() {
+            let over_cap = self.finished.len() > MAX_TRACKED_FINISHED;
+            if !over_cap && at.saturating_add(FINISHED_RETENTION_MS) > now_ms {
                 break;
             }
+            let Some((at, id)) = self.settled_order.pop_front() else { break };
+            if matches!(self.finished.get(&id), Some(Finished::Settled { at_ms }) if *at_ms == at) {
+                self.finished.remove(&id);
+                writes.delete.push(id);
+            }
+        }
+        let done: Vec<String> = self
+            .expired_ids
+            .iter()
+            .filter(|id| {
+                matches!(self.finished.get(*id), Some(Finished::Expired { at_ms, held_micros: 0, hold_until_ms })
+                    if (*at_ms).max(*hold_until_ms).saturating_add(FINISHED_RETENTION_MS) <= now_ms)
+            })
+            .cloned()
+            .collect();
+        for id in done {
+            self.finished.remove(&id);
+            self.expired_ids.remove(&id);
+            writes.delete.push(id);
         }
         writes
     }
@@ -717,7 +740,7 @@ impl KeyAccountState {
         let mut writes = Writes::default();
         for id in request_ids {
             if self.outbox.remove(id).is_some() {
-                self.finished.insert(id.clone(), Finished::Settled { at_ms: now_ms });
+                self.remember_settled(id.clone(), now_ms);
                 writes.put.push((id.clone(), RequestRecord::Settled { at_ms: now_ms, pending: None }));
                 self.core.counters.events_published += 1;
             }
@@ -745,18 +768,18 @@ impl KeyAccountState {
     /// release, a finished id to forget, or an outbox retry.
     pub fn next_wakeup(&self, now_ms: i64) -> Option<i64> {
         let leases = self.in_flight.values().map(|r| r.lease_expires_at_ms);
-        let finished = self.finished.values().map(|f| match *f {
-            Finished::Settled { at_ms } => at_ms.saturating_add(FINISHED_RETENTION_MS),
-            Finished::Expired { hold_until_ms, held_micros, at_ms } => {
-                if held_micros > 0 {
-                    hold_until_ms
-                } else {
-                    at_ms.max(hold_until_ms).saturating_add(FINISHED_RETENTION_MS)
-                }
-            }
+        let settled = self.settled_order.front().map(|(at, _)| at.saturating_add(FINISHED_RETENTION_MS));
+        let expired = self.expired_ids.iter().filter_map(|id| match self.finished.get(id).copied() {
+            Some(Finished::Expired { hold_until_ms, held_micros, at_ms }) => Some(if held_micros > 0 {
+                hold_until_ms
+            } else {
+                at_ms.max(hold_until_ms).saturating_add(FINISHED_RETENTION_MS)
+            }),
+            _ => None,
         });
+        let over_cap = (self.finished.len() > MAX_TRACKED_FINISHED).then_some(now_ms);
         let outbox = (!self.outbox.is_empty()).then(|| self.outbox_next_attempt_ms.unwrap_or(now_ms));
-        leases.chain(finished).chain(outbox).min()
+        leases.chain(settled).chain(expired).chain(over_cap).chain(outbox).min()
     }
 
     /// The read-only view.
@@ -784,9 +807,11 @@ impl KeyAccountState {
             in_flight: self.in_flight(),
             leases,
             stale_holds: count(
-                self.finished
-                    .values()
-                    .filter(|f| matches!(f, Finished::Expired { held_micros, .. } if *held_micros > 0))
+                self.expired_ids
+                    .iter()
+                    .filter(|id| {
+                        matches!(self.finished.get(*id), Some(Finished::Expired { held_micros, .. }) if *held_micros > 0)
+                    })
                     .count(),
             ),
             outbox_pending: count(self.outbox.len()),
@@ -1305,6 +1330,15 @@ mod tests {
                 prop_assert_eq!(&reloaded.in_flight, &s.in_flight);
                 prop_assert_eq!(&reloaded.outbox, &s.outbox);
                 prop_assert_eq!(&reloaded.finished, &s.finished);
+                // The indexes over `finished` agree with it.
+                let expired: BTreeSet<String> = s.finished.iter()
+                    .filter(|(_, f)| matches!(f, Finished::Expired { .. })).map(|(id, _)| id.clone()).collect();
+                prop_assert_eq!(&expired, &s.expired_ids);
+                for (id, f) in &s.finished {
+                    if let Finished::Settled { at_ms } = f {
+                        prop_assert!(s.settled_order.iter().any(|(at, i)| at == at_ms && i == id), "{id} not indexed");
+                    }
+                }
             }
         }
     }
