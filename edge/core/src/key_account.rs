@@ -138,6 +138,9 @@ pub const LATE_SETTLE_GRACE_MS: i64 = DEFAULT_LEASE_MS;
 /// How long a settled request id is remembered so a repeated settle is
 /// recognised (bounded by [`MAX_TRACKED_FINISHED`]).
 pub const FINISHED_RETENTION_MS: i64 = 15 * 60 * 1000;
+/// Forgetting waits this much longer than the retention, so one alarm
+/// forgets a minute's worth of ids instead of waking up for each.
+pub const FORGET_SLACK_MS: i64 = 60_000;
 /// Most finished request ids remembered; the oldest settled ones are
 /// forgotten first (stale holds are never forgotten early).
 pub const MAX_TRACKED_FINISHED: usize = 10_000;
@@ -768,12 +771,15 @@ impl KeyAccountState {
     /// release, a finished id to forget, or an outbox retry.
     pub fn next_wakeup(&self, now_ms: i64) -> Option<i64> {
         let leases = self.in_flight.values().map(|r| r.lease_expires_at_ms);
-        let settled = self.settled_order.front().map(|(at, _)| at.saturating_add(FINISHED_RETENTION_MS));
+        let settled = self
+            .settled_order
+            .front()
+            .map(|(at, _)| at.saturating_add(FINISHED_RETENTION_MS + FORGET_SLACK_MS));
         let expired = self.expired_ids.iter().filter_map(|id| match self.finished.get(id).copied() {
             Some(Finished::Expired { hold_until_ms, held_micros, at_ms }) => Some(if held_micros > 0 {
                 hold_until_ms
             } else {
-                at_ms.max(hold_until_ms).saturating_add(FINISHED_RETENTION_MS)
+                at_ms.max(hold_until_ms).saturating_add(FINISHED_RETENTION_MS + FORGET_SLACK_MS)
             }),
             _ => None,
         });
@@ -1110,7 +1116,7 @@ mod tests {
     fn finished_ids_are_forgotten_after_retention_or_beyond_the_cap() {
         let mut s = KeyAccountState::new(MIN);
         s.settle(&settle_req("old", None), 0);
-        assert_eq!(s.next_wakeup(1), Some(FINISHED_RETENTION_MS));
+        assert_eq!(s.next_wakeup(1), Some(FINISHED_RETENTION_MS + FORGET_SLACK_MS));
         let writes = s.expire(FINISHED_RETENTION_MS);
         assert_eq!(writes.delete, vec!["old".to_string()]);
         assert_eq!(s.next_wakeup(FINISHED_RETENTION_MS), None);
