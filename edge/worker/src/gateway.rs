@@ -130,7 +130,11 @@ struct Inbound {
     stream: bool,
     client_wants_usage: bool,
     max_output_tokens: Option<u64>,
+    /// Prompt tokens estimated (bytes / 4): the basis of a usage estimate.
     prompt_estimate: u64,
+    /// Prompt tokens no tokenizer can exceed (about one per byte): the basis
+    /// of the quota reservation, so that the reservation is a true worst case.
+    prompt_upper_bound: u64,
     /// Output limit the gateway imposed (quota-limited keys only).
     output_cap: Option<u64>,
 }
@@ -151,6 +155,7 @@ impl Inbound {
                 client_wants_usage: prepared.client_wants_usage,
                 max_output_tokens: prepared.max_output_tokens,
                 prompt_estimate: prepared.estimated_prompt_tokens(),
+                prompt_upper_bound: prompt_upper_bound(prepared.prompt_bytes as u64),
                 openai: Some(prepared),
                 canonical: None,
                 output_cap: None,
@@ -158,13 +163,15 @@ impl Inbound {
             });
         }
         let canonical = translate::parse_client_request(client, &body, path_model, path_stream)?;
+        let prompt_estimate = translate::count_tokens_estimate(&canonical);
         Ok(Self {
             client,
             model: canonical.model.clone(),
             stream: canonical.stream,
             client_wants_usage: canonical.stream_include_usage,
             max_output_tokens: canonical.max_output_tokens,
-            prompt_estimate: translate::count_tokens_estimate(&canonical),
+            prompt_estimate,
+            prompt_upper_bound: prompt_upper_bound(prompt_estimate.saturating_mul(4)),
             openai: None,
             canonical: Some(canonical),
             output_cap: None,
@@ -199,6 +206,18 @@ impl Inbound {
         self.canonical.as_ref().ok_or(GatewayError::Internal)
     }
 }
+
+/// Reservation basis from a prompt's size in bytes: one token per byte plus
+/// a margin for the per-message tokens providers add.
+fn prompt_upper_bound(prompt_bytes: u64) -> u64 {
+    prompt_bytes.saturating_add(PROMPT_OVERHEAD_TOKENS)
+}
+
+/// Tokens a provider adds around messages (roles, separators), reserved on top.
+const PROMPT_OVERHEAD_TOKENS: u64 = 64;
+
+/// Lease lifetime of a stream's concurrency slot: longer than any stream runs.
+const STREAM_LEASE_MS: i64 = 30 * 60 * 1000;
 
 /// How one attempt reaches its upstream and shapes the answer.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -387,9 +406,9 @@ pub async fn generate(
                 .admit(&AdmitRequest {
                     request_id: request_id.clone(),
                     limits,
-                    reserve_micros: price.worst_case_micros(inbound.prompt_estimate, max_output),
+                    reserve_micros: price.worst_case_micros(inbound.prompt_upper_bound, max_output),
                     estimated_tokens: inbound.prompt_estimate.saturating_add(max_output),
-                    lease_ms: None,
+                    lease_ms: inbound.stream.then_some(STREAM_LEASE_MS),
                     max_concurrency: record.max_concurrency,
                 })
                 .await?;
