@@ -4,14 +4,16 @@
 // runs on that core. Prints one JSON line {url, pid, workerdPids} when the
 // target answers, then waits until its stdin closes (or SIGTERM) and disposes.
 //
-//   node host.mjs --target edgeway --mock http://127.0.0.1:P --key K --state DIR
+//   node host.mjs --target edgeway --mock http://127.0.0.1:P --key K [--limited-key L] --state DIR
 //   node host.mjs --target null-js|null-js-do|null-rs --mock http://127.0.0.1:P --state DIR
 //
 // edgeway gets the bindings of the root wrangler.toml (KV, the SQLite-backed
 // Durable Object, D1 with d1-migrations/ applied, the Queue producer and
 // consumer, vars), read by wrangler's own config loader, and is seeded
-// through Miniflare's KV binding with one key record and a routing table that
-// points at the mock.
+// through Miniflare's KV binding with a routing table that points at the mock
+// and two key records: K without limits (edgeway's fast path, no per-request
+// Durable Object admission) and, if given, L with limits that never bind (its
+// Durable Object admits and settles every request).
 import { Log, LogLevel, Miniflare, convertV4MiniflareOptions } from 'miniflare';
 import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
@@ -65,10 +67,18 @@ async function seedEdgeway(mf, opts) {
     const statements = split(readFileSync(path.join(dir, file), 'utf8')).filter((s) => s.trim());
     if (statements.length) await db.batch(statements.map((s) => db.prepare(s)));
   }
-  // KV: the key record and the routing table.
+  // KV: the key records and the routing table.
   const kv = await mf.getKVNamespace('EDGEWAY_KV');
   const digest = createHash('sha256').update(opts.key).digest('hex');
   await kv.put(`key:${digest}`, JSON.stringify({ digest, owner: 'bench' }));
+  if (opts['limited-key']) {
+    // Any limit sends every request through the key's account (edge/core/src/key_record.rs);
+    // these never bind at bench rates (quota: 9e9 units of the billing currency).
+    const limited = createHash('sha256').update(opts['limited-key']).digest('hex');
+    await kv.put(`key:${limited}`, JSON.stringify({
+      digest: limited, owner: 'bench-limits', max_concurrency: 100_000, rpm: 100_000_000, quota_micros: 9_000_000_000_000_000,
+    }));
+  }
   await kv.put('config:routing', JSON.stringify({
     version: 1,
     channels: [{ id: 'up', provider: 'openai-compatible', base_url: `${opts.mock}/v1`, api_key: 'sk-bench' }],

@@ -1,13 +1,19 @@
 // The edgeway benchmark harness (scripts/bench runs it; method in
 // shared/notes/peers.md and docs/benchmarks.md).
 //
-// In one run it measures five targets against one fast mock upstream:
+// In one run it measures six targets against one fast mock upstream:
 //   direct      the mock itself (the baseline every "added" figure subtracts)
 //   null-js     a null JS relay on workerd                  (the runtime's floor)
 //   null-js-do  the same plus a per-key Durable Object admission and release
 //               (diagnostic: the platform cost of edgeway's admission design)
 //   null-rs     a null workers-rs relay on workerd          (the wasm floor)
-//   edgeway     the built worker on workerd, with the bindings of wrangler.toml
+//   edgeway     the built worker on workerd, with the bindings of wrangler.toml,
+//               called with a key without limits (the fast path: no per-request
+//               Durable Object admission, usage events batched per isolate)
+//   edgeway-limits  the same workerd, called with a second key whose limits
+//               never bind (max_concurrency, rpm, quota_micros): admitted by its
+//               Durable Object on every request (admit before the upstream
+//               call, settle after); the difference prices admission + settle
 // plus edgeway's GET /health and GET /v1/models at concurrency 1 (no upstream,
 // no Durable Object), to split its added latency.
 // Each workerd is loaded through the Miniflare API by its own host process
@@ -45,8 +51,11 @@ const P = QUICK
 P.rounds = Math.max(3, Number(option('--rounds', P.rounds)));
 const CONCURRENCY = 16;
 const PACED_MODEL = 'paced-10'; // the mock sends one content delta every 10 ms
-const TARGETS = ['direct', 'null-js', 'null-js-do', 'null-rs', 'edgeway'];
+const TARGETS = ['direct', 'null-js', 'null-js-do', 'null-rs', 'edgeway', 'edgeway-limits'];
 const GATEWAYS = TARGETS.slice(1);
+// edgeway-limits is not a process of its own: the edgeway workerd, another key.
+const hostOf = (t) => (t === 'edgeway-limits' ? 'edgeway' : t);
+const HOSTS = GATEWAYS.filter((t) => hostOf(t) === t);
 
 const log = (...a) => console.error('[bench]', ...a);
 const started = Date.now();
@@ -141,20 +150,22 @@ const median = (xs) => {
 const sum = (xs) => xs.reduce((a, b) => a + b, 0);
 
 // ---------------------------------------------------------------- requests
-const API_KEY = `sk-bench-${randomBytes(12).toString('hex')}`;
+const API_KEY = `sk-bench-${randomBytes(12).toString('hex')}`; // no limits: edgeway's fast path
+const LIMITED_KEY = `sk-bench-lim-${randomBytes(12).toString('hex')}`; // limits that never bind
+const keyFor = (target) => (target === 'edgeway-limits' ? LIMITED_KEY : API_KEY);
 const MESSAGES = [
   { role: 'system', content: 'You are a terse assistant.' },
   { role: 'user', content: 'Say hello in five words.' },
 ];
 const BODY = JSON.stringify({ model: 'gpt-bench', messages: MESSAGES, max_tokens: 32 });
 const STREAM_BODY = JSON.stringify({ model: PACED_MODEL, messages: MESSAGES, max_tokens: 32, stream: true });
-const HEADERS = { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` };
+const headersFor = (target) => ({ 'content-type': 'application/json', authorization: `Bearer ${keyFor(target)}` });
 const CHAT_PATH = '/v1/chat/completions';
 const sent = Object.fromEntries(TARGETS.map((t) => [t, 0]));
 
 async function timedRequest(client, target) {
   const t0 = performance.now();
-  const { statusCode, body } = await client.request({ method: 'POST', path: CHAT_PATH, headers: HEADERS, body: BODY });
+  const { statusCode, body } = await client.request({ method: 'POST', path: CHAT_PATH, headers: headersFor(target), body: BODY });
   const text = await body.text();
   const ms = performance.now() - t0;
   sent[target] += 1;
@@ -164,7 +175,7 @@ async function timedRequest(client, target) {
 
 async function timedGet(client, pathName) {
   const t0 = performance.now();
-  const { statusCode, body } = await client.request({ method: 'GET', path: pathName, headers: { authorization: HEADERS.authorization } });
+  const { statusCode, body } = await client.request({ method: 'GET', path: pathName, headers: { authorization: `Bearer ${API_KEY}` } });
   const text = await body.text();
   const ms = performance.now() - t0;
   if (statusCode !== 200) throw new Error(`GET ${pathName}: HTTP ${statusCode}: ${text.slice(0, 300)}`);
@@ -179,12 +190,13 @@ const PROBES = [
   { name: 'edgeway GET /health', target: 'edgeway', path: '/health' },
   { name: 'edgeway GET /v1/models', target: 'edgeway', path: '/v1/models' },
   { name: 'edgeway chat, 5 ms idle before each', target: 'edgeway', chat: true, pauseMs: 5 },
+  { name: 'edgeway chat, key with limits, 5 ms idle before each', target: 'edgeway-limits', chat: true, pauseMs: 5 },
 ];
 
 /** One streamed request: ms to the first non-empty content delta, mean gap between deltas, total ms. */
 async function timedStream(client, target) {
   const t0 = performance.now();
-  const { statusCode, body } = await client.request({ method: 'POST', path: CHAT_PATH, headers: HEADERS, body: STREAM_BODY });
+  const { statusCode, body } = await client.request({ method: 'POST', path: CHAT_PATH, headers: headersFor(target), body: STREAM_BODY });
   sent[target] += 1;
   if (statusCode !== 200) throw new Error(`${target}: stream HTTP ${statusCode}: ${(await body.text()).slice(0, 300)}`);
   const arrivals = [];
@@ -231,10 +243,10 @@ const busyShare = (a, b, core) => {
 };
 
 const useWrk = hasCommand('wrk') && !flag('--node-load');
-async function loadWithWrk(url, secs) {
+async function loadWithWrk(url, secs, key) {
   const [c, a] = onCore(0, 'wrk', ['-t1', `-c${CONCURRENCY}`, `-d${secs}s`, '--timeout', '5s', '-s', path.join(HERE, 'wrk-post.lua'), url + CHAT_PATH]);
   const out = await new Promise((resolve, reject) => {
-    const p = spawn(c, a, { env: { ...process.env, BENCH_BODY: BODY, BENCH_AUTH: API_KEY }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(c, a, { env: { ...process.env, BENCH_BODY: BODY, BENCH_AUTH: key }, stdio: ['ignore', 'pipe', 'pipe'] });
     let text = '';
     p.stdout.on('data', (d) => { text += d; });
     p.stderr.on('data', (d) => { text += d; });
@@ -248,7 +260,8 @@ async function loadWithWrk(url, secs) {
   if (!Number.isFinite(requests)) throw new Error(`unreadable wrk output: ${out}`);
   return { requests, seconds, rps: requests / seconds, errors: non2xx, socketErrors };
 }
-async function loadWithNode(url, secs) {
+async function loadWithNode(url, secs, key) {
+  const headers = { 'content-type': 'application/json', authorization: `Bearer ${key}` };
   const pool = new Pool(url, { connections: CONCURRENCY, pipelining: 1, keepAliveTimeout: 60_000 });
   const stopAt = performance.now() + secs * 1000;
   let requests = 0;
@@ -256,7 +269,7 @@ async function loadWithNode(url, secs) {
   const t0 = performance.now();
   await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
     while (performance.now() < stopAt) {
-      const { statusCode, body } = await pool.request({ method: 'POST', path: CHAT_PATH, headers: HEADERS, body: BODY });
+      const { statusCode, body } = await pool.request({ method: 'POST', path: CHAT_PATH, headers, body: BODY });
       await body.dump({ limit: 1 << 20 });
       requests += 1;
       if (statusCode !== 200) errors += 1;
@@ -295,22 +308,26 @@ async function main() {
 
     // One workerd host per gateway on core 1, started together.
     const hosts = {};
-    for (const target of GATEWAYS) {
+    for (const target of HOSTS) {
       const args = [path.join(HERE, 'host.mjs'), '--target', target, '--mock', mockUrl, '--state', path.join(state, target)];
-      if (target === 'edgeway') args.push('--key', API_KEY);
+      if (target === 'edgeway') args.push('--key', API_KEY, '--limited-key', LIMITED_KEY);
       hosts[target] = startChild(`host ${target}`, 1, node, args);
     }
     const urls = { direct: mockUrl };
     const trees = {};
-    for (const target of GATEWAYS) {
+    for (const target of HOSTS) {
       const info = JSON.parse(await nextLine(hosts[target], 180_000));
       urls[target] = info.url;
       trees[target] = { host: info.pid, workerd: info.workerdPids.length ? info.workerdPids : descendants(info.pid) };
     }
+    for (const target of GATEWAYS) {
+      urls[target] = urls[hostOf(target)];
+      trees[target] = trees[hostOf(target)];
+    }
     result.pinning = {
       harness: affinity(process.pid),
       mock: mockPid ? affinity(mockPid) : '?',
-      workerd: Object.fromEntries(GATEWAYS.map((t) => [t, trees[t].workerd.map(affinity).join(',')])),
+      workerd: Object.fromEntries(HOSTS.map((t) => [t, trees[t].workerd.map(affinity).join(',')])),
     };
     log(`up in ${((Date.now() - started) / 1000).toFixed(1)} s; pinning ${JSON.stringify(result.pinning)}`);
     const idleRss = Object.fromEntries(GATEWAYS.map((t) => [t, memKiB(trees[t].workerd, 'VmRSS')]));
@@ -318,11 +335,11 @@ async function main() {
     // Keep-alive clients, one connection each (concurrency 1).
     const clients = Object.fromEntries(TARGETS.map((t) => [t, new Client(urls[t], { keepAliveTimeout: 60_000, pipelining: 1 })]));
 
-    // Warm up: JIT, isolate caches, the key's Durable Object, pooled upstream connections.
+    // Warm up: JIT, isolate caches, the keys' Durable Objects, pooled upstream connections.
     for (const t of TARGETS) {
       for (let i = 0; i < P.warmN; i += 1) await timedRequest(clients[t], t);
       for (let i = 0; i < 3; i += 1) await timedStream(clients[t], t);
-      if (P.warmLoad) sent[t] += (await load(urls[t], 1)).requests;
+      if (P.warmLoad) sent[t] += (await load(urls[t], 1, keyFor(t))).requests;
     }
     checkBudget();
 
@@ -366,7 +383,7 @@ async function main() {
         const h0 = gateway ? cpuMs([trees[t].host]) : 0;
         const m0 = mockPid ? cpuMs([mockPid]) : 0;
         const k0 = coreTimes();
-        const res = await load(urls[t], P.tputSecs);
+        const res = await load(urls[t], P.tputSecs, keyFor(t));
         const k1 = coreTimes();
         const m1 = mockPid ? cpuMs([mockPid]) : 0;
         if (res.errors) throw new Error(`${t}: ${res.errors} non-200 answers under load`);
@@ -386,13 +403,14 @@ async function main() {
       }
     }
 
-    // Did the usage pipeline keep up? Every edgeway request should be one D1 row.
+    // Did the usage pipeline keep up? Every edgeway request (both keys) should be one D1 row.
+    const edgewaySent = sent.edgeway + sent['edgeway-limits'];
     let d1Rows = null;
     let queue = null;
     for (let i = 0; i < 20; i += 1) {
       hosts.edgeway.stdin.write('d1count\n');
       ({ d1Rows, queue } = JSON.parse(await nextLine(hosts.edgeway, 15_000)));
-      if (d1Rows === null || d1Rows >= sent.edgeway) break;
+      if (d1Rows === null || d1Rows >= edgewaySent) break;
       await new Promise((s) => setTimeout(s, 500));
     }
     const peakRss = Object.fromEntries(GATEWAYS.map((t) => [t, memKiB(trees[t].workerd, 'VmHWM')]));
@@ -462,13 +480,22 @@ async function main() {
         rps: ratioRounds('edgeway', 'null-rs'),
         cpu: fig.edgeway.cpuMsPerReq / fig['null-rs'].cpuMsPerReq,
       },
+      // What per-request admission + settle add: the key with limits minus the
+      // key without, on the same workerd, per round, median over rounds.
+      admission: {
+        addedP50Ms: median(lat['edgeway-limits'].map((xs, i) => median(xs) - median(lat.edgeway[i]))),
+        addedP99Ms: fig['edgeway-limits'].p99Ms - fig.edgeway.p99Ms,
+        addedTtftMs: median(streams['edgeway-limits'].map((xs, i) => median(xs.map((s) => s.ttft)) - median(streams.edgeway[i].map((s) => s.ttft)))),
+        rps: ratioRounds('edgeway-limits', 'edgeway'),
+        cpuMsPerReq: fig['edgeway-limits'].cpuMsPerReq - fig.edgeway.cpuMsPerReq,
+      },
       directVsBestGateway: median(tput.direct.map((x, i) => x.rps / Math.max(...GATEWAYS.map((g) => tput[g][i].rps)))),
     };
     result.wasm = {
       edgeway: wasm(path.join(ROOT, 'edge/worker/build/index_bg.wasm')),
       'null-rs': wasm(path.join(HERE, 'null-relay-rs/build/index_bg.wasm')),
     };
-    result.usagePipeline = { edgewayRequests: sent.edgeway, d1Rows, queue };
+    result.usagePipeline = { edgewayRequests: edgewaySent, d1Rows, queue };
     result.mockCpuMsPerReq = mockCpu.requests ? mockCpu.ms / mockCpu.requests : null;
     result.sent = sent;
     result.elapsedSecs = (Date.now() - started) / 1000;
@@ -545,17 +572,28 @@ function table(r) {
     'null-js': 'null JS relay (workerd)',
     'null-js-do': '↳ + Durable Object admission (diagnostic)',
     'null-rs': 'null Rust relay (workers-rs)',
-    edgeway: '**edgeway**',
+    edgeway: '**edgeway**, key without limits (fast path)',
+    'edgeway-limits': '**edgeway**, key with limits (per-request admission + settle)',
   };
   for (const t of TARGETS) {
     const x = f[t];
     const gw = t !== 'direct';
     L.push(`| ${names[t]} | ${fmt(x.p50Ms)} ms | ${gw ? `+${fmt(x.addedP50Ms)} ms` : '—'} | ${gw ? `+${fmt(x.addedP99Ms)} ms` : '—'} | ${gw ? `+${fmt(x.addedTtftMs)} ms` : `(${fmt(x.ttftMs)} ms)`} | ${gw ? `${x.addedGapMs >= 0 ? '+' : ''}${fmt(x.addedGapMs)} ms` : '—'} | ${fmt(x.rps, 0)} (${fmt(x.rpsMin, 0)}–${fmt(x.rpsMax, 0)}) | ${gw ? fmt(x.cpuMsPerReq) : '—'} | ${gw ? `${fmt(x.rssIdleMiB, 0)}/${fmt(x.rssPeakMiB, 0)}` : '—'} |`);
   }
+  L.push('');
+  L.push('Both edgeway rows are the same workerd (hence the same RSS); only the API key differs.');
+  const a = r.ratios.admission;
+  const sign = (x, d = 2) => `${x >= 0 ? '+' : ''}${fmt(x, d)}`;
+  L.push('');
+  L.push('Admission + settle cost (edgeway, key with limits − key without, same run; p50 and TTFT per round then median over rounds, p99 over all samples):');
+  L.push('');
+  L.push('| added p50 | added p99 | SSE added TTFT | req/s @16 ratio (with ÷ without) | CPU ms/req |');
+  L.push('|---|---|---|---|---|');
+  L.push(`| ${sign(a.addedP50Ms)} ms | ${sign(a.addedP99Ms)} ms | ${sign(a.addedTtftMs)} ms | ×${fmt(a.rps)} | ${sign(a.cpuMsPerReq)} |`);
   const rj = r.ratios.edgewayVsNullJs;
   const rr = r.ratios.edgewayVsNullRs;
   L.push('');
-  L.push('| edgeway ÷ | added p50 | SSE added TTFT | req/s | CPU ms/req |');
+  L.push('| edgeway (key without limits) ÷ | added p50 | SSE added TTFT | req/s | CPU ms/req |');
   L.push('|---|---|---|---|---|');
   L.push(`| null JS relay | ×${fmt(rj.addedP50)} | ×${fmt(rj.addedTtft)} | ×${fmt(rj.rps)} | ×${fmt(rj.cpu)} |`);
   L.push(`| null Rust relay | ×${fmt(rr.addedP50)} | ×${fmt(rr.addedTtft)} | ×${fmt(rr.rps)} | ×${fmt(rr.cpu)} |`);
@@ -573,8 +611,10 @@ function table(r) {
   L.push(`| null JS relay, chat | one upstream fetch relayed, in JS | +${fmt(f['null-js'].addedP50Ms)} ms |`);
   L.push(`| null JS relay + DO admission, chat | + one Durable Object round trip with a storage write (release in waitUntil) | +${fmt(f['null-js-do'].addedP50Ms)} ms |`);
   L.push(`| null Rust relay, chat | one upstream fetch relayed through workers-rs | +${fmt(f['null-rs'].addedP50Ms)} ms |`);
-  L.push(`| edgeway, chat | + body parse, routing, DO admission, upstream fetch, relay | +${fmt(f.edgeway.addedP50Ms)} ms |`);
-  L.push(`| edgeway, chat, 5 ms idle before each | the same, with the previous request's waitUntil work (lease release, usage event) out of the way | +${fmt(pr['edgeway chat, 5 ms idle before each'].addedP50Ms)} ms |`);
+  L.push(`| edgeway, chat, key without limits | + body parse, routing, upstream fetch, relay, usage event batched per isolate (no per-request DO) | +${fmt(f.edgeway.addedP50Ms)} ms |`);
+  L.push(`| edgeway, chat, key without limits, 5 ms idle before each | the same, with the previous request's waitUntil work (usage batch) out of the way | +${fmt(pr['edgeway chat, 5 ms idle before each'].addedP50Ms)} ms |`);
+  L.push(`| edgeway, chat, key with limits | + DO admission before the upstream call and settle after (lease, windows, quota reservation, outbox publish) | +${fmt(f['edgeway-limits'].addedP50Ms)} ms |`);
+  L.push(`| edgeway, chat, key with limits, 5 ms idle before each | the same, with the previous request's settle out of the way | +${fmt(pr['edgeway chat, key with limits, 5 ms idle before each'].addedP50Ms)} ms |`);
   L.push('');
   L.push('| target (DEVELOPERS.md) | this run | met |');
   L.push('|---|---|---|');
@@ -596,7 +636,7 @@ function checks(r) {
   const hostMax = Math.max(...GATEWAYS.map((t) => f[t].hostCpuMsPerReq));
   L.push(`- ${hostMax < 0.05 ? 'The Miniflare host (Node) stayed off the data path' : '**The Miniflare host (Node) did work per request: check host.mjs options**'}: its CPU per request was ${GATEWAYS.map((t) => `${t} ${fmt(f[t].hostCpuMsPerReq, 3)} ms`).join(', ')}.`);
   const u = r.usagePipeline;
-  L.push(`- edgeway usage pipeline: ${u.d1Rows ?? '?'} D1 rows for ${u.edgewayRequests} requests sent (Queue → consumer → D1${u.d1Rows !== null && u.d1Rows >= u.edgewayRequests ? ', all written' : ', **not all written**'}; wrk's requests still in flight when it stops are served but not counted, hence a few more rows).${u.queue?.batches ? ` The queue consumer ran ${u.queue.batches} batches, ${fmt(u.queue.messages / u.queue.batches, 0)} messages each on average, ${fmt(u.queue.wallMs / u.queue.messages, 3)} ms of wall time per message.` : ''}`);
+  L.push(`- edgeway usage pipeline: ${u.d1Rows ?? '?'} D1 rows for ${u.edgewayRequests} requests sent with both keys (Queue → consumer → D1${u.d1Rows !== null && u.d1Rows >= u.edgewayRequests ? ', all written' : ', **not all written**'}; wrk's requests still in flight when it stops are served but not counted, hence a few more rows).${u.queue?.batches ? ` The queue consumer ran ${u.queue.batches} batches, ${fmt(u.queue.messages / u.queue.batches, 0)} messages each on average, ${fmt(u.queue.wallMs / u.queue.messages, 3)} ms of wall time per message.` : ''}`);
   L.push(`- Pinning: harness ${r.pinning.harness}, mock ${r.pinning.mock}, workerd ${Object.entries(r.pinning.workerd).map(([t, c]) => `${t} ${c}`).join(', ')}.`);
   return L.join('\n');
 }
@@ -630,8 +670,8 @@ ${table(r)}
 
 ## Method
 
-- **Targets**, all in one run against one mock upstream: *direct* (the mock itself: the baseline), a *null JS relay* (\`tests/bench/null-relay.js\`: forwards the body, streams the answer back) and a *null Rust relay* (\`tests/bench/null-relay-rs\`: workers-rs 0.8.7, bytes in, response streamed back through Rust; same toolchain and release profile as edgeway) — the floors — and *edgeway* (\`edge/worker/build\`). A diagnostic fifth, the null JS relay plus a per-key Durable Object admission before the upstream call and a release in \`waitUntil\` (\`tests/bench/null-relay-do.js\`, the same storage work as edgeway's \`KeyAccount\`), prices the platform round trip that edgeway's design makes; edgeway's \`GET /health\` and \`GET /v1/models\` (no upstream, no Durable Object) split the rest.
-- **Runtime:** each workerd target is loaded in its own workerd through the Miniflare API (\`tests/bench/host.mjs\`), not \`wrangler dev\` (whose Node proxy adds milliseconds). edgeway gets the bindings of \`wrangler.toml\` through wrangler's own config loader: KV, the SQLite-backed Durable Object, D1 (with \`d1-migrations/\` applied), the Queue producer and consumer, vars; state is persisted to a temporary directory on ${r.params.stateDir === 'tmpfs' ? 'tmpfs' : 'disk (as under `wrangler dev`)'}. The key record and routing table are seeded in KV; one API key is used throughout, so every request goes through the same key's Durable Object.
+- **Targets**, all in one run against one mock upstream: *direct* (the mock itself: the baseline), a *null JS relay* (\`tests/bench/null-relay.js\`: forwards the body, streams the answer back) and a *null Rust relay* (\`tests/bench/null-relay-rs\`: workers-rs 0.8.7, bytes in, response streamed back through Rust; same toolchain and release profile as edgeway) — the floors — and *edgeway* (\`edge/worker/build\`), called with two keys (below). A diagnostic fifth, the null JS relay plus a per-key Durable Object admission before the upstream call and a release in \`waitUntil\` (\`tests/bench/null-relay-do.js\`, the same storage work as edgeway's \`KeyAccount\`), prices the platform round trip that edgeway makes for a key with limits; edgeway's \`GET /health\` and \`GET /v1/models\` (no upstream, no Durable Object) split the rest.
+- **Runtime:** each workerd target is loaded in its own workerd through the Miniflare API (\`tests/bench/host.mjs\`), not \`wrangler dev\` (whose Node proxy adds milliseconds). edgeway gets the bindings of \`wrangler.toml\` through wrangler's own config loader: KV, the SQLite-backed Durable Object, D1 (with \`d1-migrations/\` applied), the Queue producer and consumer, vars; state is persisted to a temporary directory on ${r.params.stateDir === 'tmpfs' ? 'tmpfs' : 'disk (as under `wrangler dev`)'}. The routing table and two key records are seeded in KV. One key has no limits, so edgeway takes its fast path: no per-request Durable Object admission (the key's account is consulted at most every 2 s per isolate) and usage events batched per isolate into one Queue \`sendBatch\`; the edgeway row and the verdicts below use it. The other key has limits that never bind (\`max_concurrency\` 100000, \`rpm\` 100000000, \`quota_micros\` 9·10¹⁵), so its Durable Object admits every request before the upstream call and settles it after (lease, windows, quota reservation, outbox publish); both keys are measured the same way on the same workerd, and their difference is the admission + settle cost.
 - **Pinning:** the workerd processes are pinned to core 1 (\`taskset -c 1\` on the Node process that hosts them); the harness, the mock (\`tests/bench/fast-mock.mjs\`, raw HTTP/1.1 on \`node:net\` with TCP_NODELAY and precomputed replies) and the load generator to core 0.
 - **Added latency:** keep-alive undici client, one connection, non-stream chat completion; per round the median of each target minus the direct median of the same round, then the median over rounds. p99 is over all rounds' samples, minus direct's p99.
 - **SSE:** time from sending the request to the first chunk carrying non-empty \`delta.content\`, and the mean gap between content deltas; added = target − direct, per round, median over rounds. A gateway that buffers shows up in both.
@@ -663,7 +703,7 @@ These were not rerun here; only figures from the same run above are compared wit
 ## Run it
 
 \`\`\`
-scripts/bench            # builds what is stale, full run (~4 min), rewrites this page
+scripts/bench            # builds what is stale, full run (~6 min), rewrites this page
 scripts/bench --quick    # smoke run (< 1 min), writes bench-out/ only
 \`\`\`
 Raw figures of the latest run: \`bench-out/latest.json\`.
