@@ -1,9 +1,11 @@
 //! # edgeway-core
 //!
 //! The pure heart of the edgeway AI gateway: everything the edge worker decides
-//! (who the caller is, which channel serves a model, what a request costs, how an
-//! upstream SSE stream is tapped for usage, how an error is shown to the caller)
-//! lives here as plain Rust, with no dependency on the Cloudflare `worker` crate.
+//! (who the caller is, which channel serves a model, how one API dialect is
+//! translated into another, what a request costs, what a key's account admits,
+//! how an upstream SSE stream is tapped for usage, how an error is shown to the
+//! caller) lives here as plain Rust, with no dependency on the Cloudflare
+//! `worker` crate.
 //!
 //! **Key design decision:** the worker crate is a thin shell that converts
 //! platform types into the types of this crate and back. Anything that depends on
