@@ -553,6 +553,7 @@ async fn pump(
     let mut disconnected_at: Option<i64> = None;
     let mut ttft_ms: Option<u64> = None;
     let mut drain_expired = false;
+    let mut final_bytes: Vec<u8> = Vec::new();
     loop {
         let next = match disconnected_at {
             None => body.next().await,
@@ -584,6 +585,11 @@ async fn pump(
         if ttft_ms.is_none() && shaper.saw_content() {
             ttft_ms = u64::try_from(now_ms() - metering.started_ms).ok();
         }
+        if shaper.is_ended() {
+            // Held back until the request is settled (below).
+            final_bytes = out;
+            break;
+        }
         if !out.is_empty() {
             if let Some(tx) = sender.as_mut() {
                 if tx.send(out).await.is_err() {
@@ -593,18 +599,9 @@ async fn pump(
                 }
             }
         }
-        if shaper.is_ended() {
-            break;
-        }
     }
     drop(body);
-    let tail = shaper.finish();
-    if let Some(tx) = sender.as_mut() {
-        if !tail.is_empty() && tx.send(tail).await.is_err() {
-            disconnected_at = disconnected_at.or(Some(now_ms()));
-        }
-    }
-    drop(sender);
+    final_bytes.extend(shaper.finish());
     let outcome = if disconnected_at.is_some() {
         RequestOutcome::ClientAborted
     } else if shaper.completed() {
@@ -625,7 +622,25 @@ async fn pump(
             ttft_ms,
         },
     );
-    metering.settle(event).await;
+    // An admitted request is settled (its usage stored in the account's
+    // outbox) before the client sees the end of the stream, so neither a
+    // disconnect nor a lost waitUntil after that point can lose it.
+    let admitted = metering.admitted;
+    let settled_later = if admitted {
+        metering.settle(event).await;
+        None
+    } else {
+        Some((metering, event))
+    };
+    if let Some(tx) = sender.as_mut() {
+        if !final_bytes.is_empty() {
+            let _ = tx.send(final_bytes).await;
+        }
+    }
+    drop(sender);
+    if let Some((metering, event)) = settled_later {
+        metering.settle(event).await;
+    }
 }
 
 /// Tries the candidates in order until one answers with a success status.
