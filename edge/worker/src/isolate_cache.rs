@@ -82,6 +82,10 @@ pub async fn unlimited_key_may_skip_admission(env: &Env, record: &KeyRecord) -> 
     let snapshot = account.snapshot().await?;
     let limits: Option<edgeway_core::key_account::KeyLimits> =
         snapshot.get("limits").cloned().and_then(|l| serde_json::from_value(l).ok());
+    // An expiry pushed to the account counts as soon as the account has it.
+    if snapshot.get("expires_at").and_then(serde_json::Value::as_i64).is_some_and(|at| now / 1000 >= at) {
+        return Err(GatewayError::InvalidApiKey);
+    }
     let may_skip = match limits {
         Some(limits) if limits.version >= record.version => {
             if limits.disabled {
