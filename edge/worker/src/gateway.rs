@@ -17,7 +17,7 @@ use crate::runtime::{now_ms, random_uuid, routing_seed};
 use crate::upstream::{self, BodyStream, UpstreamReply};
 use crate::{bindings, mock_upstream, usage_batcher};
 use edgeway_core::api_key::{key_digest, presented_key, CredentialHeaders};
-use edgeway_core::error::{redact_secrets, upstream_error_message, GatewayError};
+use edgeway_core::error::GatewayError;
 use edgeway_core::ip_allow::ip_allowed;
 use edgeway_core::key_account::{AdmitRequest, KeyLimits, SettleRequest};
 use edgeway_core::key_record::KeyRecord;
@@ -321,6 +321,11 @@ impl Metering {
         }
     }
 
+    /// Settles a request that failed before any upstream output: billed nothing.
+    fn settle_failure(&self, ctx: &Context, served: &Served, error: &GatewayError) {
+        ctx.wait_until(self.clone().settle(self.event(served, Ending::failed(error.status()))));
+    }
+
     /// Settles the request with its key account: lease and reservation
     /// released, actual cost booked, usage event stored and published. A
     /// request that skipped admission publishes its event to the usage queue
@@ -432,7 +437,7 @@ pub async fn generate(
     let forwarded = match forward(&mut inbound, &candidates, suffix_stripped, env, started_ms).await {
         Ok(forwarded) => forwarded,
         Err((error, served)) => {
-            ctx.wait_until(metering.clone().settle(metering.event(&served, Ending::failed(error.status()))));
+            metering.settle_failure(ctx, &served, &error);
             return Err(error);
         }
     };
@@ -486,7 +491,7 @@ async fn respond_whole(
     let body = match upstream::read_all(reply.body, MAX_UPSTREAM_BODY_BYTES).await {
         Ok(body) => body,
         Err(error) => {
-            ctx.wait_until(metering.clone().settle(metering.event(&served, Ending::failed(error.status()))));
+            metering.settle_failure(ctx, &served, &error);
             return Err(error);
         }
     };
@@ -518,9 +523,7 @@ async fn respond_whole(
                 (translate::render_client_response(inbound.client, &resp), usage, content)
             }
             Err(error) => {
-                ctx.wait_until(
-                    metering.clone().settle(metering.event(&served, Ending::failed(error.status()))),
-                );
+                metering.settle_failure(ctx, &served, &error);
                 return Err(error);
             }
         },
@@ -674,19 +677,11 @@ async fn forward(
                 let status = reply.status;
                 let body = upstream::read_all(reply.body, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
                 let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-                let error = match plan {
-                    Plan::Relay => GatewayError::Upstream {
-                        status,
-                        message: upstream_error_message(&body, &secret_refs),
-                    },
-                    Plan::Translate(dialect) => match translate::parse_upstream_error(dialect, status, &body)
-                    {
-                        GatewayError::Upstream { status, message } => {
-                            GatewayError::Upstream { status, message: redact_secrets(&message, &secret_refs) }
-                        }
-                        other => other,
-                    },
+                let dialect = match plan {
+                    Plan::Relay => UpstreamDialect::OpenAiChat,
+                    Plan::Translate(dialect) => dialect,
                 };
+                let error = translate::parse_upstream_error_redacting(dialect, status, &body, &secret_refs);
                 worker::console_warn!("channel {} answered HTTP {status}", served.channel);
                 let retryable = matches!(status, 401 | 403 | 408 | 429) || status >= 500;
                 last = (error, served);

@@ -284,7 +284,19 @@ pub fn render_client_error(dialect: ClientDialect, error: &GatewayError) -> Vec<
 /// from the provider's error shape, redacted and truncated; the raw body is
 /// never passed on.
 pub fn parse_upstream_error(dialect: UpstreamDialect, status: u16, body: &[u8]) -> GatewayError {
-    let mut message = upstream_error_message(body, &[]);
+    parse_upstream_error_redacting(dialect, status, body, &[])
+}
+
+/// [`parse_upstream_error`], also redacting the channel's own credentials
+/// (`secrets`) wherever they appear in the message. Redaction happens before
+/// truncation, so a secret cut at the length limit cannot leave a prefix.
+pub fn parse_upstream_error_redacting(
+    dialect: UpstreamDialect,
+    status: u16,
+    body: &[u8],
+    secrets: &[&str],
+) -> GatewayError {
+    let mut message = upstream_error_message(body, secrets);
     if message.is_empty() && dialect == UpstreamDialect::Gemini {
         let status_word = serde_json::from_slice::<serde_json::Value>(body)
             .ok()
@@ -292,22 +304,6 @@ pub fn parse_upstream_error(dialect: UpstreamDialect, status: u16, body: &[u8]) 
         message = status_word.unwrap_or_default();
     }
     GatewayError::Upstream { status, message }
-}
-
-/// [`parse_upstream_error`], also redacting the channel's own credentials
-/// (`secrets`) wherever they appear in the message.
-pub fn parse_upstream_error_redacting(
-    dialect: UpstreamDialect,
-    status: u16,
-    body: &[u8],
-    secrets: &[&str],
-) -> GatewayError {
-    match parse_upstream_error(dialect, status, body) {
-        GatewayError::Upstream { status, message } => {
-            GatewayError::Upstream { status, message: redact_secrets(&message, secrets) }
-        }
-        other => other,
-    }
 }
 
 /// Largest token count believed from a provider; anything above is clamped so
