@@ -8,20 +8,21 @@
 //! that would leave the edge with an invalid config is rolled back with a 400.
 //! After commit, the config is pushed to the edge.
 
-use crate::db::{is_unique_violation, Db, RowExt};
+use crate::db::routing::{
+    self, bump_routing_version, load_routing_config, load_routing_config_consistent, NewTarget,
+};
 use crate::edge_sync::push_routing_if_configured;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, PathParam};
 use crate::keys::List;
-use crate::{now_ms, now_secs, validate, AppState};
+use crate::{now_secs, validate, AppState};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use edgeway_core::pricing::ModelPrice;
 use edgeway_core::provider::{provider_by_id, ProviderDialect, PROVIDERS};
-use edgeway_core::routing::{Channel, MockOptions, ModelRoute, RouteTarget, RoutingConfig, RoutingTable};
+use edgeway_core::routing::{Channel, MockOptions, ModelRoute, RoutingConfig, RoutingTable};
 use serde::{Deserialize, Serialize};
-use sqlx::AnyConnection;
 
 /// Longest upstream time limit accepted, ms.
 const MAX_TIMEOUT_MS: u64 = 600_000;
@@ -29,112 +30,6 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
 const MAX_MOCK_DELAY_MS: u64 = 60_000;
 /// Largest target weight accepted.
 const MAX_WEIGHT: u32 = 1_000_000;
-
-// ---- reading the routing config ----
-
-fn price_from_row(row: &sqlx::any::AnyRow) -> Result<ModelPrice, sqlx::Error> {
-    Ok(ModelPrice {
-        input: row.int("price_input")?,
-        output: row.int("price_output")?,
-        cache_read: row.opt_int("price_cache_read")?,
-        cache_write_5m: row.opt_int("price_cache_write_5m")?,
-        cache_write_1h: row.opt_int("price_cache_write_1h")?,
-        per_request: row.int("price_per_request")?,
-    })
-}
-
-fn non_negative_u64(value: Option<i64>) -> Option<u64> {
-    value.and_then(|v| u64::try_from(v).ok())
-}
-
-/// Reads the whole routing configuration through `conn` (a pooled connection
-/// or an open transaction).
-pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingConfig> {
-    let version = routing_version(conn).await?;
-    let channel_rows = sqlx::query(
-        "SELECT id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock \
-         FROM channels ORDER BY created_at, id",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut channels = Vec::with_capacity(channel_rows.len());
-    for row in &channel_rows {
-        channels.push(Channel {
-            id: row.text("id")?,
-            provider: row.text("provider")?,
-            base_url: row.opt_text("base_url")?,
-            api_key: row.opt_text("api_key")?,
-            api_key_secret: row.opt_text("api_key_secret")?,
-            timeout_ms: non_negative_u64(row.opt_int("timeout_ms")?),
-            enabled: row.int("enabled")? != 0,
-            mock: row.opt_text("mock")?.map(|m| serde_json::from_str(&m)).transpose()?,
-        });
-    }
-    let model_rows = sqlx::query(
-        "SELECT name, price_input, price_output, price_cache_read, price_cache_write_5m, \
-         price_cache_write_1h, price_per_request, owned_by FROM models ORDER BY name",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let target_rows = sqlx::query(
-        "SELECT model, channel, upstream_model, priority, weight FROM model_targets \
-         ORDER BY model, priority DESC, channel",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut models = Vec::with_capacity(model_rows.len());
-    for row in &model_rows {
-        models.push(ModelRoute {
-            name: row.text("name")?,
-            price: price_from_row(row)?,
-            owned_by: row.opt_text("owned_by")?,
-            targets: Vec::new(),
-        });
-    }
-    for row in &target_rows {
-        let model = row.text("model")?;
-        let Some(route) = models.iter_mut().find(|m| m.name == model) else { continue };
-        route.targets.push(RouteTarget {
-            channel: row.text("channel")?,
-            upstream_model: row.opt_text("upstream_model")?,
-            priority: i32::try_from(row.int("priority")?).unwrap_or(0),
-            weight: u32::try_from(row.int("weight")?).unwrap_or(1),
-        });
-    }
-    Ok(RoutingConfig { version, channels, models })
-}
-
-async fn routing_version(conn: &mut AnyConnection) -> ApiResult<u64> {
-    let version: i64 =
-        sqlx::query_scalar("SELECT version FROM routing_state WHERE id = 1").fetch_one(&mut *conn).await?;
-    Ok(u64::try_from(version).unwrap_or(0))
-}
-
-/// Reads the routing config outside a transaction, re-reading until the
-/// version did not move meanwhile, so the content matches its version.
-pub async fn load_routing_config_consistent(db: &Db) -> ApiResult<RoutingConfig> {
-    let mut conn = db.pool.acquire().await?;
-    for _ in 0..5 {
-        let config = load_routing_config(&mut conn).await?;
-        if routing_version(&mut conn).await? == config.version {
-            return Ok(config);
-        }
-    }
-    Err(ApiError::Conflict("the routing config is changing too fast to read; retry".into()))
-}
-
-/// Bumps the routing version to `max(version + 1, now_ms)` and returns it.
-/// Being the first write of a change, it also takes the write lock early.
-async fn bump_routing_version(conn: &mut AnyConnection) -> ApiResult<u64> {
-    sqlx::query(
-        "UPDATE routing_state SET version = CASE WHEN version + 1 > $1 THEN version + 1 ELSE $1 END \
-         WHERE id = 1",
-    )
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
-    routing_version(conn).await
-}
 
 fn check_routing(config: &RoutingConfig) -> ApiResult<()> {
     RoutingTable::new(config.clone()).map(|_| ()).map_err(|e| ApiError::BadRequest(e.0))
@@ -275,6 +170,7 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
         timeout_ms: body.timeout_ms,
         enabled: body.enabled.unwrap_or(true),
         mock: body.mock,
+        groups: Vec::new(),
     };
     Ok((channel, models))
 }
@@ -363,90 +259,21 @@ pub async fn create(
     let (channel, models) = validated(body)?;
     let mut tx = state.db().pool.begin().await?;
     let version = bump_routing_version(&mut tx).await?;
-    let exists: Option<String> = sqlx::query_scalar("SELECT id FROM channels WHERE id = $1")
-        .bind(&channel.id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if exists.is_some() {
+    if routing::channel_exists(&mut tx, &channel.id).await? {
         return Err(ApiError::Conflict(format!("channel `{}` already exists; delete it first", channel.id)));
     }
-    let mock = channel.mock.as_ref().map(serde_json::to_string).transpose()?;
-    let timeout = channel.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
-    let inserted = sqlx::query(
-        "INSERT INTO channels (id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(&channel.id)
-    .bind(&channel.provider)
-    .bind(&channel.base_url)
-    .bind(&channel.api_key)
-    .bind(&channel.api_key_secret)
-    .bind(timeout)
-    .bind(i64::from(channel.enabled))
-    .bind(mock)
-    .bind(now_secs())
-    .execute(&mut *tx)
-    .await;
-    match inserted {
-        Err(err) if is_unique_violation(&err) => {
-            return Err(ApiError::Conflict(format!("channel `{}` already exists", channel.id)));
-        }
-        other => other?,
-    };
-    for model in &models {
-        let price = model.price.unwrap_or_default();
-        // A new model starts with the given price (or zero); an existing one
-        // keeps its price unless this request sets one.
-        sqlx::query(
-            "INSERT INTO models (name, price_input, price_output, price_cache_read, price_cache_write_5m, \
-             price_cache_write_1h, price_per_request, owned_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&model.name)
-        .bind(price.input)
-        .bind(price.output)
-        .bind(price.cache_read)
-        .bind(price.cache_write_5m)
-        .bind(price.cache_write_1h)
-        .bind(price.per_request)
-        .bind(&model.owned_by)
-        .bind(now_secs())
-        .execute(&mut *tx)
-        .await?;
-        if let Some(price) = model.price {
-            sqlx::query(
-                "UPDATE models SET price_input = $1, price_output = $2, price_cache_read = $3, \
-                 price_cache_write_5m = $4, price_cache_write_1h = $5, price_per_request = $6 WHERE name = $7",
-            )
-            .bind(price.input)
-            .bind(price.output)
-            .bind(price.cache_read)
-            .bind(price.cache_write_5m)
-            .bind(price.cache_write_1h)
-            .bind(price.per_request)
-            .bind(&model.name)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(owned_by) = &model.owned_by {
-            sqlx::query("UPDATE models SET owned_by = $1 WHERE name = $2")
-                .bind(owned_by)
-                .bind(&model.name)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(
-            "INSERT INTO model_targets (model, channel, upstream_model, priority, weight) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&model.name)
-        .bind(&channel.id)
-        .bind(&model.upstream_model)
-        .bind(i64::from(model.priority.unwrap_or(0)))
-        .bind(i64::from(model.weight.unwrap_or(1)))
-        .execute(&mut *tx)
-        .await?;
-    }
+    let targets: Vec<NewTarget> = models
+        .iter()
+        .map(|m| NewTarget {
+            name: m.name.clone(),
+            upstream_model: m.upstream_model.clone(),
+            priority: m.priority.unwrap_or(0),
+            weight: m.weight.unwrap_or(1),
+            price: m.price,
+            owned_by: m.owned_by.clone(),
+        })
+        .collect();
+    routing::insert_channel(&mut tx, &channel, &targets, now_secs()).await?;
     let config = load_routing_config(&mut tx).await?;
     check_routing(&config)?;
     tx.commit().await?;
@@ -472,16 +299,9 @@ pub async fn remove(
 ) -> ApiResult<Json<ChannelChange>> {
     let mut tx = state.db().pool.begin().await?;
     let version = bump_routing_version(&mut tx).await?;
-    let deleted = sqlx::query("DELETE FROM channels WHERE id = $1").bind(&id).execute(&mut *tx).await?;
-    if deleted.rows_affected() == 0 {
+    if !routing::delete_channel(&mut tx, &id).await? {
         return Err(ApiError::NotFound(format!("no channel with id `{id}`")));
     }
-    sqlx::query("DELETE FROM model_targets WHERE channel = $1").bind(&id).execute(&mut *tx).await?;
-    sqlx::query(
-        "DELETE FROM models WHERE NOT EXISTS (SELECT 1 FROM model_targets t WHERE t.model = models.name)",
-    )
-    .execute(&mut *tx)
-    .await?;
     let config = load_routing_config(&mut tx).await?;
     check_routing(&config)?;
     tx.commit().await?;

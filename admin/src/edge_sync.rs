@@ -10,8 +10,9 @@
 //! the edge ignores older ones.
 
 use crate::config::EdgeTarget;
+use crate::db::{keys, routing};
 use crate::error::{ApiError, ApiResult};
-use crate::{channels, keys, now_secs, AppState};
+use crate::{now_secs, AppState};
 use axum::extract::State;
 use axum::Json;
 use edgeway_core::internal_auth::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -129,7 +130,7 @@ pub async fn push_key_if_configured(state: &AppState, id: &str) -> bool {
 pub async fn push_routing_if_configured(state: &AppState) -> bool {
     let Some(edge) = state.edge() else { return false };
     let _order = state.lock_pushes().await;
-    match channels::load_routing_config_consistent(state.db()).await {
+    match routing::load_routing_config_consistent(state.db()).await {
         Ok(config) => edge.push_routing(&config).await.is_ok(),
         Err(err) => {
             tracing::warn!(%err, "routing push skipped: could not read the config");
@@ -155,7 +156,7 @@ pub struct SyncReport {
 /// fresh admin does not wipe an edge configured by another.
 pub async fn full_sync(state: &AppState, edge: &EdgeClient) -> ApiResult<SyncReport> {
     let _order = state.lock_pushes().await;
-    let config = channels::load_routing_config_consistent(state.db()).await?;
+    let config = routing::load_routing_config_consistent(state.db()).await?;
     let routing = if config.version == 0 { Ok(()) } else { edge.push_routing(&config).await };
     let records = keys::all_key_records(state.db()).await?;
     let mut report = SyncReport {

@@ -1,5 +1,5 @@
 //! Test harness: a fresh database per test (a temporary SQLite file, or a
-//! fresh schema in `TEST_POSTGRES_URL`), the app driven with `oneshot`, and a
+//! fresh schema in the Postgres server at `TEST_POSTGRES_URL`), the app driven with `oneshot`, and a
 //! fake edge worker on 127.0.0.1 that checks every signed push.
 
 use axum::body::{Body, Bytes};
@@ -32,9 +32,9 @@ pub fn postgres_url() -> Option<String> {
     std::env::var("TEST_POSTGRES_URL").ok().filter(|u| !u.trim().is_empty())
 }
 
-/// Runs a test body against SQLite, and against Postgres when
-/// `TEST_POSTGRES_URL` is set (otherwise the Postgres variant prints a note
-/// and passes).
+/// Runs a test body against SQLite and against Postgres. The Postgres
+/// variant needs `TEST_POSTGRES_URL` (`scripts/test` starts a throwaway
+/// server and sets it) and fails without it: a skipped database is not a pass.
 #[macro_export]
 macro_rules! on_both_databases {
     ($name:ident) => {
@@ -46,10 +46,11 @@ macro_rules! on_both_databases {
 
             #[tokio::test]
             async fn postgres() {
-                if $crate::common::postgres_url().is_none() {
-                    eprintln!("note: TEST_POSTGRES_URL is not set; skipping the Postgres variant");
-                    return;
-                }
+                assert!(
+                    $crate::common::postgres_url().is_some(),
+                    "TEST_POSTGRES_URL is not set: run `scripts/test`, which starts a throwaway Postgres, \
+                     or point it at a server of your own"
+                );
                 super::$name($crate::common::DbKind::Postgres).await;
             }
         }

@@ -24,7 +24,11 @@ pub struct KeyRecord {
     /// Owner (user id or name in the admin service).
     #[serde(default)]
     pub owner: String,
-    /// Pricing / routing group.
+    /// The user whose balance this key draws on (an admin user id); `None` =
+    /// a standalone key, limited only by its own quota.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Pricing / routing group (the user's group for a user's key).
     #[serde(default = "default_group")]
     pub group: String,
     #[serde(default)]
@@ -100,6 +104,7 @@ mod tests {
     fn defaults_are_permissive_and_active() {
         let r = record();
         assert_eq!(r.group, "default");
+        assert_eq!(r.user_id, None, "a record without user_id is a standalone key");
         assert!(r.check_usable(0).is_ok());
         assert!(r.check_model("anything").is_ok());
     }

@@ -32,3 +32,4 @@ pub mod sse;
 pub mod stream_shaper;
 pub mod translate;
 pub mod usage;
+pub mod usage_row;

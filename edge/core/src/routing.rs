@@ -5,7 +5,7 @@
 //! [`RoutingTable`] for O(1) lookups on the hot path.
 
 use crate::error::GatewayError;
-use crate::pricing::ModelPrice;
+use crate::pricing::{ModelPrice, RATIO_ONE_PPM};
 use crate::provider::{provider_by_id, Provider};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -48,6 +48,16 @@ pub struct Channel {
     /// Mock provider options.
     #[serde(default)]
     pub mock: Option<MockOptions>,
+    /// Groups this channel serves; empty = every group.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl Channel {
+    /// Whether a key of `group` may be routed to this channel.
+    pub fn serves_group(&self, group: &str) -> bool {
+        self.groups.is_empty() || self.groups.iter().any(|g| g == group)
+    }
 }
 
 fn enabled_by_default() -> bool {
@@ -86,6 +96,14 @@ pub struct ModelRoute {
     pub targets: Vec<RouteTarget>,
 }
 
+/// A user group: its price ratio multiplies every model price for its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupConfig {
+    pub name: String,
+    /// Parts per million: `1_000_000` = x1, `1_500_000` = x1.5.
+    pub price_ratio_ppm: u32,
+}
+
 /// The whole routing configuration as stored in KV.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutingConfig {
@@ -95,6 +113,16 @@ pub struct RoutingConfig {
     pub channels: Vec<Channel>,
     #[serde(default)]
     pub models: Vec<ModelRoute>,
+    /// Groups with a price ratio; a group not listed prices at x1.
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+impl RoutingConfig {
+    /// The price ratio of `group` in parts per million ([`RATIO_ONE_PPM`] when not listed).
+    pub fn price_ratio_ppm(&self, group: &str) -> u32 {
+        self.groups.iter().find(|g| g.name == group).map_or(RATIO_ONE_PPM, |g| g.price_ratio_ppm)
+    }
 }
 
 /// A resolved route candidate: where to send a request for a model.
@@ -141,6 +169,11 @@ impl RoutingTable {
             }
             if channel_index.insert(ch.id.clone(), (i, provider)).is_some() {
                 return Err(InvalidRouting(format!("duplicate channel id `{}`", ch.id)));
+            }
+        }
+        for (i, group) in config.groups.iter().enumerate() {
+            if config.groups[..i].iter().any(|g| g.name == group.name) {
+                return Err(InvalidRouting(format!("duplicate group `{}`", group.name)));
             }
         }
         let mut model_index = HashMap::new();
@@ -308,5 +341,26 @@ mod tests {
         let mut c = config();
         c.channels[1].base_url = Some("file:///etc/passwd".into());
         assert!(RoutingTable::new(c).is_err());
+        let mut c = config();
+        let vip = GroupConfig { name: "vip".into(), price_ratio_ppm: 800_000 };
+        c.groups = vec![vip.clone(), vip];
+        assert!(RoutingTable::new(c).is_err(), "duplicate group");
+    }
+
+    #[test]
+    fn groups_price_ratios_and_channel_groups() {
+        let mut c = config();
+        assert_eq!(c.groups, vec![], "old configs have no groups");
+        assert!(c.channels.iter().all(|ch| ch.groups.is_empty() && ch.serves_group("anything")));
+        c.groups = vec![GroupConfig { name: "vip".into(), price_ratio_ppm: 800_000 }];
+        c.channels[0].groups = vec!["vip".into()];
+        assert_eq!(c.price_ratio_ppm("vip"), 800_000);
+        assert_eq!(c.price_ratio_ppm("default"), RATIO_ONE_PPM, "a group not listed is x1");
+        assert!(c.channels[0].serves_group("vip"));
+        assert!(!c.channels[0].serves_group("default"));
+        let round: RoutingConfig =
+            serde_json::from_str(&serde_json::to_string(&c).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(round, c);
+        assert!(RoutingTable::new(c).is_ok());
     }
 }

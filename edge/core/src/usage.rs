@@ -112,6 +112,22 @@ pub enum UsageSource {
     None,
 }
 
+impl UsageSource {
+    /// The wire and column text (`provider`, `estimated`, `none`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provider => "provider",
+            Self::Estimated => "estimated",
+            Self::None => "none",
+        }
+    }
+
+    /// The inverse of [`Self::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Provider, Self::Estimated, Self::None].into_iter().find(|v| v.as_str() == text)
+    }
+}
+
 /// How the request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -122,6 +138,22 @@ pub enum RequestOutcome {
     Failed,
     /// The client went away before the end.
     ClientAborted,
+}
+
+impl RequestOutcome {
+    /// The wire and column text (`completed`, `failed`, `client_aborted`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::ClientAborted => "client_aborted",
+        }
+    }
+
+    /// The inverse of [`Self::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Completed, Self::Failed, Self::ClientAborted].into_iter().find(|v| v.as_str() == text)
+    }
 }
 
 /// One request's usage, sent to the Queue and stored (idempotently on
@@ -135,6 +167,16 @@ pub struct UsageEvent {
     /// Key owner as known at the edge.
     #[serde(default)]
     pub owner: String,
+    /// The user whose balance paid for the request (the key record's
+    /// `user_id`); `None` for a standalone key.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The key's pricing group.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// The group's price ratio applied to `cost_micros`, parts per million.
+    #[serde(default = "default_ratio")]
+    pub price_ratio_ppm: u32,
     /// Model name the client asked for.
     pub model: String,
     /// Model name sent upstream.
@@ -147,7 +189,7 @@ pub struct UsageEvent {
     pub provider: String,
     /// Tokens in disjoint buckets.
     pub usage: TokenUsage,
-    /// Price of `usage`, integer micro-units.
+    /// Price of `usage` at `price_ratio_ppm`, integer micro-units.
     pub cost_micros: i64,
     /// HTTP status returned to the client.
     pub status: u16,
@@ -162,6 +204,14 @@ pub struct UsageEvent {
     pub ttft_ms: Option<u64>,
     /// Unix ms when the request started.
     pub created_at_ms: i64,
+}
+
+fn default_group() -> String {
+    "default".into()
+}
+
+fn default_ratio() -> u32 {
+    crate::pricing::RATIO_ONE_PPM
 }
 
 /// Rough token count for text: one token per four bytes, rounded up. Used only
@@ -239,6 +289,28 @@ mod tests {
         };
         let t = TokenUsage::from_openai(&u);
         assert_eq!((t.input_uncached, t.cache_read, t.reasoning), (0, 5, 1));
+    }
+
+    #[test]
+    fn enum_text_matches_serde() {
+        for o in [RequestOutcome::Completed, RequestOutcome::Failed, RequestOutcome::ClientAborted] {
+            assert_eq!(serde_json::to_value(o).ok(), Some(serde_json::Value::from(o.as_str())));
+            assert_eq!(RequestOutcome::parse(o.as_str()), Some(o));
+        }
+        for u in [UsageSource::Provider, UsageSource::Estimated, UsageSource::None] {
+            assert_eq!(serde_json::to_value(u).ok(), Some(serde_json::Value::from(u.as_str())));
+            assert_eq!(UsageSource::parse(u.as_str()), Some(u));
+        }
+        assert_eq!(UsageSource::parse("x"), None);
+    }
+
+    #[test]
+    fn old_events_parse_with_account_defaults() {
+        let old = r#"{"request_id":"r","key_digest":"d","model":"m","channel":"c","usage":{},
+            "cost_micros":5,"status":200,"outcome":"completed","usage_source":"provider",
+            "stream":false,"latency_ms":1,"created_at_ms":0}"#;
+        let e: UsageEvent = serde_json::from_str(old).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!((e.user_id, e.group.as_str(), e.price_ratio_ppm), (None, "default", 1_000_000));
     }
 
     #[test]

@@ -62,6 +62,7 @@ fn routing_schema_matches_the_types() {
     assert_eq!(keys(&schema["properties"]), keys(&v));
     assert_eq!(keys(&schema["$defs"]["channel"]["properties"]), keys(&v["channels"][0]));
     assert_eq!(keys(&schema["$defs"]["model"]["properties"]), keys(&v["models"][0]));
+    assert_eq!(keys(&schema["$defs"]["group"]["properties"]), keys(&v["groups"][0]));
     assert_eq!(
         keys(&schema["$defs"]["model"]["properties"]["price"]["properties"]),
         keys(&v["models"][0]["price"])

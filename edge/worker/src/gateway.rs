@@ -305,6 +305,10 @@ impl Metering {
             request_id: self.request_id.clone(),
             key_digest: self.record.digest.clone(),
             owner: self.record.owner.clone(),
+            user_id: self.record.user_id.clone(),
+            group: self.record.group.clone(),
+            // Priced at x1 until the edge applies group ratios (CONTRACT-accounts-edge.md).
+            price_ratio_ppm: edgeway_core::pricing::RATIO_ONE_PPM,
             model: self.model.clone(),
             upstream_model: served.upstream_model.clone(),
             channel: served.channel.clone(),

@@ -17,6 +17,7 @@ use crate::bindings;
 use crate::runtime::now_ms;
 use edgeway_core::internal_auth::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use edgeway_core::usage::UsageEvent;
+use edgeway_core::usage_row::{insert_sql, usage_row, Placeholder, UsageValue};
 use futures_util::future::{select, Either};
 use serde::Deserialize;
 use std::time::Duration;
@@ -53,12 +54,6 @@ pub async fn requeue(env: &Env, events: &[UsageEvent]) -> worker::Result<usize> 
     Ok(events.len())
 }
 
-const INSERT_USAGE: &str = "INSERT INTO usage_events (request_id, key_digest, owner, model, upstream_model, channel, provider, \
-     input_uncached_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, \
-     cost_micros, status, outcome, usage_source, stream, latency_ms, ttft_ms, created_at_ms) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
-     ON CONFLICT(request_id) DO NOTHING";
-
 const INSERT_DEAD_LETTER: &str =
     "INSERT INTO usage_dead_letters (message_id, request_id, body, reason, received_at_ms) \
      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(message_id) DO NOTHING";
@@ -67,35 +62,17 @@ fn num(n: impl Into<f64>) -> JsValue {
     JsValue::from_f64(n.into())
 }
 
-fn enum_text<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-}
-
 fn insert_statement(db: &D1Database, e: &UsageEvent) -> worker::Result<D1PreparedStatement> {
-    let u = &e.usage;
-    db.prepare(INSERT_USAGE).bind(&[
-        e.request_id.as_str().into(),
-        e.key_digest.as_str().into(),
-        e.owner.as_str().into(),
-        e.model.as_str().into(),
-        e.upstream_model.as_str().into(),
-        e.channel.as_str().into(),
-        e.provider.as_str().into(),
-        num(u.input_uncached as f64),
-        num(u.cache_read as f64),
-        num(u.cache_write_5m as f64),
-        num(u.cache_write_1h as f64),
-        num(u.output as f64),
-        num(u.reasoning as f64),
-        num(e.cost_micros as f64),
-        num(e.status),
-        enum_text(&e.outcome).into(),
-        enum_text(&e.usage_source).into(),
-        num(u8::from(e.stream)),
-        num(e.latency_ms as f64),
-        e.ttft_ms.map_or(JsValue::NULL, |t| num(t as f64)),
-        num(e.created_at_ms as f64),
-    ])
+    // Columns and values are defined once, in edgeway_core::usage_row.
+    let values: Vec<JsValue> = usage_row(e)
+        .iter()
+        .map(|v| match v {
+            UsageValue::Text(t) => JsValue::from(*t),
+            UsageValue::Int(n) => num(*n as f64),
+            UsageValue::NullText | UsageValue::NullInt => JsValue::NULL,
+        })
+        .collect();
+    db.prepare(insert_sql("usage_events", Placeholder::Question, &[])).bind(&values)
 }
 
 fn dead_letter_statement(

@@ -1,5 +1,6 @@
-//! The database: one `sqlx::Any` pool over SQLite or Postgres, and the
-//! embedded, numbered SQL migrations of each backend.
+//! The database: one `sqlx::Any` pool over SQLite or Postgres, the
+//! embedded, numbered SQL migrations of each backend, and one module of
+//! queries per resource (handlers never hold SQL).
 //!
 //! Every query in this crate is portable SQL with `$n` placeholders (SQLite
 //! accepts them too) and values passed with `.bind()`. Columns are only
@@ -7,6 +8,10 @@
 //! micro-units, times are unix seconds or ms), the types the `Any` driver
 //! decodes identically on both backends. Aggregates are `CAST(... AS BIGINT)`
 //! because Postgres sums `BIGINT` into `NUMERIC`.
+
+pub mod keys;
+pub mod routing;
+pub mod usage;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
@@ -50,11 +55,15 @@ pub struct Db {
 /// `(version, description, sql)` of each migration, in order.
 type EmbeddedList = &'static [(i64, &'static str, &'static str)];
 
-const SQLITE_MIGRATIONS: EmbeddedList =
-    &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
+const SQLITE_MIGRATIONS: EmbeddedList = &[
+    (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
+    (2, "usage row", include_str!("../../migrations/sqlite/0002_usage_row.sql")),
+];
 
-const POSTGRES_MIGRATIONS: EmbeddedList =
-    &[(1, "initial", include_str!("../migrations/postgres/0001_initial.sql"))];
+const POSTGRES_MIGRATIONS: EmbeddedList = &[
+    (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
+    (2, "usage row", include_str!("../../migrations/postgres/0002_usage_row.sql")),
+];
 
 /// Migrations compiled into the binary, so the service needs no files at run
 /// time and no proc-macro build of the database drivers at compile time.

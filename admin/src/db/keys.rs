@@ -1,0 +1,246 @@
+//! Queries of the `api_keys` table. Every change is one `UPDATE … RETURNING`
+//! that also bumps `version`, so concurrent edits serialise in the database.
+
+use crate::db::{Db, RowExt};
+use crate::error::{ApiError, ApiResult};
+use edgeway_core::key_record::{KeyRecord, KeyStatus};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+
+/// A stored key as the API shows it (never the plaintext).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredKey {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub group: String,
+    /// SHA-256 hex of the key.
+    pub digest: String,
+    /// First 10 characters of the key, for recognising it (`sk-ew-AbCd`).
+    pub key_prefix: String,
+    pub status: KeyStatus,
+    pub expires_at: Option<i64>,
+    pub allowed_models: Option<Vec<String>>,
+    pub quota_micros: Option<i64>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub max_concurrency: Option<u32>,
+    pub allowed_ips: Option<Vec<String>>,
+    pub version: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl StoredKey {
+    /// The record the edge stores for this key.
+    pub fn to_record(&self) -> KeyRecord {
+        KeyRecord {
+            digest: self.digest.clone(),
+            owner: self.owner.clone(),
+            user_id: None,
+            group: self.group.clone(),
+            status: self.status,
+            expires_at: self.expires_at,
+            allowed_models: self.allowed_models.clone(),
+            quota_micros: self.quota_micros,
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrency: self.max_concurrency,
+            allowed_ips: self.allowed_ips.clone(),
+            version: self.version,
+        }
+    }
+
+    pub fn from_row(row: &AnyRow) -> Result<Self, ApiError> {
+        let status = match row.text("status")?.as_str() {
+            "active" => KeyStatus::Active,
+            "disabled" => KeyStatus::Disabled,
+            other => {
+                return Err(ApiError::internal(format_args!("unknown key status `{other}` in database")))
+            }
+        };
+        Ok(Self {
+            id: row.text("id")?,
+            name: row.text("name")?,
+            owner: row.text("owner")?,
+            group: row.text("group_name")?,
+            digest: row.text("digest")?,
+            key_prefix: row.text("key_prefix_label")?,
+            status,
+            expires_at: row.opt_int("expires_at")?,
+            allowed_models: json_list(row.opt_text("allowed_models")?)?,
+            quota_micros: row.opt_int("quota_micros")?,
+            rpm: opt_number(row.opt_int("rpm")?)?,
+            tpm: opt_number(row.opt_int("tpm")?)?,
+            max_concurrency: opt_number(row.opt_int("max_concurrency")?)?,
+            allowed_ips: json_list(row.opt_text("allowed_ips")?)?,
+            version: number(row.int("version")?)?,
+            created_at: row.int("created_at")?,
+            updated_at: row.int("updated_at")?,
+        })
+    }
+}
+
+pub fn status_text(status: KeyStatus) -> &'static str {
+    match status {
+        KeyStatus::Active => "active",
+        KeyStatus::Disabled => "disabled",
+    }
+}
+
+fn json_list(text: Option<String>) -> Result<Option<Vec<String>>, ApiError> {
+    text.map(|t| serde_json::from_str(&t)).transpose().map_err(ApiError::from)
+}
+
+fn to_json_list(list: &Option<Vec<String>>) -> Result<Option<String>, ApiError> {
+    list.as_ref().map(serde_json::to_string).transpose().map_err(ApiError::from)
+}
+
+fn number<T: TryFrom<i64>>(value: i64) -> Result<T, ApiError> {
+    T::try_from(value)
+        .map_err(|_| ApiError::internal(format_args!("number {value} out of range in database")))
+}
+
+fn opt_number<T: TryFrom<i64>>(value: Option<i64>) -> Result<Option<T>, ApiError> {
+    value.map(number).transpose()
+}
+
+fn to_db_int<T: TryInto<i64> + Copy>(field: &str, value: Option<T>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|v| v.try_into().map_err(|_| ApiError::bad_request(format!("`{field}` is too large"))))
+        .transpose()
+}
+
+/// One key by id.
+pub async fn find_key(db: &Db, id: &str) -> ApiResult<Option<StoredKey>> {
+    let row = sqlx::query(
+        "SELECT id, name, owner, group_name, digest, key_prefix_label, status, expires_at, \
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at \
+         FROM api_keys WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?;
+    row.as_ref().map(StoredKey::from_row).transpose()
+}
+
+/// Every key, newest first.
+pub async fn all_keys(db: &Db) -> ApiResult<Vec<StoredKey>> {
+    let rows = sqlx::query(
+        "SELECT id, name, owner, group_name, digest, key_prefix_label, status, expires_at, \
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at \
+         FROM api_keys ORDER BY created_at DESC, id DESC",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(StoredKey::from_row).collect()
+}
+
+/// The edge record of every key (for a full sync).
+pub async fn all_key_records(db: &Db) -> ApiResult<Vec<KeyRecord>> {
+    Ok(all_keys(db).await?.iter().map(StoredKey::to_record).collect())
+}
+
+pub async fn insert_key(db: &Db, key: &StoredKey) -> ApiResult<()> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, owner, group_name, digest, key_prefix_label, status, expires_at, \
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+    )
+    .bind(&key.id)
+    .bind(&key.name)
+    .bind(&key.owner)
+    .bind(&key.group)
+    .bind(&key.digest)
+    .bind(&key.key_prefix)
+    .bind(status_text(key.status))
+    .bind(key.expires_at)
+    .bind(to_json_list(&key.allowed_models)?)
+    .bind(key.quota_micros)
+    .bind(key.rpm.map(i64::from))
+    .bind(to_db_int("tpm", key.tpm)?)
+    .bind(key.max_concurrency.map(i64::from))
+    .bind(to_json_list(&key.allowed_ips)?)
+    .bind(to_db_int("version", Some(key.version))?)
+    .bind(key.created_at)
+    .bind(key.updated_at)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// A validated change of a key: `None` leaves a column as it is,
+/// `Some(None)` clears it, `Some(Some(v))` sets it.
+#[derive(Debug, Default, Clone)]
+pub struct KeyChange {
+    pub name: Option<String>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub status: Option<KeyStatus>,
+    pub expires_at: Option<Option<i64>>,
+    pub allowed_models: Option<Option<Vec<String>>>,
+    pub quota_micros: Option<Option<i64>>,
+    pub rpm: Option<Option<u32>>,
+    pub tpm: Option<Option<u64>>,
+    pub max_concurrency: Option<Option<u32>>,
+    pub allowed_ips: Option<Option<Vec<String>>>,
+}
+
+/// `1` if the column is to be written, for the `CASE WHEN $n = 1` guards.
+fn flag<T>(field: &Option<T>) -> i64 {
+    i64::from(field.is_some())
+}
+
+/// Applies `change` and bumps `version` in one statement, so concurrent
+/// changes of a key serialise in the database and none is lost. Returns the
+/// row as written, or `None` if there is no such key.
+pub async fn apply_change(db: &Db, id: &str, change: &KeyChange, now: i64) -> ApiResult<Option<StoredKey>> {
+    let models = change.allowed_models.as_ref().map(to_json_list).transpose()?.flatten();
+    let ips = change.allowed_ips.as_ref().map(to_json_list).transpose()?.flatten();
+    let tpm = to_db_int("tpm", change.tpm.flatten())?;
+    let row = sqlx::query(
+        "UPDATE api_keys SET \
+         name = CASE WHEN $1 = 1 THEN $2 ELSE name END, \
+         owner = CASE WHEN $3 = 1 THEN $4 ELSE owner END, \
+         group_name = CASE WHEN $5 = 1 THEN $6 ELSE group_name END, \
+         status = CASE WHEN $7 = 1 THEN $8 ELSE status END, \
+         expires_at = CASE WHEN $9 = 1 THEN $10 ELSE expires_at END, \
+         allowed_models = CASE WHEN $11 = 1 THEN $12 ELSE allowed_models END, \
+         quota_micros = CASE WHEN $13 = 1 THEN $14 ELSE quota_micros END, \
+         rpm = CASE WHEN $15 = 1 THEN $16 ELSE rpm END, \
+         tpm = CASE WHEN $17 = 1 THEN $18 ELSE tpm END, \
+         max_concurrency = CASE WHEN $19 = 1 THEN $20 ELSE max_concurrency END, \
+         allowed_ips = CASE WHEN $21 = 1 THEN $22 ELSE allowed_ips END, \
+         version = version + 1, updated_at = $23 \
+         WHERE id = $24 \
+         RETURNING id, name, owner, group_name, digest, key_prefix_label, status, expires_at, \
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at",
+    )
+    .bind(flag(&change.name))
+    .bind(change.name.clone())
+    .bind(flag(&change.owner))
+    .bind(change.owner.clone())
+    .bind(flag(&change.group))
+    .bind(change.group.clone())
+    .bind(flag(&change.status))
+    .bind(change.status.map(status_text))
+    .bind(flag(&change.expires_at))
+    .bind(change.expires_at.flatten())
+    .bind(flag(&change.allowed_models))
+    .bind(models)
+    .bind(flag(&change.quota_micros))
+    .bind(change.quota_micros.flatten())
+    .bind(flag(&change.rpm))
+    .bind(change.rpm.flatten().map(i64::from))
+    .bind(flag(&change.tpm))
+    .bind(tpm)
+    .bind(flag(&change.max_concurrency))
+    .bind(change.max_concurrency.flatten().map(i64::from))
+    .bind(flag(&change.allowed_ips))
+    .bind(ips)
+    .bind(now)
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?;
+    row.as_ref().map(StoredKey::from_row).transpose()
+}
