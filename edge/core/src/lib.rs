@@ -31,5 +31,6 @@ pub mod routing;
 pub mod sse;
 pub mod stream_shaper;
 pub mod translate;
+pub mod url_policy;
 pub mod usage;
 pub mod usage_row;

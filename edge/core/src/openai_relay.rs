@@ -47,7 +47,7 @@ fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
 pub fn parse_chat_request(body: &[u8]) -> Result<PreparedChat, GatewayError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson { detail: e.to_string() })?;
-    let Value::Object(body) = value else {
+    let Value::Object(mut body) = value else {
         return Err(GatewayError::InvalidRequest {
             message: "The request body must be a JSON object.".into(),
             param: None,
@@ -84,6 +84,10 @@ pub fn parse_chat_request(body: &[u8]) -> Result<PreparedChat, GatewayError> {
             ));
         }
         prompt_bytes += obj.get("content").map_or(0, content_bytes);
+    }
+    // Media URLs pass the one URL policy and are forwarded normalized.
+    if let Some(Value::Array(messages)) = body.get_mut("messages") {
+        crate::url_policy::check_openai_chat_media(messages)?;
     }
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,

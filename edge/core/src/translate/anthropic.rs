@@ -197,8 +197,7 @@ fn parse_source(
         }
         "url" => {
             let url = req_str(source, "url", path)?;
-            check_public_url(url, &format!("{path}.url"))?;
-            Ok(Some(MediaSource::Url { url: url.to_string() }))
+            Ok(Some(MediaSource::Url { url: check_public_url(url, &format!("{path}.url"))? }))
         }
         "text" => Ok(None),
         other => {

@@ -361,11 +361,13 @@ fn parse_part(
         let file = snake_to_camel(as_object(file, &fpath)?);
         let uri = req_str(&file, "fileUri", &fpath)?;
         let media_type = opt_str(&file, "mimeType", &fpath)?.map(str::to_ascii_lowercase);
-        let source = if uri.starts_with(GEMINI_FILE_URI_PREFIX) || !uri.starts_with("http") {
-            MediaSource::File { uri: uri.to_string(), media_type: media_type.clone() }
+        // Every URI goes through the URL policy; only Gemini's own Files API
+        // URIs become file references (any other scheme is refused there).
+        let url = check_public_url(uri, &format!("{fpath}.fileUri"))?;
+        let source = if url.starts_with(GEMINI_FILE_URI_PREFIX) {
+            MediaSource::File { uri: url, media_type: media_type.clone() }
         } else {
-            check_public_url(uri, &format!("{fpath}.fileUri"))?;
-            MediaSource::Url { url: uri.to_string() }
+            MediaSource::Url { url }
         };
         let kind =
             media_type.clone().or_else(|| media_type_from_url(uri).map(str::to_string)).unwrap_or_default();

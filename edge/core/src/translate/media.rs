@@ -1,23 +1,18 @@
-//! Multimodal inputs: data URIs, and the policy for URLs.
+//! Multimodal inputs: data URIs and media URLs.
 //!
 //! The gateway never fetches a URL. A URL is passed to a provider that fetches
-//! it itself (Anthropic `url` sources) or refused; either way it must name a
-//! public host: loopback, private, link-local, CGNAT, unique-local and
-//! multicast addresses, numeric hosts in odd notations, `localhost` and
-//! internal-looking names are refused, so the gateway cannot be used to make a
-//! provider reach into a private network. Inline data is capped at
-//! [`MAX_INLINE_MEDIA_BYTES`] decoded bytes per part.
+//! it itself (Anthropic `url` sources) or refused; either way it must pass the
+//! one URL policy, [`crate::url_policy`], and what is forwarded is its
+//! normalized form. Inline data is capped at [`MAX_INLINE_MEDIA_BYTES`]
+//! decoded bytes per part.
 
 use super::canonical::MediaSource;
 use super::json_fields::invalid;
 use crate::error::GatewayError;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+pub use crate::url_policy::MAX_MEDIA_URL_BYTES;
 
 /// Largest decoded size of one inline image, document or audio part.
 pub const MAX_INLINE_MEDIA_BYTES: usize = 20 * 1024 * 1024;
-
-/// Longest URL accepted for a media part.
-pub const MAX_MEDIA_URL_BYTES: usize = 8 * 1024;
 
 /// Image types every provider accepts.
 pub const IMAGE_MEDIA_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/webp"];
@@ -73,8 +68,7 @@ pub fn source_from_url_or_data(uri: &str, param: &str) -> Result<MediaSource, Ga
         let (media_type, data) = parse_data_uri(uri, param)?;
         return Ok(MediaSource::Base64 { media_type, data });
     }
-    check_public_url(uri, param)?;
-    Ok(MediaSource::Url { url: uri.to_string() })
+    Ok(MediaSource::Url { url: check_public_url(uri, param)? })
 }
 
 /// Renders a base64 source back into a data URI.
@@ -82,93 +76,10 @@ pub fn data_uri(media_type: &str, data: &str) -> String {
     format!("data:{media_type};base64,{data}")
 }
 
-/// Refuses URLs that are not `http(s)` to a public host.
-pub fn check_public_url(url: &str, param: &str) -> Result<(), GatewayError> {
-    if url.len() > MAX_MEDIA_URL_BYTES {
-        return Err(invalid(format!("`{param}` is longer than {MAX_MEDIA_URL_BYTES} bytes."), param));
-    }
-    let lower = url.to_ascii_lowercase();
-    let Some(rest) = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://")) else {
-        return Err(invalid(format!("`{param}` must be an http(s) URL or a base64 data URI."), param));
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit('@').next().unwrap_or("");
-    if authority.contains('@') {
-        return Err(invalid(format!("`{param}` must not contain credentials."), param));
-    }
-    let host = if let Some(stripped) = host_port.strip_prefix('[') {
-        stripped.split(']').next().unwrap_or("")
-    } else {
-        host_port.split(':').next().unwrap_or("")
-    };
-    let host = host.trim_end_matches('.');
-    if host_is_private(host) {
-        return Err(invalid(
-            format!("`{param}` points at a private, loopback or link-local address; only public URLs are accepted."),
-            param,
-        ));
-    }
-    Ok(())
-}
-
-fn host_is_private(host: &str) -> bool {
-    if host.is_empty() {
-        return true;
-    }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return ip_is_private(ip);
-    }
-    // Numeric hosts in other notations (decimal, octal, hex, short forms) are
-    // resolved differently by different stacks: refuse them all.
-    let numeric_like = host.split('.').all(|label| {
-        !label.is_empty()
-            && (label.bytes().all(|b| b.is_ascii_digit())
-                || label.strip_prefix("0x").is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())))
-    });
-    if numeric_like || !host.contains('.') {
-        return true;
-    }
-    const PRIVATE_SUFFIXES: &[&str] =
-        &[".localhost", ".local", ".internal", ".intranet", ".lan", ".home.arpa", ".corp", ".private"];
-    host == "localhost" || PRIVATE_SUFFIXES.iter().any(|s| host.ends_with(s))
-}
-
-fn ip_is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4_is_private(v4),
-        IpAddr::V6(v6) => v6_is_private(v6),
-    }
-}
-
-fn v4_is_private(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    ip.is_private()
-        || ip.is_loopback()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || ip.is_documentation()
-        || a == 0
-        || (a == 100 && (64..128).contains(&b)) // CGNAT
-        || (a == 198 && (b == 18 || b == 19)) // benchmarking
-        || a >= 240
-}
-
-fn v6_is_private(ip: Ipv6Addr) -> bool {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return v4_is_private(v4);
-    }
-    let first = ip.segments()[0];
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local
-        || (first & 0xffc0) == 0xfe80 // link local
-        || (first & 0xffc0) == 0xfec0 // site local (deprecated)
-        || first == 0x2001 && ip.segments()[1] == 0x0db8 // documentation
-        || first == 0x0064 && ip.segments()[1] == 0xff9b // NAT64 to anything
-        || first == 0 // IPv4-compatible and other reserved forms
+/// Checks a media URL against [`crate::url_policy`]; the normalized URL
+/// to forward.
+pub fn check_public_url(url: &str, param: &str) -> Result<String, GatewayError> {
+    crate::url_policy::check_media_url(url, param)
 }
 
 /// Media type guessed from a URL's extension, for providers that need one.
@@ -210,39 +121,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn private_hosts_are_refused() {
-        for url in [
-            "http://localhost/a.png",
-            "http://127.0.0.1/a.png",
-            "http://10.1.2.3/x",
-            "http://172.16.0.1/x",
-            "http://192.168.1.1/x",
-            "http://169.254.169.254/latest/meta-data",
-            "http://[::1]/x",
-            "http://[fe80::1]/x",
-            "http://[fd00::1]/x",
-            "http://[::ffff:127.0.0.1]/x",
-            "http://2130706433/x",
-            "http://0x7f.1/x",
-            "http://100.64.0.1/x",
-            "http://metadata.google.internal/x",
-            "http://printer.local/x",
-            "http://user:pass@example.com/x",
-            "http://intranet/x",
-            "ftp://example.com/x",
-            "file:///etc/passwd",
-            "http://0.0.0.0/x",
-        ] {
-            assert!(check_public_url(url, "u").is_err(), "{url} should be refused");
-        }
-        for url in [
-            "https://example.com/cat.png",
-            "http://8.8.8.8/a.jpg",
-            "https://[2606:4700::1]/x",
-            "https://cdn.example.org:8443/a?b=c",
-        ] {
-            assert!(check_public_url(url, "u").is_ok(), "{url} should pass");
-        }
+    fn urls_go_through_the_policy_normalized() {
+        assert!(check_public_url("http://127.0.0.%31/a.png", "u").is_err());
+        assert_eq!(
+            source_from_url_or_data("HTTPS://Example.com/a.png", "u"),
+            Ok(MediaSource::Url { url: "https://example.com/a.png".into() })
+        );
     }
 
     #[test]

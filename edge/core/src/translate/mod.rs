@@ -58,8 +58,9 @@
 //!   only their own signed reasoning).
 //! * **Media URLs** are never fetched. Anthropic gets `url` sources; Gemini
 //!   accepts only its own file URIs, so other URLs are a 400 asking for a data
-//!   URI; private, loopback and link-local hosts are always refused; inline
-//!   data is capped at [`media::MAX_INLINE_MEDIA_BYTES`].
+//!   URI; every URL passes the one URL policy ([`crate::url_policy`]) and is
+//!   forwarded normalized; inline data is capped at
+//!   [`media::MAX_INLINE_MEDIA_BYTES`].
 //! * **Tool calls left unanswered** get an `is_error` result saying so, since
 //!   Anthropic and Gemini refuse an unanswered call.
 //! * **Thinking**: Anthropic `thinking`/`redacted_thinking` and Gemini
