@@ -8,6 +8,8 @@
 //! that would leave the edge with an invalid config is rolled back with a 400.
 //! After commit, the config is pushed to the edge.
 
+use crate::audit;
+use crate::auth::Caller;
 use crate::db::routing::{
     self, bump_routing_version, load_routing_config, load_routing_config_consistent, NewTarget,
 };
@@ -76,6 +78,9 @@ pub struct CreateChannel {
     pub enabled: Option<bool>,
     #[serde(default)]
     pub mock: Option<MockOptions>,
+    /// Groups this channel serves; empty or absent = every group.
+    #[serde(default)]
+    pub groups: Vec<String>,
     #[serde(default)]
     pub models: Vec<ChannelModel>,
 }
@@ -161,6 +166,16 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
         }
         models.push(ChannelModel { name, upstream_model, owned_by, ..model });
     }
+    if body.groups.len() > 100 {
+        return Err(ApiError::bad_request("`groups` may hold at most 100 entries"));
+    }
+    let mut groups: Vec<String> = Vec::new();
+    for g in &body.groups {
+        let g = validate::ident("groups[]", g)?;
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
     let channel = Channel {
         id,
         provider: provider.id.to_string(),
@@ -170,7 +185,7 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
         timeout_ms: body.timeout_ms,
         enabled: body.enabled.unwrap_or(true),
         mock: body.mock,
-        groups: Vec::new(),
+        groups,
     };
     Ok((channel, models))
 }
@@ -190,6 +205,8 @@ pub struct ChannelView {
     pub timeout_ms: Option<u64>,
     pub enabled: bool,
     pub mock: Option<MockOptions>,
+    /// Groups served; empty = every group.
+    pub groups: Vec<String>,
     /// The models this channel serves and how.
     pub models: Vec<ChannelTargetView>,
 }
@@ -216,6 +233,7 @@ fn channel_views(config: &RoutingConfig) -> Vec<ChannelView> {
             timeout_ms: ch.timeout_ms,
             enabled: ch.enabled,
             mock: ch.mock,
+            groups: ch.groups.clone(),
             models: config
                 .models
                 .iter()
@@ -254,6 +272,7 @@ pub struct ModelList {
 
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     JsonBody(body): JsonBody<CreateChannel>,
 ) -> ApiResult<(StatusCode, Json<ChannelChange>)> {
     let (channel, models) = validated(body)?;
@@ -276,6 +295,16 @@ pub async fn create(
     routing::insert_channel(&mut tx, &channel, &targets, now_secs()).await?;
     let config = load_routing_config(&mut tx).await?;
     check_routing(&config)?;
+    let created_view = channel_views(&config).into_iter().find(|v| v.id == channel.id);
+    audit::record_in(
+        &mut tx,
+        &caller,
+        "channel.create",
+        ("channel", &channel.id),
+        None::<&ChannelView>,
+        created_view.as_ref(),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(channel = %channel.id, provider = %channel.provider, version, "channel created");
     let edge_synced = push_routing_if_configured(&state).await;
@@ -295,15 +324,26 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<List<ChannelV
 /// left with no channel.
 pub async fn remove(
     State(state): State<AppState>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<ChannelChange>> {
     let mut tx = state.db().pool.begin().await?;
     let version = bump_routing_version(&mut tx).await?;
+    let before = channel_views(&load_routing_config(&mut tx).await?).into_iter().find(|v| v.id == id);
     if !routing::delete_channel(&mut tx, &id).await? {
         return Err(ApiError::NotFound(format!("no channel with id `{id}`")));
     }
     let config = load_routing_config(&mut tx).await?;
     check_routing(&config)?;
+    audit::record_in(
+        &mut tx,
+        &caller,
+        "channel.delete",
+        ("channel", &id),
+        before.as_ref(),
+        None::<&ChannelView>,
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(channel = %id, version, "channel deleted");
     let edge_synced = push_routing_if_configured(&state).await;

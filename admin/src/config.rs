@@ -79,6 +79,80 @@ impl fmt::Debug for PullConfig {
     }
 }
 
+/// Who may create an account (`SIGNUP_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignupMode {
+    /// Anyone may sign up.
+    Open,
+    /// Only with an existing user's invitation code.
+    Invite,
+    /// Only admins create users (default).
+    #[default]
+    Closed,
+}
+
+/// Where low-balance alerts go.
+#[derive(Clone, Default)]
+pub struct AlertConfig {
+    /// `LOW_BALANCE_WEBHOOK_URL`: POSTed a signed JSON alert.
+    pub webhook_url: Option<String>,
+    /// `WEBHOOK_SECRET`: HMAC-SHA256 key of `x-edgeway-signature` (required with a URL).
+    pub webhook_secret: Option<String>,
+    /// `SMTP_URL` (`smtp://user:pass@host:587`, `smtps://…`, `smtp://host:25?tls=none`).
+    pub smtp_url: Option<String>,
+    /// `SMTP_FROM`: the sender address (required with `SMTP_URL`).
+    pub smtp_from: Option<String>,
+}
+
+impl fmt::Debug for AlertConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertConfig")
+            .field("webhook_url", &self.webhook_url)
+            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<redacted>"))
+            .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
+            .field("smtp_from", &self.smtp_from)
+            .finish()
+    }
+}
+
+/// Accounts: sign-up, sessions, invitation rewards, alerts.
+#[derive(Debug, Clone)]
+pub struct AccountsConfig {
+    /// `SIGNUP_MODE`: `open`, `invite` or `closed` (default).
+    pub signup_mode: SignupMode,
+    /// `ADMIN_PUBLIC_URL`: the URL browsers reach this service at; an
+    /// `https://` URL makes cookies `Secure`.
+    pub public_url: Option<String>,
+    /// `SESSION_TTL_SECS`: lifetime of a browser session (default 7 days).
+    pub session_ttl_secs: i64,
+    /// `INVITER_REWARD_MICROS`: credited to the inviter per sign-up with their code.
+    pub inviter_reward_micros: i64,
+    /// `INVITEE_REWARD_MICROS`: credited to the new user who signed up with a code.
+    pub invitee_reward_micros: i64,
+    /// Low-balance alerts.
+    pub alerts: AlertConfig,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        Self {
+            signup_mode: SignupMode::Closed,
+            public_url: None,
+            session_ttl_secs: 7 * 86_400,
+            inviter_reward_micros: 0,
+            invitee_reward_micros: 0,
+            alerts: AlertConfig::default(),
+        }
+    }
+}
+
+impl AccountsConfig {
+    /// Whether cookies get the `Secure` attribute.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+    }
+}
+
 /// The service configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -95,6 +169,8 @@ pub struct Config {
     pub internal_secret: Option<String>,
     /// `USAGE_SOURCE`: `push` (default) or `pull`.
     pub usage_source: UsageSource,
+    /// Users, sessions, sign-up and alerts.
+    pub accounts: AccountsConfig,
 }
 
 impl fmt::Debug for Config {
@@ -106,6 +182,7 @@ impl fmt::Debug for Config {
             .field("edge", &self.edge)
             .field("internal_secret", &self.internal_secret.as_ref().map(|_| "<redacted>"))
             .field("usage_source", &self.usage_source)
+            .field("accounts", &self.accounts)
             .finish()
     }
 }
@@ -171,8 +248,9 @@ impl Config {
         };
 
         let usage_source = usage_source(&non_empty)?;
+        let accounts = accounts(&non_empty)?;
 
-        Ok(Self { database_url, listen, admin_token, edge, internal_secret, usage_source })
+        Ok(Self { database_url, listen, admin_token, edge, internal_secret, usage_source, accounts })
     }
 }
 
@@ -222,6 +300,69 @@ fn usage_source(non_empty: &impl Fn(&str) -> Option<String>) -> Result<UsageSour
         idle_ms: number("USAGE_PULL_IDLE_MS", 1_000, 10, 60_000)?,
         retry_delay_secs: u32::try_from(number("USAGE_PULL_RETRY_DELAY_SECS", 30, 0, 43_200)?).unwrap_or(30),
     }))
+}
+
+/// Sign-up, sessions, rewards and alerts.
+fn accounts(non_empty: &impl Fn(&str) -> Option<String>) -> Result<AccountsConfig, ConfigError> {
+    let signup_mode =
+        match non_empty("SIGNUP_MODE").unwrap_or_else(|| "closed".into()).to_ascii_lowercase().as_str() {
+            "open" => SignupMode::Open,
+            "invite" => SignupMode::Invite,
+            "closed" => SignupMode::Closed,
+            other => {
+                return Err(ConfigError(format!(
+                    "SIGNUP_MODE must be `open`, `invite` or `closed`, not `{other}`"
+                )))
+            }
+        };
+    let url = |name: &str| -> Result<Option<String>, ConfigError> {
+        match non_empty(name) {
+            None => Ok(None),
+            Some(u)
+                if (u.starts_with("http://") || u.starts_with("https://"))
+                    && reqwest::Url::parse(&u).is_ok() =>
+            {
+                Ok(Some(u.trim_end_matches('/').to_string()))
+            }
+            Some(_) => Err(ConfigError(format!("{name} must be an http(s) URL"))),
+        }
+    };
+    let number = |name: &str, default: i64, min: i64, max: i64| -> Result<i64, ConfigError> {
+        match non_empty(name) {
+            None => Ok(default),
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| ConfigError(format!("{name} must be a whole number from {min} to {max}"))),
+        }
+    };
+    let webhook_url = url("LOW_BALANCE_WEBHOOK_URL")?;
+    let webhook_secret = non_empty("WEBHOOK_SECRET");
+    if webhook_url.is_some() && webhook_secret.as_ref().is_none_or(|s| s.len() < MIN_SECRET_LEN) {
+        // An unsigned webhook can be forged by anyone who finds the receiver.
+        return Err(ConfigError(format!(
+            "WEBHOOK_SECRET (at least {MIN_SECRET_LEN} characters) is required when LOW_BALANCE_WEBHOOK_URL is set"
+        )));
+    }
+    let smtp_url = non_empty("SMTP_URL");
+    let smtp_from = non_empty("SMTP_FROM");
+    if let Some(smtp) = &smtp_url {
+        if !(smtp.starts_with("smtp://") || smtp.starts_with("smtps://")) {
+            return Err(ConfigError("SMTP_URL must start with smtp:// or smtps://".into()));
+        }
+        if smtp_from.as_deref().is_none_or(|f| !f.contains('@')) {
+            return Err(ConfigError("SMTP_FROM (an email address) is required when SMTP_URL is set".into()));
+        }
+    }
+    Ok(AccountsConfig {
+        signup_mode,
+        public_url: url("ADMIN_PUBLIC_URL")?,
+        session_ttl_secs: number("SESSION_TTL_SECS", 7 * 86_400, 60, 366 * 86_400)?,
+        inviter_reward_micros: number("INVITER_REWARD_MICROS", 0, 0, 1_000_000_000_000)?,
+        invitee_reward_micros: number("INVITEE_REWARD_MICROS", 0, 0, 1_000_000_000_000)?,
+        alerts: AlertConfig { webhook_url, webhook_secret, smtp_url, smtp_from },
+    })
 }
 
 /// The URL with any password replaced, for logs.
@@ -326,6 +467,32 @@ mod tests {
             bad.push((name, value));
             assert!(config(&bad).is_err(), "{name}={value} accepted");
         }
+    }
+
+    #[test]
+    fn accounts_settings() {
+        let c = config(&[TOKEN]).unwrap();
+        assert_eq!(c.accounts.signup_mode, SignupMode::Closed);
+        assert!(!c.accounts.secure_cookies());
+        let c =
+            config(&[TOKEN, ("SIGNUP_MODE", "Invite"), ("ADMIN_PUBLIC_URL", "https://admin.example.com/")])
+                .unwrap();
+        assert_eq!(c.accounts.signup_mode, SignupMode::Invite);
+        assert!(c.accounts.secure_cookies());
+        assert!(config(&[TOKEN, ("SIGNUP_MODE", "maybe")]).is_err());
+        assert!(config(&[TOKEN, ("SESSION_TTL_SECS", "5")]).is_err());
+        assert!(
+            config(&[TOKEN, ("LOW_BALANCE_WEBHOOK_URL", "https://hooks.example.com/x")]).is_err(),
+            "a webhook without a secret refuses to start"
+        );
+        let c = config(&[
+            TOKEN,
+            ("LOW_BALANCE_WEBHOOK_URL", "https://hooks.example.com/x"),
+            ("WEBHOOK_SECRET", "webhook-secret-0123456789"),
+        ])
+        .unwrap();
+        assert!(!format!("{c:?}").contains("webhook-secret-0123456789"));
+        assert!(config(&[TOKEN, ("SMTP_URL", "smtp://mail.example.com:25")]).is_err(), "SMTP_FROM required");
     }
 
     #[test]

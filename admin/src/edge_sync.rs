@@ -1,8 +1,10 @@
 //! Pushing state to the edge worker over its signed internal API.
 //!
 //! After each change the admin pushes the affected key record
-//! (`PUT /internal/keys/{digest}`) or the whole routing config
-//! (`PUT /internal/routing`). Each request is signed with
+//! (`PUT /internal/keys/{digest}`), the whole routing config
+//! (`PUT /internal/routing`), or a user's account (`PUT
+//! /internal/users/{id}/account`: cumulative credit, version, disabled; see
+//! `shared/agents/CONTRACT-accounts-edge.md`). Each request is signed with
 //! [`edgeway_core::internal_auth::sign`] over method, URL path, timestamp and
 //! body. A failed push never rolls back the change: the response says
 //! `edge_synced: false`, and a full sync (`POST /api/sync`, and once at start-up
@@ -10,6 +12,7 @@
 //! the edge ignores older ones.
 
 use crate::config::EdgeTarget;
+use crate::db::ledger::{self, EdgeAccount};
 use crate::db::{keys, routing};
 use crate::error::{ApiError, ApiResult};
 use crate::{now_secs, AppState};
@@ -98,6 +101,16 @@ impl EdgeClient {
         result
     }
 
+    /// Pushes a user's account (cumulative credit; the edge keeps the spend).
+    pub async fn push_account(&self, account: &EdgeAccount) -> Result<(), PushError> {
+        let body = serde_json::to_vec(account).map_err(|e| PushError::Build(e.to_string()))?;
+        let result = self.put_signed(&format!("/internal/users/{}/account", account.user_id), body).await;
+        if let Err(err) = &result {
+            tracing::warn!(user = %account.user_id, version = account.version, %err, "account push failed");
+        }
+        result
+    }
+
     /// Pushes the whole routing configuration.
     pub async fn push_routing(&self, config: &RoutingConfig) -> Result<(), PushError> {
         let body = serde_json::to_vec(config).map_err(|e| PushError::Build(e.to_string()))?;
@@ -125,6 +138,22 @@ pub async fn push_key_if_configured(state: &AppState, id: &str) -> bool {
     }
 }
 
+/// Pushes the committed account of user `id`, if an edge is configured;
+/// whether it landed. Read under the push lock, so the last push carries
+/// the newest credit.
+pub async fn push_account_if_configured(state: &AppState, user_id: &str) -> bool {
+    let Some(edge) = state.edge() else { return false };
+    let _order = state.lock_pushes().await;
+    match ledger::edge_account(state.db(), user_id).await {
+        Ok(Some(account)) => edge.push_account(&account).await.is_ok(),
+        Ok(None) => false,
+        Err(err) => {
+            tracing::warn!(%err, "account push skipped: could not read the account");
+            false
+        }
+    }
+}
+
 /// Pushes the committed routing config, if an edge is configured; whether it
 /// landed. Read under the push lock, so the last push carries the newest config.
 pub async fn push_routing_if_configured(state: &AppState) -> bool {
@@ -146,6 +175,8 @@ pub struct SyncReport {
     pub edge_synced: bool,
     pub keys_pushed: usize,
     pub keys_failed: usize,
+    pub accounts_pushed: usize,
+    pub accounts_failed: usize,
     pub routing_pushed: bool,
     pub routing_version: u64,
 }
@@ -163,12 +194,31 @@ pub async fn full_sync(state: &AppState, edge: &EdgeClient) -> ApiResult<SyncRep
         edge_synced: false,
         keys_pushed: 0,
         keys_failed: 0,
+        accounts_pushed: 0,
+        accounts_failed: 0,
         routing_pushed: routing.is_ok(),
         routing_version: config.version,
     };
+    // The accounts of users with keys or credit (others have nothing to enforce).
+    let user_ids = ledger::users_with_keys_or_entries(state.db()).await?;
     if routing == Err(PushError::Unreachable) {
         report.keys_failed = records.len();
+        report.accounts_failed = user_ids.len();
         return Ok(report);
+    }
+    // Accounts before keys: a user's key must never reach an edge that does
+    // not know the user's credit yet.
+    for user_id in &user_ids {
+        let Some(account) = ledger::edge_account(state.db(), user_id).await? else { continue };
+        match edge.push_account(&account).await {
+            Ok(()) => report.accounts_pushed += 1,
+            Err(PushError::Unreachable) => {
+                report.accounts_failed = user_ids.len() - report.accounts_pushed;
+                report.keys_failed = records.len();
+                return Ok(report);
+            }
+            Err(_) => report.accounts_failed += 1,
+        }
     }
     for record in &records {
         match edge.push_key(record).await {
@@ -180,7 +230,7 @@ pub async fn full_sync(state: &AppState, edge: &EdgeClient) -> ApiResult<SyncRep
             Err(_) => report.keys_failed += 1,
         }
     }
-    report.edge_synced = report.routing_pushed && report.keys_failed == 0;
+    report.edge_synced = report.routing_pushed && report.keys_failed == 0 && report.accounts_failed == 0;
     Ok(report)
 }
 
@@ -195,10 +245,12 @@ pub async fn sync_handler(State(state): State<AppState>) -> ApiResult<Json<SyncR
         Ok(Json(report))
     } else {
         Err(ApiError::EdgeSyncFailed(format!(
-            "edge sync incomplete: routing config {}, {} of {} key records pushed",
+            "edge sync incomplete: routing config {}, {} of {} key records and {} of {} accounts pushed",
             if report.routing_pushed { "pushed" } else { "not pushed" },
             report.keys_pushed,
-            report.keys_pushed + report.keys_failed
+            report.keys_pushed + report.keys_failed,
+            report.accounts_pushed,
+            report.accounts_pushed + report.accounts_failed
         )))
     }
 }

@@ -13,9 +13,15 @@ pub enum ApiError {
     /// The request is malformed or fails validation (400).
     #[error("{0}")]
     BadRequest(String),
-    /// Missing or wrong admin token, or a bad internal signature (401).
+    /// Missing or wrong credentials, or a bad internal signature (401).
     #[error("invalid or missing credentials")]
     Unauthorized,
+    /// Signed in, but the caller's role or the CSRF check does not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many attempts; retry after the given seconds (429).
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after_secs: u64 },
     /// The addressed object does not exist (404).
     #[error("{0}")]
     NotFound(String),
@@ -41,6 +47,14 @@ impl ApiError {
         Self::BadRequest(message.into())
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::Forbidden(message.into())
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(message.into())
+    }
+
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self::Internal(detail.to_string())
     }
@@ -49,6 +63,8 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -62,6 +78,8 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
+            Self::Forbidden(_) => "permission_error",
+            Self::TooManyRequests { .. } => "rate_limit_error",
             Self::NotFound(_) => "not_found_error",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict(_) => "conflict_error",
@@ -101,7 +119,13 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let body = json!({ "error": { "message": message, "type": self.kind() } });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::TooManyRequests { retry_after_secs, .. } = &self {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&retry_after_secs.to_string()) {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 }
 

@@ -63,3 +63,18 @@ where
         }
     }
 }
+
+/// The TCP peer's address, when the server was started with connect info
+/// (`into_make_service_with_connect_info`); `None` in in-process tests.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0),
+        ))
+    }
+}

@@ -8,8 +8,11 @@
 //! none is lost, and the edge can order the records it receives. Revoking disables
 //! the key but keeps the row, so the ledger still resolves it.
 
+use crate::audit;
+use crate::auth::Caller;
 use crate::db::keys::{all_keys, apply_change, find_key, insert_key, status_text, KeyChange, StoredKey};
-use crate::edge_sync::push_key_if_configured;
+use crate::db::users::{self, User};
+use crate::edge_sync::{push_account_if_configured, push_key_if_configured};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, PathParam};
 use crate::key_issue::{generate_key, key_label, new_id};
@@ -27,12 +30,16 @@ const MAX_EXPIRES_AT: i64 = 253_402_300_799;
 // ---- request bodies and validation ----
 
 /// `POST /api/keys` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     pub name: String,
     #[serde(default)]
     pub owner: Option<String>,
+    /// The user whose balance the key draws on; the key then takes the
+    /// user's group (and `owner` defaults to the username).
+    #[serde(default)]
+    pub user_id: Option<String>,
     #[serde(default)]
     pub group: Option<String>,
     #[serde(default)]
@@ -100,7 +107,7 @@ impl UpdateKey {
     }
 }
 
-fn check_expiry(expires_at: Option<i64>, now: i64) -> ApiResult<Option<i64>> {
+pub fn check_expiry(expires_at: Option<i64>, now: i64) -> ApiResult<Option<i64>> {
     match expires_at {
         Some(at) if at <= now => Err(ApiError::bad_request(
             "`expires_at` (unix seconds) must be in the future; to stop a key now, set `status` to `disabled`",
@@ -112,7 +119,7 @@ fn check_expiry(expires_at: Option<i64>, now: i64) -> ApiResult<Option<i64>> {
     }
 }
 
-fn check_limits(
+pub fn check_limits(
     quota_micros: Option<i64>,
     rpm: Option<u32>,
     tpm: Option<u64>,
@@ -158,17 +165,22 @@ pub struct List<T> {
     pub data: Vec<T>,
 }
 
-pub async fn create(
-    State(state): State<AppState>,
-    JsonBody(body): JsonBody<CreateKey>,
-) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+/// Validates a new key's fields into a row (with a fresh key and id).
+/// `user` is the owning user, whose group the key takes.
+pub fn build_key(body: CreateKey, user: Option<&User>) -> ApiResult<(String, StoredKey)> {
     let now = now_secs();
     let key = generate_key().map_err(ApiError::internal)?;
+    let owner_default = user.map(|u| u.username.clone()).unwrap_or_default();
+    let group = match user {
+        Some(u) => u.group.clone(),
+        None => validate::ident("group", body.group.as_deref().unwrap_or("default"))?,
+    };
     let stored = StoredKey {
         id: new_id("key").map_err(ApiError::internal)?,
         name: validate::text("name", &body.name)?,
-        owner: validate::optional_text("owner", body.owner.as_deref().unwrap_or(""))?,
-        group: validate::ident("group", body.group.as_deref().unwrap_or("default"))?,
+        owner: validate::optional_text("owner", body.owner.as_deref().unwrap_or(&owner_default))?,
+        user_id: user.map(|u| u.id.clone()),
+        group,
         digest: key_digest(&key),
         key_prefix: key_label(&key),
         status: KeyStatus::Active,
@@ -184,10 +196,51 @@ pub async fn create(
         updated_at: now,
     };
     check_limits(stored.quota_micros, stored.rpm, stored.tpm, stored.max_concurrency)?;
+    Ok((key, stored))
+}
+
+/// Stores a built key and pushes it (a user's account first, so the edge
+/// never sees a key whose user it does not know).
+pub async fn issue(state: &AppState, key: String, stored: StoredKey) -> ApiResult<CreatedKey> {
     insert_key(state.db(), &stored).await?;
     tracing::info!(id = %stored.id, label = %stored.key_prefix, "key created");
-    let edge_synced = push_key_if_configured(&state, &stored.id).await;
-    Ok((StatusCode::CREATED, Json(CreatedKey { key, stored, edge_synced })))
+    if let Some(user_id) = &stored.user_id {
+        push_account_if_configured(state, user_id).await;
+    }
+    let edge_synced = push_key_if_configured(state, &stored.id).await;
+    Ok(CreatedKey { key, stored, edge_synced })
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateKey>,
+) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+    let user = match &body.user_id {
+        Some(id) => {
+            if body.group.is_some() {
+                return Err(ApiError::bad_request("a user's key takes the user's group: leave out `group`"));
+            }
+            Some(
+                users::find(state.db(), id)
+                    .await?
+                    .ok_or_else(|| ApiError::bad_request(format!("no user with id `{id}`")))?,
+            )
+        }
+        None => None,
+    };
+    let (key, stored) = build_key(body, user.as_ref())?;
+    let created = issue(&state, key, stored).await?;
+    audit::record(
+        &state,
+        &caller,
+        "key.create",
+        ("key", &created.stored.id),
+        None::<&StoredKey>,
+        Some(&created.stored),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<List<StoredKey>>> {
@@ -201,12 +254,12 @@ pub async fn get_one(
     find_key(state.db(), &id).await?.map(Json).ok_or_else(|| not_found(&id))
 }
 
-fn not_found(id: &str) -> ApiError {
+pub fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no key with id `{id}`"))
 }
 
 /// Applies a validated change, then pushes the key's record.
-async fn change_key(state: &AppState, id: &str, change: &KeyChange) -> ApiResult<ChangedKey> {
+pub async fn change_key(state: &AppState, id: &str, change: &KeyChange) -> ApiResult<ChangedKey> {
     let stored = apply_change(state.db(), id, change, now_secs()).await?.ok_or_else(|| not_found(id))?;
     tracing::info!(id = %stored.id, version = stored.version, status = status_text(stored.status), "key changed");
     let edge_synced = push_key_if_configured(state, &stored.id).await;
@@ -215,12 +268,14 @@ async fn change_key(state: &AppState, id: &str, change: &KeyChange) -> ApiResult
 
 pub async fn update(
     State(state): State<AppState>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
     JsonBody(body): JsonBody<UpdateKey>,
 ) -> ApiResult<Json<ChangedKey>> {
     if body.is_empty() {
         return Err(ApiError::bad_request("nothing to change: send at least one field"));
     }
+    let before = find_key(state.db(), &id).await?.ok_or_else(|| not_found(&id))?;
     check_limits(
         body.quota_micros.flatten(),
         body.rpm.flatten(),
@@ -230,7 +285,15 @@ pub async fn update(
     let change = KeyChange {
         name: body.name.as_deref().map(|n| validate::text("name", n)).transpose()?,
         owner: body.owner.as_deref().map(|o| validate::optional_text("owner", o)).transpose()?,
-        group: body.group.as_deref().map(|g| validate::ident("group", g)).transpose()?,
+        group: match body.group.as_deref() {
+            None => None,
+            Some(_) if before.user_id.is_some() => {
+                return Err(ApiError::bad_request(
+                    "a user's key takes the user's group; change the user's group",
+                ))
+            }
+            Some(g) => Some(validate::ident("group", g)?),
+        },
         status: body.status,
         expires_at: body.expires_at.map(|e| check_expiry(e, now_secs())).transpose()?,
         allowed_models: body.allowed_models.map(|m| validate::model_list("allowed_models", m)).transpose()?,
@@ -240,16 +303,22 @@ pub async fn update(
         max_concurrency: body.max_concurrency,
         allowed_ips: body.allowed_ips.map(validate::ip_list).transpose()?,
     };
-    Ok(Json(change_key(&state, &id, &change).await?))
+    let changed = change_key(&state, &id, &change).await?;
+    audit::record(&state, &caller, "key.update", ("key", &id), Some(&before), Some(&changed.stored)).await?;
+    Ok(Json(changed))
 }
 
 /// `DELETE /api/keys/{id}`: revoke (disable and push); the row stays for the ledger.
 pub async fn revoke(
     State(state): State<AppState>,
+    caller: Caller,
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<ChangedKey>> {
+    let before = find_key(state.db(), &id).await?.ok_or_else(|| not_found(&id))?;
     let change = KeyChange { status: Some(KeyStatus::Disabled), ..KeyChange::default() };
-    Ok(Json(change_key(&state, &id, &change).await?))
+    let changed = change_key(&state, &id, &change).await?;
+    audit::record(&state, &caller, "key.revoke", ("key", &id), Some(&before), Some(&changed.stored)).await?;
+    Ok(Json(changed))
 }
 
 #[cfg(test)]

@@ -16,26 +16,39 @@
 //! keys exist only in the one response that issues them; only SHA-256 digests
 //! are stored.
 
+pub mod alerts;
+pub mod audit;
 pub mod auth;
+pub mod balances;
+pub mod budgets;
 pub mod channels;
+pub mod codes;
 pub mod config;
 pub mod db;
 pub mod edge_sync;
 pub mod error;
 pub mod extract;
+pub mod groups;
 pub mod key_issue;
 pub mod keys;
+pub mod login;
+pub mod mail;
+pub mod me;
+pub mod passwords;
 pub mod usage;
 pub mod usage_pull;
+pub mod users;
 pub mod validate;
 
-use crate::config::Config;
+use crate::auth::Access;
+use crate::config::{AccountsConfig, Config};
 use crate::db::Db;
 use crate::edge_sync::EdgeClient;
 use crate::error::ApiError;
+use axum::http::Method;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{extract::State, Json, Router};
 use serde_json::json;
 use std::sync::Arc;
@@ -52,6 +65,11 @@ struct Inner {
     edge: Option<EdgeClient>,
     admin_token_digest: [u8; 32],
     internal_secret: Option<String>,
+    accounts: AccountsConfig,
+    /// The root user's id, once bootstrapped.
+    root_id: tokio::sync::OnceCell<String>,
+    /// Client of outgoing webhooks.
+    http: reqwest::Client,
     /// Held while reading state and pushing it to the edge, so pushes leave in
     /// commit order and the last one to land carries the newest state.
     push_lock: tokio::sync::Mutex<()>,
@@ -64,6 +82,7 @@ impl std::fmt::Debug for Inner {
             .field("edge", &self.edge)
             .field("admin_token_digest", &"<redacted>")
             .field("internal_secret", &self.internal_secret.as_ref().map(|_| "<redacted>"))
+            .field("accounts", &self.accounts)
             .finish()
     }
 }
@@ -77,6 +96,12 @@ impl AppState {
             edge,
             admin_token_digest: auth::token_digest(&config.admin_token),
             internal_secret: config.internal_secret.clone(),
+            accounts: config.accounts.clone(),
+            root_id: tokio::sync::OnceCell::new(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
             push_lock: tokio::sync::Mutex::new(()),
         })))
     }
@@ -97,51 +122,118 @@ impl AppState {
         self.0.internal_secret.as_deref()
     }
 
+    pub fn accounts(&self) -> &AccountsConfig {
+        &self.0.accounts
+    }
+
+    pub fn root_id(&self) -> &tokio::sync::OnceCell<String> {
+        &self.0.root_id
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.0.http
+    }
+
     /// Serialises edge pushes (see [`edge_sync`]).
     pub async fn lock_pushes(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.0.push_lock.lock().await
     }
 }
 
-/// Routes that need no admin token.
-fn public_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
-    vec![
-        ("/health", get(health)),
-        ("/api/openapi.json", get(openapi)),
-        // Authenticated by the internal HMAC signature instead.
-        ("/internal/usage", post(usage::ingest)),
-    ]
+/// One route of the table: method, path, who may call it, handler.
+#[derive(Debug)]
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    pub handler: MethodRouter<AppState>,
 }
 
-/// Routes behind `Authorization: Bearer <ADMIN_TOKEN>`.
-fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
+where
+    H: axum::handler::Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+    Route { method, path, access, handler: on(filter, handler) }
+}
+
+/// Every route, with its access level: the router is built from this table
+/// and the authorization matrix test is generated from it, so a route
+/// cannot exist without a declared access level and a test of it.
+pub fn route_table() -> Vec<Route> {
+    use Access::{Admin, Public, Signed, User};
+    let (get, post, patch, delete) = (Method::GET, Method::POST, Method::PATCH, Method::DELETE);
     vec![
-        ("/api/keys", post(keys::create).get(keys::list)),
-        ("/api/keys/{id}", get(keys::get_one).patch(keys::update).delete(keys::revoke)),
-        ("/api/channels", post(channels::create).get(channels::list)),
-        ("/api/channels/{id}", delete(channels::remove)),
-        ("/api/models", get(channels::list_models)),
-        ("/api/sync", post(edge_sync::sync_handler)),
-        ("/api/usage", get(usage::list)),
-        ("/api/usage/summary", get(usage::summary)),
+        route(get.clone(), "/health", Public, health),
+        route(get.clone(), "/api/openapi.json", Public, openapi),
+        // Authenticated by the internal HMAC signature instead.
+        route(post.clone(), "/internal/usage", Signed, usage::ingest),
+        // Signing in and up.
+        route(post.clone(), "/api/auth/login", Public, login::login),
+        route(post.clone(), "/api/auth/signup", Public, login::signup),
+        route(post.clone(), "/api/auth/logout", User, login::logout),
+        route(get.clone(), "/api/auth/session", User, login::session),
+        // Self-service.
+        route(get.clone(), "/api/me", User, me::profile),
+        route(patch.clone(), "/api/me", User, me::update_profile),
+        route(get.clone(), "/api/me/keys", User, me::my_keys),
+        route(post.clone(), "/api/me/keys", User, me::create_key),
+        route(delete.clone(), "/api/me/keys/{id}", User, me::revoke_key),
+        route(get.clone(), "/api/me/usage", User, me::my_usage),
+        route(get.clone(), "/api/me/usage/daily", User, me::my_daily),
+        route(get.clone(), "/api/me/ledger", User, balances::my_ledger),
+        route(post.clone(), "/api/me/redeem", User, balances::redeem),
+        route(get.clone(), "/api/me/tokens", User, me::my_tokens),
+        route(post.clone(), "/api/me/tokens", User, me::create_token),
+        route(delete.clone(), "/api/me/tokens/{id}", User, me::revoke_token),
+        route(get.clone(), "/api/me/invitation", User, me::invitation),
+        route(get.clone(), "/api/me/models", User, me::my_models),
+        // Administration.
+        route(post.clone(), "/api/keys", Admin, keys::create),
+        route(get.clone(), "/api/keys", Admin, keys::list),
+        route(get.clone(), "/api/keys/{id}", Admin, keys::get_one),
+        route(patch.clone(), "/api/keys/{id}", Admin, keys::update),
+        route(delete.clone(), "/api/keys/{id}", Admin, keys::revoke),
+        route(post.clone(), "/api/channels", Admin, channels::create),
+        route(get.clone(), "/api/channels", Admin, channels::list),
+        route(delete.clone(), "/api/channels/{id}", Admin, channels::remove),
+        route(get.clone(), "/api/models", Admin, channels::list_models),
+        route(post.clone(), "/api/sync", Admin, edge_sync::sync_handler),
+        route(get.clone(), "/api/usage", Admin, usage::list),
+        route(get.clone(), "/api/usage/summary", Admin, usage::summary),
+        route(get.clone(), "/api/users", Admin, users::list),
+        route(post.clone(), "/api/users", Admin, users::create),
+        route(get.clone(), "/api/users/{id}", Admin, users::get_one),
+        route(patch.clone(), "/api/users/{id}", Admin, users::update),
+        route(get.clone(), "/api/users/{id}/ledger", Admin, balances::user_ledger),
+        route(post.clone(), "/api/users/{id}/ledger", Admin, balances::admin_credit),
+        route(get.clone(), "/api/groups", Admin, groups::list),
+        route(post.clone(), "/api/groups", Admin, groups::create),
+        route(patch.clone(), "/api/groups/{id}", Admin, groups::update),
+        route(delete.clone(), "/api/groups/{id}", Admin, groups::remove),
+        route(get.clone(), "/api/codes", Admin, codes::list),
+        route(post.clone(), "/api/codes", Admin, codes::generate),
+        route(patch, "/api/codes/{id}", Admin, codes::update),
+        route(get, "/api/audit", Admin, audit::list),
     ]
 }
 
 /// Every route path the router serves (tests check them against the OpenAPI document).
 pub fn route_paths() -> Vec<&'static str> {
-    public_routes().into_iter().chain(admin_routes()).map(|(path, _)| path).collect()
+    let mut paths: Vec<&'static str> = route_table().into_iter().map(|r| r.path).collect();
+    paths.dedup();
+    paths
 }
 
 /// The whole HTTP application.
 pub async fn app(state: AppState) -> Router {
-    let admin = admin_routes()
+    route_table()
         .into_iter()
-        .fold(Router::new(), |router, (path, route)| router.route(path, route))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
-    public_routes()
-        .into_iter()
-        .fold(Router::new(), |router, (path, route)| router.route(path, route))
-        .merge(admin)
+        .fold(Router::new(), |router, r| {
+            let guard = axum::middleware::from_fn_with_state((state.clone(), r.access), auth::authorize);
+            router.route(r.path, r.handler.route_layer(guard))
+        })
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(log_request))

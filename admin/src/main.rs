@@ -3,7 +3,8 @@
 
 use edgeway_admin::config::{redact_url, Config, UsageSource};
 use edgeway_admin::db::Db;
-use edgeway_admin::{app, edge_sync, usage_pull, AppState};
+use edgeway_admin::{app, budgets, edge_sync, usage_pull, AppState};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -25,6 +26,9 @@ async fn run() -> Result<(), String> {
         .map_err(|e| format!("database {}: {e}", redact_url(&config.database_url)))?;
     tracing::info!(database = db.backend.name(), url = %redact_url(&config.database_url), "database ready");
     let state = AppState::new(db, &config).map_err(|e| format!("edge client: {e}"))?;
+    // Root is bootstrapped from ADMIN_TOKEN on first start.
+    edgeway_admin::auth::root_user_id(&state).await.map_err(|e| format!("root user: {e}"))?;
+    budgets::spawn(state.clone());
     match state.edge() {
         Some(_) => {
             edge_sync::spawn_startup_sync(state.clone());
@@ -42,7 +46,8 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("listen on {}: {e}", config.listen))?;
     tracing::info!(listen = %config.listen, "edgeway-admin listening");
-    axum::serve(listener, app(state).await)
+    // Connect info gives the login throttle the client's address.
+    axum::serve(listener, app(state).await.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| format!("server: {e}"))

@@ -9,10 +9,11 @@
 //! /internal/usage`) and the pull consumer (`crate::usage_pull`).
 
 use crate::db::keys::find_key;
+use crate::db::ledger::{self, Entry, EntryKind};
 use crate::db::usage::{self as db_usage, KeyTotals, LedgerEntry};
-use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
+use crate::key_issue::new_id;
 use crate::keys::List;
 use crate::{now_ms, now_secs, AppState};
 use axum::body::Bytes;
@@ -110,7 +111,7 @@ pub async fn ingest(
     if batch.events.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!("a batch may hold at most {MAX_BATCH} events")));
     }
-    Ok(Json(ingest_events(state.db(), &batch.events).await?))
+    Ok(Json(ingest_events(&state, &batch.events).await?))
 }
 
 /// Why an event cannot enter the ledger (a value the database cannot hold).
@@ -119,20 +120,45 @@ pub fn check_event(event: &UsageEvent) -> Result<(), String> {
 }
 
 /// Inserts `events` in one transaction, each at most once by request id;
-/// refuses the whole batch (nothing inserted) if any event is invalid.
-pub async fn ingest_events(db: &Db, events: &[UsageEvent]) -> ApiResult<IngestResult> {
+/// refuses the whole batch (nothing inserted) if any event is invalid. An
+/// event of a user's key also books its spend in the user's balance ledger
+/// (`-cost_micros`, once per request id), in the same transaction; then the
+/// users' low-balance alerts are re-checked.
+pub async fn ingest_events(state: &AppState, events: &[UsageEvent]) -> ApiResult<IngestResult> {
     for (i, e) in events.iter().enumerate() {
         LedgerRow::new(i, e)?;
     }
     let ingested_at = now_ms();
-    let mut tx = db.pool.begin().await?;
+    let mut tx = state.db().pool.begin().await?;
     let mut inserted = 0u64;
+    let mut users: Vec<&str> = Vec::new();
     for e in events {
-        if db_usage::insert_event(&mut tx, e, ingested_at).await? {
-            inserted += 1;
+        if !db_usage::insert_event(&mut tx, e, ingested_at).await? {
+            continue;
+        }
+        inserted += 1;
+        if let Some(user_id) = &e.user_id {
+            let entry = Entry {
+                id: new_id("led").map_err(ApiError::internal)?,
+                user_id: user_id.clone(),
+                kind: EntryKind::Spend,
+                amount_micros: e.cost_micros.saturating_neg(),
+                actor_id: None,
+                reason: format!("{} via {}", e.model, e.channel),
+                request_id: Some(e.request_id.clone()),
+                code_id: None,
+                created_at_ms: e.created_at_ms,
+            };
+            ledger::insert_entry(&mut tx, &entry).await?;
+            if !users.contains(&user_id.as_str()) {
+                users.push(user_id);
+            }
         }
     }
     tx.commit().await?;
+    for user_id in users {
+        crate::alerts::check_low_balance(state, user_id).await;
+    }
     let duplicates = events.len() as u64 - inserted;
     tracing::info!(inserted, duplicates, "usage batch ingested");
     Ok(IngestResult { inserted, duplicates })

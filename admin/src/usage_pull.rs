@@ -238,7 +238,7 @@ impl PullConsumer {
                 }
             }
         }
-        match ingest_events(state.db(), &events).await {
+        match ingest_events(state, &events).await {
             Ok(ingest) => {
                 report.ingest = ingest;
                 self.ack(&good, &bad).await?;

@@ -13,6 +13,8 @@ pub struct StoredKey {
     pub id: String,
     pub name: String,
     pub owner: String,
+    /// The user whose balance the key draws on; `None` = a standalone key.
+    pub user_id: Option<String>,
     pub group: String,
     /// SHA-256 hex of the key.
     pub digest: String,
@@ -37,7 +39,7 @@ impl StoredKey {
         KeyRecord {
             digest: self.digest.clone(),
             owner: self.owner.clone(),
-            user_id: None,
+            user_id: self.user_id.clone(),
             group: self.group.clone(),
             status: self.status,
             expires_at: self.expires_at,
@@ -63,6 +65,7 @@ impl StoredKey {
             id: row.text("id")?,
             name: row.text("name")?,
             owner: row.text("owner")?,
+            user_id: row.opt_text("user_id")?,
             group: row.text("group_name")?,
             digest: row.text("digest")?,
             key_prefix: row.text("key_prefix_label")?,
@@ -114,7 +117,7 @@ fn to_db_int<T: TryInto<i64> + Copy>(field: &str, value: Option<T>) -> Result<Op
 /// One key by id.
 pub async fn find_key(db: &Db, id: &str) -> ApiResult<Option<StoredKey>> {
     let row = sqlx::query(
-        "SELECT id, name, owner, group_name, digest, key_prefix_label, status, expires_at, \
+        "SELECT id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
          allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at \
          FROM api_keys WHERE id = $1",
     )
@@ -127,7 +130,7 @@ pub async fn find_key(db: &Db, id: &str) -> ApiResult<Option<StoredKey>> {
 /// Every key, newest first.
 pub async fn all_keys(db: &Db) -> ApiResult<Vec<StoredKey>> {
     let rows = sqlx::query(
-        "SELECT id, name, owner, group_name, digest, key_prefix_label, status, expires_at, \
+        "SELECT id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
          allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at \
          FROM api_keys ORDER BY created_at DESC, id DESC",
     )
@@ -144,8 +147,8 @@ pub async fn all_key_records(db: &Db) -> ApiResult<Vec<KeyRecord>> {
 pub async fn insert_key(db: &Db, key: &StoredKey) -> ApiResult<()> {
     sqlx::query(
         "INSERT INTO api_keys (id, name, owner, group_name, digest, key_prefix_label, status, expires_at, \
-         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at, user_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
     )
     .bind(&key.id)
     .bind(&key.name)
@@ -164,6 +167,7 @@ pub async fn insert_key(db: &Db, key: &StoredKey) -> ApiResult<()> {
     .bind(to_db_int("version", Some(key.version))?)
     .bind(key.created_at)
     .bind(key.updated_at)
+    .bind(&key.user_id)
     .execute(&db.pool)
     .await?;
     Ok(())
@@ -213,7 +217,7 @@ pub async fn apply_change(db: &Db, id: &str, change: &KeyChange, now: i64) -> Ap
          allowed_ips = CASE WHEN $21 = 1 THEN $22 ELSE allowed_ips END, \
          version = version + 1, updated_at = $23 \
          WHERE id = $24 \
-         RETURNING id, name, owner, group_name, digest, key_prefix_label, status, expires_at, \
+         RETURNING id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
          allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at",
     )
     .bind(flag(&change.name))
@@ -243,4 +247,53 @@ pub async fn apply_change(db: &Db, id: &str, change: &KeyChange, now: i64) -> Ap
     .fetch_optional(&db.pool)
     .await?;
     row.as_ref().map(StoredKey::from_row).transpose()
+}
+
+/// Columns of every key query.
+const KEY_COLUMNS: &str =
+    "id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
+    allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at";
+
+/// The keys of one user, newest first.
+pub async fn user_keys(db: &Db, user_id: &str) -> ApiResult<Vec<StoredKey>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
+    ))
+    .bind(user_id)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(StoredKey::from_row).collect()
+}
+
+/// One key of one user (`None` when it is not theirs).
+pub async fn find_user_key(db: &Db, user_id: &str, id: &str) -> ApiResult<Option<StoredKey>> {
+    let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND user_id = $2"))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&db.pool)
+        .await?;
+    row.as_ref().map(StoredKey::from_row).transpose()
+}
+
+/// Active keys of one user.
+pub async fn count_active_user_keys(db: &Db, user_id: &str) -> ApiResult<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM api_keys WHERE user_id = $1 AND status = 'active'",
+    )
+    .bind(user_id)
+    .fetch_one(&db.pool)
+    .await?)
+}
+
+/// Moves every key of a user to `group` (bumping their versions); the ids changed.
+pub async fn set_user_keys_group(db: &Db, user_id: &str, group: &str, now: i64) -> ApiResult<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE api_keys SET group_name = $1, version = version + 1, updated_at = $2 \
+         WHERE user_id = $3 AND group_name <> $1 RETURNING id",
+    )
+    .bind(group)
+    .bind(now)
+    .bind(user_id)
+    .fetch_all(&db.pool)
+    .await?)
 }

@@ -9,9 +9,13 @@
 //! decodes identically on both backends. Aggregates are `CAST(... AS BIGINT)`
 //! because Postgres sums `BIGINT` into `NUMERIC`.
 
+pub mod audit;
 pub mod keys;
+pub mod ledger;
 pub mod routing;
+pub mod sessions;
 pub mod usage;
+pub mod users;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
@@ -58,11 +62,13 @@ type EmbeddedList = &'static [(i64, &'static str, &'static str)];
 const SQLITE_MIGRATIONS: EmbeddedList = &[
     (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
     (2, "usage row", include_str!("../../migrations/sqlite/0002_usage_row.sql")),
+    (3, "accounts", include_str!("../../migrations/sqlite/0003_accounts.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: EmbeddedList = &[
     (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, "usage row", include_str!("../../migrations/postgres/0002_usage_row.sql")),
+    (3, "accounts", include_str!("../../migrations/postgres/0003_accounts.sql")),
 ];
 
 /// Migrations compiled into the binary, so the service needs no files at run

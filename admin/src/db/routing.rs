@@ -8,7 +8,7 @@ use crate::db::{is_unique_violation, Db, RowExt};
 use crate::error::{ApiError, ApiResult};
 use crate::now_ms;
 use edgeway_core::pricing::ModelPrice;
-use edgeway_core::routing::{Channel, ModelRoute, RouteTarget, RoutingConfig};
+use edgeway_core::routing::{Channel, GroupConfig, ModelRoute, RouteTarget, RoutingConfig};
 use sqlx::AnyConnection;
 
 /// One model served by a channel being added (validated by the handler).
@@ -43,7 +43,7 @@ fn non_negative_u64(value: Option<i64>) -> Option<u64> {
 pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingConfig> {
     let version = routing_version(conn).await?;
     let channel_rows = sqlx::query(
-        "SELECT id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock \
+        "SELECT id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock, groups \
          FROM channels ORDER BY created_at, id",
     )
     .fetch_all(&mut *conn)
@@ -59,7 +59,7 @@ pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingC
             timeout_ms: non_negative_u64(row.opt_int("timeout_ms")?),
             enabled: row.int("enabled")? != 0,
             mock: row.opt_text("mock")?.map(|m| serde_json::from_str(&m)).transpose()?,
-            groups: Vec::new(),
+            groups: serde_json::from_str(&row.text("groups")?)?,
         });
     }
     let model_rows = sqlx::query(
@@ -93,7 +93,12 @@ pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingC
             weight: u32::try_from(row.int("weight")?).unwrap_or(1),
         });
     }
-    Ok(RoutingConfig { version, channels, models, groups: Vec::new() })
+    let groups = crate::db::users::groups(conn)
+        .await?
+        .into_iter()
+        .map(|g| GroupConfig { name: g.name, price_ratio_ppm: g.price_ratio_ppm })
+        .collect();
+    Ok(RoutingConfig { version, channels, models, groups })
 }
 
 pub async fn routing_version(conn: &mut AnyConnection) -> ApiResult<u64> {
@@ -148,8 +153,8 @@ pub async fn insert_channel(
     let mock = channel.mock.as_ref().map(serde_json::to_string).transpose()?;
     let timeout = channel.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
     let inserted = sqlx::query(
-        "INSERT INTO channels (id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO channels (id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock, created_at, groups) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&channel.id)
     .bind(&channel.provider)
@@ -160,6 +165,7 @@ pub async fn insert_channel(
     .bind(i64::from(channel.enabled))
     .bind(mock)
     .bind(now)
+    .bind(serde_json::to_string(&channel.groups)?)
     .execute(&mut *conn)
     .await;
     match inserted {

@@ -146,3 +146,71 @@ pub async fn totals_by_key(db: &Db) -> ApiResult<Vec<KeyTotals>> {
         })
         .collect()
 }
+
+/// One day and model of a user's usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DailySpend {
+    /// UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    pub model: String,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_micros: i64,
+}
+
+/// `YYYY-MM-DD` of a count of days since 1970-01-01 (proleptic Gregorian).
+pub fn civil_day(days: i64) -> String {
+    // Howard Hinnant's days_from_civil, inverted.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// A user's usage per UTC day and model since `since_ms`, newest day first.
+pub async fn daily_by_model(db: &Db, user_id: &str, since_ms: i64) -> ApiResult<Vec<DailySpend>> {
+    let rows = sqlx::query(
+        "SELECT CAST(created_at_ms / 86400000 AS BIGINT) AS day, model, CAST(COUNT(*) AS BIGINT) AS requests, \
+         CAST(COALESCE(SUM(input_uncached_tokens + cache_read_tokens + cache_write_5m_tokens + cache_write_1h_tokens), 0) AS BIGINT) AS prompt_sum, \
+         CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_sum, \
+         CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost_sum \
+         FROM usage_ledger WHERE user_id = $1 AND created_at_ms >= $2 \
+         GROUP BY CAST(created_at_ms / 86400000 AS BIGINT), model ORDER BY day DESC, model",
+    )
+    .bind(user_id)
+    .bind(since_ms)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(DailySpend {
+                day: civil_day(r.int("day")?),
+                model: r.text("model")?,
+                requests: r.int("requests")?,
+                prompt_tokens: r.int("prompt_sum")?,
+                output_tokens: r.int("output_sum")?,
+                cost_micros: r.int("cost_sum")?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_day;
+
+    #[test]
+    fn civil_days() {
+        assert_eq!(civil_day(0), "1970-01-01");
+        assert_eq!(civil_day(19_723), "2024-01-01");
+        assert_eq!(civil_day(19_782), "2024-02-29");
+        assert_eq!(civil_day(-1), "1969-12-31");
+    }
+}

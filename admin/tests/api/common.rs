@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
 use axum::routing::put;
 use axum::Router;
-use edgeway_admin::config::{Config, EdgeTarget};
+use edgeway_admin::config::{AccountsConfig, Config, EdgeTarget};
 use edgeway_admin::db::{Backend, Db};
 use edgeway_admin::{app, now_secs, AppState};
 use edgeway_core::internal_auth::{sign, verify, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -74,6 +74,8 @@ pub struct Options {
     pub no_secret: bool,
     /// Sign pushes with this secret instead of [`SECRET`].
     pub edge_secret: Option<String>,
+    /// Sign-up, sessions, rewards and alerts.
+    pub accounts: Option<AccountsConfig>,
 }
 
 fn random_suffix() -> String {
@@ -94,6 +96,7 @@ impl TestApp {
             }),
             internal_secret: (!options.no_secret).then(|| SECRET.to_string()),
             usage_source: Default::default(),
+            accounts: options.accounts.clone().unwrap_or_default(),
         };
         let (database, dir, sqlite_path) = match db {
             DbKind::Sqlite => {
@@ -181,6 +184,11 @@ impl TestApp {
                 let pool = &self.state.db().pool;
                 let mut out = String::new();
                 for query in [
+                    "SELECT CAST(t AS TEXT) FROM users t",
+                    "SELECT CAST(t AS TEXT) FROM sessions t",
+                    "SELECT CAST(t AS TEXT) FROM api_tokens t",
+                    "SELECT CAST(t AS TEXT) FROM redemption_codes t",
+                    "SELECT CAST(t AS TEXT) FROM balance_ledger t",
                     "SELECT CAST(t AS TEXT) FROM api_keys t",
                     "SELECT CAST(t AS TEXT) FROM channels t",
                     "SELECT CAST(t AS TEXT) FROM models t",
@@ -299,4 +307,81 @@ pub async fn closed_port() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     addr
+}
+
+/// A user made for a test, with an API token acting as them.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: String,
+    pub token: String,
+}
+
+impl TestApp {
+    /// Creates a user through the admin API (as root) and an API token for them.
+    pub async fn user(&self, username: &str, role: &str) -> TestUser {
+        self.user_with(username, serde_json::json!({ "role": role })).await
+    }
+
+    /// Creates a user with extra fields (merged into the create body).
+    pub async fn user_with(&self, username: &str, extra: Value) -> TestUser {
+        let mut body = serde_json::json!({ "username": username });
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            body[k] = v;
+        }
+        let (status, created) = self.call(Method::POST, "/api/users", Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let id = created["id"].as_str().unwrap().to_string();
+        let token = self.token_for(&id).await;
+        TestUser { id, token }
+    }
+
+    /// An API token for an existing user, made directly in the database.
+    pub async fn token_for(&self, user_id: &str) -> String {
+        let token = format!("ewt_{}", random_suffix());
+        edgeway_admin::db::sessions::insert_token(
+            self.state.db(),
+            &format!("tok_{}", random_suffix()),
+            user_id,
+            "test",
+            &edgeway_admin::auth::hex_digest(&token),
+            &token[..10],
+            now_secs(),
+        )
+        .await
+        .unwrap();
+        token
+    }
+
+    /// Credits a user as root.
+    pub async fn top_up(&self, user_id: &str, amount: i64) {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/api/users/{user_id}/ledger"),
+                Some(serde_json::json!({"kind": "topup", "amount_micros": amount, "reason": "test"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+}
+
+/// A response with its headers.
+pub struct Full {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl TestApp {
+    /// Sends a raw request and keeps the headers and the raw text.
+    pub async fn send_full(&self, request: Request<Body>) -> Full {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap();
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Full { status, headers, body, text }
+    }
 }

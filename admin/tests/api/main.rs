@@ -6,9 +6,12 @@
 // Test helpers fail loudly: a panic is the assertion.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+mod accounts;
+mod authz;
 mod common;
 mod edge;
 mod keys;
+mod ledger;
 mod openapi;
 mod routing;
 mod usage;

@@ -269,7 +269,7 @@ async fn every_message_three_times_shuffled_gives_the_fault_free_ledger() {
 
     // Fault-free reference: each event ingested once.
     let reference = TestApp::new(DbKind::Sqlite, Options::default()).await;
-    ingest_events(reference.state.db(), &events).await.unwrap();
+    ingest_events(&reference.state, &events).await.unwrap();
 
     let app = TestApp::new(DbKind::Sqlite, Options::default()).await;
     let (base, queue) = fake_api(&app).await;
