@@ -115,6 +115,39 @@ impl fmt::Debug for AlertConfig {
     }
 }
 
+/// What kind of login provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// Generic OpenID Connect, endpoints found by discovery at `issuer`.
+    Oidc { issuer: String, scopes: String },
+    /// GitHub's OAuth apps (not OIDC): `oauth_url` (github.com) and `api_url` (api.github.com).
+    GitHub { oauth_url: String, api_url: String },
+}
+
+/// A configured external login.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LoginProvider {
+    /// `oidc` or `github`: the `{id}` in `/api/auth/oidc/{id}/…`.
+    pub id: String,
+    /// Shown on a login button.
+    pub name: String,
+    pub kind: ProviderKind,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl fmt::Debug for LoginProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginProvider")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
 /// Accounts: sign-up, sessions, invitation rewards, alerts.
 #[derive(Debug, Clone)]
 pub struct AccountsConfig {
@@ -131,6 +164,8 @@ pub struct AccountsConfig {
     pub invitee_reward_micros: i64,
     /// Low-balance alerts.
     pub alerts: AlertConfig,
+    /// External logins (OIDC, GitHub).
+    pub login_providers: Vec<LoginProvider>,
 }
 
 impl Default for AccountsConfig {
@@ -142,6 +177,7 @@ impl Default for AccountsConfig {
             inviter_reward_micros: 0,
             invitee_reward_micros: 0,
             alerts: AlertConfig::default(),
+            login_providers: Vec::new(),
         }
     }
 }
@@ -355,9 +391,50 @@ fn accounts(non_empty: &impl Fn(&str) -> Option<String>) -> Result<AccountsConfi
             return Err(ConfigError("SMTP_FROM (an email address) is required when SMTP_URL is set".into()));
         }
     }
+    let public_url = url("ADMIN_PUBLIC_URL")?;
+    let mut login_providers = Vec::new();
+    if let Some(issuer) = url("OIDC_ISSUER")? {
+        let (Some(client_id), Some(client_secret)) =
+            (non_empty("OIDC_CLIENT_ID"), non_empty("OIDC_CLIENT_SECRET"))
+        else {
+            return Err(ConfigError(
+                "OIDC_CLIENT_ID and OIDC_CLIENT_SECRET are required with OIDC_ISSUER".into(),
+            ));
+        };
+        login_providers.push(LoginProvider {
+            id: "oidc".into(),
+            name: non_empty("OIDC_NAME").unwrap_or_else(|| "Single sign-on".into()),
+            kind: ProviderKind::Oidc {
+                issuer,
+                scopes: non_empty("OIDC_SCOPES").unwrap_or_else(|| "openid email profile".into()),
+            },
+            client_id,
+            client_secret,
+        });
+    }
+    if let Some(client_id) = non_empty("GITHUB_CLIENT_ID") {
+        let client_secret = non_empty("GITHUB_CLIENT_SECRET")
+            .ok_or_else(|| ConfigError("GITHUB_CLIENT_SECRET is required with GITHUB_CLIENT_ID".into()))?;
+        login_providers.push(LoginProvider {
+            id: "github".into(),
+            name: "GitHub".into(),
+            kind: ProviderKind::GitHub {
+                oauth_url: url("GITHUB_OAUTH_URL")?.unwrap_or_else(|| "https://github.com".into()),
+                api_url: url("GITHUB_API_URL")?.unwrap_or_else(|| "https://api.github.com".into()),
+            },
+            client_id,
+            client_secret,
+        });
+    }
+    if !login_providers.is_empty() && public_url.is_none() {
+        return Err(ConfigError(
+            "ADMIN_PUBLIC_URL is required for OIDC / GitHub login (it makes the redirect URI)".into(),
+        ));
+    }
     Ok(AccountsConfig {
         signup_mode,
-        public_url: url("ADMIN_PUBLIC_URL")?,
+        login_providers,
+        public_url,
         session_ttl_secs: number("SESSION_TTL_SECS", 7 * 86_400, 60, 366 * 86_400)?,
         inviter_reward_micros: number("INVITER_REWARD_MICROS", 0, 0, 1_000_000_000_000)?,
         invitee_reward_micros: number("INVITEE_REWARD_MICROS", 0, 0, 1_000_000_000_000)?,
@@ -493,6 +570,24 @@ mod tests {
         .unwrap();
         assert!(!format!("{c:?}").contains("webhook-secret-0123456789"));
         assert!(config(&[TOKEN, ("SMTP_URL", "smtp://mail.example.com:25")]).is_err(), "SMTP_FROM required");
+        let oidc = [
+            TOKEN,
+            ("OIDC_ISSUER", "https://id.example.com"),
+            ("OIDC_CLIENT_ID", "c"),
+            ("OIDC_CLIENT_SECRET", "oidc-secret-value"),
+        ];
+        assert!(config(&oidc).is_err(), "a redirect URI needs ADMIN_PUBLIC_URL");
+        let mut with_url = oidc.to_vec();
+        with_url.push(("ADMIN_PUBLIC_URL", "https://admin.example.com"));
+        with_url.push(("GITHUB_CLIENT_ID", "gh"));
+        assert!(config(&with_url).is_err(), "GITHUB_CLIENT_SECRET required");
+        with_url.push(("GITHUB_CLIENT_SECRET", "gh-secret-value"));
+        let c = config(&with_url).unwrap();
+        let ids: Vec<&str> = c.accounts.login_providers.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["oidc", "github"]);
+        assert!(
+            !format!("{c:?}").contains("oidc-secret-value") && !format!("{c:?}").contains("gh-secret-value")
+        );
     }
 
     #[test]

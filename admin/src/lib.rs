@@ -34,6 +34,7 @@ pub mod keys;
 pub mod login;
 pub mod mail;
 pub mod me;
+pub mod oidc;
 pub mod passwords;
 pub mod usage;
 pub mod usage_pull;
@@ -68,8 +69,10 @@ struct Inner {
     accounts: AccountsConfig,
     /// The root user's id, once bootstrapped.
     root_id: tokio::sync::OnceCell<String>,
-    /// Client of outgoing webhooks.
+    /// Client of outgoing webhooks and login providers.
     http: reqwest::Client,
+    /// Discovery documents of OIDC issuers, by issuer.
+    oidc_discovery: tokio::sync::RwLock<std::collections::HashMap<String, oidc::Discovery>>,
     /// Held while reading state and pushing it to the edge, so pushes leave in
     /// commit order and the last one to land carries the newest state.
     push_lock: tokio::sync::Mutex<()>,
@@ -102,6 +105,7 @@ impl AppState {
                 .timeout(std::time::Duration::from_secs(10))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
+            oidc_discovery: tokio::sync::RwLock::new(std::collections::HashMap::new()),
             push_lock: tokio::sync::Mutex::new(()),
         })))
     }
@@ -132,6 +136,10 @@ impl AppState {
 
     pub fn http(&self) -> &reqwest::Client {
         &self.0.http
+    }
+
+    pub fn oidc_discovery(&self) -> &tokio::sync::RwLock<std::collections::HashMap<String, oidc::Discovery>> {
+        &self.0.oidc_discovery
     }
 
     /// Serialises edge pushes (see [`edge_sync`]).
@@ -174,6 +182,10 @@ pub fn route_table() -> Vec<Route> {
         route(post.clone(), "/api/auth/signup", Public, login::signup),
         route(post.clone(), "/api/auth/logout", User, login::logout),
         route(get.clone(), "/api/auth/session", User, login::session),
+        route(get.clone(), "/api/auth/providers", Public, oidc::providers),
+        route(get.clone(), "/api/auth/oidc/{id}/start", Public, oidc::start),
+        route(get.clone(), "/api/auth/oidc/{id}/callback", Public, oidc::callback),
+        route(post.clone(), "/api/me/oidc/{id}/link", User, oidc::link),
         // Self-service.
         route(get.clone(), "/api/me", User, me::profile),
         route(patch.clone(), "/api/me", User, me::update_profile),

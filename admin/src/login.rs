@@ -74,8 +74,8 @@ async fn throttled(state: &AppState, subject: &str, max: i64, now: i64) -> ApiRe
     Ok(())
 }
 
-/// Starts a session for `user` and returns the response setting its cookie.
-pub async fn start_session(state: &AppState, user: User, status: StatusCode) -> ApiResult<Response> {
+/// Starts a session for `user`: its `Set-Cookie` value and its view.
+pub async fn new_session(state: &AppState, user: User) -> ApiResult<(String, SessionView)> {
     let now = now_secs();
     let value = auth::new_secret()?;
     let csrf_token = auth::new_secret()?;
@@ -83,7 +83,12 @@ pub async fn start_session(state: &AppState, user: User, status: StatusCode) -> 
     sessions::insert_session(state.db(), &auth::hex_digest(&value), &user.id, &csrf_token, now, now + ttl)
         .await?;
     let cookie = auth::set_cookie(SESSION_COOKIE, &value, ttl, state.accounts().secure_cookies(), true);
-    let body = SessionView { user: view(state, user).await?, csrf_token, expires_at: now + ttl };
+    Ok((cookie, SessionView { user: view(state, user).await?, csrf_token, expires_at: now + ttl }))
+}
+
+/// Starts a session for `user` and returns the response setting its cookie.
+pub async fn start_session(state: &AppState, user: User, status: StatusCode) -> ApiResult<Response> {
+    let (cookie, body) = new_session(state, user).await?;
     let mut response = (status, Json(body)).into_response();
     response
         .headers_mut()

@@ -63,12 +63,14 @@ const SQLITE_MIGRATIONS: EmbeddedList = &[
     (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
     (2, "usage row", include_str!("../../migrations/sqlite/0002_usage_row.sql")),
     (3, "accounts", include_str!("../../migrations/sqlite/0003_accounts.sql")),
+    (4, "oidc states", include_str!("../../migrations/sqlite/0004_oidc_states.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: EmbeddedList = &[
     (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, "usage row", include_str!("../../migrations/postgres/0002_usage_row.sql")),
     (3, "accounts", include_str!("../../migrations/postgres/0003_accounts.sql")),
+    (4, "oidc states", include_str!("../../migrations/postgres/0004_oidc_states.sql")),
 ];
 
 /// Migrations compiled into the binary, so the service needs no files at run

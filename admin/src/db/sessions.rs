@@ -177,3 +177,53 @@ pub async fn clear_failures(db: &Db, subject: &str) -> ApiResult<()> {
     sqlx::query("DELETE FROM login_failures WHERE subject = $1").bind(subject).execute(&db.pool).await?;
     Ok(())
 }
+
+/// A pending external login.
+#[derive(Debug, Clone)]
+pub struct OidcState {
+    pub provider: String,
+    pub nonce: String,
+    pub code_verifier: String,
+    pub link_user_id: Option<String>,
+}
+
+pub async fn insert_oidc_state(db: &Db, digest: &str, state: &OidcState, expires_at: i64) -> ApiResult<()> {
+    sqlx::query(
+        "INSERT INTO oidc_states (digest, provider, nonce, code_verifier, link_user_id, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(digest)
+    .bind(&state.provider)
+    .bind(&state.nonce)
+    .bind(&state.code_verifier)
+    .bind(&state.link_user_id)
+    .bind(expires_at)
+    .execute(&db.pool)
+    .await?;
+    sqlx::query("DELETE FROM oidc_states WHERE expires_at < $1")
+        .bind(expires_at - 3600)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Consumes a pending login: deleted whether or not it is still valid, so
+/// a state works at most once. `None` if unknown or expired.
+pub async fn take_oidc_state(db: &Db, digest: &str, now: i64) -> ApiResult<Option<OidcState>> {
+    let row = sqlx::query(
+        "DELETE FROM oidc_states WHERE digest = $1 RETURNING provider, nonce, code_verifier, link_user_id, expires_at",
+    )
+    .bind(digest)
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    if r.int("expires_at")? <= now {
+        return Ok(None);
+    }
+    Ok(Some(OidcState {
+        provider: r.text("provider")?,
+        nonce: r.text("nonce")?,
+        code_verifier: r.text("code_verifier")?,
+        link_user_id: r.opt_text("link_user_id")?,
+    }))
+}

@@ -79,6 +79,11 @@ fn sample(w: &World, method: &Method, path: &str, caller: &str) -> Option<(Strin
             false,
         ),
         ("POST", "/api/auth/logout") | ("GET", "/api/auth/session") => (path.into(), None, false),
+        ("GET", "/api/auth/providers") => (path.into(), None, false),
+        ("GET", "/api/auth/oidc/{id}/start") | ("GET", "/api/auth/oidc/{id}/callback") => {
+            (id("oidc"), None, false)
+        }
+        ("POST", "/api/me/oidc/{id}/link") => (id("oidc"), None, false),
         ("GET", "/api/me") => (path.into(), None, false),
         ("PATCH", "/api/me") => (path.into(), Some(json!({"low_balance_micros": 10})), false),
         ("GET", "/api/me/keys") | ("GET", "/api/me/tokens") | ("GET", "/api/me/invitation") => {

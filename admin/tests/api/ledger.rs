@@ -583,3 +583,89 @@ async fn periodic_allowance_resets_the_balance_once_per_period() {
     assert!(allowances.contains(&5_000_000) && allowances.contains(&2_000_000), "{allowances:?}");
     check_consistent(&ledger);
 }
+
+/// A minimal SMTP server on 127.0.0.1 that keeps each message's envelope and data.
+async fn fake_smtp() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 fake.test ESMTP\r\n").await.unwrap();
+                let mut message = String::new();
+                let mut in_data = false;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if in_data {
+                        if line == "." {
+                            in_data = false;
+                            sink.lock().unwrap().push(std::mem::take(&mut message));
+                            write.write_all(b"250 queued\r\n").await.unwrap();
+                        } else {
+                            message.push_str(&line);
+                            message.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 fake.test\r\n",
+                        "MAIL" | "RCPT" => {
+                            message.push_str(&line);
+                            message.push('\n');
+                            b"250 OK\r\n"
+                        }
+                        "DATA" => {
+                            in_data = true;
+                            b"354 go ahead\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => b"250 OK\r\n",
+                    };
+                    write.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+#[tokio::test]
+async fn low_balance_email_is_sent_when_smtp_is_configured() {
+    let (port, mails) = fake_smtp().await;
+    let accounts = edgeway_admin::config::AccountsConfig {
+        alerts: edgeway_admin::config::AlertConfig {
+            smtp_url: Some(format!("smtp://127.0.0.1:{port}")),
+            smtp_from: Some("billing@edgeway.test".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::new(DbKind::Sqlite, Options { accounts: Some(accounts), ..Options::default() }).await;
+    let user =
+        app.user_with("mailme", json!({"low_balance_micros": 500, "email": "mailme@example.com"})).await;
+    app.top_up(&user.id, 600).await;
+    ingest(&app, &[spend_event("mail-1", &user.id, 200, 1_000_000)]).await; // 400 < 500
+    ingest(&app, &[spend_event("mail-2", &user.id, 100, 1_000_000)]).await; // still below: no second mail
+    for _ in 0..100 {
+        if !mails.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mails = mails.lock().unwrap().clone();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let mail = &mails[0];
+    assert!(mail.contains("RCPT TO:<mailme@example.com>"), "{mail}");
+    assert!(mail.contains("Subject: edgeway: low balance"), "{mail}");
+    assert!(mail.contains("below your alert threshold"), "{mail}");
+}

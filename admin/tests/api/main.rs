@@ -12,6 +12,7 @@ mod common;
 mod edge;
 mod keys;
 mod ledger;
+mod oidc;
 mod openapi;
 mod routing;
 mod usage;
