@@ -1,4 +1,6 @@
-//! Periodic budgets: a user whose `budget_period` is `daily` or `monthly`
+//! Periodic budgets, of users and of keys.
+//!
+//! Users: a user whose `budget_period` is `daily` or `monthly`
 //! gets an allowance at the start of each period (UTC) that tops the balance
 //! up to `budget_micros`, so the balance "resets" each period; with
 //! `budget_period = none` the balance is a lifetime amount. Each allowance is
@@ -6,12 +8,20 @@
 //! once per period: [`run_once`] checks for an allowance entry since the
 //! period began, inside the credit's transaction.
 //!
+//! Keys: a key with a budget (`PUT /api/keys/{id}/budget`) keeps its
+//! lifetime quota, which the edge enforces exactly, and at each period start
+//! the quota is moved to the cost booked for the key before the period began
+//! plus the period's budget, so the key may spend the budget per period.
+//! Usage of the previous period that is ingested late counts against the new
+//! period (the quota never lets a key spend more than budget + what it spent
+//! before).
+//!
 //! Time is an argument, so tests drive period boundaries directly; the
 //! service runs [`run_once`] every minute ([`spawn`]).
 
 use crate::balances::{after_credit, credit_in, Credit};
 use crate::db::ledger::{self, EntryKind};
-use crate::db::users;
+use crate::db::{keys, users};
 use crate::error::ApiResult;
 use crate::AppState;
 use std::time::Duration;
@@ -46,7 +56,7 @@ pub fn period_start_ms(period: &str, now_ms: i64) -> Option<i64> {
 
 /// Grants every due allowance at `now_ms`; the number granted.
 pub async fn run_once(state: &AppState, now_ms: i64) -> ApiResult<usize> {
-    let mut granted = 0;
+    let mut granted = run_keys(state, now_ms).await?;
     for user in users::all(state.db()).await? {
         let (Some(start), Some(budget)) = (period_start_ms(&user.budget_period, now_ms), user.budget_micros)
         else {
@@ -85,6 +95,28 @@ pub async fn run_once(state: &AppState, now_ms: i64) -> ApiResult<usize> {
         granted += 1;
     }
     Ok(granted)
+}
+
+/// Moves the quota of every key whose budget period began; the number moved.
+async fn run_keys(state: &AppState, now_ms: i64) -> ApiResult<usize> {
+    let mut moved = 0;
+    for budget in keys::budgets(state.db()).await? {
+        let Some(start) = period_start_ms(&budget.period, now_ms) else { continue };
+        if budget.period_start_ms >= start
+            || !keys::claim_budget_period(state.db(), &budget.key_id, start).await?
+        {
+            continue;
+        }
+        let Some(key) = keys::find_key(state.db(), &budget.key_id).await? else { continue };
+        let spent = keys::spent_before(state.db(), &key.digest, start).await?;
+        let change = keys::KeyChange {
+            quota_micros: Some(Some(spent.saturating_add(budget.budget_micros))),
+            ..keys::KeyChange::default()
+        };
+        crate::keys::change_key(state, &key.id, &change).await?;
+        moved += 1;
+    }
+    Ok(moved)
 }
 
 /// Runs [`run_once`] every minute.

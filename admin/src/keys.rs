@@ -345,3 +345,49 @@ mod tests {
         assert_eq!(check_expiry(None, 100).unwrap(), None);
     }
 }
+
+/// `PUT /api/keys/{id}/budget` body: `period` `daily`, `monthly` or `none` (removes).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetBudget {
+    pub period: String,
+    #[serde(default)]
+    pub budget_micros: Option<i64>,
+}
+
+/// Validates and stores a key budget, and applies it to the current period at once.
+pub async fn apply_budget(
+    state: &AppState,
+    key: &StoredKey,
+    body: &SetBudget,
+) -> ApiResult<serde_json::Value> {
+    let budget = match (body.period.as_str(), body.budget_micros) {
+        ("none", _) => None,
+        ("daily" | "monthly", Some(b)) if b >= 0 => Some((body.period.as_str(), b)),
+        ("daily" | "monthly", _) => {
+            return Err(ApiError::bad_request(
+                "`budget_micros` (not negative) is required for a daily or monthly budget",
+            ))
+        }
+        _ => return Err(ApiError::bad_request("`period` must be `daily`, `monthly` or `none`")),
+    };
+    crate::db::keys::set_budget(state.db(), &key.id, budget).await?;
+    crate::budgets::run_once(state, crate::now_ms()).await?;
+    let stored = find_key(state.db(), &key.id).await?.ok_or_else(|| not_found(&key.id))?;
+    Ok(serde_json::json!({
+        "key_id": key.id, "period": body.period, "budget_micros": budget.map(|b| b.1), "quota_micros": stored.quota_micros,
+    }))
+}
+
+/// `PUT /api/keys/{id}/budget` (admin).
+pub async fn set_budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<String>,
+    JsonBody(body): JsonBody<SetBudget>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let key = find_key(state.db(), &id).await?.ok_or_else(|| not_found(&id))?;
+    let out = apply_budget(&state, &key, &body).await?;
+    audit::record(&state, &caller, "key.budget", ("key", &id), Some(&key), Some(&out)).await?;
+    Ok(Json(out))
+}

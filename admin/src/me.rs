@@ -293,3 +293,23 @@ pub async fn my_models(State(state): State<AppState>, caller: Caller) -> ApiResu
         .collect();
     Ok(Json(List { data }))
 }
+
+/// `PUT /api/me/keys/{id}/budget`: a daily or monthly budget on one of my
+/// keys, within the admin's `max_key_quota_micros`.
+pub async fn set_key_budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<String>,
+    JsonBody(body): JsonBody<keys::SetBudget>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = me(&state, &caller).await?;
+    let key = db_keys::find_user_key(state.db(), &user.id, &id).await?.ok_or_else(|| keys::not_found(&id))?;
+    if let (Some(cap), Some(b)) = (user.max_key_quota_micros, body.budget_micros) {
+        if b > cap {
+            return Err(ApiError::forbidden(format!(
+                "a key's budget may be at most {cap} (set by an admin)"
+            )));
+        }
+    }
+    Ok(Json(keys::apply_budget(&state, &key, &body).await?))
+}

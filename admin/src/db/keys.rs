@@ -297,3 +297,72 @@ pub async fn set_user_keys_group(db: &Db, user_id: &str, group: &str, now: i64) 
     .fetch_all(&db.pool)
     .await?)
 }
+
+/// A key's periodic budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyBudget {
+    pub key_id: String,
+    /// `daily` or `monthly`.
+    pub period: String,
+    pub budget_micros: i64,
+    /// Start (unix ms) of the period last applied; 0 = not yet.
+    pub period_start_ms: i64,
+}
+
+/// Sets (or with `None` removes) a key's budget; it applies at the next run.
+pub async fn set_budget(db: &Db, key_id: &str, budget: Option<(&str, i64)>) -> ApiResult<()> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("DELETE FROM key_budgets WHERE key_id = $1").bind(key_id).execute(&mut *tx).await?;
+    if let Some((period, micros)) = budget {
+        sqlx::query(
+            "INSERT INTO key_budgets (key_id, period, budget_micros, period_start_ms) VALUES ($1, $2, $3, 0)",
+        )
+        .bind(key_id)
+        .bind(period)
+        .bind(micros)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Every key budget.
+pub async fn budgets(db: &Db) -> ApiResult<Vec<KeyBudget>> {
+    let rows =
+        sqlx::query("SELECT key_id, period, budget_micros, period_start_ms FROM key_budgets ORDER BY key_id")
+            .fetch_all(&db.pool)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(KeyBudget {
+                key_id: r.text("key_id")?,
+                period: r.text("period")?,
+                budget_micros: r.int("budget_micros")?,
+                period_start_ms: r.int("period_start_ms")?,
+            })
+        })
+        .collect()
+}
+
+/// Claims a budget's new period (only one runner wins): whether this call moved it.
+pub async fn claim_budget_period(db: &Db, key_id: &str, start_ms: i64) -> ApiResult<bool> {
+    let result =
+        sqlx::query("UPDATE key_budgets SET period_start_ms = $1 WHERE key_id = $2 AND period_start_ms < $1")
+            .bind(start_ms)
+            .bind(key_id)
+            .execute(&db.pool)
+            .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Cost booked for a key before `before_ms`.
+pub async fn spent_before(db: &Db, digest: &str, before_ms: i64) -> ApiResult<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) FROM usage_ledger WHERE key_digest = $1 AND created_at_ms < $2",
+    )
+    .bind(digest)
+    .bind(before_ms)
+    .fetch_one(&db.pool)
+    .await?)
+}

@@ -64,6 +64,7 @@ const SQLITE_MIGRATIONS: EmbeddedList = &[
     (2, "usage row", include_str!("../../migrations/sqlite/0002_usage_row.sql")),
     (3, "accounts", include_str!("../../migrations/sqlite/0003_accounts.sql")),
     (4, "oidc states", include_str!("../../migrations/sqlite/0004_oidc_states.sql")),
+    (5, "key budgets", include_str!("../../migrations/sqlite/0005_key_budgets.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: EmbeddedList = &[
@@ -71,6 +72,7 @@ const POSTGRES_MIGRATIONS: EmbeddedList = &[
     (2, "usage row", include_str!("../../migrations/postgres/0002_usage_row.sql")),
     (3, "accounts", include_str!("../../migrations/postgres/0003_accounts.sql")),
     (4, "oidc states", include_str!("../../migrations/postgres/0004_oidc_states.sql")),
+    (5, "key budgets", include_str!("../../migrations/postgres/0005_key_budgets.sql")),
 ];
 
 /// Migrations compiled into the binary, so the service needs no files at run

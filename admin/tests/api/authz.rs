@@ -93,6 +93,10 @@ fn sample(w: &World, method: &Method, path: &str, caller: &str) -> Option<(Strin
         ("GET", "/api/me/usage") | ("GET", "/api/me/usage/daily") => (path.into(), None, false),
         ("POST", "/api/me/keys") => (path.into(), Some(json!({"name": "k"})), false),
         ("DELETE", "/api/me/keys/{id}") => (id(&w.a_key), None, true),
+        ("PUT", "/api/me/keys/{id}/budget") => {
+            (id(&w.a_key), Some(json!({"period": "daily", "budget_micros": 100})), true)
+        }
+        ("PUT", "/api/keys/{id}/budget") => (id(&w.a_key), Some(json!({"period": "none"})), false),
         ("POST", "/api/me/redeem") => (path.into(), Some(json!({"code": "EW-not-a-code"})), false),
         ("POST", "/api/me/tokens") => (path.into(), Some(json!({"name": "t"})), false),
         ("DELETE", "/api/me/tokens/{id}") => (id(&w.a_token_id), None, true),

@@ -669,3 +669,58 @@ async fn low_balance_email_is_sent_when_smtp_is_configured() {
     assert!(mail.contains("Subject: edgeway: low balance"), "{mail}");
     assert!(mail.contains("below your alert threshold"), "{mail}");
 }
+
+#[tokio::test]
+async fn key_budgets_reset_the_quota_each_period() {
+    let edge = FakeEdge::start().await;
+    let app =
+        TestApp::new(DbKind::Sqlite, Options { edge_url: Some(edge.url()), ..Options::default() }).await;
+    let (_, key) = app.call(Method::POST, "/api/keys", Some(json!({"name": "daily-key"}))).await;
+    let (id, digest) = (key["id"].as_str().unwrap().to_string(), key["digest"].as_str().unwrap().to_string());
+    let now = edgeway_admin::now_ms();
+    let today = now.div_euclid(86_400_000) * 86_400_000;
+    let mut yesterday = spend_event("kb-1", "x", 300, 1_000_000);
+    yesterday.user_id = None;
+    yesterday.key_digest = digest.clone();
+    yesterday.created_at_ms = today - 3_600_000;
+    let mut this_morning =
+        UsageEvent { request_id: "kb-2".into(), cost_micros: 200, created_at_ms: now, ..yesterday.clone() };
+    this_morning.created_at_ms = now;
+    ingest(&app, &[yesterday, this_morning]).await;
+
+    let (status, set) = app
+        .call(
+            Method::PUT,
+            &format!("/api/keys/{id}/budget"),
+            Some(json!({"period": "daily", "budget_micros": 1000})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(
+        set["quota_micros"], 1300,
+        "spend before today (300) + today's budget: 800 of it left after today's 200"
+    );
+    let record: Value = serde_json::from_slice(&edge.pushes().last().unwrap().body).unwrap();
+    assert_eq!(record["quota_micros"], 1300, "the edge enforces the moved quota");
+    assert_eq!(edgeway_admin::budgets::run_once(&app.state, now).await.unwrap(), 0, "once per period");
+    assert_eq!(edgeway_admin::budgets::run_once(&app.state, today + 86_400_000 + 60_000).await.unwrap(), 1);
+    let (_, key) = app.call(Method::GET, &format!("/api/keys/{id}"), None).await;
+    assert_eq!(key["quota_micros"], 1500, "tomorrow: everything before it (500) + 1000");
+    let (status, _) = app
+        .call(
+            Method::PUT,
+            &format!("/api/keys/{id}/budget"),
+            Some(json!({"period": "hourly", "budget_micros": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) =
+        app.call(Method::PUT, &format!("/api/keys/{id}/budget"), Some(json!({"period": "none"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        edgeway_admin::budgets::run_once(&app.state, today + 3 * 86_400_000).await.unwrap(),
+        0,
+        "removed: a lifetime cap again"
+    );
+    edge.stop();
+}
