@@ -261,3 +261,26 @@ pub async fn redeem(
     tracing::info!(user = %caller.user_id, code = %code_id, value, "code redeemed");
     Ok(Json(Booked { entry, balance, edge_synced }))
 }
+
+/// `GET /api/users/{id}/edge-account` (admin): the user's account as the
+/// edge holds it next to the ledger's, and whether the credit agrees (the
+/// edge's spend runs ahead of the ledger's by what is not ingested yet).
+pub async fn edge_account(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    users::find(state.db(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no user with id `{id}`")))?;
+    let edge = state.edge().ok_or_else(|| ApiError::NotConfigured("EDGE_URL is not set".into()))?;
+    let mut conn = state.db().pool.acquire().await?;
+    let balance = ledger::balance(&mut conn, &id).await?;
+    drop(conn);
+    let at_edge = edge
+        .get_account(&id)
+        .await
+        .map_err(|e| ApiError::EdgeSyncFailed(format!("the edge did not answer with the account: {e}")))?;
+    let credit_agrees =
+        at_edge.get("credited_micros").and_then(serde_json::Value::as_i64) == Some(balance.credited_micros);
+    Ok(Json(serde_json::json!({ "ledger": balance, "edge": at_edge, "credit_agrees": credit_agrees })))
+}

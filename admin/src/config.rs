@@ -166,6 +166,10 @@ pub struct AccountsConfig {
     pub alerts: AlertConfig,
     /// External logins (OIDC, GitHub).
     pub login_providers: Vec<LoginProvider>,
+    /// `TRUST_FORWARDED_FOR`: behind a reverse proxy, take the client address
+    /// (for login throttling) from the last `X-Forwarded-For` entry, the one
+    /// the proxy appended, instead of the TCP peer.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for AccountsConfig {
@@ -178,6 +182,7 @@ impl Default for AccountsConfig {
             invitee_reward_micros: 0,
             alerts: AlertConfig::default(),
             login_providers: Vec::new(),
+            trust_forwarded_for: false,
         }
     }
 }
@@ -431,9 +436,16 @@ fn accounts(non_empty: &impl Fn(&str) -> Option<String>) -> Result<AccountsConfi
             "ADMIN_PUBLIC_URL is required for OIDC / GitHub login (it makes the redirect URI)".into(),
         ));
     }
+    let trust_forwarded_for =
+        match non_empty("TRUST_FORWARDED_FOR").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("false" | "0" | "no") => false,
+            Some("true" | "1" | "yes") => true,
+            Some(_) => return Err(ConfigError("TRUST_FORWARDED_FOR must be `true` or `false`".into())),
+        };
     Ok(AccountsConfig {
         signup_mode,
         login_providers,
+        trust_forwarded_for,
         public_url,
         session_ttl_secs: number("SESSION_TTL_SECS", 7 * 86_400, 60, 366 * 86_400)?,
         inviter_reward_micros: number("INVITER_REWARD_MICROS", 0, 0, 1_000_000_000_000)?,

@@ -86,6 +86,28 @@ impl EdgeClient {
         }
     }
 
+    /// Reads a user's account at the edge (`GET /internal/users/{id}/account`,
+    /// signed with an empty body): credited, spent, reserved, available.
+    pub async fn get_account(&self, user_id: &str) -> Result<serde_json::Value, PushError> {
+        let url = reqwest::Url::parse(&format!("{}/internal/users/{user_id}/account", self.target.url))
+            .map_err(|e| PushError::Build(e.to_string()))?;
+        let timestamp = now_secs();
+        let signature = sign(&self.target.secret, "GET", url.path(), timestamp, b"");
+        let response = self
+            .http
+            .get(url)
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
+            .header(SIGNATURE_HEADER, signature)
+            .send()
+            .await
+            .map_err(|_| PushError::Unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(PushError::Status(status.as_u16()));
+        }
+        response.json().await.map_err(|_| PushError::Status(status.as_u16()))
+    }
+
     /// Pushes one key record.
     pub async fn push_key(&self, record: &KeyRecord) -> Result<(), PushError> {
         let body = serde_json::to_vec(record).map_err(|e| PushError::Build(e.to_string()))?;

@@ -222,6 +222,7 @@ pub fn route_table() -> Vec<Route> {
         route(patch.clone(), "/api/users/{id}", Admin, users::update),
         route(get.clone(), "/api/users/{id}/ledger", Admin, balances::user_ledger),
         route(post.clone(), "/api/users/{id}/ledger", Admin, balances::admin_credit),
+        route(get.clone(), "/api/users/{id}/edge-account", Admin, balances::edge_account),
         route(get.clone(), "/api/groups", Admin, groups::list),
         route(post.clone(), "/api/groups", Admin, groups::create),
         route(patch.clone(), "/api/groups/{id}", Admin, groups::update),

@@ -56,9 +56,21 @@ pub struct SessionView {
     pub expires_at: i64,
 }
 
-/// The client address: the TCP peer (the service is meant to sit directly
-/// behind its listener or a proxy that the operator trusts to connect).
-fn client_addr(addr: ClientAddr) -> String {
+/// The client address: the TCP peer, or with `TRUST_FORWARDED_FOR` the last
+/// `X-Forwarded-For` entry (the one the trusted proxy appended; earlier
+/// entries are the client's to forge).
+fn client_addr(state: &AppState, addr: ClientAddr, headers: &HeaderMap) -> String {
+    if state.accounts().trust_forwarded_for {
+        let last = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back();
+        if let Some(ip) = last.and_then(|a| a.trim().parse::<std::net::IpAddr>().ok()) {
+            return ip.to_string();
+        }
+    }
     addr.0.map_or_else(|| "unknown".into(), |a| a.ip().to_string())
 }
 
@@ -100,12 +112,13 @@ pub async fn start_session(state: &AppState, user: User, status: StatusCode) -> 
 pub async fn login(
     State(state): State<AppState>,
     addr: ClientAddr,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<Login>,
 ) -> ApiResult<Response> {
     let now = now_secs();
     let username = body.username.trim().to_ascii_lowercase();
     let account_subject = format!("user:{username}");
-    let address_subject = format!("addr:{}", client_addr(addr));
+    let address_subject = format!("addr:{}", client_addr(&state, addr, &headers));
     throttled(&state, &address_subject, MAX_FAILURES_PER_ADDRESS, now).await?;
     throttled(&state, &account_subject, MAX_FAILURES_PER_ACCOUNT, now).await?;
     let user = if username.is_empty() || username.len() > 64 {

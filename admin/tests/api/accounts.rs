@@ -233,3 +233,26 @@ async fn signup_modes_and_invitation_rewards() {
     assert_eq!(ledger["balance_micros"], 3_000_000, "the inviter is credited");
     assert_eq!(ledger["data"][0]["kind"], "invite_reward");
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_throttled() {
+    let accounts = AccountsConfig { trust_forwarded_for: true, ..AccountsConfig::default() };
+    let app = TestApp::new(DbKind::Sqlite, Options { accounts: Some(accounts), ..Options::default() }).await;
+    app.user_with("erin", json!({"password": "erin-password-1"})).await;
+    let via_proxy = |forwarded: &str, user: &str, password: &str| {
+        let mut r = login_request(user, password, "10.0.0.1"); // the proxy
+        r.headers_mut().insert("x-forwarded-for", forwarded.parse().unwrap());
+        r
+    };
+    for i in 0..edgeway_admin::login::MAX_FAILURES_PER_ADDRESS {
+        // The client forges the first entry; the proxy appends the real one.
+        let r = app
+            .send_full(via_proxy(&format!("1.2.3.{i}, 198.51.100.7"), &format!("g{i}"), "x-password"))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = app.send_full(via_proxy("9.9.9.9, 198.51.100.7", "erin", "erin-password-1")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "the real client address is throttled");
+    let r = app.send_full(via_proxy("198.51.100.8", "erin", "erin-password-1")).await;
+    assert_eq!(r.status, StatusCode::OK, "other clients behind the same proxy are not");
+}

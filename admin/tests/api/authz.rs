@@ -21,14 +21,20 @@ struct World {
     code_id: String,
 }
 
-async fn world() -> World {
+/// `password`: give user A a password (argon2 is slow by design; only the
+/// login route needs one).
+async fn world_with(password: bool) -> World {
     let accounts = AccountsConfig { signup_mode: SignupMode::Open, ..AccountsConfig::default() };
     let app = TestApp::new(
         crate::common::DbKind::Sqlite,
         Options { accounts: Some(accounts), ..Options::default() },
     )
     .await;
-    let a = app.user_with("alice", json!({"password": A_PASSWORD})).await;
+    let a = if password {
+        app.user_with("alice", json!({"password": A_PASSWORD})).await
+    } else {
+        app.user("alice", "user").await
+    };
     let b = app.user("bob", "user").await;
     let admin = app.user("adam", "admin").await;
     let (status, key) =
@@ -118,6 +124,7 @@ fn sample(w: &World, method: &Method, path: &str, caller: &str) -> Option<(Strin
         }
         ("POST", "/api/users") => (path.into(), Some(json!({"username": format!("u-{caller}")})), false),
         ("GET", "/api/users/{id}") | ("GET", "/api/users/{id}/ledger") => (id(&w.a.id), None, false),
+        ("GET", "/api/users/{id}/edge-account") => (id(&w.a.id), None, false),
         ("PATCH", "/api/users/{id}") => (id(&w.a.id), Some(json!({"max_keys": 7})), false),
         ("POST", "/api/users/{id}/ledger") => {
             (id(&w.a.id), Some(json!({"kind": "topup", "amount_micros": 1, "reason": "matrix"})), false)
@@ -134,62 +141,78 @@ fn sample(w: &World, method: &Method, path: &str, caller: &str) -> Option<(Strin
     })
 }
 
-#[tokio::test]
+async fn world() -> World {
+    world_with(false).await
+}
+
+/// Checks one route as every kind of caller, in a world of its own (so a
+/// DELETE of one route cannot change another's); `Err` = no sample.
+async fn check_route(route: edgeway_admin::Route) -> Result<usize, String> {
+    let w = world_with(route.path == "/api/auth/login").await;
+    let callers: [(&str, Option<String>); 5] = [
+        ("anonymous", None),
+        ("user_b", Some(w.b.token.clone())),
+        ("user_a", Some(w.a.token.clone())),
+        ("admin", Some(w.admin.token.clone())),
+        ("root", Some(TOKEN.to_string())),
+    ];
+    let mut checked = 0;
+    for (caller, token) in &callers {
+        let Some((path, body, owner_scoped)) = sample(&w, &route.method, route.path, caller) else {
+            return Err(format!("{} {}", route.method, route.path));
+        };
+        let (status, response) = w.app.call_as(route.method.clone(), &path, body, token.as_deref()).await;
+        let what = format!("{} {} as {caller}: {status} {response}", route.method, route.path);
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{what}");
+        assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{what}");
+        let denied = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+        match (route.access, *caller) {
+            (Access::Public, _) => assert!(!denied, "public route refused: {what}"),
+            (Access::Signed, _) => assert_eq!(status, StatusCode::UNAUTHORIZED, "unsigned ingest: {what}"),
+            (_, "anonymous") => assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}"),
+            (Access::User, "user_a") => {
+                assert!(!denied, "{what}");
+                assert!(!owner_scoped || status.is_success(), "the owner must reach their object: {what}");
+            }
+            (Access::User, _) if owner_scoped => {
+                assert_eq!(status, StatusCode::NOT_FOUND, "another user's object must not be found: {what}")
+            }
+            (Access::User, _) => assert!(!denied, "{what}"),
+            (Access::Admin, "user_a" | "user_b") => assert_eq!(status, StatusCode::FORBIDDEN, "{what}"),
+            (Access::Admin, _) => assert!(!denied, "{what}"),
+            (Access::Root, "root") => assert!(!denied, "{what}"),
+            (Access::Root, _) => assert_eq!(status, StatusCode::FORBIDDEN, "{what}"),
+        }
+        checked += 1;
+    }
+    Ok(checked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_times_every_kind_of_caller() {
+    let routes = edgeway_admin::route_table();
+    let n = routes.len();
+    // Eight routes at a time, each in its own world.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+    let mut tasks = Vec::new();
+    for route in routes {
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            check_route(route).await
+        }));
+    }
     let mut checked = 0;
     let mut missing = Vec::new();
-    for route in edgeway_admin::route_table() {
-        let w = world().await;
-        let callers: [(&str, Option<String>); 5] = [
-            ("anonymous", None),
-            ("user_b", Some(w.b.token.clone())),
-            ("user_a", Some(w.a.token.clone())),
-            ("admin", Some(w.admin.token.clone())),
-            ("root", Some(TOKEN.to_string())),
-        ];
-        for (caller, token) in &callers {
-            let Some((path, body, owner_scoped)) = sample(&w, &route.method, route.path, caller) else {
-                missing.push(format!("{} {}", route.method, route.path));
-                break;
-            };
-            let (status, response) = w.app.call_as(route.method.clone(), &path, body, token.as_deref()).await;
-            let what = format!("{} {} as {caller}: {status} {response}", route.method, route.path);
-            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{what}");
-            assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{what}");
-            let denied = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
-            match (route.access, *caller) {
-                (Access::Public, _) => assert!(!denied, "public route refused: {what}"),
-                (Access::Signed, _) => {
-                    assert_eq!(status, StatusCode::UNAUTHORIZED, "unsigned ingest: {what}")
-                }
-                (_, "anonymous") => assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}"),
-                (Access::User, "user_a") => {
-                    assert!(!denied, "{what}");
-                    assert!(
-                        !owner_scoped || status.is_success(),
-                        "the owner must reach their object: {what}"
-                    );
-                }
-                (Access::User, _) if owner_scoped => {
-                    assert_eq!(
-                        status,
-                        StatusCode::NOT_FOUND,
-                        "another user's object must not be found: {what}"
-                    )
-                }
-                (Access::User, _) => assert!(!denied, "{what}"),
-                (Access::Admin, "user_a" | "user_b") => assert_eq!(status, StatusCode::FORBIDDEN, "{what}"),
-                (Access::Admin, _) => assert!(!denied, "{what}"),
-                (Access::Root, "root") => assert!(!denied, "{what}"),
-                (Access::Root, _) => assert_eq!(status, StatusCode::FORBIDDEN, "{what}"),
-            }
-            checked += 1;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(c) => checked += c,
+            Err(route) => missing.push(route),
         }
     }
     assert!(missing.is_empty(), "routes without a sample in the authorization matrix: {missing:?}");
-    let routes = edgeway_admin::route_table().len();
-    assert_eq!(checked, routes * 5);
-    eprintln!("authorization matrix: {routes} routes x 5 callers = {checked} checks");
+    assert_eq!(checked, n * 5);
+    eprintln!("authorization matrix: {n} routes x 5 callers = {checked} checks");
 }
 
 /// Only root manages admins; nobody demotes root; admins manage users.

@@ -255,7 +255,8 @@ impl FakeEdge {
     fn serve(listener: tokio::net::TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let pushes = Arc::new(Mutex::new(Vec::new()));
-        let router = Router::new().route("/internal/{*rest}", put(record)).with_state(pushes.clone());
+        let router =
+            Router::new().route("/internal/{*rest}", put(record).get(account)).with_state(pushes.clone());
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });
@@ -299,6 +300,34 @@ async fn record(
     } else {
         StatusCode::UNAUTHORIZED
     }
+}
+
+/// `GET /internal/users/{id}/account` of the fake edge: the last account
+/// pushed for that path, with no spend (the fake edge serves no traffic).
+async fn account(
+    State(pushes): State<Arc<Mutex<Vec<Push>>>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, StatusCode> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    verify(
+        Some(SECRET),
+        "GET",
+        uri.path(),
+        header(TIMESTAMP_HEADER),
+        header(SIGNATURE_HEADER),
+        b"",
+        now_secs(),
+    )
+    .map_err(|_| StatusCode::UNAUTHORIZED)?;
+    let pushes = pushes.lock().unwrap();
+    let last = pushes.iter().rev().find(|p| p.path == uri.path()).ok_or(StatusCode::NOT_FOUND)?;
+    let pushed: Value = serde_json::from_slice(&last.body).unwrap();
+    let credited = pushed["credited_micros"].as_i64().unwrap();
+    Ok(axum::Json(serde_json::json!({
+        "user_id": pushed["user_id"], "credited_micros": credited, "spent_micros": 0,
+        "reserved_micros": 0, "available_micros": credited, "version": pushed["version"],
+    })))
 }
 
 /// An address on which nothing listens (connections are refused).

@@ -367,6 +367,12 @@ async fn credits_reach_the_edge_and_spend_is_booked_at_the_group_ratio(db: DbKin
     assert_eq!(last["disabled"], false);
     let versions: Vec<u64> = accounts.iter().map(|a| a["version"].as_u64().unwrap()).collect();
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions increase: {versions:?}");
+    let (status, both) = app.call(Method::GET, &format!("/api/users/{}/edge-account", user.id), None).await;
+    assert_eq!(status, StatusCode::OK, "{both}");
+    assert_eq!(
+        (both["credit_agrees"].as_bool(), both["edge"]["credited_micros"].as_i64()),
+        (Some(true), Some(1_500_000))
+    );
 
     // A self-service key carries the user and the user's group.
     let (status, key) =

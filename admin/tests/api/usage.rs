@@ -186,3 +186,24 @@ async fn ingest_refuses_bad_signatures_and_bodies() {
     let (status, response) = app.ingest(&body, SECRET, now_secs()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{response}");
 }
+
+/// The ledger's columns are the shared usage row's (edge/core `usage_row`,
+/// also D1's) plus the admin's own `ingested_at_ms`.
+async fn ledger_columns_are_the_shared_usage_row(db: DbKind) {
+    let app = TestApp::new(db, Options::default()).await;
+    let query = match db {
+        DbKind::Sqlite => "SELECT name FROM pragma_table_info('usage_ledger') ORDER BY name",
+        DbKind::Postgres => {
+            "SELECT CAST(column_name AS TEXT) FROM information_schema.columns \
+             WHERE table_name = 'usage_ledger' AND table_schema = current_schema() ORDER BY 1"
+        }
+    };
+    let mut found: Vec<String> = sqlx::query_scalar(query).fetch_all(&app.state.db().pool).await.unwrap();
+    found.sort();
+    let mut expected: Vec<String> =
+        edgeway_core::usage_row::USAGE_COLUMNS.iter().map(|c| c.to_string()).collect();
+    expected.push("ingested_at_ms".into());
+    expected.sort();
+    assert_eq!(found, expected);
+}
+on_both_databases!(ledger_columns_are_the_shared_usage_row);
