@@ -57,6 +57,10 @@ impl LedgerRow {
         if event.key_digest.is_empty() || event.key_digest.len() > 128 {
             return Err(bad("`key_digest` must be 1 to 128 characters"));
         }
+        if event.cost_micros < 0 {
+            // A negative spend would credit the user's balance.
+            return Err(bad("`cost_micros` must not be negative"));
+        }
         if event.user_id.as_ref().is_some_and(|u| u.is_empty() || u.len() > 128) || event.group.len() > 128 {
             return Err(bad("`user_id` and `group` must be at most 128 characters"));
         }
@@ -174,9 +178,12 @@ pub struct UsageQuery {
     /// Only this key's rows.
     #[serde(default)]
     pub key_id: Option<String>,
+    /// Only rows paid from this user's balance.
+    #[serde(default)]
+    pub user_id: Option<String>,
 }
 
-/// `GET /api/usage?limit=&key_id=`: ledger rows, newest first.
+/// `GET /api/usage?limit=&key_id=&user_id=`: ledger rows, newest first.
 pub async fn list(
     State(state): State<AppState>,
     QueryParams(query): QueryParams<UsageQuery>,
@@ -195,7 +202,8 @@ pub async fn list(
                 .digest
         }
     };
-    let data = db_usage::list(state.db(), &digest, limit).await?;
+    let data =
+        db_usage::list_filtered(state.db(), &digest, query.user_id.as_deref().unwrap_or(""), limit).await?;
     Ok(Json(List { data }))
 }
 

@@ -96,11 +96,6 @@ pub async fn list_filtered(
     rows.iter().map(entry_from_row).collect()
 }
 
-/// Rows newest first; `key_digest` empty = every key.
-pub async fn list(db: &Db, key_digest: &str, limit: i64) -> ApiResult<Vec<LedgerEntry>> {
-    list_filtered(db, key_digest, "", limit).await
-}
-
 /// Totals of one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyTotals {

@@ -402,6 +402,15 @@ async fn credits_reach_the_edge_and_spend_is_booked_at_the_group_ratio(db: DbKin
     );
     let (_, mine) = app.call_as(Method::GET, "/api/me/usage", None, Some(&user.token)).await;
     assert_eq!(mine["data"][0]["price_ratio_ppm"], 1_500_000);
+    let (_, by_user) = app.call(Method::GET, &format!("/api/usage?user_id={}", user.id), None).await;
+    assert_eq!(by_user["data"].as_array().unwrap().len(), 1);
+    // A negative cost would credit the balance: refused, nothing booked.
+    let mut bad = spend_event("vip-neg", &user.id, -5, 1_500_000);
+    bad.group = "vip".into();
+    let body = serde_json::to_vec(&json!({ "events": [bad] })).unwrap();
+    let (status, _) = app.ingest(&body, SECRET, now_secs()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(ledger_of(&app, &user.id).await["balance_micros"], 1_500_000 - 2025);
     let (_, models) = app.call_as(Method::GET, "/api/me/models", None, Some(&user.token)).await;
     assert_eq!(models["data"][0]["input_per_million_micros"], 225_000, "0.15 x 1.5 per million");
     let other = app.user("plain-user", "user").await;

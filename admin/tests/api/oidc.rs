@@ -41,12 +41,14 @@ async fn start_idp() -> Idp {
         .arg(CLIENT_ID)
         .arg(CLIENT_SECRET)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Inherited: the test runner shows it only when the test fails.
+        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("node must be installed (scripts/setup installs the repository's Node and oidc-provider)");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+    // Generous: Node starts in about half a second, but a loaded 2-core machine can stall it.
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(120), async {
         while let Ok(Some(line)) = lines.next_line().await {
             if line.trim() == "ready" {
                 return true;
