@@ -165,6 +165,17 @@ impl KeyLimits {
     }
 }
 
+impl KeyLimits {
+    /// Whether the account has anything to enforce per request.
+    pub fn enforces_anything(&self) -> bool {
+        self.disabled
+            || self.max_concurrency.is_some()
+            || self.rpm.is_some()
+            || self.tpm.is_some()
+            || self.quota_micros.is_some()
+    }
+}
+
 impl From<&KeyRecord> for KeyLimits {
     fn from(record: &KeyRecord) -> Self {
         Self::from_record(record)

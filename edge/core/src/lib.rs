@@ -24,6 +24,7 @@ pub mod limits;
 pub mod mock_provider;
 pub mod model_catalog;
 pub mod openai_relay;
+pub mod pipeline;
 pub mod pricing;
 pub mod provider;
 pub mod rate_window;

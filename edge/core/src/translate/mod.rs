@@ -88,6 +88,7 @@ mod openai_chat;
 mod openai_responses;
 
 pub use canonical::{CanonicalRequest, CanonicalResponse, ContentPart, FinishReason, StreamEvent};
+pub use openai_chat::FORBIDDEN_CLIENT_FIELDS;
 pub use stream::{StreamOptions, StreamOutcome, StreamTranslator};
 
 use crate::error::{
@@ -196,6 +197,15 @@ pub fn parse_client_request(
     };
     apply_path(&mut req, path_model, path_stream)?;
     Ok(req)
+}
+
+/// Parses an OpenAI chat request leniently, for an OpenAI-compatible
+/// upstream that gets the body as sent (see `openai_chat::ChatMode`). The
+/// model-name rules of [`parse_client_request`] apply.
+pub(crate) fn parse_openai_chat_passthrough(body: &[u8]) -> Result<openai_chat::ParsedChat, GatewayError> {
+    let mut parsed = openai_chat::parse_chat(body, openai_chat::ChatMode::Passthrough)?;
+    apply_path(&mut parsed.canonical, None, false)?;
+    Ok(parsed)
 }
 
 /// Parses a token-counting request: Anthropic `/v1/messages/count_tokens`
@@ -337,13 +347,38 @@ pub(crate) fn upstream_error_from_message(status: u16, raw: &str) -> GatewayErro
 /// Flat token allowance for one image, document or audio part.
 const MEDIA_TOKEN_ALLOWANCE: u64 = 1_000;
 
-/// Prompt tokens estimated from a request (one token per four bytes of text,
-/// tool definitions and arguments; a flat allowance per media part). Used for
-/// Anthropic `count_tokens` and Gemini `countTokens` when no upstream count is
-/// asked for, and for billing when a provider reports nothing.
-pub fn count_tokens_estimate(req: &CanonicalRequest) -> u64 {
+/// Tokens a provider adds around messages (roles, separators), reserved on
+/// top of the prompt's own bytes.
+pub const PROMPT_OVERHEAD_TOKENS: u64 = 64;
+
+/// How big a prompt is, in the two ways the gateway needs: an estimate (for
+/// billing when the provider reports nothing, and for token counting) and a
+/// bound no tokenizer exceeds (for the quota reservation, which must be a
+/// true worst case).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PromptSize {
+    /// One token per four bytes of text, plus a flat allowance per media part.
+    pub estimate: u64,
+    /// One token per byte of text, the larger of four allowances and the
+    /// inline size per media part, plus [`PROMPT_OVERHEAD_TOKENS`].
+    pub upper_bound: u64,
+}
+
+/// Sizes a request's prompt: system text, tool definitions, message text,
+/// tool calls and results, and media parts. The one estimator every client
+/// dialect (and the OpenAI passthrough) goes through.
+pub fn prompt_size(req: &CanonicalRequest) -> PromptSize {
     let mut bytes: usize = req.system.iter().map(|s| s.text.len()).sum();
     let mut media = 0u64;
+    let mut media_bound = 0u64;
+    let mut add_media = |inline_bytes: usize| {
+        media += MEDIA_TOKEN_ALLOWANCE;
+        media_bound = media_bound.saturating_add((inline_bytes as u64).max(4 * MEDIA_TOKEN_ALLOWANCE));
+    };
+    let inline = |source: &canonical::MediaSource| match source {
+        canonical::MediaSource::Base64 { data, .. } => data.len(),
+        _ => 0,
+    };
     for tool in &req.tools {
         bytes += tool.name.len()
             + tool.description.as_ref().map_or(0, String::len)
@@ -358,18 +393,29 @@ pub fn count_tokens_estimate(req: &CanonicalRequest) -> u64 {
                     for p in content {
                         match p {
                             ToolResultPart::Text(t) => bytes += t.len(),
-                            ToolResultPart::Image(_) => media += MEDIA_TOKEN_ALLOWANCE,
+                            ToolResultPart::Image(source) => add_media(inline(source)),
                         }
                     }
                 }
-                ContentPart::Image { .. } | ContentPart::Document { .. } | ContentPart::Audio { .. } => {
-                    media += MEDIA_TOKEN_ALLOWANCE
+                ContentPart::Image { source, .. } | ContentPart::Document { source, .. } => {
+                    add_media(inline(source))
                 }
+                ContentPart::Audio { data, .. } => add_media(data.len()),
                 ContentPart::RedactedThinking { .. } => {}
             }
         }
     }
-    estimate_tokens(bytes) + media
+    PromptSize {
+        estimate: estimate_tokens(bytes) + media,
+        upper_bound: (bytes as u64).saturating_add(media_bound).saturating_add(PROMPT_OVERHEAD_TOKENS),
+    }
+}
+
+/// Prompt tokens estimated from a request ([`PromptSize::estimate`]). Used
+/// for Anthropic `count_tokens` and Gemini `countTokens` when no upstream
+/// count is asked for, and for billing when a provider reports nothing.
+pub fn count_tokens_estimate(req: &CanonicalRequest) -> u64 {
+    prompt_size(req).estimate
 }
 
 /// The token-count answer in the client's dialect: Anthropic

@@ -47,37 +47,114 @@ const SUPPORTED_FIELDS: &[&str] = &[
 const UNSUPPORTED_FIELDS: &[&str] =
     &["logit_bias", "audio", "prediction", "web_search_options", "functions", "function_call", "verbosity"];
 
-/// Parses a `/v1/chat/completions` body.
+/// How strictly a `/v1/chat/completions` body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChatMode {
+    /// For translation to another dialect: everything the hub cannot carry
+    /// is a 400 naming it.
+    Translate,
+    /// For an OpenAI-compatible upstream, which gets the body as sent: every
+    /// field the gateway knows is type-checked, and what only the hub cannot
+    /// carry (OpenAI-only parameters and content, unknown extension fields)
+    /// is let through.
+    Passthrough,
+}
+
+/// A chat request read in [`ChatMode::Passthrough`]: the body's top-level
+/// object (to be forwarded), the canonical form of everything the hub can
+/// carry (for estimates, the mock and token counting), and the first 400 that
+/// [`ChatMode::Translate`] would have given, if any.
+#[derive(Debug, Clone)]
+pub(crate) struct ParsedChat {
+    pub body: Map<String, Value>,
+    pub canonical: CanonicalRequest,
+    pub untranslatable: Option<GatewayError>,
+}
+
+/// Parses a `/v1/chat/completions` body for translation.
 pub(crate) fn parse_request(body: &[u8]) -> Result<CanonicalRequest, GatewayError> {
+    let parsed = parse_chat(body, ChatMode::Translate)?;
+    match parsed.untranslatable {
+        Some(error) => Err(error),
+        None => Ok(parsed.canonical),
+    }
+}
+
+/// Records what [`ChatMode::Translate`] refuses; in that mode it is the error.
+struct Deferred {
+    mode: ChatMode,
+    first: Option<GatewayError>,
+}
+
+impl Deferred {
+    fn refuse(&mut self, error: GatewayError) -> Result<(), GatewayError> {
+        match self.mode {
+            ChatMode::Translate => Err(error),
+            ChatMode::Passthrough => {
+                self.first.get_or_insert(error);
+                Ok(())
+            }
+        }
+    }
+
+    fn passthrough(&self) -> bool {
+        self.mode == ChatMode::Passthrough
+    }
+}
+
+/// Parses a `/v1/chat/completions` body in either mode. In
+/// [`ChatMode::Translate`] the first refusal is returned as the error; in
+/// [`ChatMode::Passthrough`] it is kept in [`ParsedChat::untranslatable`].
+pub(crate) fn parse_chat(body: &[u8], mode: ChatMode) -> Result<ParsedChat, GatewayError> {
     let obj = parse_object(body)?;
-    check_fields(&obj, SUPPORTED_FIELDS, UNSUPPORTED_FIELDS, "")?;
-    let mut req = CanonicalRequest { model: req_str(&obj, "model", "")?.to_string(), ..Default::default() };
-    req.stream = opt_bool(&obj, "stream", "")?.unwrap_or(false);
-    if let Some(options) = opt_object(&obj, "stream_options", "")? {
+    let mut deferred = Deferred { mode, first: None };
+    let result = read_chat(&obj, &mut deferred);
+    match result {
+        Ok(canonical) => Ok(ParsedChat { body: obj, canonical, untranslatable: deferred.first }),
+        Err(error) => Err(error),
+    }
+}
+
+fn read_chat(obj: &Map<String, Value>, deferred: &mut Deferred) -> Result<CanonicalRequest, GatewayError> {
+    if let Some(field) = FORBIDDEN_CLIENT_FIELDS.iter().find(|f| obj.contains_key(**f)) {
+        return Err(invalid(
+            format!("`{field}` cannot be set by clients; upstreams are chosen by the gateway."),
+            field,
+        ));
+    }
+    if let Err(error) = check_fields(obj, SUPPORTED_FIELDS, UNSUPPORTED_FIELDS, "") {
+        deferred.refuse(error)?;
+    }
+    let mut req = CanonicalRequest { model: req_str(obj, "model", "")?.to_string(), ..Default::default() };
+    req.stream = opt_bool(obj, "stream", "")?.unwrap_or(false);
+    if let Some(options) = opt_object(obj, "stream_options", "")? {
         req.stream_include_usage =
             req.stream && opt_bool(options, "include_usage", "stream_options")? == Some(true);
     }
-    if let Some(modalities) = opt_array(&obj, "modalities", "")? {
+    if let Some(modalities) = opt_array(obj, "modalities", "")? {
+        if modalities.iter().any(|m| !m.is_string()) {
+            return Err(invalid("`modalities` must be an array of strings.", "modalities"));
+        }
         if modalities.iter().any(|m| m.as_str() != Some("text")) {
-            return Err(invalid("Only the `text` output modality can be translated.", "modalities"));
+            deferred.refuse(invalid("Only the `text` output modality can be translated.", "modalities"))?;
         }
     }
-    req.max_output_tokens = match opt_u64(&obj, "max_completion_tokens", "")? {
+    req.max_output_tokens = match opt_token_limit(obj, "max_completion_tokens")? {
         Some(n) => Some(n),
-        None => opt_u64(&obj, "max_tokens", "")?,
+        None => opt_token_limit(obj, "max_tokens")?,
     };
-    req.temperature = opt_number(&obj, "temperature", "")?;
-    req.top_p = opt_number(&obj, "top_p", "")?;
-    req.top_k = opt_u64(&obj, "top_k", "")?;
-    req.candidate_count = opt_u64(&obj, "n", "")?;
-    req.seed = opt_i64(&obj, "seed", "")?;
-    req.presence_penalty = opt_number(&obj, "presence_penalty", "")?.filter(|n| n.as_f64() != Some(0.0));
-    req.frequency_penalty = opt_number(&obj, "frequency_penalty", "")?.filter(|n| n.as_f64() != Some(0.0));
-    req.logprobs = opt_bool(&obj, "logprobs", "")?.unwrap_or(false)
-        || opt_u64(&obj, "top_logprobs", "")?.unwrap_or(0) > 0;
-    req.user = opt_str(&obj, "user", "")?.or(opt_str(&obj, "safety_identifier", "")?).map(str::to_string);
+    req.temperature = opt_number(obj, "temperature", "")?;
+    req.top_p = opt_number(obj, "top_p", "")?;
+    req.top_k = opt_u64(obj, "top_k", "")?;
+    req.candidate_count = opt_u64(obj, "n", "")?;
+    req.seed = opt_i64(obj, "seed", "")?;
+    req.presence_penalty = opt_number(obj, "presence_penalty", "")?.filter(|n| n.as_f64() != Some(0.0));
+    req.frequency_penalty = opt_number(obj, "frequency_penalty", "")?.filter(|n| n.as_f64() != Some(0.0));
+    req.logprobs =
+        opt_bool(obj, "logprobs", "")?.unwrap_or(false) || opt_u64(obj, "top_logprobs", "")?.unwrap_or(0) > 0;
+    req.user = opt_str(obj, "user", "")?.or(opt_str(obj, "safety_identifier", "")?).map(str::to_string);
     req.stop_sequences = parse_stop(obj.get("stop"))?;
-    if let Some(word) = opt_str(&obj, "reasoning_effort", "")? {
+    if let Some(word) = opt_str(obj, "reasoning_effort", "")? {
         req.reasoning = Some(parse_effort(word).ok_or_else(|| {
             invalid(
                 format!("`reasoning_effort` must be none, minimal, low, medium or high, not `{word}`."),
@@ -85,16 +162,26 @@ pub(crate) fn parse_request(body: &[u8]) -> Result<CanonicalRequest, GatewayErro
             )
         })?);
     }
-    if let Some(format) = opt_object(&obj, "response_format", "")? {
-        req.response_format = Some(parse_response_format(format)?);
+    if let Some(format) = opt_object(obj, "response_format", "")? {
+        match parse_response_format(format) {
+            Ok(format) => req.response_format = Some(format),
+            Err(error) if deferred.passthrough() && format.get("type").is_some_and(Value::is_string) => {
+                deferred.refuse(error)?
+            }
+            Err(error) => return Err(error),
+        }
     }
-    if let Some(tools) = opt_array(&obj, "tools", "")? {
-        req.tools = tools.iter().enumerate().map(|(i, t)| parse_tool(t, i)).collect::<Result<_, _>>()?;
+    if let Some(tools) = opt_array(obj, "tools", "")? {
+        for (i, tool) in tools.iter().enumerate() {
+            if let Some(tool) = parse_tool(tool, i, deferred)? {
+                req.tools.push(tool);
+            }
+        }
     }
     if let Some(choice) = obj.get("tool_choice").filter(|v| !v.is_null()) {
         req.tool_choice = Some(parse_tool_choice(choice)?);
     }
-    req.parallel_tool_calls = opt_bool(&obj, "parallel_tool_calls", "")?;
+    req.parallel_tool_calls = opt_bool(obj, "parallel_tool_calls", "")?;
     let messages = match obj.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(Value::Array(_)) => {
@@ -104,9 +191,29 @@ pub(crate) fn parse_request(body: &[u8]) -> Result<CanonicalRequest, GatewayErro
         None => return Err(invalid("Missing required parameter: `messages`.", "messages")),
     };
     for (i, message) in messages.iter().enumerate() {
-        parse_message(message, i, &mut req)?;
+        parse_message(message, i, &mut req, deferred)?;
     }
     Ok(req)
+}
+
+/// Body fields a client may never set: they would let a caller choose where
+/// the gateway sends its provider credentials (LiteLLM CVE-2024-6587).
+pub const FORBIDDEN_CLIENT_FIELDS: &[&str] =
+    &["api_base", "base_url", "api_key", "custom_llm_provider", "azure_endpoint"];
+
+/// Largest output-token limit accepted: no provider serves more, and the
+/// gateway's reservation arithmetic stays far from overflow.
+pub const MAX_OUTPUT_TOKENS_ACCEPTED: u64 = 1 << 32;
+
+/// `max_tokens` / `max_completion_tokens`: a non-negative integer no larger
+/// than [`MAX_OUTPUT_TOKENS_ACCEPTED`].
+fn opt_token_limit(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>, GatewayError> {
+    match opt_u64(obj, key, "")? {
+        Some(n) if n > MAX_OUTPUT_TOKENS_ACCEPTED => {
+            Err(invalid(format!("`{key}` is too large: at most {MAX_OUTPUT_TOKENS_ACCEPTED} tokens."), key))
+        }
+        other => Ok(other),
+    }
 }
 
 fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, GatewayError> {
@@ -149,30 +256,42 @@ pub(crate) fn parse_response_format(format: &Map<String, Value>) -> Result<Respo
     }
 }
 
-fn parse_tool(tool: &Value, i: usize) -> Result<ToolDefinition, GatewayError> {
+fn parse_tool(
+    tool: &Value,
+    i: usize,
+    deferred: &mut Deferred,
+) -> Result<Option<ToolDefinition>, GatewayError> {
     let path = format!("tools[{i}]");
     let obj = as_object(tool, &path)?;
     let kind = opt_str(obj, "type", &path)?.unwrap_or("function");
     if kind != "function" {
-        return Err(invalid(
+        deferred.refuse(invalid(
             format!("Tool type `{kind}` cannot be translated; only `function` tools can."),
             &format!("{path}.type"),
-        ));
+        ))?;
+        return Ok(None);
     }
     let function = opt_object(obj, "function", &path)?.ok_or_else(|| {
         invalid(format!("Missing required parameter: `{path}.function`."), &format!("{path}.function"))
     })?;
     let fpath = format!("{path}.function");
-    Ok(ToolDefinition {
+    if function.get("parameters").is_some_and(|p| !(p.is_object() || p.is_null())) {
+        return Err(invalid(
+            format!("`{fpath}.parameters` must be a JSON Schema object."),
+            &format!("{fpath}.parameters"),
+        ));
+    }
+    Ok(Some(ToolDefinition {
         name: req_str(function, "name", &fpath)?.to_string(),
         description: opt_str(function, "description", &fpath)?.map(str::to_string),
         parameters: function
             .get("parameters")
+            .filter(|p| p.is_object())
             .cloned()
             .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
         strict: opt_bool(function, "strict", &fpath)?,
         cache_control: None,
-    })
+    }))
 }
 
 fn parse_tool_choice(choice: &Value) -> Result<ToolChoice, GatewayError> {
@@ -194,7 +313,12 @@ fn parse_tool_choice(choice: &Value) -> Result<ToolChoice, GatewayError> {
     }
 }
 
-fn parse_message(message: &Value, i: usize, req: &mut CanonicalRequest) -> Result<(), GatewayError> {
+fn parse_message(
+    message: &Value,
+    i: usize,
+    req: &mut CanonicalRequest,
+    deferred: &mut Deferred,
+) -> Result<(), GatewayError> {
     let path = format!("messages[{i}]");
     let obj = as_object(message, &path)?;
     let role = req_str(obj, "role", &path)?;
@@ -207,7 +331,7 @@ fn parse_message(message: &Value, i: usize, req: &mut CanonicalRequest) -> Resul
             }
         }
         "user" => {
-            let content = parse_user_content(obj.get("content"), &format!("{path}.content"))?;
+            let content = parse_user_content(obj.get("content"), &format!("{path}.content"), deferred)?;
             push(req, Role::User, content);
         }
         "assistant" => {
@@ -239,10 +363,10 @@ fn parse_message(message: &Value, i: usize, req: &mut CanonicalRequest) -> Resul
                 }
             }
             if obj.get("function_call").is_some_and(|v| !v.is_null()) {
-                return Err(invalid(
+                deferred.refuse(invalid(
                     "Legacy `function_call` messages cannot be translated; use `tool_calls`.",
                     &format!("{path}.function_call"),
-                ));
+                ))?;
             }
             push(req, Role::Assistant, content);
         }
@@ -262,10 +386,12 @@ fn parse_message(message: &Value, i: usize, req: &mut CanonicalRequest) -> Resul
             );
         }
         "function" => {
-            return Err(invalid(
+            req_str(obj, "name", &path)?;
+            content_texts(obj.get("content"), &format!("{path}.content"))?;
+            deferred.refuse(invalid(
                 "Legacy `function` messages cannot be translated; use `tool` messages.",
                 &format!("{path}.role"),
-            ))
+            ))?;
         }
         other => {
             return Err(invalid(format!("`{path}.role` `{other}` is not valid."), &format!("{path}.role")))
@@ -306,21 +432,35 @@ fn content_texts(content: Option<&Value>, path: &str) -> Result<Vec<String>, Gat
     }
 }
 
-fn parse_user_content(content: Option<&Value>, path: &str) -> Result<Vec<ContentPart>, GatewayError> {
+fn parse_user_content(
+    content: Option<&Value>,
+    path: &str,
+    deferred: &mut Deferred,
+) -> Result<Vec<ContentPart>, GatewayError> {
     match content {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![ContentPart::text(s.clone())]),
         Some(Value::Array(parts)) => {
-            parts.iter().enumerate().map(|(j, p)| parse_user_part(p, &format!("{path}[{j}]"))).collect()
+            let mut out = Vec::with_capacity(parts.len());
+            for (j, part) in parts.iter().enumerate() {
+                if let Some(part) = parse_user_part(part, &format!("{path}[{j}]"), deferred)? {
+                    out.push(part);
+                }
+            }
+            Ok(out)
         }
         Some(_) => Err(invalid(format!("`{path}` must be a string or an array."), path)),
     }
 }
 
-fn parse_user_part(part: &Value, path: &str) -> Result<ContentPart, GatewayError> {
+fn parse_user_part(
+    part: &Value,
+    path: &str,
+    deferred: &mut Deferred,
+) -> Result<Option<ContentPart>, GatewayError> {
     let obj = as_object(part, path)?;
-    match req_str(obj, "type", path)? {
-        "text" => Ok(ContentPart::text(req_str(obj, "text", path)?)),
+    let part = match req_str(obj, "type", path)? {
+        "text" => ContentPart::text(req_str(obj, "text", path)?),
         "image_url" => {
             let url = match obj.get("image_url") {
                 Some(Value::String(s)) => s.as_str(),
@@ -332,10 +472,10 @@ fn parse_user_part(part: &Value, path: &str) -> Result<ContentPart, GatewayError
                     ))
                 }
             };
-            Ok(ContentPart::Image {
+            ContentPart::Image {
                 source: source_from_url_or_data(url, &format!("{path}.image_url.url"))?,
                 cache_control: None,
-            })
+            }
         }
         "input_audio" => {
             let audio = opt_object(obj, "input_audio", path)?.ok_or_else(|| {
@@ -344,30 +484,42 @@ fn parse_user_part(part: &Value, path: &str) -> Result<ContentPart, GatewayError
             let apath = format!("{path}.input_audio");
             let data = req_str(audio, "data", &apath)?;
             check_base64(data, &format!("{apath}.data"))?;
-            Ok(ContentPart::Audio {
+            ContentPart::Audio {
                 data: data.to_string(),
                 format: req_str(audio, "format", &apath)?.to_string(),
-            })
+            }
         }
         "file" => {
             let file = opt_object(obj, "file", path)?
                 .ok_or_else(|| invalid(format!("`{path}.file` is required."), &format!("{path}.file")))?;
             let fpath = format!("{path}.file");
-            if file.get("file_id").is_some_and(|v| !v.is_null()) {
-                return Err(invalid("Uploaded `file_id` references cannot be translated; send `file_data` as a base64 data URI.", &format!("{fpath}.file_id")));
+            let filename = opt_str(file, "filename", &fpath)?.map(str::to_string);
+            if let Some(file_id) = opt_str(file, "file_id", &fpath)? {
+                deferred.refuse(invalid("Uploaded `file_id` references cannot be translated; send `file_data` as a base64 data URI.", &format!("{fpath}.file_id")))?;
+                ContentPart::Document {
+                    source: MediaSource::File { uri: file_id.to_string(), media_type: None },
+                    filename,
+                    cache_control: None,
+                }
+            } else {
+                let (media_type, data) =
+                    parse_data_uri(req_str(file, "file_data", &fpath)?, &format!("{fpath}.file_data"))?;
+                ContentPart::Document {
+                    source: MediaSource::Base64 { media_type, data },
+                    filename,
+                    cache_control: None,
+                }
             }
-            let (media_type, data) =
-                parse_data_uri(req_str(file, "file_data", &fpath)?, &format!("{fpath}.file_data"))?;
-            Ok(ContentPart::Document {
-                source: MediaSource::Base64 { media_type, data },
-                filename: opt_str(file, "filename", &fpath)?.map(str::to_string),
-                cache_control: None,
-            })
         }
         other => {
-            Err(invalid(format!("Content part type `{other}` is not supported."), &format!("{path}.type")))
+            deferred.refuse(invalid(
+                format!("Content part type `{other}` is not supported."),
+                &format!("{path}.type"),
+            ))?;
+            return Ok(None);
         }
-    }
+    };
+    Ok(Some(part))
 }
 
 /// Models that only take `max_completion_tokens`.

@@ -1,0 +1,292 @@
+//! Reading a generation request into what routing, admission, forwarding and
+//! metering need.
+//!
+//! Every client dialect is parsed by its translator module. OpenAI chat
+//! requests are parsed once, leniently ([`Inbound::read`]): every field the
+//! gateway knows is type-checked (a wrong type is a 400 before any upstream
+//! is called), what only the canonical hub cannot carry is let through for
+//! an OpenAI-compatible upstream, and the 400 a translation would give is
+//! kept for the candidates that need one.
+
+use crate::error::GatewayError;
+use crate::provider::Provider;
+use crate::translate::{self, CanonicalRequest, ClientDialect, PromptSize};
+use serde_json::{Map, Value};
+
+/// The request as the client sent it, in the form its dialect allows cheaply.
+#[derive(Debug, Clone)]
+enum Request {
+    /// OpenAI chat: the body to pass through, its canonical form, and the
+    /// refusal a translation would give.
+    OpenAiChat {
+        body: Box<Map<String, Value>>,
+        canonical: Box<CanonicalRequest>,
+        untranslatable: Option<GatewayError>,
+    },
+    /// Every other dialect: the canonical form.
+    Canonical(Box<CanonicalRequest>),
+}
+
+/// A validated generation request.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub client: ClientDialect,
+    /// Model name as the client asked for it (suffix included).
+    pub model: String,
+    pub stream: bool,
+    /// The client asked for the usage chunk (`stream_options.include_usage`).
+    pub client_wants_usage: bool,
+    /// The client's output limit, or the one the gateway imposed.
+    pub max_output_tokens: Option<u64>,
+    /// The output limit the gateway imposed (quota-limited keys only).
+    pub output_cap: Option<u64>,
+    /// Prompt size: the estimate billed when the provider reports nothing,
+    /// and the bound the quota reservation uses.
+    pub prompt: PromptSize,
+    request: Request,
+}
+
+impl Inbound {
+    /// Parses and validates a request body. Gemini carries the model and
+    /// streaming in the path (`path_model`, `path_stream`).
+    pub fn read(
+        client: ClientDialect,
+        body: &[u8],
+        path_model: Option<&str>,
+        path_stream: bool,
+    ) -> Result<Self, GatewayError> {
+        let request = match client {
+            ClientDialect::OpenAiChat => {
+                let parsed = translate::parse_openai_chat_passthrough(body)?;
+                Request::OpenAiChat {
+                    body: Box::new(parsed.body),
+                    canonical: Box::new(parsed.canonical),
+                    untranslatable: parsed.untranslatable,
+                }
+            }
+            _ => Request::Canonical(Box::new(translate::parse_client_request(
+                client,
+                body,
+                path_model,
+                path_stream,
+            )?)),
+        };
+        let canonical = match &request {
+            Request::OpenAiChat { canonical, .. } | Request::Canonical(canonical) => canonical,
+        };
+        Ok(Self {
+            client,
+            model: canonical.model.clone(),
+            stream: canonical.stream,
+            client_wants_usage: canonical.stream_include_usage,
+            max_output_tokens: canonical.max_output_tokens,
+            output_cap: None,
+            prompt: translate::prompt_size(canonical),
+            request,
+        })
+    }
+
+    /// The canonical form (for every client; for OpenAI chat clients it may
+    /// lack what only a passthrough can carry: see [`Self::for_translation`]).
+    pub fn canonical(&self) -> &CanonicalRequest {
+        match &self.request {
+            Request::OpenAiChat { canonical, .. } | Request::Canonical(canonical) => canonical,
+        }
+    }
+
+    /// The canonical form for a candidate that needs translation, or the
+    /// 400 naming what cannot be translated.
+    pub fn for_translation(&self) -> Result<&CanonicalRequest, GatewayError> {
+        match &self.request {
+            Request::OpenAiChat { untranslatable: Some(error), .. } => Err(error.clone()),
+            Request::OpenAiChat { canonical, .. } | Request::Canonical(canonical) => Ok(canonical),
+        }
+    }
+
+    /// Imposes an output limit when the client set none, so a quota
+    /// reservation based on it really bounds the cost.
+    pub fn cap_output(&mut self, limit: u64) {
+        if self.max_output_tokens.is_some() {
+            return;
+        }
+        self.output_cap = Some(limit);
+        self.max_output_tokens = Some(limit);
+        match &mut self.request {
+            Request::OpenAiChat { body, canonical, .. } => {
+                body.insert("max_tokens".into(), Value::from(limit));
+                canonical.max_output_tokens = Some(limit);
+            }
+            Request::Canonical(canonical) => canonical.max_output_tokens = Some(limit),
+        }
+    }
+
+    /// The OpenAI chat body as the client sent it (with the gateway's output
+    /// cap), for an OpenAI-compatible upstream or the built-in mock; `None`
+    /// for other client dialects.
+    pub fn passthrough_body(&self) -> Option<&Map<String, Value>> {
+        match &self.request {
+            Request::OpenAiChat { body, .. } => Some(body),
+            Request::Canonical(_) => None,
+        }
+    }
+
+    /// The body sent to an OpenAI-compatible upstream: the client's, with
+    /// `model` rewritten and, on streams, usage always asked for when the
+    /// provider understands `stream_options` (provider usage is what gets
+    /// billed). Only the top-level object is rebuilt; every value the
+    /// gateway does not change is written back as parsed.
+    pub fn passthrough_upstream_body(&self, upstream_model: &str, provider: &Provider) -> Option<Vec<u8>> {
+        let body = self.passthrough_body()?;
+        let mut out = Vec::with_capacity(self.prompt.upper_bound.min(1 << 20) as usize + 64);
+        out.push(b'{');
+        let mut first = true;
+        let mut field = |out: &mut Vec<u8>, key: &str, value: &Value| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            // Writing JSON into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, key);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut *out, value);
+        };
+        let force_usage = self.stream && provider.stream_usage_option;
+        for (key, value) in body.iter() {
+            match key.as_str() {
+                "model" => field(&mut out, key, &Value::String(upstream_model.to_string())),
+                "stream_options" if force_usage => {}
+                _ => field(&mut out, key, value),
+            }
+        }
+        if force_usage {
+            let mut options = match body.get("stream_options") {
+                Some(Value::Object(o)) => o.clone(),
+                _ => Map::new(),
+            };
+            options.insert("include_usage".into(), Value::Bool(true));
+            field(&mut out, "stream_options", &Value::Object(options));
+        }
+        out.push(b'}');
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::provider_by_id;
+
+    fn read(body: &str) -> Result<Inbound, GatewayError> {
+        Inbound::read(ClientDialect::OpenAiChat, body.as_bytes(), None, false)
+    }
+
+    fn openai() -> &'static Provider {
+        provider_by_id("openai").unwrap_or(&crate::provider::PROVIDERS[0])
+    }
+
+    #[test]
+    fn passthrough_types_are_checked_once_at_the_edge() {
+        for (body, param) in [
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+                "temperature",
+            ),
+            (r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#, "messages[0].role"),
+            (r#"{"model":"m","messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":9223372036854775807}"#,
+                "max_tokens",
+            ),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "stream"),
+            (r#"{"model":"m","messages":[]}"#, "messages"),
+            (r#"{"messages":[{"role":"user","content":"x"}]}"#, "model"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"api_base":"http://evil"}"#,
+                "api_base",
+            ),
+        ] {
+            let error = read(body).err().unwrap_or(GatewayError::Internal);
+            assert_eq!(error.status(), 400, "{body}");
+            assert_eq!(error.to_json(crate::error::Dialect::OpenAi)["error"]["param"], param, "{body}");
+        }
+        assert!(matches!(read("{nope"), Err(GatewayError::InvalidJson { .. })));
+    }
+
+    #[test]
+    fn openai_only_features_pass_through_and_refuse_translation() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"},
+            {"type":"file","file":{"file_id":"file-abc"}}]}],"logit_bias":{"50256":-100},"vendor_extension":{"x":1}}"#;
+        let inbound = read(body).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(inbound.passthrough_body().is_some_and(|b| b.contains_key("vendor_extension")));
+        let error = inbound.for_translation().err().unwrap_or(GatewayError::Internal);
+        assert_eq!(error.status(), 400);
+        assert!(error.message().contains("logit_bias"), "{}", error.message());
+        // the same body through the translator's strict parse gives the same refusal
+        let strict = translate::parse_client_request(ClientDialect::OpenAiChat, body.as_bytes(), None, false);
+        assert_eq!(strict.err(), Some(error));
+    }
+
+    #[test]
+    fn upstream_body_rewrites_model_forces_usage_and_keeps_the_rest() {
+        let inbound = read(
+            r#"{"model":"alias","messages":[{"role":"user","content":"hello"}],"stream":true,"stream_options":{"x":1},"temperature":0.70}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(inbound.stream && !inbound.client_wants_usage);
+        let body = inbound.passthrough_upstream_body("real-model", openai()).unwrap_or_default();
+        let up: Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(up["model"], "real-model");
+        assert_eq!(up["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
+        assert_eq!(up["messages"][0]["content"], "hello");
+        assert!(String::from_utf8_lossy(&body).contains("\"temperature\":0.7"), "numbers kept");
+        let mut no_option = *openai();
+        no_option.stream_usage_option = false;
+        let body = inbound.passthrough_upstream_body("real-model", &no_option).unwrap_or_default();
+        let up: Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(up["stream_options"], serde_json::json!({"x": 1}));
+    }
+
+    #[test]
+    fn non_stream_requests_get_no_stream_options() {
+        let inbound = read(r#"{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":7}"#)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let up: Value =
+            serde_json::from_slice(&inbound.passthrough_upstream_body("m", openai()).unwrap_or_default())
+                .unwrap_or_default();
+        assert!(up.get("stream_options").is_none());
+        assert_eq!(inbound.max_output_tokens, Some(7));
+    }
+
+    #[test]
+    fn output_cap_applies_only_when_the_client_set_none() {
+        let mut inbound = read(r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        inbound.cap_output(100);
+        assert_eq!((inbound.max_output_tokens, inbound.output_cap), (Some(100), Some(100)));
+        assert_eq!(inbound.canonical().max_output_tokens, Some(100));
+        let up: Value =
+            serde_json::from_slice(&inbound.passthrough_upstream_body("m", openai()).unwrap_or_default())
+                .unwrap_or_default();
+        assert_eq!(up["max_tokens"], 100);
+        let mut inbound =
+            read(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":7}"#)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        inbound.cap_output(100);
+        assert_eq!((inbound.max_output_tokens, inbound.output_cap), (Some(7), None));
+    }
+
+    #[test]
+    fn every_dialect_sizes_its_prompt_with_the_one_estimator() {
+        let openai = read(r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hello there"}]}"#)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let anthropic = Inbound::read(
+            ClientDialect::Anthropic,
+            br#"{"model":"m","max_tokens":5,"system":"Be brief.","messages":[{"role":"user","content":"Hello there"}]}"#,
+            None,
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(openai.prompt, anthropic.prompt);
+        assert_eq!(openai.prompt.estimate, 5, "20 bytes of text");
+        assert_eq!(openai.prompt.upper_bound, 20 + translate::PROMPT_OVERHEAD_TOKENS);
+    }
+}

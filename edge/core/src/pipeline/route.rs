@@ -1,0 +1,223 @@
+//! Where a request goes: the public model that serves it, the ordered
+//! candidates, how each attempt reaches its upstream, and which failures
+//! fail over to the next candidate.
+
+use crate::error::GatewayError;
+use crate::key_record::KeyRecord;
+use crate::pricing::ModelPrice;
+use crate::provider::ProviderDialect;
+use crate::routing::{Candidate, RoutingTable};
+use crate::translate::{reasoning, ClientDialect, UpstreamDialect};
+
+/// Most candidates tried for one request. Failover happens only before any
+/// byte has reached the client.
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// The route a request takes.
+#[derive(Debug, Clone)]
+pub struct Route<'t> {
+    /// The public model that serves the request (the asked name without a
+    /// reasoning suffix, when only the base model is routed).
+    pub model: &'t str,
+    /// The asked name carried a reasoning suffix (`-high`, `-thinking`, …)
+    /// that routing stripped: the request is then rebuilt, not passed through,
+    /// so the suffix becomes the upstream's reasoning parameter.
+    pub suffix_stripped: bool,
+    /// Candidates in the order they are tried.
+    pub candidates: Vec<Candidate<'t>>,
+    pub price: ModelPrice,
+}
+
+/// Resolves `asked` for `record`. A name routed as is wins; otherwise a
+/// reasoning suffix is stripped when its base model is routed. The key's
+/// model allow-list applies to the routed name. `seed` drives the weighted
+/// order within a priority (any random u64).
+pub fn resolve<'t>(
+    table: &'t RoutingTable,
+    record: &KeyRecord,
+    asked: &str,
+    seed: u64,
+) -> Result<Route<'t>, GatewayError> {
+    let (model, suffix_stripped) = match table.model(asked) {
+        Some(route) => (route, false),
+        None => match reasoning::split_model_suffix(asked).and_then(|(base, _)| table.model(base)) {
+            Some(route) => (route, true),
+            None => return Err(GatewayError::ModelNotFound { model: asked.to_string() }),
+        },
+    };
+    record.check_model(&model.name)?;
+    Ok(Route {
+        model: &model.name,
+        suffix_stripped,
+        candidates: table.candidates(&model.name, seed)?,
+        price: model.price,
+    })
+}
+
+/// How one attempt reaches its upstream and shapes the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// OpenAI chat client, OpenAI-format upstream: the body is passed through
+    /// (model rewritten, usage asked for) and so is the answer (usage tapped).
+    Relay,
+    /// Every other pair: through the canonical hub to this upstream dialect.
+    Translate(UpstreamDialect),
+}
+
+impl Plan {
+    /// The plan for `client` calling a provider of `provider` dialect. The
+    /// built-in mock speaks OpenAI chat.
+    pub fn for_attempt(client: ClientDialect, provider: ProviderDialect, suffix_stripped: bool) -> Self {
+        match provider {
+            ProviderDialect::OpenAiChat | ProviderDialect::Mock
+                if client == ClientDialect::OpenAiChat && !suffix_stripped =>
+            {
+                Self::Relay
+            }
+            ProviderDialect::OpenAiChat | ProviderDialect::Mock => {
+                Self::Translate(UpstreamDialect::OpenAiChat)
+            }
+            ProviderDialect::Anthropic => Self::Translate(UpstreamDialect::Anthropic),
+            ProviderDialect::Gemini => Self::Translate(UpstreamDialect::Gemini),
+        }
+    }
+
+    /// The dialect the upstream answers in.
+    pub fn upstream_dialect(self) -> UpstreamDialect {
+        match self {
+            Self::Relay => UpstreamDialect::OpenAiChat,
+            Self::Translate(dialect) => dialect,
+        }
+    }
+}
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptVerdict {
+    /// The upstream accepted the request: answer the client from it.
+    Serve,
+    /// A failure of the channel, not of the request: try the next candidate.
+    FailOver,
+    /// The request's own fault (or a refusal every channel would repeat):
+    /// answer the client with this attempt's error.
+    Stop,
+}
+
+impl AttemptVerdict {
+    /// After an upstream answered with `status`: 2xx serves; connection-level
+    /// statuses (408), rate limits (429), server errors (5xx) and the
+    /// channel's own credentials being refused (401, 403) fail over; any
+    /// other 4xx is the request's fault.
+    pub fn after_status(status: u16) -> Self {
+        match status {
+            200..=299 => Self::Serve,
+            401 | 403 | 408 | 429 | 500..=599 => Self::FailOver,
+            _ => Self::Stop,
+        }
+    }
+
+    /// After an attempt failed without an answer: unreachable upstreams and
+    /// timeouts fail over; a request that cannot be built for this upstream
+    /// stops.
+    pub fn after_error(error: &GatewayError) -> Self {
+        match error {
+            GatewayError::UpstreamUnavailable | GatewayError::UpstreamTimeout => Self::FailOver,
+            _ => Self::Stop,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::RoutingConfig;
+
+    fn table() -> RoutingTable {
+        let config: RoutingConfig = serde_json::from_str(
+            r#"{"version":1,
+                "channels":[{"id":"a","provider":"openai","api_key":"k"},{"id":"c","provider":"anthropic","api_key":"k"}],
+                "models":[{"name":"gpt","price":{"input":5},"targets":[{"channel":"a"}]},
+                          {"name":"claude","targets":[{"channel":"c"}]},
+                          {"name":"gpt-high","targets":[{"channel":"a"}]}]}"#,
+        )
+        .unwrap_or_default();
+        RoutingTable::new(config).unwrap_or_default()
+    }
+
+    fn record(allowed: Option<&[&str]>) -> KeyRecord {
+        let mut r: KeyRecord = serde_json::from_str(r#"{"digest":"d"}"#).unwrap_or_else(|e| panic!("{e}"));
+        r.allowed_models = allowed.map(|a| a.iter().map(|s| s.to_string()).collect());
+        r
+    }
+
+    #[test]
+    fn a_routed_name_wins_over_suffix_stripping() {
+        let t = table();
+        let route = resolve(&t, &record(None), "gpt-high", 0).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((route.model, route.suffix_stripped), ("gpt-high", false));
+        let route = resolve(&t, &record(None), "claude-thinking", 0).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((route.model, route.suffix_stripped), ("claude", true));
+        let route = resolve(&t, &record(None), "gpt", 0).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(route.price.input, 5);
+        assert!(matches!(
+            resolve(&t, &record(None), "nope-high", 0),
+            Err(GatewayError::ModelNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn the_allow_list_applies_to_the_routed_name() {
+        let t = table();
+        assert!(resolve(&t, &record(Some(&["claude"])), "claude-high", 0).is_ok());
+        assert!(matches!(
+            resolve(&t, &record(Some(&["claude"])), "gpt", 0),
+            Err(GatewayError::ModelNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn plans() {
+        use ClientDialect::*;
+        assert_eq!(Plan::for_attempt(OpenAiChat, ProviderDialect::OpenAiChat, false), Plan::Relay);
+        assert_eq!(Plan::for_attempt(OpenAiChat, ProviderDialect::Mock, false), Plan::Relay);
+        assert_eq!(
+            Plan::for_attempt(OpenAiChat, ProviderDialect::OpenAiChat, true),
+            Plan::Translate(UpstreamDialect::OpenAiChat),
+            "a stripped suffix becomes reasoning_effort"
+        );
+        assert_eq!(
+            Plan::for_attempt(Anthropic, ProviderDialect::OpenAiChat, false),
+            Plan::Translate(UpstreamDialect::OpenAiChat)
+        );
+        assert_eq!(
+            Plan::for_attempt(Gemini, ProviderDialect::Anthropic, false).upstream_dialect(),
+            UpstreamDialect::Anthropic
+        );
+    }
+
+    #[test]
+    fn failover_classification() {
+        use AttemptVerdict::*;
+        for (status, verdict) in [
+            (200, Serve),
+            (201, Serve),
+            (400, Stop),
+            (404, Stop),
+            (413, Stop),
+            (422, Stop),
+            (401, FailOver),
+            (403, FailOver),
+            (408, FailOver),
+            (429, FailOver),
+            (500, FailOver),
+            (503, FailOver),
+            (529, FailOver),
+        ] {
+            assert_eq!(AttemptVerdict::after_status(status), verdict, "{status}");
+        }
+        assert_eq!(AttemptVerdict::after_error(&GatewayError::UpstreamTimeout), FailOver);
+        assert_eq!(AttemptVerdict::after_error(&GatewayError::UpstreamUnavailable), FailOver);
+        let bad = GatewayError::InvalidRequest { message: "x".into(), param: None };
+        assert_eq!(AttemptVerdict::after_error(&bad), Stop);
+    }
+}
