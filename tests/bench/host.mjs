@@ -45,7 +45,7 @@ function buildModules(entry) {
 
 export const BENCH_MODELS = ['gpt-bench', 'paced-10', 'paced-20'];
 
-async function edgewayOptions(opts) {
+export async function edgewayOptions(opts) {
   const { unstable_getMiniflareWorkerOptions: getOptions } = await import('wrangler');
   const { workerOptions, main } = getOptions(path.join(ROOT, 'wrangler.toml'));
   delete workerOptions.modulesRules;
@@ -58,7 +58,7 @@ async function edgewayOptions(opts) {
   };
 }
 
-async function seedEdgeway(mf, opts) {
+export async function seedEdgeway(mf, opts) {
   // D1: apply every migration in order, as `wrangler d1 migrations apply` would.
   const { unstable_splitSqlQuery: split } = await import('wrangler');
   const db = await mf.getD1Database('USAGE_DB');
@@ -180,7 +180,9 @@ async function main() {
   process.stdout.write(`${JSON.stringify({ url: url.href.replace(/\/$/, ''), pid: process.pid, workerdPids })}\n`);
 }
 
-main().catch((e) => {
-  process.stderr.write(`host failed: ${e?.stack ?? e}\n`);
-  process.exit(1);
-});
+if (process.argv[1] && path.resolve(process.argv[1]) === import.meta.filename) {
+  main().catch((e) => {
+    process.stderr.write(`host failed: ${e?.stack ?? e}\n`);
+    process.exit(1);
+  });
+}

@@ -72,13 +72,14 @@ fn sample_for_schema(schema: &Value) -> Value {
 
 impl MockReply {
     /// Decides the reply to an OpenAI chat request body.
-    pub fn for_request(body: &Map<String, Value>, model: &str, created: i64, prompt_bytes: usize) -> Self {
+    /// `prompt_tokens`: the gateway's estimate of the prompt (what the mock reports).
+    pub fn for_request(body: &Map<String, Value>, model: &str, created: i64, prompt_tokens: u64) -> Self {
         let messages = body.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
         let last = messages.last().cloned().unwrap_or(Value::Null);
         let last_role = last.get("role").and_then(Value::as_str).unwrap_or("user");
         let seed = serde_json::to_string(&messages).unwrap_or_default();
         let id = format!("chatcmpl-mock-{}", short_hash(&seed));
-        let prompt_tokens = estimate_tokens(prompt_bytes).max(1);
+        let prompt_tokens = prompt_tokens.max(1);
         let max_tokens = ["max_completion_tokens", "max_tokens"]
             .iter()
             .find_map(|f| body.get(*f).and_then(Value::as_u64))
@@ -234,12 +235,14 @@ fn usage(prompt_tokens: u64, completion_tokens: u64) -> OpenAiUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openai_relay::{parse_chat_request, ChatStreamTap};
+    use crate::openai_relay::ChatStreamTap;
+    use crate::pipeline::inbound::Inbound;
     use crate::sse::encode_event;
+    use crate::translate::ClientDialect;
 
     fn reply(body: &str) -> MockReply {
-        let p = parse_chat_request(body.as_bytes()).unwrap();
-        MockReply::for_request(p.body(), &p.model, 1_700_000_000, p.prompt_bytes)
+        let p = Inbound::read(ClientDialect::OpenAiChat, body.as_bytes(), None, false).unwrap();
+        MockReply::for_request(p.passthrough_body().unwrap(), &p.model, 1_700_000_000, p.prompt.estimate)
     }
 
     #[test]

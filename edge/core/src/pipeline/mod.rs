@@ -12,6 +12,8 @@
 //! Time, randomness and request ids are arguments, never read here.
 
 pub mod admission;
+pub mod generation;
 pub mod inbound;
+pub mod isolate;
 pub mod metering;
 pub mod route;

@@ -1,0 +1,541 @@
+//! The generation state machine end to end on the host: every effect is
+//! performed by a simulated world (KV, the key's account as the real
+//! `KeyAccountState`, scripted upstreams, the client, the usage queue), so
+//! failover, disconnects, settlement order and billing are checked without a
+//! runtime.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use edgeway_core::api_key::key_digest;
+use edgeway_core::key_account::{AdmitRequest, KeyAccountState, SettleRequest};
+use edgeway_core::pipeline::generation::{
+    Credentials, Effect, Emitted, FetchFailure, Generation, Input, ResponseBody, Start,
+};
+use edgeway_core::pipeline::isolate::IsolateState;
+use edgeway_core::translate::ClientDialect;
+use edgeway_core::usage::{RequestOutcome, UsageEvent, UsageSource};
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+
+const KEY: &str = "sk-ew-test-key-000000000000000000";
+
+/// How an upstream answers one call.
+#[derive(Clone, Debug)]
+enum Reply {
+    Status { status: u16, chunks: Vec<Vec<u8>>, broken: bool },
+    Unreachable,
+    Timeout,
+}
+
+fn ok_json(body: Value) -> Reply {
+    Reply::Status { status: 200, chunks: vec![body.to_string().into_bytes()], broken: false }
+}
+
+fn status(status: u16, body: &str) -> Reply {
+    Reply::Status { status, chunks: vec![body.as_bytes().to_vec()], broken: false }
+}
+
+fn sse(events: &[Value]) -> Vec<Vec<u8>> {
+    let mut chunks: Vec<Vec<u8>> = events.iter().map(|e| format!("data: {e}\n\n").into_bytes()).collect();
+    chunks.push(b"data: [DONE]\n\n".to_vec());
+    chunks
+}
+
+fn chat_stream(with_usage: bool) -> Vec<Vec<u8>> {
+    let mut events = vec![
+        json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}),
+        json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hel"}}]}),
+        json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":"stop"}]}),
+    ];
+    if with_usage {
+        events.push(json!({"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":8,"total_tokens":19}}));
+    }
+    sse(&events)
+}
+
+fn completion() -> Value {
+    json!({"id":"chatcmpl-up","object":"chat.completion","created":1,"model":"up-model",
+           "choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],
+           "usage":{"prompt_tokens":11,"completion_tokens":8,"total_tokens":19}})
+}
+
+struct World {
+    isolate: IsolateState,
+    kv: HashMap<String, String>,
+    account: KeyAccountState,
+    /// Replies per upstream base URL, in call order.
+    upstreams: HashMap<String, VecDeque<Reply>>,
+    secrets: HashMap<String, String>,
+    now: i64,
+    /// The client disconnects after receiving this many stream writes.
+    client_gone_after: Option<usize>,
+    queue_refuses: bool,
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// Stream writes the client received, in order.
+    writes: Vec<Vec<u8>>,
+    /// Upstream calls made, by URL.
+    fetched: Vec<String>,
+    /// Upstream request bodies.
+    fetched_bodies: Vec<Value>,
+    published: Vec<UsageEvent>,
+    settled: Vec<SettleRequest>,
+    /// Stream writes that were the upstream chunk itself, unchanged.
+    passed_through: usize,
+    /// Effects in order, by name (for ordering assertions).
+    trace: Vec<String>,
+    logs: Vec<String>,
+}
+
+impl Outcome {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.writes.concat()).into_owned()
+    }
+
+    /// Every usage event recorded, settled or published.
+    fn events(&self) -> Vec<UsageEvent> {
+        let mut all: Vec<UsageEvent> = self.settled.iter().filter_map(|s| s.event.clone()).collect();
+        all.extend(self.published.iter().cloned());
+        all
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn routing(targets: &[(&str, &str)]) -> Value {
+    // targets: (channel id, base url); priorities descend in the given order
+    let channels: Vec<Value> = targets
+        .iter()
+        .map(|(id, url)| match *url {
+            "mock" => json!({"id": id, "provider": "mock"}),
+            url if url.contains("anthropic") => json!({"id": id, "provider": "anthropic", "base_url": url, "api_key": "sk-up-secret-anthropic"}),
+            url => json!({"id": id, "provider": "openai-compatible", "base_url": url, "api_key": format!("sk-up-secret-{id}")}),
+        })
+        .collect();
+    let n = targets.len() as i32;
+    let model_targets: Vec<Value> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| json!({"channel": id, "upstream_model": "up-model", "priority": n - i as i32}))
+        .collect();
+    json!({"version": 1, "channels": channels,
+           "models": [{"name": "m", "price": {"input": 1_000_000, "output": 2_000_000}, "targets": model_targets}]})
+}
+
+impl World {
+    fn new(record: Value, routing: Value) -> Self {
+        let digest = key_digest(KEY);
+        let mut record = record;
+        record["digest"] = json!(digest);
+        let mut kv = HashMap::new();
+        kv.insert(format!("key:{digest}"), record.to_string());
+        kv.insert("config:routing".into(), routing.to_string());
+        Self {
+            isolate: IsolateState::default(),
+            kv,
+            account: KeyAccountState::new(60_000),
+            upstreams: HashMap::new(),
+            secrets: HashMap::new(),
+            now: 1_700_000_000_000,
+            client_gone_after: None,
+            queue_refuses: false,
+        }
+    }
+
+    fn upstream(&mut self, base: &str, replies: Vec<Reply>) -> &mut Self {
+        self.upstreams.insert(base.to_string(), replies.into());
+        self
+    }
+
+    fn run(&mut self, body: Value) -> Outcome {
+        self.run_as(ClientDialect::OpenAiChat, body)
+    }
+
+    fn run_as(&mut self, client: ClientDialect, body: Value) -> Outcome {
+        let start = Start {
+            client,
+            path_model: None,
+            path_stream: false,
+            credentials: Credentials { authorization: Some(format!("Bearer {KEY}")), ..Default::default() },
+            client_ip: Some("127.0.0.1".into()),
+            declared_body_len: None,
+            request_id: format!("req_{:x}", self.now),
+            routing_seed: 7,
+        };
+        let body = body.to_string().into_bytes();
+        let mut g = Generation::new(start, self.now);
+        let mut out = Outcome::default();
+        let mut input = Input::Begin;
+        let mut reply: Option<(VecDeque<Vec<u8>>, bool)> = None;
+        let mut last_upstream_body: Vec<u8> = Vec::new();
+        let mut last_chunk: Vec<u8> = Vec::new();
+        for _ in 0..10_000 {
+            let effect = g.next(&mut self.isolate, input, self.now);
+            out.logs.extend(g.take_logs().into_iter().map(|l| l.message));
+            self.now += 1;
+            out.trace.push(format!("{effect:?}").split([' ', '(', '{']).next().unwrap_or("").to_string());
+            input = match effect {
+                Effect::KvGet { key } => Input::KvValue(self.kv.get(&key).cloned()),
+                Effect::ReadSecret { name } => Input::Secret(self.secrets.get(&name).cloned()),
+                Effect::AccountCall { path, body, .. } => {
+                    let body = body.unwrap_or_default();
+                    let reply = match path {
+                        "/state" => {
+                            serde_json::to_string(&self.account.snapshot(self.now)).unwrap_or_default()
+                        }
+                        "/admit" => {
+                            let admit: AdmitRequest =
+                                serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
+                            let (decision, _) = self.account.admit(&admit, self.now);
+                            serde_json::to_string(&decision).unwrap_or_default()
+                        }
+                        "/settle" => {
+                            let settle: SettleRequest =
+                                serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
+                            let (outcome, _) = self.account.settle(&settle, self.now);
+                            out.settled.push(settle);
+                            json!({"outcome": outcome}).to_string()
+                        }
+                        other => panic!("unexpected account path {other}"),
+                    };
+                    Input::AccountReply { status: 200, body: reply }
+                }
+                Effect::ReadRequestBody { limit } => {
+                    if body.len() > limit {
+                        Input::RequestBodyTooLarge
+                    } else {
+                        Input::RequestBody(body.clone())
+                    }
+                }
+                Effect::Fetch(req) => {
+                    out.fetched.push(req.url.clone());
+                    out.fetched_bodies.push(serde_json::from_slice(&req.body).unwrap_or(Value::Null));
+                    assert!(req.timeout_ms > 0);
+                    let base = self.upstreams.keys().find(|b| req.url.starts_with(b.as_str())).cloned();
+                    let next = base.and_then(|b| self.upstreams.get_mut(&b).and_then(VecDeque::pop_front));
+                    match next.unwrap_or(Reply::Unreachable) {
+                        Reply::Status { status, chunks, broken } => {
+                            reply = Some((chunks.into(), broken));
+                            Input::UpstreamHead { status }
+                        }
+                        Reply::Unreachable => Input::UpstreamFailed(FetchFailure::Unreachable),
+                        Reply::Timeout => Input::UpstreamFailed(FetchFailure::Timeout),
+                    }
+                }
+                Effect::ReadUpstreamBody { limit } => {
+                    let (chunks, _) = reply.take().unwrap_or_default();
+                    let whole: Vec<u8> = chunks.into_iter().flatten().collect();
+                    if whole.len() > limit {
+                        Input::UpstreamBodyFailed
+                    } else {
+                        last_upstream_body = whole.clone();
+                        Input::UpstreamBody(whole)
+                    }
+                }
+                Effect::Sleep { ms } => {
+                    self.now += ms as i64;
+                    Input::Done
+                }
+                Effect::Respond(head, body) => {
+                    out.status = head.status;
+                    out.headers = head.headers.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+                    out.body = match body {
+                        ResponseBody::Bytes(b) => b,
+                        ResponseBody::UpstreamBody => last_upstream_body.clone(),
+                        ResponseBody::Stream => Vec::new(),
+                    };
+                    Input::Done
+                }
+                Effect::ReadChunk { deadline_ms } => match reply.as_mut() {
+                    Some((chunks, broken)) => match chunks.pop_front() {
+                        Some(chunk) => {
+                            last_chunk = chunk.clone();
+                            Input::Chunk(chunk)
+                        }
+                        None if *broken => Input::UpstreamBroken("reset".into()),
+                        None if deadline_ms.is_some_and(|d| d <= self.now) => Input::ChunkDeadline,
+                        None => Input::UpstreamEnd,
+                    },
+                    None => Input::UpstreamEnd,
+                },
+                Effect::Emit(emitted) => {
+                    if self.client_gone_after.is_some_and(|n| out.writes.len() >= n) {
+                        Input::ClientGone
+                    } else {
+                        out.writes.push(match emitted {
+                            Emitted::Bytes(b) => b,
+                            Emitted::Chunk => {
+                                out.passed_through += 1;
+                                last_chunk.clone()
+                            }
+                        });
+                        Input::Done
+                    }
+                }
+                Effect::CloseStream => Input::Done,
+                Effect::PublishUsage { events_json, count } => {
+                    let events: Vec<UsageEvent> = serde_json::from_str(&events_json).unwrap_or_default();
+                    assert_eq!(events.len(), count);
+                    if self.queue_refuses {
+                        Input::Published(false)
+                    } else {
+                        out.published.extend(events);
+                        Input::Published(true)
+                    }
+                }
+                Effect::Finished => return out,
+            };
+        }
+        panic!("the request never finished: {:?}", out.trace);
+    }
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+fn unlimited() -> Value {
+    json!({})
+}
+
+fn limited() -> Value {
+    json!({"max_concurrency": 10, "rpm": 1000, "quota_micros": 1_000_000_000})
+}
+
+const A: &str = "http://a.test/v1";
+const B: &str = "http://b.test/v1";
+const C: &str = "http://c.test/v1";
+
+#[test]
+fn relay_non_stream_answers_with_the_upstream_bytes_and_bills_its_usage() {
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    w.upstream(A, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi"), "temperature": 0.25}));
+    assert_eq!(out.status, 200);
+    assert_eq!(out.json(), completion(), "the upstream body, untouched");
+    assert_eq!(out.fetched, vec![format!("{A}/chat/completions")]);
+    assert_eq!(out.fetched_bodies[0]["model"], "up-model");
+    assert_eq!(out.fetched_bodies[0]["temperature"], 0.25);
+    assert!(out.header("x-request-id").is_some_and(|id| id.starts_with("req_")));
+    let events = out.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].usage.input_uncached, events[0].usage.output), (11, 8));
+    assert_eq!(events[0].cost_micros, 11 + 16);
+    assert_eq!(events[0].usage_source, UsageSource::Provider);
+    assert!(out.settled.is_empty(), "a key without limits is not admitted per request");
+    // The account was asked once (the isolate remembers its answer for 2 s).
+    assert!(out.trace.iter().any(|t| t == "AccountCall"));
+    let again = w.run(json!({"model": "m", "messages": user("again")}));
+    assert!(!again.trace.iter().any(|t| t == "AccountCall" || t == "KvGet"), "{:?}", again.trace);
+}
+
+#[test]
+fn relay_stream_passes_unchanged_chunks_and_strips_the_usage_chunk() {
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    w.upstream(A, vec![Reply::Status { status: 200, chunks: chat_stream(true), broken: false }]);
+    let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true}));
+    assert_eq!(out.status, 200);
+    assert_eq!(out.header("content-type"), Some("text/event-stream; charset=utf-8"));
+    assert_eq!(out.fetched_bodies[0]["stream_options"]["include_usage"], true, "usage always asked for");
+    let text = out.text();
+    assert!(text.contains("Hel") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("\"usage\""), "the client did not ask for the usage chunk: {text}");
+    assert_eq!(out.passed_through, 3, "unchanged chunks are handed back, not copied out");
+    let e = &out.events()[0];
+    assert_eq!((e.usage.input_uncached, e.usage.output, e.outcome), (11, 8, RequestOutcome::Completed));
+
+    w.upstream(A, vec![Reply::Status { status: 200, chunks: chat_stream(true), broken: false }]);
+    let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true, "stream_options": {"include_usage": true}}));
+    assert!(out.text().contains("\"prompt_tokens\":11"), "asked for: kept");
+}
+
+#[test]
+fn failover_before_the_first_byte_and_only_the_serving_attempt_is_billed() {
+    for (first, second) in [
+        (status(500, r#"{"error":{"message":"boom"}}"#), "500"),
+        (status(429, r#"{"error":{"message":"slow down"}}"#), "429"),
+        (Reply::Unreachable, "unreachable"),
+        (Reply::Timeout, "timeout"),
+        (status(401, r#"{"error":{"message":"bad key sk-up-secret-a"}}"#), "401"),
+    ] {
+        let mut w = World::new(unlimited(), routing(&[("a", A), ("b", B)]));
+        w.upstream(A, vec![first]);
+        w.upstream(B, vec![ok_json(completion())]);
+        let out = w.run(json!({"model": "m", "messages": user("hi")}));
+        assert_eq!(out.status, 200, "{second}");
+        assert_eq!(out.fetched.len(), 2, "{second}");
+        let events = out.events();
+        assert_eq!(events.len(), 1, "{second}");
+        assert_eq!((events[0].channel.as_str(), events[0].cost_micros), ("b", 27), "{second}");
+    }
+}
+
+#[test]
+fn a_request_fault_stops_at_once_in_the_callers_dialect_and_redacts() {
+    let mut w = World::new(unlimited(), routing(&[("a", A), ("b", B)]));
+    w.upstream(A, vec![status(400, r#"{"error":{"message":"bad param from sk-up-secret-a"}}"#)]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.status, 400);
+    assert_eq!(out.fetched.len(), 1, "no failover on a 400");
+    let message = out.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("bad param") && !message.contains("sk-up-secret-a"), "{message}");
+    let e = &out.events()[0];
+    assert_eq!((e.cost_micros, e.usage_source, e.status), (0, UsageSource::None, 400));
+}
+
+#[test]
+fn every_candidate_failing_gives_the_last_error_and_bills_nothing() {
+    let mut w = World::new(limited(), routing(&[("a", A), ("b", B), ("c", C)]));
+    w.upstream(A, vec![status(503, "{}")]);
+    w.upstream(B, vec![Reply::Unreachable]);
+    w.upstream(C, vec![Reply::Timeout]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.status, 504);
+    assert_eq!(out.fetched.len(), 3);
+    assert_eq!(out.settled.len(), 1, "an admitted request is settled once, failed");
+    assert_eq!(out.settled[0].event.as_ref().map(|e| e.cost_micros), Some(0));
+    assert_eq!(w.account.in_flight(), 0);
+    assert_eq!(w.account.reserved_micros(), 0);
+}
+
+#[test]
+fn an_admitted_stream_is_settled_before_the_client_sees_its_end() {
+    let mut w = World::new(limited(), routing(&[("a", A)]));
+    w.upstream(A, vec![Reply::Status { status: 200, chunks: chat_stream(true), broken: false }]);
+    let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true}));
+    let settle = out.trace.iter().rposition(|t| t == "AccountCall").unwrap_or(0);
+    let last_emit = out.trace.iter().rposition(|t| t == "Emit").unwrap_or(usize::MAX);
+    assert!(settle < last_emit, "{:?}", out.trace);
+    assert!(out.writes.last().is_some_and(|w| w.ends_with(b"data: [DONE]\n\n")));
+    assert_eq!(w.account.spent_micros(), 27);
+    assert_eq!((w.account.in_flight(), w.account.reserved_micros()), (0, 0));
+}
+
+#[test]
+fn a_client_that_disconnects_is_billed_what_the_provider_reported() {
+    for gone_after in [0, 1, 2] {
+        let mut w = World::new(limited(), routing(&[("a", A)]));
+        w.client_gone_after = Some(gone_after);
+        w.upstream(A, vec![Reply::Status { status: 200, chunks: chat_stream(true), broken: false }]);
+        let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true}));
+        let e = &out.settled[0].event.clone().unwrap_or_else(|| panic!("no event"));
+        assert_eq!(
+            (e.outcome, e.usage_source, e.cost_micros),
+            (RequestOutcome::ClientAborted, UsageSource::Provider, 27)
+        );
+        assert_eq!(w.account.in_flight(), 0);
+    }
+}
+
+#[test]
+fn a_stream_cut_short_ends_with_an_error_event_and_is_estimated() {
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    let mut chunks = chat_stream(false);
+    chunks.truncate(2);
+    w.upstream(A, vec![Reply::Status { status: 200, chunks, broken: true }]);
+    let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true}));
+    assert!(out.text().contains("\"error\""), "{}", out.text());
+    let e = &out.events()[0];
+    assert_eq!((e.outcome, e.usage_source), (RequestOutcome::Failed, UsageSource::Estimated));
+}
+
+#[test]
+fn translation_to_anthropic_and_back() {
+    const ANTHROPIC: &str = "http://anthropic.test/v1";
+    let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
+    w.upstream(ANTHROPIC, vec![ok_json(json!({"id":"msg_1","type":"message","role":"assistant","model":"claude",
+        "content":[{"type":"text","text":"Bonjour"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":2}}))]);
+    let out = w.run(json!({"model": "m", "messages": user("hi"), "max_tokens": 20}));
+    assert_eq!(out.status, 200);
+    assert_eq!(out.fetched, vec![format!("{ANTHROPIC}/messages")]);
+    assert_eq!(out.fetched_bodies[0]["max_tokens"], 20);
+    let body = out.json();
+    assert_eq!(body["choices"][0]["message"]["content"], "Bonjour");
+    assert_eq!(body["model"], "m", "the public model name");
+    assert_eq!(out.events()[0].cost_micros, 5 + 4);
+    // OpenAI-only content is refused for a translating candidate, with no upstream call.
+    let out = w.run(json!({"model": "m", "messages": user("hi"), "logit_bias": {"1": 2}}));
+    assert_eq!(out.status, 400);
+    assert!(out.fetched.is_empty());
+}
+
+#[test]
+fn the_built_in_mock_serves_streams_and_whole_answers() {
+    let mut w = World::new(limited(), routing(&[("m", "mock")]));
+    let out = w.run(json!({"model": "m", "messages": user("What is edgeway?")}));
+    assert_eq!(out.status, 200);
+    assert!(out.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .is_some_and(|t| t.contains("What is edgeway?")));
+    let out = w.run(json!({"model": "m", "messages": user("What is edgeway?"), "stream": true}));
+    assert!(out.text().ends_with("data: [DONE]\n\n"), "{}", out.text());
+    assert_eq!(out.settled.len(), 1);
+    assert!(out.settled[0]
+        .event
+        .as_ref()
+        .is_some_and(|e| e.usage_source == UsageSource::Provider && e.cost_micros > 0));
+    let out = w.run_as(
+        ClientDialect::Anthropic,
+        json!({"model": "m", "max_tokens": 50, "messages": user("Hi"), "stream": true}),
+    );
+    assert!(out.text().contains("event: message_stop"), "{}", out.text());
+}
+
+#[test]
+fn refusals_before_any_upstream() {
+    let mut w = World::new(json!({"rpm": 1}), routing(&[("a", A)]));
+    w.upstream(A, vec![ok_json(completion()), ok_json(completion())]);
+    assert_eq!(w.run(json!({"model": "m", "messages": user("1")})).status, 200);
+    let out = w.run(json!({"model": "m", "messages": user("2")}));
+    assert_eq!(out.status, 429);
+    assert!(out.header("retry-after").is_some());
+    assert_eq!(out.fetched.len(), 0);
+    let out = w.run(json!({"model": "nope", "messages": user("x")}));
+    assert_eq!(out.status, 404);
+    let out = w.run(json!({"model": "m", "messages": user("x"), "temperature": "hot"}));
+    assert_eq!(out.status, 400);
+    assert!(out.events().is_empty(), "nothing metered for a refused body");
+}
+
+#[test]
+fn unknown_keys_and_revocations_at_the_account() {
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    w.kv.clear();
+    w.kv.insert("config:routing".into(), routing(&[("a", A)]).to_string());
+    let out = w.run(json!({"model": "m", "messages": user("x")}));
+    assert_eq!(out.status, 401);
+    assert_eq!(out.header("www-authenticate"), Some("Bearer"));
+
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    let digest = key_digest(KEY);
+    let revoked: edgeway_core::key_record::KeyRecord =
+        serde_json::from_value(json!({"digest": digest, "status": "disabled", "version": 5}))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let _ = w.account.configure(&revoked);
+    assert_eq!(
+        w.run(json!({"model": "m", "messages": user("x")})).status,
+        401,
+        "the account knows before KV"
+    );
+}
+
+#[test]
+fn usage_of_unadmitted_requests_is_batched_and_survives_a_refusing_queue() {
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    w.queue_refuses = true;
+    w.upstream(A, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert!(out.logs.iter().any(|l| l.contains("not queued")), "{:?}", out.logs);
+    assert_eq!(out.trace.iter().filter(|t| *t == "PublishUsage").count(), 2, "batch, then one by one");
+}
