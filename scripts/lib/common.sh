@@ -11,7 +11,7 @@ export NO_UPDATE_NOTIFIER=1
 
 # Versions pinned here and checked by scripts/setup.
 WASM_BINDGEN_VERSION="0.2.130"   # must equal the wasm-bindgen version in Cargo.lock
-WORKER_BUILD_VERSION="0.8.7"
+WORKER_BUILD_VERSION="0.8.7"     # scripts/bench only (the null workers-rs relay)
 
 say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 warn() { printf '\033[1;33mwarning:\033[0m %s\n' "$*" >&2; }

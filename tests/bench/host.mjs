@@ -29,7 +29,7 @@ function args() {
   return out;
 }
 
-/** The modules of a worker-build output directory, entry first (Miniflare 5
+/** The modules of a build directory (edgeway's or worker-build's), entry first (Miniflare 5
  * takes an explicit module list rather than v4's modulesRules). */
 function buildModules(entry) {
   const dir = path.dirname(entry);
@@ -53,7 +53,7 @@ export async function edgewayOptions(opts) {
     ...workerOptions,
     name: 'edgeway',
     rootPath: ROOT,
-    ...buildModules(path.resolve(ROOT, main ?? 'edge/worker/build/index.js')),
+    ...buildModules(path.resolve(ROOT, main ?? 'edge/worker/build/entry.mjs')),
     bindings: { ...workerOptions.bindings, EDGE_ADMIN_SECRET: `bench-secret-${process.pid}-0123456789abcdef` },
   };
 }

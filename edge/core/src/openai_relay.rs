@@ -1,170 +1,23 @@
-//! The OpenAI Chat Completions relay: request preparation and the stream tap.
+//! The OpenAI Chat Completions relay, response side: the stream tap and the
+//! usage of a whole answer. (The request side, validated by the OpenAI
+//! translator's parser in its passthrough mode, is
+//! [`crate::pipeline::inbound`].)
 //!
-//! For an OpenAI-compatible upstream the gateway does not rebuild the request
-//! or the response; it changes only what it must:
-//! * the request's `model` becomes the channel's upstream model, and a stream
-//!   always asks for usage (`stream_options.include_usage`), because provider
-//!   usage is what gets billed;
+//! For an OpenAI-compatible upstream the gateway does not rebuild the
+//! response; it changes only what it must:
 //! * the response stream passes event by event through [`ChatStreamTap`], which
 //!   reads usage, finish reasons and content size without re-serializing the
 //!   chunks, drops the usage-only chunk when the client did not ask for it,
 //!   replaces upstream error payloads with redacted ones, and guarantees the
 //!   client a well-formed end.
 
-use crate::error::{redact_secrets, GatewayError};
+use crate::error::redact_secrets;
 use crate::limits::MAX_SSE_LINE_BYTES;
 use crate::sse::{encode_event, SseDecoder, SseEvent};
-use crate::usage::{estimate_tokens, OpenAiUsage};
+use crate::usage::OpenAiUsage;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::borrow::Cow;
-
-/// Body fields a client may never set: they would let a caller choose where
-/// the gateway sends its provider credentials (LiteLLM CVE-2024-6587).
-pub const FORBIDDEN_CLIENT_FIELDS: &[&str] =
-    &["api_base", "base_url", "api_key", "custom_llm_provider", "azure_endpoint"];
-
-/// A validated chat completion request.
-#[derive(Debug, Clone)]
-pub struct PreparedChat {
-    /// Public model name the client asked for.
-    pub model: String,
-    pub stream: bool,
-    /// The client itself asked for `stream_options.include_usage`.
-    pub client_wants_usage: bool,
-    /// `max_completion_tokens` or `max_tokens`, when given.
-    pub max_output_tokens: Option<u64>,
-    /// Bytes of message content: the basis of a prompt estimate.
-    pub prompt_bytes: usize,
-    body: Map<String, Value>,
-}
-
-fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
-    GatewayError::InvalidRequest { message: message.into(), param: Some(param.to_string()) }
-}
-
-/// Parses and validates a `/v1/chat/completions` body.
-pub fn parse_chat_request(body: &[u8]) -> Result<PreparedChat, GatewayError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson { detail: e.to_string() })?;
-    let Value::Object(mut body) = value else {
-        return Err(GatewayError::InvalidRequest {
-            message: "The request body must be a JSON object.".into(),
-            param: None,
-        });
-    };
-    if let Some(field) = FORBIDDEN_CLIENT_FIELDS.iter().find(|f| body.contains_key(**f)) {
-        return Err(invalid(
-            format!("`{field}` cannot be set by clients; upstreams are chosen by the gateway."),
-            field,
-        ));
-    }
-    let model = match body.get("model") {
-        Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
-        Some(_) => return Err(invalid("`model` must be a non-empty string.", "model")),
-        None => return Err(invalid("You must provide a model parameter.", "model")),
-    };
-    let messages = match body.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() => m,
-        Some(Value::Array(_)) => {
-            return Err(invalid("`messages` must contain at least one message.", "messages"))
-        }
-        Some(_) => return Err(invalid("`messages` must be an array.", "messages")),
-        None => return Err(invalid("Missing required parameter: 'messages'.", "messages")),
-    };
-    let mut prompt_bytes = 0usize;
-    for (i, message) in messages.iter().enumerate() {
-        let Some(obj) = message.as_object() else {
-            return Err(invalid(format!("`messages[{i}]` must be an object."), "messages"));
-        };
-        if !obj.get("role").is_some_and(Value::is_string) {
-            return Err(invalid(
-                format!("`messages[{i}].role` is required and must be a string."),
-                "messages",
-            ));
-        }
-        prompt_bytes += obj.get("content").map_or(0, content_bytes);
-    }
-    // Media URLs pass the one URL policy and are forwarded normalized.
-    if let Some(Value::Array(messages)) = body.get_mut("messages") {
-        crate::url_policy::check_openai_chat_media(messages)?;
-    }
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid("`stream` must be a boolean.", "stream")),
-    };
-    let client_wants_usage = stream
-        && body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool)
-            == Some(true);
-    let max_output_tokens = ["max_completion_tokens", "max_tokens"].iter().find_map(|f| match body.get(*f) {
-        Some(Value::Number(n)) => n.as_u64(),
-        _ => None,
-    });
-    for field in ["max_completion_tokens", "max_tokens"] {
-        if let Some(v) = body.get(field) {
-            if !(v.is_null() || v.as_u64().is_some()) {
-                return Err(invalid(format!("`{field}` must be a non-negative integer."), field));
-            }
-        }
-    }
-    if let Some(tools) = body.get("tools") {
-        prompt_bytes += tools.to_string().len();
-    }
-    Ok(PreparedChat { model, stream, client_wants_usage, max_output_tokens, prompt_bytes, body })
-}
-
-fn content_bytes(content: &Value) -> usize {
-    match content {
-        Value::String(s) => s.len(),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|p| match p.get("text") {
-                Some(Value::String(t)) => t.len(),
-                // images and audio: a flat allowance rather than their base64 size
-                _ => 1024,
-            })
-            .sum(),
-        _ => 0,
-    }
-}
-
-impl PreparedChat {
-    /// The body sent upstream: `model` rewritten, usage always requested on
-    /// streams when the provider understands it.
-    pub fn upstream_body(&self, upstream_model: &str, stream_usage_option: bool) -> Vec<u8> {
-        let mut body = self.body.clone();
-        body.insert("model".into(), Value::String(upstream_model.to_string()));
-        if self.stream && stream_usage_option {
-            let mut options = match body.remove("stream_options") {
-                Some(Value::Object(o)) => o,
-                _ => Map::new(),
-            };
-            options.insert("include_usage".into(), Value::Bool(true));
-            body.insert("stream_options".into(), Value::Object(options));
-        }
-        serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
-    }
-
-    /// Sets `max_tokens` when the client set no output limit, so that a
-    /// quota reservation based on `limit` really bounds the cost.
-    pub fn cap_output_tokens(&mut self, limit: u64) {
-        if self.max_output_tokens.is_none() {
-            self.body.insert("max_tokens".into(), Value::from(limit));
-            self.max_output_tokens = Some(limit);
-        }
-    }
-
-    /// The request body as JSON (for the built-in mock).
-    pub fn body(&self) -> &Map<String, Value> {
-        &self.body
-    }
-
-    /// Prompt tokens estimated from the request.
-    pub fn estimated_prompt_tokens(&self) -> u64 {
-        estimate_tokens(self.prompt_bytes)
-    }
-}
 
 /// What a finished (or abandoned) stream reported.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -409,69 +262,6 @@ pub fn response_content_bytes(body: &[u8]) -> usize {
 mod tests {
     use super::*;
     use crate::sse::SseDecoder;
-
-    fn parse(s: &str) -> Result<PreparedChat, GatewayError> {
-        parse_chat_request(s.as_bytes())
-    }
-
-    #[test]
-    fn validation_errors_are_specific() {
-        assert!(matches!(parse("{nope"), Err(GatewayError::InvalidJson { .. })));
-        assert!(matches!(parse("[]"), Err(GatewayError::InvalidRequest { .. })));
-        let err = parse(r#"{"messages":[{"role":"user","content":"hi"}]}"#).unwrap_err();
-        assert_eq!(err.to_json(crate::error::Dialect::OpenAi)["error"]["param"], "model");
-        let err = parse(r#"{"model":"m"}"#).unwrap_err();
-        assert!(err.message().contains("messages"));
-        assert!(parse(r#"{"model":"m","messages":[]}"#).is_err());
-        assert!(parse(r#"{"model":"m","messages":[{"content":"x"}]}"#).is_err());
-        assert!(parse(r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#).is_err());
-        assert!(parse(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-1}"#).is_err());
-        let err =
-            parse(r#"{"model":"m","messages":[{"role":"user"}],"api_base":"http://evil"}"#).unwrap_err();
-        assert!(err.message().contains("api_base"));
-    }
-
-    #[test]
-    fn deep_nesting_is_a_clean_400() {
-        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        let body = format!(r#"{{"model":"m","messages":{deep}}}"#);
-        assert!(matches!(parse(&body), Err(GatewayError::InvalidJson { .. })));
-    }
-
-    #[test]
-    fn upstream_body_rewrites_model_and_forces_usage() {
-        let p = parse(r#"{"model":"alias","messages":[{"role":"user","content":"hello"}],"stream":true,"stream_options":{"x":1}}"#).unwrap();
-        assert!(p.stream);
-        assert!(!p.client_wants_usage);
-        let up: Value = serde_json::from_slice(&p.upstream_body("real-model", true)).unwrap();
-        assert_eq!(up["model"], "real-model");
-        assert_eq!(up["stream_options"]["include_usage"], true);
-        assert_eq!(up["stream_options"]["x"], 1);
-        let up: Value = serde_json::from_slice(&p.upstream_body("real-model", false)).unwrap();
-        assert_eq!(up["stream_options"].get("include_usage"), None);
-        let p = parse(r#"{"model":"alias","messages":[{"role":"user","content":"hello"}],"max_tokens":7}"#)
-            .unwrap();
-        let up: Value = serde_json::from_slice(&p.upstream_body("real", true)).unwrap();
-        assert!(up.get("stream_options").is_none(), "non-stream requests are not given stream_options");
-        assert_eq!(p.max_output_tokens, Some(7));
-        assert_eq!(p.prompt_bytes, 5);
-    }
-
-    #[test]
-    fn output_cap_applies_only_when_the_client_set_none() {
-        let mut p = parse(r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#).unwrap();
-        p.cap_output_tokens(100);
-        assert_eq!(p.max_output_tokens, Some(100));
-        let up: Value = serde_json::from_slice(&p.upstream_body("m", true)).unwrap();
-        assert_eq!(up["max_tokens"], 100);
-        let mut p =
-            parse(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":7}"#)
-                .unwrap();
-        p.cap_output_tokens(100);
-        assert_eq!(p.max_output_tokens, Some(7));
-        let up: Value = serde_json::from_slice(&p.upstream_body("m", true)).unwrap();
-        assert!(up.get("max_tokens").is_none());
-    }
 
     const STREAM: &str = concat!(
         "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n",

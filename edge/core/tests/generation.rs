@@ -501,6 +501,7 @@ fn refusals_before_any_upstream() {
     assert_eq!(out.status, 429);
     assert!(out.header("retry-after").is_some());
     assert_eq!(out.fetched.len(), 0);
+    assert!(out.events().is_empty(), "a refusal at admission leaves no usage row");
     let out = w.run(json!({"model": "nope", "messages": user("x")}));
     assert_eq!(out.status, 404);
     let out = w.run(json!({"model": "m", "messages": user("x"), "temperature": "hot"}));

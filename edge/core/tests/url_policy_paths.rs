@@ -6,7 +6,8 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use edgeway_core::error::GatewayError;
-use edgeway_core::openai_relay::parse_chat_request;
+use edgeway_core::pipeline::inbound::Inbound;
+use edgeway_core::provider::provider_by_id;
 use edgeway_core::translate::{parse_client_request, ClientDialect};
 use serde_json::{json, Value};
 
@@ -71,7 +72,7 @@ fn requests(url: &str) -> Vec<(&'static str, Option<ClientDialect>, Vec<u8>)> {
 
 fn parse(dialect: Option<ClientDialect>, body: &[u8]) -> Result<(), GatewayError> {
     match dialect {
-        None => parse_chat_request(body).map(|_| ()),
+        None => Inbound::read(ClientDialect::OpenAiChat, body, None, false).map(|_| ()),
         Some(d) => parse_client_request(d, body, Some("m"), false).map(|_| ()),
     }
 }
@@ -111,10 +112,16 @@ fn public_urls_pass_on_every_path_normalized() {
         }
         assert!(parse(dialect, &body).is_ok(), "{name}");
     }
-    let p = parse_chat_request(&chat(
-        json!({"type": "image_url", "image_url": {"url": "HTTPS://Example.COM/a/../cat.png"}}),
-    ))
+    let p = Inbound::read(
+        ClientDialect::OpenAiChat,
+        &chat(json!({"type": "image_url", "image_url": {"url": "HTTPS://Example.COM/a/../cat.png"}})),
+        None,
+        false,
+    )
     .unwrap();
-    let up: Value = serde_json::from_slice(&p.upstream_body("real", false)).unwrap();
+    let up: Value = serde_json::from_slice(
+        &p.passthrough_upstream_body("real", provider_by_id("openai").unwrap()).unwrap(),
+    )
+    .unwrap();
     assert_eq!(up["messages"][0]["content"][0]["image_url"]["url"], "https://example.com/cat.png");
 }

@@ -1,4 +1,6 @@
 //! Names of the bindings declared in `wrangler.toml`, and typed access to them.
+//! `MAX_BODY_BYTES` and `UPSTREAM_TIMEOUT_MS` (optional vars) are read by the
+//! JS shell (`js/entry.mjs`) and handed to [`crate::driver::configure`].
 
 use worker::Env;
 
@@ -12,10 +14,6 @@ pub const USAGE_DB: &str = "USAGE_DB";
 pub const USAGE_QUEUE: &str = "USAGE_QUEUE";
 /// Secret shared with the admin service for the internal API.
 pub const EDGE_ADMIN_SECRET: &str = "EDGE_ADMIN_SECRET";
-/// Optional: largest accepted request body, bytes.
-pub const MAX_BODY_BYTES: &str = "MAX_BODY_BYTES";
-/// Optional: default upstream time limit for response headers, ms.
-pub const UPSTREAM_TIMEOUT_MS: &str = "UPSTREAM_TIMEOUT_MS";
 /// Optional: the admin's usage ingest (`https://admin.example.com` or the full
 /// `…/internal/usage` URL); when set, the queue consumer posts every batch
 /// there after D1, and acknowledges only when both took it.

@@ -16,7 +16,7 @@
 //! | `POST /internal/usage/dead-letters/replay?limit=` | put unreplayed dead letters back on the usage queue |
 
 use crate::key_account_object::KeyAccountClient;
-use crate::{bindings, http_io, isolate_cache, runtime::now_ms, usage_pipeline};
+use crate::{bindings, http_io, isolate, runtime::now_ms, usage_pipeline};
 use edgeway_core::api_key::{is_valid_digest, kv_key_for_digest};
 use edgeway_core::error::GatewayError;
 use edgeway_core::internal_auth::{self, InternalAuthError, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -118,7 +118,7 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
                     .execute()
                     .await
                     .map_err(|_| GatewayError::Internal)?;
-                isolate_cache::forget_key(digest);
+                isolate::with(|s| s.forget_key(digest));
                 // KV is only a cache that other locations see late; the
                 // account object enforces the new record from its next request.
                 account.configure(&record).await?;
@@ -129,7 +129,7 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
             }
             Method::Delete => {
                 kv.delete(&kv_key_for_digest(digest)).await.map_err(|_| GatewayError::Internal)?;
-                isolate_cache::forget_key(digest);
+                isolate::with(|s| s.forget_key(digest));
                 account.configure(&deleted_record(digest)?).await?;
                 http_io::json_response(200, &json!({"deleted": true}))
             }
@@ -147,7 +147,7 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
                 .execute()
                 .await
                 .map_err(|_| GatewayError::Internal)?;
-            isolate_cache::set_routing(table);
+            isolate::with(|s| s.set_routing(table, now_ms()));
             http_io::json_response(
                 200,
                 &json!({"stored": true, "version": config.version, "models": config.models.len()}),
@@ -186,7 +186,7 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
             http_io::json_response(200, &replayed)
         }
         (Method::Get, "/internal/routing") => {
-            let table = isolate_cache::routing_table(env).await?;
+            let table = isolate::routing_table(env).await?;
             http_io::json_response(
                 200,
                 &serde_json::to_value(table.config()).map_err(|_| GatewayError::Internal)?,

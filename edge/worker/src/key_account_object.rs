@@ -32,7 +32,6 @@ use edgeway_core::rate_window::MINUTE_MS;
 use edgeway_core::usage::UsageEvent;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
 use worker::js_sys::{Array, Object, Reflect};
 use worker::wasm_bindgen::JsValue;
 use worker::{
@@ -328,11 +327,7 @@ impl DurableObject for KeyAccount {
 /// The worker's handle on one key's account object.
 pub struct KeyAccountClient {
     stub: worker::Stub,
-    env: Env,
 }
-
-/// Settle attempts before falling back to publishing the event directly.
-const SETTLE_ATTEMPTS: u32 = 3;
 
 impl KeyAccountClient {
     pub fn new(env: &Env, digest: &str) -> std::result::Result<Self, GatewayError> {
@@ -341,7 +336,7 @@ impl KeyAccountClient {
             .id_from_name(digest)
             .and_then(|id| id.get_stub())
             .map_err(|_| GatewayError::Internal)?;
-        Ok(Self { stub, env: env.clone() })
+        Ok(Self { stub })
     }
 
     async fn call<T: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -392,39 +387,6 @@ impl KeyAccountClient {
             worker::console_error!("key account admission failed for {}: {e}", req.request_id);
         }
         Err(GatewayError::Internal)
-    }
-
-    /// Called exactly once per admitted request when it ends. Releases the
-    /// lease and the reservation, books the actual cost, and stores the event
-    /// in the object's outbox before answering; the object then publishes it
-    /// (retrying by alarm). Settling is idempotent, so transport failures are
-    /// retried; if the object stays unreachable the event is sent to the
-    /// queue directly so the usage is never lost (the lease then expires by
-    /// alarm). Never fails loudly.
-    pub async fn settle(&self, req: &SettleRequest) {
-        let mut delay_ms = 50;
-        for attempt in 1..=SETTLE_ATTEMPTS {
-            match self.call::<_, serde_json::Value>(Method::Post, "/settle", Some(req)).await {
-                Ok(_) => return,
-                Err(e) => {
-                    worker::console_warn!(
-                        "key account settle of {} failed (attempt {attempt}): {e}",
-                        req.request_id
-                    );
-                }
-            }
-            if attempt < SETTLE_ATTEMPTS {
-                worker::Delay::from(Duration::from_millis(delay_ms)).await;
-                delay_ms *= 4;
-            }
-        }
-        if let Some(event) = &req.event {
-            worker::console_error!(
-                "key account unreachable: publishing usage of {} directly",
-                req.request_id
-            );
-            crate::usage_pipeline::publish(&self.env, event).await;
-        }
     }
 
     /// Admin push: the newest key record wins by version (revocation, quota,

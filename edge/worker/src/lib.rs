@@ -3,23 +3,25 @@
 //! The edge data plane of edgeway, compiled to WebAssembly and run as a
 //! Cloudflare Worker (`wrangler dev` locally, `wrangler deploy` globally).
 //!
-//! **Key design decision:** this crate is a thin shell. It is the only crate
-//! that imports `worker`; it turns platform objects (requests, KV, the
-//! per-key Durable Object, D1, the Queue) into `edgeway-core` types and back,
-//! and holds no gateway rule of its own. Every decision (who the caller is,
-//! where the request goes, what it costs, how the stream is tapped) is a pure
-//! function in `edgeway-core`, tested natively.
+//! **Key design decision:** this crate is a thin shell, and on the hot path
+//! the shell is JavaScript. Generation requests (every chat, messages,
+//! responses and Gemini generate call) are driven by `js/entry.mjs`, which
+//! performs I/O with the runtime's own promises and streams and asks the
+//! synchronous request machine of `edgeway-core`
+//! ([`edgeway_core::pipeline::generation`]) what to do next, through
+//! [`driver`]. Everything off the hot path (model lists, token counts, the
+//! internal API, the per-key Durable Object, the usage queue consumer) is
+//! Rust over `workers-rs`. No gateway rule lives here: this crate converts
+//! platform values into `edgeway-core` types and back.
 
 mod bindings;
-mod gateway;
+mod driver;
 mod http_io;
 mod internal_api;
-mod isolate_cache;
+mod isolate;
 mod key_account_object;
-mod mock_upstream;
+mod models_api;
 mod runtime;
-mod upstream;
-mod usage_batcher;
 mod usage_pipeline;
 
 use edgeway_core::endpoint::{self, Endpoint, NoEndpoint};
@@ -28,8 +30,16 @@ use worker::{event, Context, Env, Request, Response, Result};
 
 pub use key_account_object::KeyAccount;
 
+/// Logs an internal failure with its cause (never a secret) and returns the
+/// error the client sees.
+pub(crate) fn internal(what: &str, cause: impl std::fmt::Display) -> GatewayError {
+    worker::console_error!("{what}: {cause}");
+    GatewayError::Internal
+}
+
+/// Every route but generation (which `js/entry.mjs` serves through [`driver`]).
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let path = req.path();
     let method = req.method();
     let endpoint = endpoint::classify(method.as_ref(), &path);
@@ -42,14 +52,14 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         _ => Dialect::OpenAi,
     };
     let outcome = match endpoint {
-        Ok(Endpoint::Generate { client, path_model, path_stream }) => {
-            gateway::generate(req, &env, &ctx, client, path_model, path_stream).await
+        Ok(Endpoint::Generate { .. }) => {
+            Err(internal("routing", "a generation request reached the Rust fetch handler"))
         }
         Ok(Endpoint::CountTokens { client, path_model }) => {
-            gateway::count_tokens(req, &env, client, path_model).await
+            models_api::count_tokens(req, &env, client, path_model).await
         }
-        Ok(Endpoint::ListModels) => gateway::list_models(&req, &env, false).await,
-        Ok(Endpoint::ListGeminiModels) => gateway::list_models(&req, &env, true).await,
+        Ok(Endpoint::ListModels) => models_api::list_models(&req, &env, false).await,
+        Ok(Endpoint::ListGeminiModels) => models_api::list_models(&req, &env, true).await,
         Ok(Endpoint::Health) => http_io::json_response(
             200,
             &serde_json::json!({

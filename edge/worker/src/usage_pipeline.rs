@@ -36,14 +36,6 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most events sent to the queue in one call.
 const QUEUE_BATCH: usize = 100;
 
-/// Sends one event to the usage queue directly (the fallback when the key's
-/// object is unreachable); failure is logged with the request id.
-pub async fn publish(env: &Env, event: &UsageEvent) {
-    if let Err(e) = requeue(env, std::slice::from_ref(event)).await {
-        worker::console_error!("usage event {} not queued: {e}", event.request_id);
-    }
-}
-
 /// Sends events to the usage queue (JSON content type, so an HTTP pull
 /// consumer can read them too).
 pub async fn requeue(env: &Env, events: &[UsageEvent]) -> worker::Result<usize> {

@@ -41,18 +41,24 @@ pub fn may_skip_admission(
 /// The admission request for `inbound` on `record`'s account: the worst case
 /// reserved against the quota (the prompt's upper bound plus the output
 /// limit at the model's dearest input price), the tokens counted against TPM
-/// until settled, and a long lease for streams.
+/// until settled, and a long lease for streams. Priced at the key's group
+/// ratio (`price_ratio_ppm`).
 pub fn admit_request(
     request_id: &str,
     record: &KeyRecord,
     price: &ModelPrice,
+    price_ratio_ppm: u32,
     inbound: &Inbound,
 ) -> AdmitRequest {
     let max_output = inbound.max_output_tokens.unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS);
     AdmitRequest {
         request_id: request_id.to_string(),
         limits: KeyLimits::from_record(record),
-        reserve_micros: price.worst_case_micros(inbound.prompt.upper_bound, max_output),
+        reserve_micros: price.worst_case_micros_at_ratio(
+            inbound.prompt.upper_bound,
+            max_output,
+            price_ratio_ppm,
+        ),
         estimated_tokens: inbound.prompt.estimate.saturating_add(max_output),
         lease_ms: inbound.stream.then_some(STREAM_LEASE_MS),
         max_concurrency: record.max_concurrency,
@@ -110,7 +116,8 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         let price = ModelPrice { input: 1_000_000, output: 2_000_000, ..Default::default() };
-        let admit = admit_request("r1", &record(r#"{"digest":"d","quota_micros":10}"#), &price, &inbound);
+        let admit =
+            admit_request("r1", &record(r#"{"digest":"d","quota_micros":10}"#), &price, 1_000_000, &inbound);
         // (8 bytes + 64 overhead) input tokens at 1 µ + 10 output tokens at 2 µ
         assert_eq!(admit.reserve_micros, 72 + 20);
         assert_eq!(admit.estimated_tokens, 2 + 10);

@@ -646,6 +646,9 @@ impl Generation {
             request_id: self.start.request_id.clone(),
             key_digest: record.digest.clone(),
             owner: record.owner.clone(),
+            user_id: record.user_id.clone(),
+            group: record.group.clone(),
+            price_ratio_ppm: route.price_ratio_ppm,
             model: inbound.model.clone(),
             stream: inbound.stream,
             started_ms: self.started_ms,
@@ -699,10 +702,14 @@ impl Generation {
         self.admit_attempts += 1;
         self.phase = Phase::AwaitAdmission;
         let body = match (&self.record, &self.inbound, &self.meter) {
-            (Some(record), Some(inbound), Some(meter)) => {
-                serde_json::to_string(&admit_request(&self.start.request_id, record, &meter.price, inbound))
-                    .ok()
-            }
+            (Some(record), Some(inbound), Some(meter)) => serde_json::to_string(&admit_request(
+                &self.start.request_id,
+                record,
+                &meter.price,
+                meter.price_ratio_ppm,
+                inbound,
+            ))
+            .ok(),
             _ => None,
         };
         Effect::AccountCall { digest: self.digest.clone(), method: "POST", path: "/admit", body }
@@ -1136,7 +1143,9 @@ impl Generation {
     /// in its dialect (and an admitted or metered request is settled as
     /// failed, billed nothing); after it, the stream is closed.
     fn fail(&mut self, error: GatewayError, now: i64) -> Effect {
-        if self.event.is_none() {
+        // Metered from the first attempt on (or once admitted): a request
+        // refused before that (key, body, route, admission) leaves no row.
+        if self.event.is_none() && (self.admitted || self.next_target > 0) {
             self.event =
                 self.meter.as_ref().map(|m| m.event(&self.served, Ending::failed(error.status()), now));
         }

@@ -209,6 +209,12 @@ mod tests {
             assert_eq!(error.to_json(crate::error::Dialect::OpenAi)["error"]["param"], param, "{body}");
         }
         assert!(matches!(read("{nope"), Err(GatewayError::InvalidJson { .. })));
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let body = format!(r#"{{"model":"m","messages":{deep}}}"#);
+        assert!(
+            matches!(read(&body), Err(GatewayError::InvalidJson { .. })),
+            "nesting bombs are a clean 400"
+        );
     }
 
     #[test]

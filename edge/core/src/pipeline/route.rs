@@ -26,12 +26,15 @@ pub struct Route<'t> {
     /// Candidates in the order they are tried.
     pub candidates: Vec<Candidate<'t>>,
     pub price: ModelPrice,
+    /// The key's group's price ratio, parts per million (x1 = 1,000,000).
+    pub price_ratio_ppm: u32,
 }
 
 /// Resolves `asked` for `record`. A name routed as is wins; otherwise a
 /// reasoning suffix is stripped when its base model is routed. The key's
-/// model allow-list applies to the routed name. `seed` drives the weighted
-/// order within a priority (any random u64).
+/// model allow-list applies to the routed name; only channels that serve the
+/// key's group are candidates. `seed` drives the weighted order within a
+/// priority (any random u64).
 pub fn resolve<'t>(
     table: &'t RoutingTable,
     record: &KeyRecord,
@@ -46,11 +49,17 @@ pub fn resolve<'t>(
         },
     };
     record.check_model(&model.name)?;
+    let mut candidates = table.candidates(&model.name, seed)?;
+    candidates.retain(|c| c.channel.serves_group(&record.group));
+    if candidates.is_empty() {
+        return Err(GatewayError::ModelNotFound { model: asked.to_string() });
+    }
     Ok(Route {
         model: &model.name,
         suffix_stripped,
-        candidates: table.candidates(&model.name, seed)?,
+        candidates,
         price: model.price,
+        price_ratio_ppm: table.config().price_ratio_ppm(&record.group),
     })
 }
 
@@ -173,6 +182,31 @@ mod tests {
             resolve(&t, &record(Some(&["claude"])), "gpt", 0),
             Err(GatewayError::ModelNotAllowed { .. })
         ));
+    }
+
+    #[test]
+    fn groups_choose_channels_and_set_the_price_ratio() {
+        let config: RoutingConfig = serde_json::from_str(
+            r#"{"version":1,"groups":[{"name":"vip","price_ratio_ppm":800000}],
+                "channels":[{"id":"pub","provider":"openai","api_key":"k"},
+                            {"id":"vip","provider":"openai","api_key":"k","groups":["vip"]}],
+                "models":[{"name":"gpt","targets":[{"channel":"pub"},{"channel":"vip","priority":5}]},
+                          {"name":"vip-only","targets":[{"channel":"vip"}]}]}"#,
+        )
+        .unwrap_or_default();
+        let t = RoutingTable::new(config).unwrap_or_default();
+        let mut vip = record(None);
+        vip.group = "vip".into();
+        let route = resolve(&t, &vip, "gpt", 0).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            route.candidates.iter().map(|c| c.channel.id.as_str()).collect::<Vec<_>>(),
+            ["vip", "pub"]
+        );
+        assert_eq!(route.price_ratio_ppm, 800_000);
+        let route = resolve(&t, &record(None), "gpt", 0).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(route.candidates.iter().map(|c| c.channel.id.as_str()).collect::<Vec<_>>(), ["pub"]);
+        assert_eq!(route.price_ratio_ppm, 1_000_000);
+        assert!(matches!(resolve(&t, &record(None), "vip-only", 0), Err(GatewayError::ModelNotFound { .. })));
     }
 
     #[test]

@@ -106,7 +106,12 @@ impl Deferred {
 /// [`ChatMode::Translate`] the first refusal is returned as the error; in
 /// [`ChatMode::Passthrough`] it is kept in [`ParsedChat::untranslatable`].
 pub(crate) fn parse_chat(body: &[u8], mode: ChatMode) -> Result<ParsedChat, GatewayError> {
-    let obj = parse_object(body)?;
+    let mut obj = parse_object(body)?;
+    // Media URLs pass the one URL policy, and the passthrough body carries
+    // them normalized.
+    if let Some(Value::Array(messages)) = obj.get_mut("messages") {
+        crate::url_policy::check_openai_chat_media(messages)?;
+    }
     let mut deferred = Deferred { mode, first: None };
     let result = read_chat(&obj, &mut deferred);
     match result {

@@ -1,0 +1,319 @@
+// The worker's entry: a thin effect interpreter around the Rust request
+// machine (edge/core/src/pipeline/generation.rs, exposed by
+// edge/worker/src/driver.rs). For a generation request the machine decides
+// everything and this file only performs what it asks, with the runtime's own
+// promises and streams: KV reads, calls to the key's account object, the
+// upstream fetch, the client response, the usage queue. Bytes the gateway does
+// not change are never copied back out of wasm: an unchanged stream chunk or
+// non-stream body is answered with the buffer this file already holds.
+// Every other route (model lists, token counts, the internal API), the
+// Durable Object and the queue consumer are Rust over workers-rs.
+import * as glue from './index.js';
+import wasmModule from './index_bg.wasm';
+
+glue.initSync({ module: wasmModule });
+
+// A trap (a Rust panic aborts) leaves the instance unusable: start afresh.
+let broken = false;
+function noteFailure(e) {
+  if (e instanceof WebAssembly.RuntimeError) {
+    console.error('wasm trapped; reinitializing', e);
+    broken = true;
+  }
+}
+function checkInstance() {
+  if (!broken) return;
+  broken = false;
+  configured = false;
+  glue.__wbg_reset_state();
+}
+
+let configured = false;
+function configure(env) {
+  if (configured) return;
+  configured = true;
+  glue.configure(Number(env.MAX_BODY_BYTES ?? 0), Number(env.UPSTREAM_TIMEOUT_MS ?? 0));
+}
+
+// Effect codes of driver.rs (EffectCode).
+const KV_GET = 1, READ_SECRET = 2, ACCOUNT_CALL = 3, READ_REQUEST_BODY = 4, FETCH = 5,
+  READ_UPSTREAM_BODY = 6, SLEEP = 7, RESPOND = 8, READ_CHUNK = 9, EMIT = 10, CLOSE_STREAM = 11,
+  PUBLISH_USAGE = 12, FINISHED = 13;
+
+const EMPTY = new Uint8Array(0);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function headerPairs(flat) {
+  const headers = new Headers();
+  for (let i = 0; i + 1 < flat.length; i += 2) headers.append(flat[i], flat[i + 1]);
+  return headers;
+}
+
+/** The body of a Request or Response read whole, at most `limit` bytes; null when over it. */
+async function readLimited(message, limit) {
+  const body = message?.body;
+  if (!body) return EMPTY;
+  const declared = message.headers.get('content-length');
+  if (declared !== null && Number(declared) <= limit) {
+    const buf = new Uint8Array(await message.arrayBuffer());
+    return buf.byteLength > limit ? null : buf;
+  }
+  const reader = body.getReader();
+  const parts = [];
+  let size = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      reader.cancel().catch(() => {});
+      return null;
+    }
+    parts.push(value);
+  }
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
+}
+
+/** Drives one generation request to its end; `respond` gets the client's response. */
+async function drive(d, request, env, respond) {
+  let upstream = null; // the upstream Response
+  let reader = null; // its body reader, once streaming
+  let heldBody = null; // the upstream body last handed to the machine
+  let heldChunk = null; // the chunk last handed to the machine
+  let writer = null; // the client stream
+  let effect = d.begin(Date.now());
+  for (;;) {
+    switch (effect) {
+      case KV_GET: {
+        let value;
+        try {
+          value = await env.EDGEWAY_KV.get(d.target(), 'text');
+        } catch (e) {
+          effect = d.kv_failed(String(e), Date.now());
+          break;
+        }
+        effect = d.kv_value(value ?? undefined, Date.now());
+        break;
+      }
+      case READ_SECRET: {
+        const value = env[d.target()];
+        effect = d.secret(typeof value === 'string' ? value : undefined, Date.now());
+        break;
+      }
+      case ACCOUNT_CALL: {
+        const [method, path] = d.call().split(' ');
+        const body = d.text();
+        let status = 0, text = '';
+        try {
+          const ns = env.KEY_ACCOUNT;
+          const stub = ns.get(ns.idFromName(d.target()));
+          const r = await stub.fetch(`https://key-account${path}`, {
+            method, headers: body === undefined ? undefined : { 'content-type': 'application/json' }, body,
+          });
+          status = r.status;
+          text = await r.text();
+        } catch (e) {
+          text = String(e);
+        }
+        effect = d.account_reply(status, text, Date.now());
+        break;
+      }
+      case READ_REQUEST_BODY: {
+        let body;
+        try {
+          body = await readLimited(request, d.number());
+        } catch {
+          effect = d.request_body_unreadable(Date.now());
+          break;
+        }
+        effect = body === null ? d.request_body_too_large(Date.now()) : d.request_body(body, Date.now());
+        break;
+      }
+      case FETCH: {
+        const url = d.target();
+        const headers = headerPairs(d.headers());
+        const timeout = d.number();
+        const body = d.take_bytes();
+        const controller = new AbortController();
+        let timedOut = false;
+        const timer = setTimeout(() => { timedOut = true; controller.abort(); }, timeout);
+        try {
+          upstream = await fetch(url, { method: 'POST', headers, body, signal: controller.signal });
+        } catch (e) {
+          clearTimeout(timer);
+          if (!timedOut) console.warn(`upstream fetch failed: ${e}`);
+          effect = d.upstream_failed(timedOut, Date.now());
+          break;
+        }
+        clearTimeout(timer);
+        reader = null;
+        effect = d.upstream_head(upstream.status, Date.now());
+        break;
+      }
+      case READ_UPSTREAM_BODY: {
+        let body = null;
+        try {
+          body = await readLimited(upstream, d.number());
+        } catch {
+          body = null;
+        }
+        upstream = null;
+        if (body === null) {
+          effect = d.upstream_body_failed(Date.now());
+        } else {
+          heldBody = body;
+          effect = d.upstream_body(body, Date.now());
+        }
+        break;
+      }
+      case SLEEP:
+        await sleep(d.number());
+        effect = d.done(Date.now());
+        break;
+      case RESPOND: {
+        const status = d.number();
+        const headers = headerPairs(d.headers());
+        const kind = d.body_kind();
+        if (kind === 2) {
+          const stream = new TransformStream();
+          writer = stream.writable.getWriter();
+          respond(new Response(stream.readable, { status, headers }));
+        } else {
+          respond(new Response(kind === 1 ? heldBody : d.take_bytes(), { status, headers }));
+          heldBody = null;
+        }
+        effect = d.done(Date.now());
+        break;
+      }
+      case READ_CHUNK: {
+        if (!reader) reader = upstream ? upstream.body.getReader() : null;
+        if (!reader) {
+          effect = d.upstream_end(Date.now());
+          break;
+        }
+        const deadline = d.number();
+        let result;
+        try {
+          if (deadline < 0) {
+            result = await reader.read();
+          } else {
+            const left = Math.max(0, deadline - Date.now());
+            let timer;
+            const expired = new Promise((resolve) => { timer = setTimeout(() => resolve(null), left); });
+            result = await Promise.race([reader.read(), expired]);
+            clearTimeout(timer);
+          }
+        } catch (e) {
+          effect = d.upstream_broken(String(e), Date.now());
+          break;
+        }
+        if (result === null) effect = d.chunk_deadline(Date.now());
+        else if (result.done) effect = d.upstream_end(Date.now());
+        else {
+          heldChunk = result.value;
+          effect = d.chunk(result.value, Date.now());
+        }
+        break;
+      }
+      case EMIT: {
+        const bytes = d.body_kind() === 1 ? heldChunk : d.take_bytes();
+        try {
+          await writer.write(bytes);
+          effect = d.done(Date.now());
+        } catch {
+          effect = d.client_gone(Date.now());
+        }
+        break;
+      }
+      case CLOSE_STREAM:
+        if (reader) reader.cancel().catch(() => {});
+        reader = null;
+        upstream = null;
+        if (writer) writer.close().catch(() => {});
+        writer = null;
+        effect = d.done(Date.now());
+        break;
+      case PUBLISH_USAGE: {
+        let ok = true;
+        try {
+          const events = JSON.parse(d.text());
+          await env.USAGE_QUEUE.sendBatch(events.map((body) => ({ body, contentType: 'json' })));
+        } catch (e) {
+          console.error(`usage queue refused ${d.number()} event(s): ${e}`);
+          ok = false;
+        }
+        effect = d.published(ok, Date.now());
+        break;
+      }
+      case FINISHED:
+        return;
+      default:
+        throw new Error(`unknown effect ${effect}`);
+    }
+  }
+}
+
+export default {
+  async fetch(request, env, ctx) {
+    checkInstance();
+    configure(env);
+    const url = new URL(request.url);
+    let d;
+    try {
+      const h = request.headers;
+      d = glue.start_generation(
+        request.method, url.pathname,
+        h.get('authorization') ?? undefined, h.get('x-api-key') ?? undefined, h.get('x-goog-api-key') ?? undefined,
+        url.searchParams.get('key') ?? undefined, h.get('cf-connecting-ip') ?? undefined,
+        h.get('content-length') ?? undefined, Date.now(),
+      );
+    } catch (e) {
+      noteFailure(e);
+      throw e;
+    }
+    if (!d) return glue.fetch(request, env, ctx);
+    return new Promise((resolve) => {
+      let responded = false;
+      const respond = (response) => {
+        if (!responded) {
+          responded = true;
+          resolve(response);
+        }
+      };
+      ctx.waitUntil(
+        drive(d, request, env, respond)
+          .catch((e) => {
+            noteFailure(e);
+            console.error(`generation request failed in the shell: ${e?.stack ?? e}`);
+            if (!responded) {
+              let body = '{"error":{"message":"The gateway hit an internal error. The request was not completed.","type":"server_error","param":null,"code":"internal_error"}}';
+              try { body = d.internal_error_body(); } catch {}
+              respond(new Response(body, { status: 500, headers: { 'content-type': 'application/json' } }));
+            }
+          })
+          .finally(() => {
+            try { d.free(); } catch {}
+          }),
+      );
+    });
+  },
+
+  async queue(batch, env, ctx) {
+    checkInstance();
+    try {
+      return await glue.queue(batch, env, ctx);
+    } catch (e) {
+      noteFailure(e);
+      throw e;
+    }
+  },
+};
+
+export const KeyAccount = glue.KeyAccount;
