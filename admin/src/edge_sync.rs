@@ -5,11 +5,13 @@
 //! (`PUT /internal/routing`), or a user's account (`PUT
 //! /internal/users/{id}/account`: cumulative credit, version, disabled; see
 //! `shared/agents/CONTRACT-accounts-edge.md`). Each request is signed with
-//! [`edgeway_core::internal_auth::sign`] over method, URL path, timestamp and
-//! body. A failed push never rolls back the change: the response says
+//! [`edgeway_core::internal_auth::signed_headers`] over method, URL path and
+//! query, timestamp, a fresh random nonce and the body; the edge refuses a
+//! replayed nonce and a version that is not newer than the one it holds (409;
+//! the same version with the same body is accepted again, so full syncs are
+//! idempotent). A failed push never rolls back the change: the response says
 //! `edge_synced: false`, and a full sync (`POST /api/sync`, and once at start-up
-//! with retries) converges the edge, since every record carries a version and
-//! the edge ignores older ones.
+//! with retries) converges the edge.
 
 use crate::config::EdgeTarget;
 use crate::db::ledger::{self, EdgeAccount};
@@ -18,7 +20,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::{now_secs, AppState};
 use axum::extract::State;
 use axum::Json;
-use edgeway_core::internal_auth::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use edgeway_core::internal_auth::{signed_headers, SignedParts};
 use edgeway_core::key_record::KeyRecord;
 use edgeway_core::routing::RoutingConfig;
 use serde::Serialize;
@@ -65,19 +67,22 @@ impl EdgeClient {
     async fn put_signed(&self, path: &str, body: Vec<u8>) -> Result<(), PushError> {
         let url = reqwest::Url::parse(&format!("{}{}", self.target.url, path))
             .map_err(|e| PushError::Build(e.to_string()))?;
-        let timestamp = now_secs();
-        // The signature covers the path the edge will see, prefix included.
-        let signature = sign(&self.target.secret, "PUT", url.path(), timestamp, &body);
-        let response = self
-            .http
-            .put(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(TIMESTAMP_HEADER, timestamp.to_string())
-            .header(SIGNATURE_HEADER, signature)
-            .body(body)
-            .send()
-            .await
-            .map_err(|_| PushError::Unreachable)?;
+        let nonce = crate::key_issue::random_base62(32).map_err(|e| PushError::Build(e.to_string()))?;
+        // The signature covers the path and query the edge will see, prefix included.
+        let parts = SignedParts {
+            method: "PUT",
+            path: url.path(),
+            query: url.query().unwrap_or(""),
+            timestamp: now_secs(),
+            nonce: &nonce,
+            body: &body,
+        };
+        let mut request =
+            self.http.put(url.clone()).header(reqwest::header::CONTENT_TYPE, "application/json");
+        for (name, value) in signed_headers(&self.target.secret, &parts) {
+            request = request.header(name, value);
+        }
+        let response = request.body(body).send().await.map_err(|_| PushError::Unreachable)?;
         let status = response.status();
         if status.is_success() {
             Ok(())

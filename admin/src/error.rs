@@ -22,6 +22,9 @@ pub enum ApiError {
     /// Too many attempts; retry after the given seconds (429).
     #[error("{message}")]
     TooManyRequests { message: String, retry_after_secs: u64 },
+    /// The request body is larger than the limit, in bytes (413).
+    #[error("request body is larger than the {0}-byte limit")]
+    PayloadTooLarge(usize),
     /// The addressed object does not exist (404).
     #[error("{0}")]
     NotFound(String),
@@ -65,6 +68,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -80,6 +84,7 @@ impl ApiError {
             Self::Unauthorized => "authentication_error",
             Self::Forbidden(_) => "permission_error",
             Self::TooManyRequests { .. } => "rate_limit_error",
+            Self::PayloadTooLarge(_) => "request_too_large",
             Self::NotFound(_) => "not_found_error",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict(_) => "conflict_error",

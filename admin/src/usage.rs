@@ -16,11 +16,11 @@ use crate::extract::QueryParams;
 use crate::key_issue::new_id;
 use crate::keys::List;
 use crate::{now_ms, now_secs, AppState};
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Request, State};
 use axum::Json;
-use edgeway_core::internal_auth::{verify, InternalAuthError, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use edgeway_core::internal_auth::{
+    precheck, verify, InternalAuthError, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 use edgeway_core::usage::UsageEvent;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 pub const INGEST_PATH: &str = "/internal/usage";
 /// Most events accepted in one batch.
 pub const MAX_BATCH: usize = 5000;
+/// Largest ingest body (bytes); larger is a 413.
+pub const MAX_INGEST_BODY: usize = 8 * 1024 * 1024;
 /// Default and largest `limit` of `GET /api/usage`.
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -83,32 +85,39 @@ impl LedgerRow {
     }
 }
 
-/// `POST /internal/usage`: HMAC-signed by the edge; inserts idempotently.
-pub async fn ingest(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<IngestResult>> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    match verify(
-        state.internal_secret(),
-        "POST",
-        INGEST_PATH,
-        header(TIMESTAMP_HEADER),
-        header(SIGNATURE_HEADER),
-        &body,
-        now_secs(),
-    ) {
-        Ok(()) => {}
-        Err(InternalAuthError::NotConfigured) => {
-            return Err(ApiError::NotConfigured(
-                "usage ingest is disabled: EDGE_ADMIN_SECRET is not set".into(),
-            ))
+/// `POST /internal/usage`: HMAC-signed by the edge (method, path, query,
+/// timestamp, nonce, body); inserts idempotently. The signature headers are
+/// checked before the body is read, and each nonce is accepted once within
+/// the replay window (this process's memory: a replay to another replica is
+/// still harmless, since ingest is idempotent on the request id).
+pub async fn ingest(State(state): State<AppState>, request: Request) -> ApiResult<Json<IngestResult>> {
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let refuse = |reason: InternalAuthError| match reason {
+        InternalAuthError::NotConfigured => {
+            ApiError::NotConfigured("usage ingest is disabled: EDGE_ADMIN_SECRET is not set".into())
         }
-        Err(reason) => {
+        reason => {
             tracing::warn!(?reason, "usage ingest refused: bad signature");
-            return Err(ApiError::Unauthorized);
+            ApiError::Unauthorized
         }
+    };
+    let secret = state.internal_secret();
+    let pre = precheck(
+        secret,
+        header(TIMESTAMP_HEADER),
+        header(NONCE_HEADER),
+        header(SIGNATURE_HEADER),
+        now_secs(),
+    )
+    .map_err(refuse)?;
+    let body = axum::body::to_bytes(body, MAX_INGEST_BODY)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(MAX_INGEST_BODY))?;
+    let query = parts.uri.query().unwrap_or("");
+    verify(secret, &pre, "POST", INGEST_PATH, query, &body).map_err(refuse)?;
+    if !claim_nonce(&pre.nonce, pre.remember_until(), now_secs()) {
+        return Err(refuse(InternalAuthError::Replayed));
     }
     let batch: UsageBatch = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid usage batch: {e}")))?;
@@ -116,6 +125,16 @@ pub async fn ingest(
         return Err(ApiError::bad_request(format!("a batch may hold at most {MAX_BATCH} events")));
     }
     Ok(Json(ingest_events(&state, &batch.events).await?))
+}
+
+/// Nonces of signed usage ingests within the replay window, for this process.
+static INGEST_NONCES: std::sync::Mutex<Option<edgeway_core::internal_auth::NonceMemory>> =
+    std::sync::Mutex::new(None);
+
+/// Records a signed ingest's nonce; `false` when it was seen within the window.
+fn claim_nonce(nonce: &str, until: i64, now: i64) -> bool {
+    let mut memory = INGEST_NONCES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    memory.get_or_insert_with(Default::default).claim(nonce, until, now)
 }
 
 /// Why an event cannot enter the ledger (a value the database cannot hold).

@@ -3,7 +3,7 @@
 // with local KV, D1, Durable Objects and Queues in a fresh temporary state
 // directory. Configuration goes in through the admin API, as an operator's would.
 import { spawn, execFileSync } from 'node:child_process';
-import { createHash, createHmac } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -103,21 +103,34 @@ export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs
 
   const stack = {
     state, gatewayUrl, adminUrl, adminToken, mockUrl, mock, worker, admin, keys: {}, secret,
+    /**
+     * Headers signing an internal request as the admin does
+     * (edgeway_core::internal_auth): HMAC over scheme, method, path, query,
+     * timestamp, nonce and body digest, plus the legacy signature.
+     */
+    signInternal(method, route, text = '', { timestamp = Math.floor(Date.now() / 1000), nonce = randomBytes(16).toString('hex') } = {}) {
+      const url = new URL(route, gatewayUrl);
+      const bodyHash = createHash('sha256').update(text).digest('hex');
+      const message = ['EDGEWAY-HMAC-SHA256-2', method.toUpperCase(), url.pathname, url.search.replace(/^\?/, ''), timestamp, nonce, bodyHash].join('\n');
+      const legacy = createHmac('sha256', secret).update(`${method.toUpperCase()}\n${url.pathname}\n${timestamp}\n${bodyHash}`).digest('hex');
+      return {
+        'x-edgeway-timestamp': String(timestamp),
+        'x-edgeway-nonce': nonce,
+        'x-edgeway-signature-v2': createHmac('sha256', secret).update(message).digest('hex'),
+        'x-edgeway-signature': legacy,
+      };
+    },
+    /** A raw internal request with the given headers; the response as { status, json }. */
+    async internalFetch(method, route, { text, headers = {} } = {}) {
+      const r = await fetch(`${gatewayUrl}${route}`, { method, headers: { 'content-type': 'application/json', ...headers }, body: text });
+      return { status: r.status, json: await r.json().catch(() => null) };
+    },
     /** Signed call to the worker's internal API, as the admin makes it. */
     async internal(method, route, body) {
       const text = body === undefined ? '' : JSON.stringify(body);
-      const timestamp = Math.floor(Date.now() / 1000);
-      const routePath = route.split('?')[0];
-      const bodyHash = createHash('sha256').update(text).digest('hex');
-      const signature = createHmac('sha256', secret).update(`${method.toUpperCase()}\n${routePath}\n${timestamp}\n${bodyHash}`).digest('hex');
-      const r = await fetch(`${gatewayUrl}${route}`, {
-        method,
-        headers: { 'content-type': 'application/json', 'x-edgeway-timestamp': String(timestamp), 'x-edgeway-signature': signature },
-        body: body === undefined ? undefined : text,
-      });
-      const json = await r.json().catch(() => null);
-      if (!r.ok) throw new Error(`internal ${method} ${route} → ${r.status}: ${JSON.stringify(json)}`);
-      return json;
+      const r = await stack.internalFetch(method, route, { text: body === undefined ? undefined : text, headers: stack.signInternal(method, route, text) });
+      if (r.status < 200 || r.status > 299) throw new Error(`internal ${method} ${route} → ${r.status}: ${JSON.stringify(r.json)}`);
+      return r.json;
     },
     /** Stops the admin service (its database stays). */
     async stopAdmin() {

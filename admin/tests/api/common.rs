@@ -10,7 +10,9 @@ use axum::Router;
 use edgeway_admin::config::{AccountsConfig, Config, EdgeTarget};
 use edgeway_admin::db::{Backend, Db};
 use edgeway_admin::{app, now_secs, AppState};
-use edgeway_core::internal_auth::{sign, verify, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use edgeway_core::internal_auth::{
+    precheck, signed_headers, verify, SignedParts, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 use serde_json::Value;
 use sqlx::any::AnyPoolOptions;
 use std::net::SocketAddr;
@@ -152,18 +154,29 @@ impl TestApp {
         (status, value)
     }
 
-    /// Posts a usage batch signed like the edge's queue consumer.
+    /// Posts a usage batch signed like the edge's queue consumer (a fresh nonce).
     pub async fn ingest(&self, body: &[u8], secret: &str, timestamp: i64) -> (StatusCode, Value) {
-        let signature = sign(secret, "POST", "/internal/usage", timestamp, body);
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri("/internal/usage")
-            .header("content-type", "application/json")
-            .header(TIMESTAMP_HEADER, timestamp.to_string())
-            .header(SIGNATURE_HEADER, signature)
-            .body(Body::from(body.to_vec()))
-            .unwrap();
-        self.send(request).await
+        let nonce = format!("n{}", random_suffix());
+        self.ingest_signed(body, secret, timestamp, &nonce, "/internal/usage").await
+    }
+
+    /// Posts a usage batch to `uri`, signed for `/internal/usage` with `nonce`.
+    pub async fn ingest_signed(
+        &self,
+        body: &[u8],
+        secret: &str,
+        timestamp: i64,
+        nonce: &str,
+        uri: &str,
+    ) -> (StatusCode, Value) {
+        let parts =
+            SignedParts { method: "POST", path: "/internal/usage", query: "", timestamp, nonce, body };
+        let mut request =
+            Request::builder().method(Method::POST).uri(uri).header("content-type", "application/json");
+        for (name, value) in signed_headers(secret, &parts) {
+            request = request.header(name, value);
+        }
+        self.send(request.body(Body::from(body.to_vec())).unwrap()).await
     }
 
     /// Everything the database holds, as text: the raw SQLite files, or every
@@ -284,15 +297,14 @@ async fn record(
     body: Bytes,
 ) -> StatusCode {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let verified = verify(
+    let verified = precheck(
         Some(SECRET),
-        method.as_str(),
-        uri.path(),
         header(TIMESTAMP_HEADER),
+        header(NONCE_HEADER),
         header(SIGNATURE_HEADER),
-        &body,
         now_secs(),
     )
+    .and_then(|pre| verify(Some(SECRET), &pre, method.as_str(), uri.path(), uri.query().unwrap_or(""), &body))
     .is_ok();
     pushes.lock().unwrap().push(Push { method, path: uri.path().to_string(), body: body.to_vec(), verified });
     if verified {

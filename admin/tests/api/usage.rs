@@ -165,6 +165,15 @@ async fn ingest_refuses_bad_signatures_and_bodies() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{response}");
     let (status, _) = app.ingest(&body, SECRET, now_secs() - 3600).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "stale timestamps are refused");
+    // A replayed nonce is refused; so is a query the signature did not cover.
+    let nonce = "nonce-0123456789abcdef";
+    let (status, _) = app.ingest_signed(&body, SECRET, now_secs(), nonce, "/internal/usage").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.ingest_signed(&body, SECRET, now_secs(), nonce, "/internal/usage").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a replayed nonce is refused");
+    let (status, _) =
+        app.ingest_signed(&body, SECRET, now_secs(), "nonce-other-0123456789", "/internal/usage?x=1").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the query is signed");
     // The admin bearer token is not a substitute for the signature.
     let (status, _) =
         app.call(Method::POST, "/internal/usage", Some(serde_json::from_slice(&body).unwrap())).await;
@@ -179,7 +188,7 @@ async fn ingest_refuses_bad_signatures_and_bodies() {
         let (status, response) = app.ingest(&bad, SECRET, now_secs()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{response}");
     }
-    assert!(ledger(&app).await.is_empty(), "refused batches insert nothing");
+    assert_eq!(ledger(&app).await.len(), 1, "refused batches insert nothing (one signed batch went in)");
 
     // Without EDGE_ADMIN_SECRET the ingest is disabled.
     let app = TestApp::new(DbKind::Sqlite, Options { no_secret: true, ..Options::default() }).await;

@@ -1,7 +1,14 @@
 //! The internal API the admin service pushes configuration through, and the
 //! operator's view of key accounts and the usage pipeline. Every request is
-//! HMAC-signed (`edgeway_core::internal_auth`); with no secret configured the
-//! whole API refuses, so it can never be open by mistake.
+//! HMAC-signed over method, path, query, timestamp, nonce and body
+//! (`edgeway_core::internal_auth`): the headers are checked before the body
+//! is read, the signature after, and the nonce is then claimed in the
+//! deployment-wide guard ([`crate::internal_guard`]), so a captured request
+//! cannot be sent again. Every refusal is the same 401. A routing config or
+//! key record whose version is not newer than the stored one is a 409
+//! (the same version with the same body is accepted again, for full syncs).
+//! With no secret configured the whole API refuses, so it can never be open
+//! by mistake.
 //!
 //! | route | what |
 //! | --- | --- |
@@ -16,10 +23,13 @@
 //! | `POST /internal/usage/dead-letters/replay?limit=` | put unreplayed dead letters back on the usage queue |
 
 use crate::key_account_object::KeyAccountClient;
-use crate::{bindings, http_io, isolate, runtime::now_ms, usage_pipeline};
+use crate::{bindings, http_io, internal_guard, isolate, runtime::now_ms, usage_pipeline};
 use edgeway_core::api_key::{is_valid_digest, kv_key_for_digest};
 use edgeway_core::error::GatewayError;
-use edgeway_core::internal_auth::{self, InternalAuthError, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use edgeway_core::internal_auth::{
+    self, ClaimReply, ClaimRequest, VersionClaim, VersionStamp, NONCE_HEADER, REFUSED_MESSAGE,
+    SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 use edgeway_core::key_record::KeyRecord;
 use edgeway_core::routing::{RoutingConfig, RoutingTable, ROUTING_KV_KEY};
 use edgeway_core::usage::UsageEvent;
@@ -54,35 +64,72 @@ fn deleted_record(digest: &str) -> Result<KeyRecord, GatewayError> {
 /// Largest internal request body (a routing config with many channels).
 const MAX_INTERNAL_BODY: usize = 1024 * 1024;
 
+/// The one answer to every signature failure (the reason is logged).
+fn refused(reason: impl std::fmt::Debug) -> Result<Response, GatewayError> {
+    worker::console_warn!("internal API: request refused: {reason:?}");
+    http_io::json_response(
+        401,
+        &json!({"error": {"message": REFUSED_MESSAGE, "type": "authentication_error"}}),
+    )
+}
+
+/// A push whose version is not newer than the stored one.
+fn not_newer(what: &str, version: u64, stored: u64) -> Result<Response, GatewayError> {
+    http_io::json_response(
+        409,
+        &json!({
+            "error": {
+                "message": format!("{what} version {version} is not newer than the stored version {stored}"),
+                "type": "version_conflict",
+            },
+            "stored_version": stored,
+        }),
+    )
+}
+
+/// The version stored in KV under `key` (a key record or the routing config):
+/// the floor for the guard when it has no record of its own yet.
+async fn kv_version(kv: &worker::kv::KvStore, key: &str) -> Result<u64, GatewayError> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        #[serde(default)]
+        version: u64,
+    }
+    let text = kv.get(key).text().await.map_err(|_| GatewayError::Internal)?;
+    Ok(text.and_then(|t| serde_json::from_str::<Versioned>(&t).ok()).map_or(0, |v| v.version))
+}
+
 pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayError> {
     let path = req.path();
     let method = req.method();
-    let body = http_io::read_body_limited(&mut req, MAX_INTERNAL_BODY).await?;
+    let query = req.url().map_err(|_| GatewayError::Internal)?.query().unwrap_or("").to_string();
     let header = |name: &str| req.headers().get(name).ok().flatten();
     let secret = bindings::text(env, bindings::EDGE_ADMIN_SECRET);
-    let verified = internal_auth::verify(
+    // Headers first: an unsigned request is refused before its body is read.
+    let pre = match internal_auth::precheck(
         secret.as_deref(),
-        method.as_ref(),
-        &path,
         header(TIMESTAMP_HEADER).as_deref(),
+        header(NONCE_HEADER).as_deref(),
         header(SIGNATURE_HEADER).as_deref(),
-        &body,
         now_ms() / 1000,
-    );
-    if let Err(reason) = verified {
-        let message = match reason {
-            InternalAuthError::NotConfigured => "internal API disabled: EDGE_ADMIN_SECRET is not set",
-            InternalAuthError::Malformed => "missing or malformed signature headers",
-            InternalAuthError::Stale => "signature timestamp outside the allowed clock skew",
-            InternalAuthError::BadSignature => "bad signature",
-        };
-        return http_io::json_response(
-            401,
-            &json!({"error": {"message": message, "type": "authentication_error"}}),
-        );
+    ) {
+        Ok(pre) => pre,
+        Err(reason) => return refused(reason),
+    };
+    let body = http_io::read_body_limited(&mut req, MAX_INTERNAL_BODY).await?;
+    if let Err(reason) = internal_auth::verify(secret.as_deref(), &pre, method.as_ref(), &path, &query, &body)
+    {
+        return refused(reason);
     }
     let kv = env.kv(bindings::KV).map_err(|_| GatewayError::Internal)?;
     let bad = |message: String| GatewayError::InvalidRequest { message, param: None };
+    // The nonce is claimed (and a push's version with it) once the request
+    // is known to be authentic and well-formed.
+    let claim = |version: Option<VersionClaim>| ClaimRequest {
+        nonce: pre.nonce.clone(),
+        until: pre.remember_until(),
+        version,
+    };
 
     if let Some(rest) = path.strip_prefix("/internal/keys/") {
         let (digest, view) = if let Some(digest) = rest.strip_suffix("/account") {
@@ -96,6 +143,9 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
             return Err(bad("key digest must be 64 lower-case hex characters".into()));
         }
         let account = KeyAccountClient::new(env, digest)?;
+        if view.is_some() && internal_guard::claim(env, &claim(None)).await? == ClaimReply::Replayed {
+            return refused("replayed nonce");
+        }
         match (view, method.clone()) {
             (Some(false), Method::Get) => return http_io::json_response(200, &account.snapshot().await?),
             (Some(true), Method::Post) => {
@@ -111,6 +161,18 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
                     serde_json::from_slice(&body).map_err(|e| bad(format!("invalid key record: {e}")))?;
                 if record.digest != digest {
                     return Err(bad("record digest does not match the URL".into()));
+                }
+                let version = VersionClaim {
+                    scope: format!("key:{digest}"),
+                    stamp: VersionStamp::of(record.version, &body),
+                    floor: kv_version(&kv, &kv_key_for_digest(digest)).await?,
+                };
+                match internal_guard::claim(env, &claim(Some(version))).await? {
+                    ClaimReply::Replayed => return refused("replayed nonce"),
+                    ClaimReply::NotNewer { stored } => {
+                        return not_newer("key record", record.version, stored)
+                    }
+                    ClaimReply::Accepted { .. } => {}
                 }
                 let text = serde_json::to_string(&record).map_err(|_| GatewayError::Internal)?;
                 kv.put(&kv_key_for_digest(digest), text)
@@ -128,6 +190,17 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
                 )
             }
             Method::Delete => {
+                // A deleted key stays deleted: its version becomes the largest
+                // there is, so no replayed or late record can bring it back.
+                let version = VersionClaim {
+                    scope: format!("key:{digest}"),
+                    stamp: VersionStamp::of(u64::MAX, b""),
+                    floor: 0,
+                };
+                match internal_guard::claim(env, &claim(Some(version))).await? {
+                    ClaimReply::Replayed => return refused("replayed nonce"),
+                    ClaimReply::NotNewer { .. } | ClaimReply::Accepted { .. } => {}
+                }
                 kv.delete(&kv_key_for_digest(digest)).await.map_err(|_| GatewayError::Internal)?;
                 isolate::with(|s| s.forget_key(digest));
                 account.configure(&deleted_record(digest)?).await?;
@@ -136,11 +209,27 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
             _ => Err(GatewayError::MethodNotAllowed),
         };
     }
+    let is_routing_push = method == Method::Put && path == "/internal/routing";
+    if !is_routing_push && internal_guard::claim(env, &claim(None)).await? == ClaimReply::Replayed {
+        return refused("replayed nonce");
+    }
     match (method, path.as_str()) {
         (Method::Put, "/internal/routing") => {
             let config: RoutingConfig =
                 serde_json::from_slice(&body).map_err(|e| bad(format!("invalid routing config: {e}")))?;
             let table = RoutingTable::new(config.clone()).map_err(|e| bad(e.0))?;
+            let version = VersionClaim {
+                scope: "routing".into(),
+                stamp: VersionStamp::of(config.version, &body),
+                floor: kv_version(&kv, ROUTING_KV_KEY).await?,
+            };
+            match internal_guard::claim(env, &claim(Some(version))).await? {
+                ClaimReply::Replayed => return refused("replayed nonce"),
+                ClaimReply::NotNewer { stored } => {
+                    return not_newer("routing config", config.version, stored)
+                }
+                ClaimReply::Accepted { .. } => {}
+            }
             let text = serde_json::to_string(&config).map_err(|_| GatewayError::Internal)?;
             kv.put(ROUTING_KV_KEY, text)
                 .map_err(|_| GatewayError::Internal)?

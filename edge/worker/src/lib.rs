@@ -18,6 +18,7 @@ mod bindings;
 mod driver;
 mod http_io;
 mod internal_api;
+mod internal_guard;
 mod isolate;
 mod key_account_object;
 mod models_api;
@@ -28,6 +29,7 @@ use edgeway_core::endpoint::{self, Endpoint, NoEndpoint};
 use edgeway_core::error::{Dialect, GatewayError};
 use worker::{event, Context, Env, Request, Response, Result};
 
+pub use internal_guard::InternalGuard;
 pub use key_account_object::KeyAccount;
 
 /// Logs an internal failure with its cause (never a secret) and returns the

@@ -15,7 +15,7 @@
 
 use crate::bindings;
 use crate::runtime::now_ms;
-use edgeway_core::internal_auth::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use edgeway_core::internal_auth::{signed_headers, SignedParts};
 use edgeway_core::usage::UsageEvent;
 use edgeway_core::usage_row::{insert_sql, usage_row, Placeholder, UsageValue};
 use futures_util::future::{select, Either};
@@ -198,13 +198,22 @@ async fn post_to_admin(env: &Env, events: &[UsageEvent]) -> Result<(), AdminRefu
     };
     let body = serde_json::to_vec(&serde_json::json!({ "events": events }))
         .map_err(|e| AdminRefusal::Transient(format!("serialize: {e}")))?;
-    let timestamp = now_ms() / 1000;
-    let signature = sign(&secret, "POST", ADMIN_INGEST_PATH, timestamp, &body);
+    let nonce = crate::runtime::random_uuid().replace('-', "");
+    let parts = SignedParts {
+        method: "POST",
+        path: ADMIN_INGEST_PATH,
+        query: "",
+        timestamp: now_ms() / 1000,
+        nonce: &nonce,
+        body: &body,
+    };
+    let signed = signed_headers(&secret, &parts);
     let headers = Headers::new();
     let build = || -> worker::Result<Request> {
         headers.set("content-type", "application/json")?;
-        headers.set(TIMESTAMP_HEADER, &timestamp.to_string())?;
-        headers.set(SIGNATURE_HEADER, &signature)?;
+        for (name, value) in &signed {
+            headers.set(name, value)?;
+        }
         let mut init = RequestInit::new();
         init.with_method(Method::Post)
             .with_headers(headers.clone())
