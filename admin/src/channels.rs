@@ -91,6 +91,12 @@ fn check_price(model: &str, price: &ModelPrice) -> ApiResult<()> {
     if parts.into_iter().flatten().chain([price.per_request]).any(|p| p < 0) {
         return Err(ApiError::bad_request(format!("model `{model}`: prices must not be negative")));
     }
+    if parts.into_iter().flatten().chain([price.per_request]).any(|p| p > validate::MAX_SAFE_NUMBER) {
+        return Err(ApiError::bad_request(format!(
+            "model `{model}`: prices must be at most {} (2^53 - 1)",
+            validate::MAX_SAFE_NUMBER
+        )));
+    }
     Ok(())
 }
 
@@ -142,6 +148,11 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
             "`models` may hold at most {} entries",
             validate::MAX_LIST
         )));
+    }
+    if body.models.is_empty() {
+        return Err(ApiError::bad_request(
+            "`models` must list at least one model: a channel without models serves nothing",
+        ));
     }
     let mut models: Vec<ChannelModel> = Vec::with_capacity(body.models.len());
     for model in body.models {

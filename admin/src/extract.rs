@@ -21,10 +21,16 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge(MAX_JSON_BODY_BYTES))
+            }
             Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
         }
     }
 }
+
+/// Largest JSON body accepted (axum's default body limit); larger is a 413.
+pub const MAX_JSON_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// Query parameters; bad values are 400s.
 #[derive(Debug)]

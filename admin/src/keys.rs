@@ -128,6 +128,12 @@ pub fn check_limits(
     if quota_micros.is_some_and(|q| q < 0) {
         return Err(ApiError::bad_request("`quota_micros` must not be negative"));
     }
+    if let Some(q) = quota_micros {
+        validate::safe_number("quota_micros", q)?;
+    }
+    if let Some(t) = tpm {
+        validate::safe_number("tpm", i64::try_from(t).unwrap_or(i64::MAX))?;
+    }
     if rpm == Some(0) || tpm == Some(0) || max_concurrency == Some(0) {
         return Err(ApiError::bad_request(
             "`rpm`, `tpm` and `max_concurrency` must be at least 1 (null = unlimited; to block a key, disable it)",

@@ -4,6 +4,21 @@
 use crate::error::ApiError;
 use std::net::IpAddr;
 
+/// Largest amount of micro-units, tokens per minute or price accepted:
+/// 2^53 - 1. The edge reads KV exactly, but usage rows reach D1 through the
+/// Workers runtime as JavaScript numbers and every JSON client (the official
+/// SDKs, browsers) parses numbers as doubles, which are exact only up to here.
+/// In money that is about 9 billion units of currency.
+pub const MAX_SAFE_NUMBER: i64 = (1 << 53) - 1;
+
+/// Refuses a number past [`MAX_SAFE_NUMBER`].
+pub fn safe_number(field: &str, value: i64) -> Result<i64, ApiError> {
+    if value > MAX_SAFE_NUMBER {
+        return Err(bad(format!("`{field}` must be at most {MAX_SAFE_NUMBER} (2^53 - 1)")));
+    }
+    Ok(value)
+}
+
 /// Longest free-text field (names, owners, model names).
 pub const MAX_TEXT: usize = 200;
 /// Longest list (allowed models, allowed IPs, models of a channel).
@@ -111,6 +126,11 @@ pub fn http_url(field: &str, value: &str) -> Result<String, ApiError> {
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(bad(format!("`{field}` must not contain credentials; use `api_key`")));
     }
+    // Private servers (a vLLM on the same network, localhost) are fine; the
+    // cloud metadata service and link-local addresses never are.
+    if let Some(reason) = edgeway_core::url_policy::base_url_refusal(value) {
+        return Err(bad(format!("`{field}` {reason}")));
+    }
     Ok(value.to_string())
 }
 
@@ -149,6 +169,11 @@ mod tests {
         assert!(http_url("u", "ftp://x").is_err());
         assert!(http_url("u", "https://user:pw@x").is_err());
         assert!(http_url("u", "not a url").is_err());
+        for metadata in ["http://169.254.169.254/v1", "http://[fe80::1]/", "http://metadata.google.internal/"]
+        {
+            assert!(http_url("u", metadata).is_err(), "{metadata}");
+        }
+        assert!(http_url("u", "http://127.0.0.1:11434/v1").is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod accounts;
 mod authz;
 mod common;
 mod edge;
+mod hardening;
 mod keys;
 mod ledger;
 mod oidc;

@@ -2,6 +2,7 @@
 //! pure so every path shape (Gemini puts the model and the action in the
 //! path: `/v1beta/models/{model}:streamGenerateContent`) is tested natively.
 
+use crate::error::Dialect;
 use crate::translate::ClientDialect;
 
 /// A recognised endpoint.
@@ -75,7 +76,7 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, NoEndpoint> {
         }
         "/v1/models" | "/models" => only(get, Endpoint::ListModels),
         "/v1beta/models" => only(get, Endpoint::ListGeminiModels),
-        "/health" | "" => only(get, Endpoint::Health),
+        "/health" | "" => only(get || method.eq_ignore_ascii_case("HEAD"), Endpoint::Health),
         other => {
             let Some(rest) =
                 other.strip_prefix("/v1beta/models/").or_else(|| other.strip_prefix("/v1/models/"))
@@ -99,6 +100,23 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, NoEndpoint> {
                 _ => Err(NoEndpoint::NotFound),
             }
         }
+    }
+}
+
+/// The dialect errors are rendered in for `path`, whether or not the method
+/// matched: Anthropic for `/v1/messages…`, Gemini for `/v1beta/…` and
+/// `/v1/models/{model}:{action}`, OpenAI otherwise (and for `/internal/*`).
+pub fn error_dialect(path: &str) -> Dialect {
+    let path = path.trim_end_matches('/');
+    if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+        Dialect::Anthropic
+    } else if path == "/v1beta"
+        || path.starts_with("/v1beta/")
+        || (path.starts_with("/v1/models/") && path.contains(':'))
+    {
+        Dialect::Gemini
+    } else {
+        Dialect::OpenAi
     }
 }
 
@@ -161,6 +179,20 @@ mod tests {
         assert_eq!(classify("POST", "/v1beta/models/:generateContent"), Err(NoEndpoint::NotFound));
         assert_eq!(classify("GET", "/v1beta/models/m:generateContent"), Err(NoEndpoint::MethodNotAllowed));
         assert_eq!(classify("GET", "/v1beta/models"), Ok(Endpoint::ListGeminiModels));
+    }
+
+    #[test]
+    fn head_health_and_error_dialects_follow_the_path() {
+        assert_eq!(classify("HEAD", "/health"), Ok(Endpoint::Health));
+        assert_eq!(classify("HEAD", "/v1/models"), Err(NoEndpoint::MethodNotAllowed));
+        assert_eq!(error_dialect("/v1/messages"), Dialect::Anthropic);
+        assert_eq!(error_dialect("/v1/messages/count_tokens"), Dialect::Anthropic);
+        assert_eq!(error_dialect("/v1beta/models/m:generateContent"), Dialect::Gemini);
+        assert_eq!(error_dialect("/v1beta/models"), Dialect::Gemini);
+        assert_eq!(error_dialect("/v1/models/m:streamGenerateContent"), Dialect::Gemini);
+        assert_eq!(error_dialect("/v1/models"), Dialect::OpenAi);
+        assert_eq!(error_dialect("/v1/chat/completions"), Dialect::OpenAi);
+        assert_eq!(error_dialect("/v1/messagesx"), Dialect::OpenAi);
     }
 
     #[test]

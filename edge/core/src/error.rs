@@ -86,11 +86,16 @@ impl GatewayError {
         match self {
             Self::MissingApiKey => "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.".into(),
             Self::InvalidApiKey => "Incorrect API key provided, or the key is disabled or expired.".into(),
-            Self::ModelNotAllowed { model } => format!("This API key is not allowed to use the model `{model}`."),
+            Self::ModelNotAllowed { model } => {
+                format!("This API key is not allowed to use the model `{}`.", truncate_chars(model, MAX_ECHOED_NAME_CHARS))
+            }
             Self::IpNotAllowed => "This API key may not be used from this IP address.".into(),
-            Self::ModelNotFound { model } => format!("The model `{model}` does not exist or you do not have access to it."),
+            Self::ModelNotFound { model } => format!(
+                "The model `{}` does not exist or you do not have access to it.",
+                truncate_chars(model, MAX_ECHOED_NAME_CHARS)
+            ),
             Self::InvalidJson { detail } => format!("We could not parse the JSON body of your request: {detail}"),
-            Self::InvalidRequest { message, .. } => message.clone(),
+            Self::InvalidRequest { message, .. } => truncate_chars(message, MAX_MESSAGE_CHARS),
             Self::PayloadTooLarge { limit_bytes } => format!("Request body is too large: the limit is {limit_bytes} bytes."),
             Self::NotFound => "Unknown request URL. Check the path and the HTTP method.".into(),
             Self::MethodNotAllowed => "Method not allowed for this URL.".into(),
@@ -242,6 +247,12 @@ pub fn upstream_status_to_client(status: u16) -> u16 {
     }
 }
 
+/// Longest client-chosen name (a model) echoed in an error message.
+pub const MAX_ECHOED_NAME_CHARS: usize = 128;
+
+/// Longest validation message shown (they may quote what the client sent).
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
 /// Longest upstream message passed on to a client.
 pub const MAX_UPSTREAM_MESSAGE_CHARS: usize = 400;
 
@@ -311,6 +322,18 @@ fn looks_like_credential(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoed_names_and_messages_are_truncated() {
+        let huge = "m".repeat(100_000);
+        let body = GatewayError::ModelNotFound { model: huge.clone() }.body(Dialect::OpenAi);
+        assert!(body.len() < 600, "{} bytes", body.len());
+        assert!(body.contains(&format!("`{}…`", "m".repeat(MAX_ECHOED_NAME_CHARS))));
+        let body = GatewayError::ModelNotAllowed { model: "é".repeat(10_000) }.body(Dialect::Anthropic);
+        assert!(body.len() < 800);
+        let body = GatewayError::InvalidRequest { message: huge, param: None }.body(Dialect::Gemini);
+        assert!(body.len() < MAX_MESSAGE_CHARS + 200);
+    }
 
     #[test]
     fn statuses_match_the_contract() {

@@ -162,10 +162,10 @@ impl RoutingTable {
                     ch.id, ch.provider
                 )));
             }
-            if provider.dialect != crate::provider::ProviderDialect::Mock
-                && !(base.starts_with("https://") || base.starts_with("http://"))
-            {
-                return Err(InvalidRouting(format!("channel `{}`: base_url must be http(s)", ch.id)));
+            if provider.dialect != crate::provider::ProviderDialect::Mock {
+                if let Some(reason) = crate::url_policy::base_url_refusal(base) {
+                    return Err(InvalidRouting(format!("channel `{}`: base_url {reason}", ch.id)));
+                }
             }
             if channel_index.insert(ch.id.clone(), (i, provider)).is_some() {
                 return Err(InvalidRouting(format!("duplicate channel id `{}`", ch.id)));
@@ -178,6 +178,9 @@ impl RoutingTable {
         }
         let mut model_index = HashMap::new();
         for (i, model) in config.models.iter().enumerate() {
+            if model.targets.is_empty() {
+                return Err(InvalidRouting(format!("model `{}` has no targets", model.name)));
+            }
             for t in &model.targets {
                 if !channel_index.contains_key(&t.channel) {
                     return Err(InvalidRouting(format!(
@@ -214,21 +217,31 @@ impl RoutingTable {
     /// Ordered candidates for `model`: enabled channels by descending priority;
     /// within a priority, a weighted shuffle driven by `seed` (any random u64),
     /// so traffic splits by weight and the order is reproducible in tests.
+    /// Targets of weight 0 are standby: they get no share of the traffic and
+    /// are tried only after every weighted target, in priority order (so a
+    /// model whose targets are all at weight 0 is still served).
     pub fn candidates(&self, model: &str, seed: u64) -> Result<Vec<Candidate<'_>>, GatewayError> {
         let route =
             self.model(model).ok_or_else(|| GatewayError::ModelNotFound { model: model.to_string() })?;
         let mut eligible: Vec<(i32, u32, Candidate<'_>)> = Vec::with_capacity(route.targets.len());
+        let mut standby: Vec<(i32, Candidate<'_>)> = Vec::new();
         for t in &route.targets {
             let Some(&(idx, provider)) = self.channel_index.get(&t.channel) else { continue };
             let Some(channel) = self.config.channels.get(idx) else { continue };
-            if !channel.enabled || t.weight == 0 {
+            if !channel.enabled {
                 continue;
             }
             let base_url = channel.base_url.as_deref().unwrap_or(provider.base_url);
             let upstream_model = t.upstream_model.as_deref().unwrap_or(&route.name);
-            eligible.push((t.priority, t.weight, Candidate { channel, provider, upstream_model, base_url }));
+            let candidate = Candidate { channel, provider, upstream_model, base_url };
+            if t.weight == 0 {
+                standby.push((t.priority, candidate));
+            } else {
+                eligible.push((t.priority, t.weight, candidate));
+            }
         }
-        if eligible.is_empty() {
+        standby.sort_by_key(|s| std::cmp::Reverse(s.0));
+        if eligible.is_empty() && standby.is_empty() {
             return Err(GatewayError::ModelNotFound { model: model.to_string() });
         }
         // Stable sort by descending priority, then a weighted draw without
@@ -258,6 +271,7 @@ impl RoutingTable {
                 ordered.push(group.remove(pos).2);
             }
         }
+        ordered.extend(standby.into_iter().map(|s| s.1));
         Ok(ordered)
     }
 }
@@ -325,6 +339,42 @@ mod tests {
         let table = RoutingTable::new(config()).unwrap_or_default();
         assert!(matches!(table.candidates("nope", 0), Err(GatewayError::ModelNotFound { .. })));
         assert!(matches!(table.candidates("dead", 0), Err(GatewayError::ModelNotFound { .. })));
+    }
+
+    #[test]
+    fn weight_zero_is_standby_after_every_weighted_target() {
+        let mut c = config();
+        c.models[0].targets[0].weight = 0; // `a`, priority 1
+        let table = RoutingTable::new(c.clone()).unwrap();
+        for seed in 0..200u64 {
+            let order: Vec<&str> =
+                table.candidates("gpt", seed).unwrap().iter().map(|c| c.channel.id.as_str()).collect();
+            assert_eq!(order, ["b", "m", "a"], "standby tried last");
+        }
+        for t in &mut c.models[0].targets {
+            t.weight = 0;
+        }
+        let table = RoutingTable::new(c).unwrap();
+        let order: Vec<&str> =
+            table.candidates("gpt", 7).unwrap().iter().map(|c| c.channel.id.as_str()).collect();
+        assert_eq!(order, ["a", "b", "m"], "all standby: still served, by priority");
+    }
+
+    #[test]
+    fn settings_that_would_do_nothing_are_refused() {
+        let mut c = config();
+        c.models[1].targets.clear();
+        assert!(RoutingTable::new(c).unwrap_err().0.contains("no targets"));
+        for base in [
+            "http://169.254.169.254/v1",
+            "http://[fe80::1]/",
+            "http://metadata.google.internal/v1",
+            "ftp://x/",
+        ] {
+            let mut c = config();
+            c.channels[1].base_url = Some(base.into());
+            assert!(RoutingTable::new(c).is_err(), "{base}");
+        }
     }
 
     #[test]

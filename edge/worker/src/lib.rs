@@ -45,14 +45,16 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let path = req.path();
     let method = req.method();
     let endpoint = endpoint::classify(method.as_ref(), &path);
-    // Errors are rendered in the dialect of the endpoint that was asked for.
+    // Errors are rendered in the dialect of the endpoint that was asked for,
+    // also when the method was wrong (GET /v1/messages is Anthropic's).
     let dialect = match &endpoint {
         Ok(Endpoint::Generate { client, .. }) | Ok(Endpoint::CountTokens { client, .. }) => {
             client.error_dialect()
         }
         Ok(Endpoint::ListGeminiModels) => Dialect::Gemini,
-        _ => Dialect::OpenAi,
+        _ => endpoint::error_dialect(&path),
     };
+    let head = method == worker::Method::Head;
     let outcome = match endpoint {
         Ok(Endpoint::Generate { .. }) => {
             Err(internal("routing", "a generation request reached the Rust fetch handler"))
@@ -75,10 +77,17 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Err(NoEndpoint::MethodNotAllowed) => Err(GatewayError::MethodNotAllowed),
         Err(NoEndpoint::NotFound) => Err(GatewayError::NotFound),
     };
-    match outcome {
-        Ok(response) => Ok(response),
-        Err(error) => http_io::error_response(&error, dialect),
+    let response = match outcome {
+        Ok(response) => response,
+        Err(error) => http_io::error_response(&error, dialect)?,
+    };
+    if head {
+        // HEAD: the status and headers of the GET, no body.
+        return Ok(Response::empty()?
+            .with_status(response.status_code())
+            .with_headers(response.headers().clone()));
     }
+    Ok(response)
 }
 
 #[event(queue)]
