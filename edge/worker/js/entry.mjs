@@ -317,3 +317,4 @@ export default {
 };
 
 export const KeyAccount = glue.KeyAccount;
+export const InternalGuard = glue.InternalGuard;
