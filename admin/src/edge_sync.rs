@@ -63,26 +63,39 @@ impl EdgeClient {
         Ok(Self { http, target })
     }
 
-    /// Signs and sends `PUT {EDGE_URL}{path}` with a JSON body.
-    async fn put_signed(&self, path: &str, body: Vec<u8>) -> Result<(), PushError> {
+    /// Signs and sends `{method} {EDGE_URL}{path}` (method, path, query,
+    /// timestamp, a fresh nonce and the body are signed).
+    async fn send_signed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, PushError> {
         let url = reqwest::Url::parse(&format!("{}{}", self.target.url, path))
             .map_err(|e| PushError::Build(e.to_string()))?;
         let nonce = crate::key_issue::random_base62(32).map_err(|e| PushError::Build(e.to_string()))?;
         // The signature covers the path and query the edge will see, prefix included.
         let parts = SignedParts {
-            method: "PUT",
+            method: method.as_str(),
             path: url.path(),
             query: url.query().unwrap_or(""),
             timestamp: now_secs(),
             nonce: &nonce,
             body: &body,
         };
-        let mut request =
-            self.http.put(url.clone()).header(reqwest::header::CONTENT_TYPE, "application/json");
+        let mut request = self.http.request(method.clone(), url.clone());
+        if !body.is_empty() {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
+        }
         for (name, value) in signed_headers(&self.target.secret, &parts) {
             request = request.header(name, value);
         }
-        let response = request.body(body).send().await.map_err(|_| PushError::Unreachable)?;
+        request.body(body).send().await.map_err(|_| PushError::Unreachable)
+    }
+
+    /// Signs and sends `PUT {EDGE_URL}{path}` with a JSON body.
+    async fn put_signed(&self, path: &str, body: Vec<u8>) -> Result<(), PushError> {
+        let response = self.send_signed(reqwest::Method::PUT, path, body).await?;
         let status = response.status();
         if status.is_success() {
             Ok(())
@@ -94,18 +107,8 @@ impl EdgeClient {
     /// Reads a user's account at the edge (`GET /internal/users/{id}/account`,
     /// signed with an empty body): credited, spent, reserved, available.
     pub async fn get_account(&self, user_id: &str) -> Result<serde_json::Value, PushError> {
-        let url = reqwest::Url::parse(&format!("{}/internal/users/{user_id}/account", self.target.url))
-            .map_err(|e| PushError::Build(e.to_string()))?;
-        let timestamp = now_secs();
-        let signature = sign(&self.target.secret, "GET", url.path(), timestamp, b"");
-        let response = self
-            .http
-            .get(url)
-            .header(TIMESTAMP_HEADER, timestamp.to_string())
-            .header(SIGNATURE_HEADER, signature)
-            .send()
-            .await
-            .map_err(|_| PushError::Unreachable)?;
+        let path = format!("/internal/users/{user_id}/account");
+        let response = self.send_signed(reqwest::Method::GET, &path, Vec::new()).await?;
         let status = response.status();
         if !status.is_success() {
             return Err(PushError::Status(status.as_u16()));

@@ -322,15 +322,14 @@ async fn account(
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, StatusCode> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    verify(
+    precheck(
         Some(SECRET),
-        "GET",
-        uri.path(),
         header(TIMESTAMP_HEADER),
+        header(NONCE_HEADER),
         header(SIGNATURE_HEADER),
-        b"",
         now_secs(),
     )
+    .and_then(|pre| verify(Some(SECRET), &pre, "GET", uri.path(), uri.query().unwrap_or(""), b""))
     .map_err(|_| StatusCode::UNAUTHORIZED)?;
     let pushes = pushes.lock().unwrap();
     let last = pushes.iter().rev().find(|p| p.path == uri.path()).ok_or(StatusCode::NOT_FOUND)?;
