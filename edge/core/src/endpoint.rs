@@ -22,7 +22,8 @@ pub enum Endpoint {
     Health,
     /// `/internal/*`, the admin's signed API.
     Internal,
-    /// CORS preflight.
+    /// CORS preflight of a public API route (`/internal/*` and unknown
+    /// paths get none).
     Preflight,
 }
 
@@ -59,7 +60,16 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, NoEndpoint> {
     let post = method.eq_ignore_ascii_case("POST");
     let get = method.eq_ignore_ascii_case("GET");
     if method.eq_ignore_ascii_case("OPTIONS") {
-        return Ok(Endpoint::Preflight);
+        if path.starts_with("/internal/") {
+            return Err(NoEndpoint::NotFound);
+        }
+        // A preflight is for a route that exists, whatever method it takes.
+        let known = |m: &str| classify(m, path) != Err(NoEndpoint::NotFound);
+        return if known("POST") || known("GET") {
+            Ok(Endpoint::Preflight)
+        } else {
+            Err(NoEndpoint::NotFound)
+        };
     }
     if path.starts_with("/internal/") {
         return Ok(Endpoint::Internal);
@@ -150,6 +160,10 @@ mod tests {
         assert_eq!(classify("GET", "/v1/models"), Ok(Endpoint::ListModels));
         assert_eq!(classify("GET", "/nope"), Err(NoEndpoint::NotFound));
         assert_eq!(classify("OPTIONS", "/v1/messages"), Ok(Endpoint::Preflight));
+        assert_eq!(classify("OPTIONS", "/v1beta/models/m:streamGenerateContent"), Ok(Endpoint::Preflight));
+        assert_eq!(classify("OPTIONS", "/v1/models"), Ok(Endpoint::Preflight));
+        assert_eq!(classify("OPTIONS", "/internal/routing"), Err(NoEndpoint::NotFound));
+        assert_eq!(classify("OPTIONS", "/nope"), Err(NoEndpoint::NotFound));
         assert_eq!(classify("PUT", "/internal/routing"), Ok(Endpoint::Internal));
     }
 

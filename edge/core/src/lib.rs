@@ -14,6 +14,7 @@
 //! is tested natively (`cargo nextest`) and fed split at every byte offset.
 
 pub mod api_key;
+pub mod cors;
 pub mod endpoint;
 pub mod error;
 pub mod internal_auth;

@@ -260,6 +260,17 @@ async function drive(d, request, env, respond) {
   }
 }
 
+// CORS headers of a generation response, by the configured origins
+// (edgeway_core::cors, CORS_ALLOW_ORIGINS); none when the origin is refused.
+function applyCors(response, request, env) {
+  const pairs = glue.cors_response_headers(env.CORS_ALLOW_ORIGINS ?? undefined, request.headers.get('origin') ?? undefined);
+  if (pairs.length === 0) {
+    response.headers.delete('access-control-allow-origin');
+    response.headers.delete('access-control-expose-headers');
+  }
+  for (let i = 0; i + 1 < pairs.length; i += 2) response.headers.set(pairs[i], pairs[i + 1]);
+}
+
 export default {
   async fetch(request, env, ctx) {
     checkInstance();
@@ -284,6 +295,7 @@ export default {
       const respond = (response) => {
         if (!responded) {
           responded = true;
+          applyCors(response, request, env);
           resolve(response);
         }
       };

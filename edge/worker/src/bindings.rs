@@ -23,6 +23,9 @@ pub const ADMIN_INGEST_URL: &str = "ADMIN_INGEST_URL";
 /// Optional: seconds before a usage batch the admin or D1 refused is
 /// delivered again (default 30).
 pub const USAGE_RETRY_DELAY_SECS: &str = "USAGE_RETRY_DELAY_SECS";
+/// Optional: origins that may call the public API from a browser (`*` =
+/// any, the default; `none`; or a comma-separated list). `/internal/*` never.
+pub const CORS_ALLOW_ORIGINS: &str = "CORS_ALLOW_ORIGINS";
 /// Optional, for tests: length of the RPM/TPM windows in ms (default 60000).
 pub const RATE_WINDOW_MS: &str = "RATE_WINDOW_MS";
 

@@ -1,6 +1,7 @@
 //! Reading requests and writing responses: bounded bodies, JSON answers,
 //! errors rendered once, in the caller's dialect.
 
+use edgeway_core::cors::{self, CorsPolicy};
 use edgeway_core::error::{Dialect, GatewayError};
 use futures_util::StreamExt;
 use worker::{Headers, Request, Response, Result};
@@ -37,7 +38,6 @@ pub async fn read_body_limited(
 fn base_headers(content_type: &str) -> Result<Headers> {
     let headers = Headers::new();
     headers.set("content-type", content_type)?;
-    headers.set("access-control-allow-origin", "*")?;
     Ok(headers)
 }
 
@@ -72,18 +72,50 @@ pub fn error_response(error: &GatewayError, dialect: Dialect) -> Result<Response
         .with_headers(headers))
 }
 
-/// CORS preflight answer, so browser clients can call the gateway directly.
-pub fn preflight() -> std::result::Result<Response, GatewayError> {
+/// CORS preflight answer for a public API route (`edgeway_core::cors`):
+/// 204 with the allowed methods and the safe requested headers, or 403
+/// without CORS headers for an origin that is not allowed.
+pub fn preflight(req: &Request, policy: &CorsPolicy) -> std::result::Result<Response, GatewayError> {
+    let header = |name: &str| req.headers().get(name).ok().flatten();
+    let origin = header("origin");
+    let requested = header("access-control-request-headers");
     let build = || -> Result<Response> {
+        let Some(cors_headers) = cors::preflight_headers(policy, origin.as_deref(), requested.as_deref())
+        else {
+            return Ok(Response::empty()?.with_status(403));
+        };
         let headers = Headers::new();
-        headers.set("access-control-allow-origin", "*")?;
-        headers.set("access-control-allow-methods", "GET, POST, OPTIONS")?;
-        headers.set(
-            "access-control-allow-headers",
-            "authorization, content-type, x-api-key, x-goog-api-key, anthropic-version, openai-organization, openai-project",
-        )?;
-        headers.set("access-control-max-age", "86400")?;
+        for (name, value) in cors_headers {
+            headers.set(name, &value)?;
+        }
         Ok(Response::empty()?.with_status(204).with_headers(headers))
     };
     build().map_err(|_| GatewayError::Internal)
+}
+
+/// Sets the CORS headers of a public API response for `origin` (replacing
+/// any set earlier), or removes them when the origin is not allowed.
+pub fn apply_cors(response: &Response, policy: &CorsPolicy, origin: Option<&str>) -> Result<()> {
+    let headers = response.headers();
+    let set = cors::response_headers(policy, origin);
+    if set.is_empty() {
+        headers.delete("access-control-allow-origin")?;
+        headers.delete("access-control-expose-headers")?;
+    }
+    for (name, value) in set {
+        headers.set(name, &value)?;
+    }
+    Ok(())
+}
+
+/// For the JS entry (generation responses are built there): the CORS headers
+/// of a public API response, flattened as `[name, value, name, value, …]`;
+/// empty when the origin is not allowed (the caller then removes any).
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn cors_response_headers(allow_origins: Option<String>, origin: Option<String>) -> Vec<String> {
+    let policy = CorsPolicy::parse(allow_origins.as_deref());
+    cors::response_headers(&policy, origin.as_deref())
+        .into_iter()
+        .flat_map(|(name, value)| [name.to_string(), value])
+        .collect()
 }

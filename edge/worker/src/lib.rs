@@ -25,6 +25,7 @@ mod models_api;
 mod runtime;
 mod usage_pipeline;
 
+use edgeway_core::cors::CorsPolicy;
 use edgeway_core::endpoint::{self, Endpoint, NoEndpoint};
 use edgeway_core::error::{Dialect, GatewayError};
 use worker::{event, Context, Env, Request, Response, Result};
@@ -55,6 +56,11 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         _ => endpoint::error_dialect(&path),
     };
     let head = method == worker::Method::Head;
+    // CORS: for the public API only; /internal/* answers carry none.
+    let public = !matches!(endpoint, Ok(Endpoint::Internal)) && !path.starts_with("/internal/");
+    let preflight = matches!(endpoint, Ok(Endpoint::Preflight));
+    let cors_policy = CorsPolicy::parse(bindings::text(&env, bindings::CORS_ALLOW_ORIGINS).as_deref());
+    let origin = req.headers().get("origin").ok().flatten();
     let outcome = match endpoint {
         Ok(Endpoint::Generate { .. }) => {
             Err(internal("routing", "a generation request reached the Rust fetch handler"))
@@ -73,7 +79,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             }),
         ),
         Ok(Endpoint::Internal) => internal_api::handle(req, &env).await,
-        Ok(Endpoint::Preflight) => http_io::preflight(),
+        Ok(Endpoint::Preflight) => http_io::preflight(&req, &cors_policy),
         Err(NoEndpoint::MethodNotAllowed) => Err(GatewayError::MethodNotAllowed),
         Err(NoEndpoint::NotFound) => Err(GatewayError::NotFound),
     };
@@ -81,6 +87,11 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Ok(response) => response,
         Err(error) => http_io::error_response(&error, dialect)?,
     };
+    if public && !preflight {
+        http_io::apply_cors(&response, &cors_policy, origin.as_deref())?;
+    } else if !public {
+        response.headers().delete("access-control-allow-origin")?;
+    }
     if head {
         // HEAD: the status and headers of the GET, no body.
         return Ok(Response::empty()?
