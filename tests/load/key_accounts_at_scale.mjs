@@ -167,12 +167,14 @@ try {
   memory.after_first_kb = rss();
   await sleep(IDLE_MS);
   memory.after_idle_kb = rss();
-  memory.batch2 = await batch(RSS_REQUESTS);
-  memory.after_second_kb = rss();
-  await sleep(IDLE_MS);
-  memory.after_second_idle_kb = rss();
   memory.growth_first_kb = memory.after_first_kb - memory.start_kb;
-  memory.growth_second_kb = memory.after_second_kb - memory.after_idle_kb;
+  if (process.env.RSS_SECOND !== '0') {
+    memory.batch2 = await batch(RSS_REQUESTS);
+    memory.after_second_kb = rss();
+    await sleep(IDLE_MS);
+    memory.after_second_idle_kb = rss();
+    memory.growth_second_kb = memory.after_second_kb - memory.after_idle_kb;
+  }
   console.log('FIGURES memory', JSON.stringify(memory));
 } finally {
   await stack.stop();
