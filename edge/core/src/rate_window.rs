@@ -75,6 +75,11 @@ impl SlidingWindow {
         }
     }
 
+    /// When the bucket holding `now_ms` ends (the start of the next one).
+    pub fn bucket_end_ms(&self, now_ms: i64) -> i64 {
+        (self.bucket_of(now_ms) + 1).saturating_mul(self.bucket_ms())
+    }
+
     /// Drops buckets that no longer count at `now_ms`.
     pub fn prune(&mut self, now_ms: i64) {
         let oldest = self.oldest_counted(now_ms);

@@ -11,6 +11,7 @@
 //!
 //! Time, randomness and request ids are arguments, never read here.
 
+pub mod account_slice;
 pub mod admission;
 pub mod generation;
 pub mod inbound;

@@ -1,0 +1,267 @@
+use super::*;
+use crate::error::GatewayError;
+use crate::limits::MAX_UPSTREAM_BODY_BYTES;
+use crate::mock_provider::MockReply;
+use crate::openai_relay::{response_content_bytes as relay_content_bytes, response_usage, ChatStreamTap};
+use crate::pipeline::isolate::IsolateState;
+use crate::pipeline::metering::{client_response_id, response_content_bytes, Ending, Served};
+use crate::pipeline::route::{AttemptVerdict, Plan};
+use crate::provider::{AuthScheme, ProviderDialect};
+use crate::sse::encode_event;
+use crate::stream_shaper::StreamShaper;
+use crate::translate::{self, StreamOptions, StreamTranslator};
+use crate::usage::TokenUsage;
+use std::collections::VecDeque;
+
+impl Generation {
+    /// Tries the next candidate, or ends with the last failure.
+    pub(super) fn next_candidate(
+        &mut self,
+        isolate: &mut IsolateState,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
+        self.current = None;
+        if self.next_target >= self.targets.len() {
+            return Err(self.last_error.clone().unwrap_or(GatewayError::UpstreamUnavailable));
+        }
+        self.attempt(isolate, now)
+    }
+
+    /// Starts (or continues, after a secret was read) the attempt at the
+    /// next candidate.
+    pub(super) fn attempt(&mut self, isolate: &mut IsolateState, now: i64) -> Result<Effect, GatewayError> {
+        let target = match &self.current {
+            Some((target, _, _)) => target.clone(),
+            None => {
+                let Some(target) = self.targets.get(self.next_target).cloned() else {
+                    return Err(self.last_error.clone().unwrap_or(GatewayError::UpstreamUnavailable));
+                };
+                self.next_target += 1;
+                self.served = Served {
+                    channel: target.channel.clone(),
+                    provider: target.provider.id.to_string(),
+                    upstream_model: target.upstream_model.clone(),
+                };
+                let plan =
+                    Plan::for_attempt(self.start.client, target.provider.dialect, self.suffix_stripped);
+                self.current = Some((target.clone(), plan, Vec::new()));
+                target
+            }
+        };
+        let credential = match (&target.api_key, &target.api_key_secret) {
+            (Some(key), _) => Some(key.clone()),
+            (None, Some(name)) => match isolate.secret(name) {
+                Some(value) => value.map(str::to_string),
+                None => {
+                    self.phase = Phase::AwaitSecret;
+                    return Ok(Effect::ReadSecret { name: name.clone() });
+                }
+            },
+            (None, None) => None,
+        };
+        let plan = match &mut self.current {
+            Some((_, plan, secrets)) => {
+                *secrets = credential.iter().cloned().collect();
+                *plan
+            }
+            None => return Err(GatewayError::Internal),
+        };
+        let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
+        let mock = target.provider.dialect == ProviderDialect::Mock;
+        let (path, body) = match plan {
+            Plan::Relay => {
+                if mock {
+                    let body = inbound.passthrough_body().cloned().unwrap_or_default();
+                    return Ok(self.start_mock(&body, &target, now));
+                }
+                let body = inbound
+                    .passthrough_upstream_body(&target.upstream_model, target.provider)
+                    .unwrap_or_default();
+                ("/chat/completions".to_string(), body)
+            }
+            Plan::Translate(dialect) => {
+                let built = inbound.for_translation().and_then(|canonical| {
+                    translate::build_upstream_request(dialect, canonical, &target.upstream_model)
+                });
+                let call = match built {
+                    Ok(call) => call,
+                    Err(error) => {
+                        self.last_error = Some(error.clone());
+                        return match AttemptVerdict::after_error(&error) {
+                            AttemptVerdict::FailOver => self.next_candidate(isolate, now),
+                            _ => Err(error),
+                        };
+                    }
+                };
+                if mock {
+                    let body = match serde_json::from_slice::<serde_json::Value>(&call.body) {
+                        Ok(serde_json::Value::Object(map)) => map,
+                        _ => return Err(self.internal("mock request body is not an object".into())),
+                    };
+                    return Ok(self.start_mock(&body, &target, now));
+                }
+                (call.path, call.body)
+            }
+        };
+        let mut headers = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("accept".to_string(), "application/json, text/event-stream".to_string()),
+        ];
+        for (name, value) in target.provider.static_headers {
+            headers.push((name.to_string(), value.to_string()));
+        }
+        if let Some(key) = &credential {
+            match target.provider.auth {
+                AuthScheme::Bearer => headers.push(("authorization".into(), format!("Bearer {key}"))),
+                AuthScheme::XApiKey => headers.push(("x-api-key".into(), key.clone())),
+                AuthScheme::XGoogApiKey => headers.push(("x-goog-api-key".into(), key.clone())),
+                AuthScheme::None => {}
+            }
+        }
+        self.upstream = Upstream::Remote;
+        self.phase = Phase::AwaitUpstream;
+        Ok(Effect::Fetch(UpstreamRequest {
+            url: format!("{}{path}", target.base_url),
+            headers,
+            body,
+            timeout_ms: target.timeout_ms.unwrap_or(isolate.config.upstream_timeout_ms),
+        }))
+    }
+
+    /// The built-in mock answers like an OpenAI-compatible upstream would.
+    pub(super) fn start_mock(
+        &mut self,
+        body: &serde_json::Map<String, serde_json::Value>,
+        target: &Target,
+        now: i64,
+    ) -> Effect {
+        let stream = body.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        let prompt_tokens = self.inbound.as_ref().map_or(1, |i| i.prompt.estimate);
+        let reply = MockReply::for_request(body, &target.upstream_model, now / 1000, prompt_tokens);
+        let frames: VecDeque<Vec<u8>> = if stream {
+            let frames: Vec<Vec<u8>> = reply
+                .stream_payloads(true)
+                .iter()
+                .map(|payload| {
+                    let mut frame = Vec::with_capacity(payload.len() + 8);
+                    encode_event(&mut frame, None, payload);
+                    frame
+                })
+                .collect();
+            if target.mock.chunk_delay_ms == 0 {
+                VecDeque::from([frames.concat()])
+            } else {
+                frames.into()
+            }
+        } else {
+            VecDeque::from([reply.completion_json().to_string().into_bytes()])
+        };
+        self.upstream = Upstream::Mock { frames, delay_ms: target.mock.chunk_delay_ms, sent_first: false };
+        if target.mock.latency_ms > 0 {
+            self.phase = Phase::AwaitMockHead;
+            return Effect::Sleep { ms: target.mock.latency_ms };
+        }
+        match self.served_upstream(now) {
+            Ok(effect) => effect,
+            Err(error) => self.fail(error, now),
+        }
+    }
+
+    pub(super) fn response_headers(&self) -> Vec<(&'static str, String)> {
+        let id = self.start.request_id.clone();
+        vec![
+            ("x-request-id", id.clone()),
+            ("request-id", id),
+            ("access-control-allow-origin", "*".into()),
+            ("access-control-expose-headers", "x-request-id, request-id".into()),
+        ]
+    }
+
+    /// An upstream accepted the request: answer from it.
+    pub(super) fn served_upstream(&mut self, now: i64) -> Result<Effect, GatewayError> {
+        let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
+        let (plan, secrets) = match &self.current {
+            Some((_, plan, secrets)) => (*plan, secrets.clone()),
+            None => return Err(GatewayError::Internal),
+        };
+        if !inbound.stream {
+            return match &mut self.upstream {
+                Upstream::Remote => {
+                    self.phase = Phase::AwaitWholeBody;
+                    Ok(Effect::ReadUpstreamBody { limit: MAX_UPSTREAM_BODY_BYTES })
+                }
+                // The mock's answer was made here: no read needed.
+                Upstream::Mock { frames, .. } => {
+                    let body = frames.drain(..).collect::<Vec<_>>().concat();
+                    self.whole_body(body, now)
+                }
+            };
+        }
+        let client = self.start.client;
+        self.shaper = Some(match plan {
+            Plan::Relay => {
+                StreamShaper::Relay(Box::new(ChatStreamTap::new(inbound.client_wants_usage, secrets)))
+            }
+            Plan::Translate(upstream) => StreamShaper::Translate(Box::new(StreamTranslator::new(
+                upstream,
+                client,
+                StreamOptions {
+                    response_id: client_response_id(client, &self.start.request_id),
+                    model: inbound.model.clone(),
+                    created: self.started_ms / 1000,
+                    include_usage: inbound.client_wants_usage,
+                    secrets,
+                },
+            ))),
+        });
+        let mut headers = self.response_headers();
+        headers.push(("content-type", "text/event-stream; charset=utf-8".into()));
+        headers.push(("cache-control", "no-cache".into()));
+        headers.push(("x-accel-buffering", "no".into()));
+        self.phase = Phase::AwaitStreamStart;
+        self.responded = true;
+        Ok(Effect::Respond(ResponseHead { status: 200, headers }, ResponseBody::Stream))
+    }
+
+    pub(super) fn whole_body(&mut self, body: Vec<u8>, now: i64) -> Result<Effect, GatewayError> {
+        let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
+        let plan = self.current.as_ref().map(|(_, plan, _)| *plan).ok_or(GatewayError::Internal)?;
+        let (out, reported, content_bytes) = match plan {
+            Plan::Relay => {
+                let usage = response_usage(&body).map(|u| TokenUsage::from_openai(&u));
+                (ResponseBody::UpstreamBody, usage, relay_content_bytes(&body))
+            }
+            Plan::Translate(upstream) => {
+                let mut resp = translate::parse_upstream_response(upstream, &body)?;
+                if resp.created == 0 {
+                    resp.created = self.started_ms / 1000;
+                }
+                if resp.id.is_empty() {
+                    resp.id = client_response_id(self.start.client, &self.start.request_id);
+                }
+                resp.model = inbound.model.clone();
+                let usage = resp.usage_reported.then_some(resp.usage);
+                let content = response_content_bytes(&resp);
+                (
+                    ResponseBody::Bytes(translate::render_client_response(self.start.client, &resp)),
+                    usage,
+                    content,
+                )
+            }
+        };
+        let out = match (out, &self.upstream) {
+            // The mock's body was made here: the shell has no copy of it.
+            (ResponseBody::UpstreamBody, Upstream::Mock { .. }) => ResponseBody::Bytes(body),
+            (out, _) => out,
+        };
+        self.event = self
+            .meter
+            .as_ref()
+            .map(|m| m.event(&self.served, Ending::completed(reported, content_bytes), now));
+        let mut headers = self.response_headers();
+        headers.push(("content-type", "application/json".into()));
+        self.phase = Phase::AwaitErrorRespond;
+        self.responded = true;
+        Ok(Effect::Respond(ResponseHead { status: 200, headers }, out))
+    }
+}

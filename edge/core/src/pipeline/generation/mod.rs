@@ -1,0 +1,585 @@
+//! One generation request as a synchronous state machine over effects.
+//!
+//! The worker's shell feeds [`Input`]s and performs the [`Effect`] each one
+//! yields: KV reads, calls to the key's account, the upstream fetch and its
+//! body, the client response and its stream, the usage queue. Every decision
+//! in between (who the caller is, which channel is tried next, what is
+//! billed, when the stream ends, what is settled) is made here, so the whole
+//! request, failover, disconnects and settlement included, runs in host tests
+//! against simulated effects. Time comes in with every input.
+//!
+//! Order of effects for a request (each may be skipped when the isolate
+//! already knows the answer):
+//!
+//! ```text
+//! KvGet(key record) → ReadRequestBody → KvGet(routing) → AccountCall(/state | /admit)
+//!   → [ReadSecret] → Fetch → (error: ReadUpstreamBody → next candidate …)
+//!   → non-stream: ReadUpstreamBody → Respond(bytes)
+//!   → stream:     Respond(stream) → (ReadChunk → Emit)* → [settle] → Emit(end) → CloseStream
+//!   → AccountCall(/settle) | PublishUsage   (after the response, in the background)
+//!   → Finished
+//! ```
+//!
+//! **Contract with the shell.** Once [`Effect::Respond`] is performed the
+//! client has its answer; the shell keeps feeding inputs until
+//! [`Effect::Finished`] (on Workers: inside `waitUntil`), because an admitted
+//! request is settled after its response. A request admitted by its account
+//! is settled exactly once whatever happens; a stream's end reaches the client
+//! only after that settle.
+
+use super::inbound::Inbound;
+use super::isolate::{IsolateState, KeyReadError};
+use super::metering::{Meter, Served};
+use super::route::{AttemptVerdict, Plan};
+use crate::error::GatewayError;
+use crate::key_record::KeyRecord;
+use crate::provider::Provider;
+use crate::routing::{MockOptions, ROUTING_KV_KEY};
+use crate::stream_shaper::StreamShaper;
+use crate::translate::{self, ClientDialect};
+use crate::usage::UsageEvent;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+mod admission;
+mod forward;
+mod settle;
+mod stream;
+
+/// Largest upstream error body read to extract a message.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Settle attempts before the usage event is published to the queue directly.
+pub const SETTLE_ATTEMPTS: u32 = 3;
+/// Admission attempts on a transport failure (a repeated admission of the
+/// same request id only renews its lease).
+pub const ADMIT_ATTEMPTS: u32 = 2;
+
+/// The client's credentials as presented, and what the request came with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub authorization: Option<String>,
+    pub x_api_key: Option<String>,
+    pub x_goog_api_key: Option<String>,
+    /// `?key=` (Gemini SDKs).
+    pub query_key: Option<String>,
+}
+
+/// A generation request as it arrives.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub client: ClientDialect,
+    /// Gemini puts the model and streaming in the path.
+    pub path_model: Option<String>,
+    pub path_stream: bool,
+    pub credentials: Credentials,
+    /// `CF-Connecting-IP`, set by Cloudflare's edge (and by `wrangler dev`).
+    pub client_ip: Option<String>,
+    /// `Content-Length`, when declared.
+    pub declared_body_len: Option<u64>,
+    /// Unique id of this request (`req_<hex>`), from the runtime's CSPRNG.
+    pub request_id: String,
+    /// Any random u64: the weighted order of candidates.
+    pub routing_seed: u64,
+}
+
+/// What the shell tells the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The first input.
+    Begin,
+    /// The last effect is done and reported nothing (`Sleep`, `Respond`,
+    /// `Emit`, `CloseStream`).
+    Done,
+    /// `KvGet` answered (`None`: no such key).
+    KvValue(Option<String>),
+    /// `KvGet` failed.
+    KvFailed(String),
+    /// `ReadSecret` answered.
+    Secret(Option<String>),
+    /// `AccountCall` answered with this status and body; a transport failure
+    /// is status 0 with the error text.
+    AccountReply { status: u16, body: String },
+    /// `ReadRequestBody` read the whole body.
+    RequestBody(Vec<u8>),
+    /// The body is larger than the limit.
+    RequestBodyTooLarge,
+    /// The body could not be read.
+    RequestBodyUnreadable,
+    /// `Fetch` got response headers.
+    UpstreamHead { status: u16 },
+    /// `Fetch` got no response.
+    UpstreamFailed(FetchFailure),
+    /// `ReadUpstreamBody` read the whole body (up to its limit).
+    UpstreamBody(Vec<u8>),
+    /// `ReadUpstreamBody` failed or went past its limit.
+    UpstreamBodyFailed,
+    /// `ReadChunk` read this chunk.
+    Chunk(Vec<u8>),
+    /// `ReadChunk`: the upstream body ended.
+    UpstreamEnd,
+    /// `ReadChunk`: the upstream body broke.
+    UpstreamBroken(String),
+    /// `ReadChunk` passed its deadline.
+    ChunkDeadline,
+    /// `Emit` found the client gone.
+    ClientGone,
+    /// `PublishUsage` finished (false: the queue refused).
+    Published(bool),
+}
+
+/// Why a fetch got no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchFailure {
+    /// Connection refused, reset, DNS, TLS.
+    Unreachable,
+    /// No response headers within the time limit.
+    Timeout,
+}
+
+/// An upstream call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamRequest {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Time allowed for the response headers.
+    pub timeout_ms: u64,
+}
+
+/// What the client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// The body of the client response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// The upstream body the shell last handed in ([`Input::UpstreamBody`]),
+    /// unchanged: the shell answers with its own copy.
+    UpstreamBody,
+    /// A stream the machine fills with [`Effect::Emit`] and ends with
+    /// [`Effect::CloseStream`].
+    Stream,
+}
+
+/// Bytes for the client stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Emitted {
+    Bytes(Vec<u8>),
+    /// The chunk the shell last handed in ([`Input::Chunk`]), unchanged.
+    Chunk,
+}
+
+/// What the shell must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Read a KV value as text; answer [`Input::KvValue`] or [`Input::KvFailed`].
+    KvGet { key: String },
+    /// Read a worker secret; answer [`Input::Secret`].
+    ReadSecret { name: String },
+    /// Call the key's account object (`https://key-account{path}`); answer
+    /// [`Input::AccountReply`].
+    AccountCall { digest: String, method: &'static str, path: &'static str, body: Option<String> },
+    /// Read the request body, at most `limit` bytes.
+    ReadRequestBody { limit: usize },
+    /// POST upstream; answer [`Input::UpstreamHead`] or [`Input::UpstreamFailed`].
+    Fetch(UpstreamRequest),
+    /// Read the whole upstream body, at most `limit` bytes.
+    ReadUpstreamBody { limit: usize },
+    /// Wait, then answer [`Input::Done`].
+    Sleep { ms: u64 },
+    /// Answer the client.
+    Respond(ResponseHead, ResponseBody),
+    /// Read the next upstream chunk, giving up at `deadline_ms` (unix ms)
+    /// when set; answer [`Input::Chunk`], [`Input::UpstreamEnd`],
+    /// [`Input::UpstreamBroken`] or [`Input::ChunkDeadline`].
+    ReadChunk { deadline_ms: Option<i64> },
+    /// Write to the client stream; answer [`Input::Done`] or [`Input::ClientGone`].
+    Emit(Emitted),
+    /// End the client stream (and stop reading the upstream).
+    CloseStream,
+    /// Send these events (JSON text of an array of [`UsageEvent`]) to the
+    /// usage queue; answer [`Input::Published`].
+    PublishUsage { events_json: String, count: usize },
+    /// Nothing more to do.
+    Finished,
+}
+
+/// A log line for the shell to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub error: bool,
+    pub message: String,
+}
+
+/// A candidate, owned (the routing table may be replaced while the request runs).
+#[derive(Debug, Clone)]
+struct Target {
+    channel: String,
+    provider: &'static Provider,
+    upstream_model: String,
+    base_url: String,
+    api_key: Option<String>,
+    api_key_secret: Option<String>,
+    timeout_ms: Option<u64>,
+    mock: MockOptions,
+}
+
+/// Where the upstream body comes from.
+#[derive(Debug)]
+enum Upstream {
+    /// A real upstream: read through effects.
+    Remote,
+    /// The built-in mock: frames produced here, `delay_ms` apart.
+    Mock { frames: VecDeque<Vec<u8>>, delay_ms: u64, sent_first: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Begin,
+    AwaitKey,
+    AwaitBody,
+    AwaitRouting,
+    AwaitAccountCheck,
+    AwaitAdmission,
+    AwaitSecret,
+    /// Mock latency before its "headers".
+    AwaitMockHead,
+    AwaitUpstream,
+    AwaitErrorBody {
+        status: u16,
+        fail_over: bool,
+    },
+    AwaitWholeBody,
+    /// The stream response was handed to the shell.
+    AwaitStreamStart,
+    AwaitChunk,
+    /// Mock delay between frames.
+    AwaitMockChunk,
+    AwaitEmit,
+    AwaitFinalEmit,
+    AwaitClose,
+    AwaitSettle,
+    AwaitSettleRetry,
+    AwaitBatchWindow,
+    AwaitPublish {
+        fallback: bool,
+    },
+    /// An error response was handed over; settle or finish next.
+    AwaitErrorRespond,
+    Finished,
+}
+
+/// What happens after the settle (or the usage batch) of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterSettle {
+    Finish,
+    /// A stream's final bytes are held until the request is settled.
+    EmitFinal,
+}
+
+/// One generation request.
+#[derive(Debug)]
+pub struct Generation {
+    start: Start,
+    phase: Phase,
+    started_ms: i64,
+    digest: String,
+    record: Option<Rc<KeyRecord>>,
+    inbound: Option<Inbound>,
+    targets: Vec<Target>,
+    route_model: String,
+    suffix_stripped: bool,
+    next_target: usize,
+    current: Option<(Target, Plan, Vec<String>)>,
+    served: Served,
+    last_error: Option<GatewayError>,
+    meter: Option<Meter>,
+    admitted: bool,
+    admit_attempts: u32,
+    upstream: Upstream,
+    shaper: Option<StreamShaper>,
+    disconnected_at: Option<i64>,
+    drain_expired: bool,
+    ttft_ms: Option<u64>,
+    final_bytes: Vec<u8>,
+    event: Option<UsageEvent>,
+    after_settle: AfterSettle,
+    settle_attempts: u32,
+    /// Events handed to the queue by the current `PublishUsage`.
+    publishing: Vec<UsageEvent>,
+    /// Events still to be sent one by one after a batch was refused.
+    fallback_events: VecDeque<UsageEvent>,
+    /// The client has its response (head sent).
+    responded: bool,
+    logs: Vec<LogLine>,
+}
+
+impl Generation {
+    /// A request arriving at `now_ms`.
+    pub fn new(start: Start, now_ms: i64) -> Self {
+        Self {
+            start,
+            phase: Phase::Begin,
+            started_ms: now_ms,
+            digest: String::new(),
+            record: None,
+            inbound: None,
+            targets: Vec::new(),
+            route_model: String::new(),
+            suffix_stripped: false,
+            next_target: 0,
+            current: None,
+            served: Served::default(),
+            last_error: None,
+            meter: None,
+            admitted: false,
+            admit_attempts: 0,
+            upstream: Upstream::Remote,
+            shaper: None,
+            disconnected_at: None,
+            drain_expired: false,
+            ttft_ms: None,
+            final_bytes: Vec::new(),
+            event: None,
+            after_settle: AfterSettle::Finish,
+            settle_attempts: 0,
+            publishing: Vec::new(),
+            fallback_events: VecDeque::new(),
+            responded: false,
+            logs: Vec::new(),
+        }
+    }
+
+    /// The error dialect of this request's client.
+    pub fn client(&self) -> ClientDialect {
+        self.start.client
+    }
+
+    /// Log lines written since the last call.
+    pub fn take_logs(&mut self) -> Vec<LogLine> {
+        std::mem::take(&mut self.logs)
+    }
+
+    /// The request has been admitted by its account (and will be settled).
+    pub fn admitted(&self) -> bool {
+        self.admitted
+    }
+
+    fn log(&mut self, error: bool, message: String) {
+        self.logs.push(LogLine { error, message });
+    }
+
+    /// Advances the request by one input.
+    pub fn next(&mut self, isolate: &mut IsolateState, input: Input, now_ms: i64) -> Effect {
+        match self.step(isolate, input, now_ms) {
+            Ok(effect) => effect,
+            Err(error) => self.fail(error, now_ms),
+        }
+    }
+
+    fn step(&mut self, isolate: &mut IsolateState, input: Input, now: i64) -> Result<Effect, GatewayError> {
+        match (self.phase, input) {
+            (Phase::Begin, Input::Begin) => self.authenticate(isolate, now),
+            (Phase::AwaitKey, Input::KvValue(text)) => {
+                match isolate.put_key(&self.digest, text.as_deref(), now) {
+                    Ok(record) => self.after_key(isolate, record, now),
+                    Err(KeyReadError::Refused(error)) => Err(error),
+                    Err(KeyReadError::Unreadable(why)) => {
+                        Err(self.internal(format!("key record unreadable: {why}")))
+                    }
+                }
+            }
+            (Phase::AwaitKey | Phase::AwaitRouting, Input::KvFailed(why)) => {
+                Err(self.internal(format!("kv read failed: {why}")))
+            }
+            (Phase::AwaitBody, Input::RequestBody(body)) => {
+                let inbound = Inbound::read(
+                    self.start.client,
+                    &body,
+                    self.start.path_model.as_deref(),
+                    self.start.path_stream,
+                )?;
+                self.inbound = Some(inbound);
+                match isolate.routing(now) {
+                    Some(table) => self.after_routing(isolate, &table, now),
+                    None => {
+                        self.phase = Phase::AwaitRouting;
+                        Ok(Effect::KvGet { key: ROUTING_KV_KEY.to_string() })
+                    }
+                }
+            }
+            (Phase::AwaitBody, Input::RequestBodyTooLarge) => {
+                Err(GatewayError::PayloadTooLarge { limit_bytes: isolate.config.max_body_bytes })
+            }
+            (Phase::AwaitBody, Input::RequestBodyUnreadable) => Err(GatewayError::InvalidRequest {
+                message: "The request body could not be read.".into(),
+                param: None,
+            }),
+            (Phase::AwaitRouting, Input::KvValue(text)) => match isolate.put_routing(text.as_deref(), now) {
+                Ok(table) => self.after_routing(isolate, &table, now),
+                Err(why) => Err(self.internal(why)),
+            },
+            (Phase::AwaitAccountCheck, Input::AccountReply { status, body }) => {
+                self.after_account_check(isolate, status, &body, now)
+            }
+            (Phase::AwaitAdmission, Input::AccountReply { status, body }) => {
+                self.after_admission(isolate, status, &body, now)
+            }
+            (Phase::AwaitSecret, Input::Secret(value)) => {
+                if let Some((target, _, _)) = &self.current {
+                    if let Some(name) = target.api_key_secret.clone() {
+                        isolate.put_secret(&name, value);
+                    }
+                }
+                self.attempt(isolate, now)
+            }
+            (Phase::AwaitMockHead, Input::Done) => self.served_upstream(now),
+            (Phase::AwaitUpstream, Input::UpstreamHead { status }) => {
+                match AttemptVerdict::after_status(status) {
+                    AttemptVerdict::Serve => self.served_upstream(now),
+                    verdict => {
+                        self.phase =
+                            Phase::AwaitErrorBody { status, fail_over: verdict == AttemptVerdict::FailOver };
+                        Ok(Effect::ReadUpstreamBody { limit: MAX_ERROR_BODY_BYTES })
+                    }
+                }
+            }
+            (Phase::AwaitUpstream, Input::UpstreamFailed(failure)) => {
+                let error = match failure {
+                    FetchFailure::Unreachable => GatewayError::UpstreamUnavailable,
+                    FetchFailure::Timeout => GatewayError::UpstreamTimeout,
+                };
+                let channel = self.served.channel.clone();
+                self.log(false, format!("channel {channel} failed: {error}"));
+                self.last_error = Some(error);
+                self.next_candidate(isolate, now)
+            }
+            (
+                Phase::AwaitErrorBody { status, fail_over },
+                input @ (Input::UpstreamBody(_) | Input::UpstreamBodyFailed),
+            ) => {
+                let body = match input {
+                    Input::UpstreamBody(body) => body,
+                    _ => Vec::new(),
+                };
+                let (dialect, secrets) = match &self.current {
+                    Some((_, plan, secrets)) => (plan.upstream_dialect(), secrets.clone()),
+                    None => (translate::UpstreamDialect::OpenAiChat, Vec::new()),
+                };
+                let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+                let error = translate::parse_upstream_error_redacting(dialect, status, &body, &secret_refs);
+                let channel = self.served.channel.clone();
+                self.log(false, format!("channel {channel} answered HTTP {status}"));
+                self.last_error = Some(error.clone());
+                if fail_over {
+                    self.next_candidate(isolate, now)
+                } else {
+                    Err(error)
+                }
+            }
+            (Phase::AwaitWholeBody, Input::UpstreamBody(body)) => self.whole_body(body, now),
+            (Phase::AwaitWholeBody, Input::UpstreamBodyFailed) => Err(GatewayError::UpstreamUnavailable),
+            (Phase::AwaitStreamStart | Phase::AwaitMockChunk, Input::Done) => self.read_chunk(now),
+            (Phase::AwaitChunk, Input::Chunk(chunk)) => self.on_chunk(chunk, now),
+            (Phase::AwaitChunk, Input::UpstreamEnd) => self.end_of_stream(now),
+            (Phase::AwaitChunk, Input::UpstreamBroken(why)) => {
+                self.log(false, format!("upstream stream broke: {why}"));
+                self.end_of_stream(now)
+            }
+            (Phase::AwaitChunk, Input::ChunkDeadline) => {
+                self.drain_expired = true;
+                self.end_of_stream(now)
+            }
+            (Phase::AwaitEmit, Input::Done) => self.read_chunk(now),
+            (Phase::AwaitEmit, Input::ClientGone) => {
+                self.disconnected_at = Some(now);
+                self.read_chunk(now)
+            }
+            (Phase::AwaitFinalEmit, Input::Done | Input::ClientGone) => {
+                self.phase = Phase::AwaitClose;
+                Ok(Effect::CloseStream)
+            }
+            (Phase::AwaitClose, Input::Done) => self.after_close(isolate, now),
+            (Phase::AwaitSettle, Input::AccountReply { status, body }) => {
+                if (200..300).contains(&status) {
+                    return Ok(self.after_settled(isolate, now));
+                }
+                let id = self.start.request_id.clone();
+                let attempt = self.settle_attempts;
+                self.log(
+                    false,
+                    format!("key account settle of {id} failed (attempt {attempt}): {status} {body}"),
+                );
+                if self.settle_attempts < SETTLE_ATTEMPTS {
+                    self.phase = Phase::AwaitSettleRetry;
+                    return Ok(Effect::Sleep { ms: 50 * 4u64.pow(self.settle_attempts - 1) });
+                }
+                self.log(true, format!("key account unreachable: publishing usage of {id} directly"));
+                let events: Vec<UsageEvent> = self.event.clone().into_iter().collect();
+                Ok(self.publish(events, true))
+            }
+            (Phase::AwaitSettleRetry, Input::Done) => Ok(self.settle_effect()),
+            (Phase::AwaitBatchWindow, Input::Done) => {
+                let batch = isolate.take_usage_batch();
+                if batch.is_empty() {
+                    return Ok(self.after_usage_sent(isolate, now));
+                }
+                Ok(self.publish(batch, false))
+            }
+            (Phase::AwaitPublish { fallback }, Input::Published(ok)) => {
+                let sent = std::mem::take(&mut self.publishing);
+                if !ok {
+                    if fallback {
+                        let ids: Vec<&str> = sent.iter().map(|e| e.request_id.as_str()).collect();
+                        self.log(true, format!("usage event {} not queued", ids.join(", ")));
+                    } else {
+                        self.log(
+                            true,
+                            format!("usage batch of {} not queued, sending one by one", sent.len()),
+                        );
+                        self.fallback_events = sent.into();
+                    }
+                }
+                if let Some(event) = self.fallback_events.pop_front() {
+                    return Ok(self.publish(vec![event], true));
+                }
+                Ok(self.after_usage_sent(isolate, now))
+            }
+            (Phase::AwaitErrorRespond, Input::Done) => {
+                Ok(self.settle_or_finish(isolate, AfterSettle::Finish, now))
+            }
+            (Phase::Finished, _) => Ok(Effect::Finished),
+            (phase, input) => {
+                let message = format!("generation: unexpected input {input:?} in phase {phase:?}");
+                Err(self.internal(message))
+            }
+        }
+    }
+
+    fn internal(&mut self, why: String) -> GatewayError {
+        let id = self.start.request_id.clone();
+        self.log(true, format!("{id}: {why}"));
+        GatewayError::Internal
+    }
+}
+
+/// Status and headers of an error response: `Retry-After` when the caller
+/// should retry later, `WWW-Authenticate` for a missing or bad key.
+pub fn error_head(error: &GatewayError) -> ResponseHead {
+    let mut headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("access-control-allow-origin", "*".to_string()),
+    ];
+    if let Some(secs) = error.retry_after_secs() {
+        headers.push(("retry-after", secs.to_string()));
+    }
+    if matches!(error, GatewayError::MissingApiKey | GatewayError::InvalidApiKey) {
+        headers.push(("www-authenticate", "Bearer".to_string()));
+    }
+    ResponseHead { status: error.status(), headers }
+}
