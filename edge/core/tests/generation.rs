@@ -7,7 +7,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use edgeway_core::api_key::key_digest;
-use edgeway_core::key_account::{AdmitRequest, KeyAccountState, SettleRequest};
+use edgeway_core::key_account::{KeyAccountState, SliceRenewal};
 use edgeway_core::pipeline::generation::{
     Credentials, Effect, Emitted, FetchFailure, Generation, Input, ResponseBody, Start,
 };
@@ -84,7 +84,10 @@ struct Outcome {
     /// Upstream request bodies.
     fetched_bodies: Vec<Value>,
     published: Vec<UsageEvent>,
-    settled: Vec<SettleRequest>,
+    /// Events reported to the account (settled against a slice).
+    settled: Vec<UsageEvent>,
+    /// Renewals sent to the account.
+    renewals: usize,
     /// Stream writes that were the upstream chunk itself, unchanged.
     passed_through: usize,
     /// Effects in order, by name (for ordering assertions).
@@ -103,7 +106,7 @@ impl Outcome {
 
     /// Every usage event recorded, settled or published.
     fn events(&self) -> Vec<UsageEvent> {
-        let mut all: Vec<UsageEvent> = self.settled.iter().filter_map(|s| s.event.clone()).collect();
+        let mut all: Vec<UsageEvent> = self.settled.clone();
         all.extend(self.published.iter().cloned());
         all
     }
@@ -194,18 +197,13 @@ impl World {
                         "/state" => {
                             serde_json::to_string(&self.account.snapshot(self.now)).unwrap_or_default()
                         }
-                        "/admit" => {
-                            let admit: AdmitRequest =
+                        "/slice" => {
+                            let renewal: SliceRenewal =
                                 serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
-                            let (decision, _) = self.account.admit(&admit, self.now);
-                            serde_json::to_string(&decision).unwrap_or_default()
-                        }
-                        "/settle" => {
-                            let settle: SettleRequest =
-                                serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
-                            let (outcome, _) = self.account.settle(&settle, self.now);
-                            out.settled.push(settle);
-                            json!({"outcome": outcome}).to_string()
+                            out.renewals += 1;
+                            out.settled.extend(renewal.settled.iter().map(|s| s.event.clone()));
+                            let (grant, _) = self.account.renew_slice(&renewal, self.now);
+                            serde_json::to_string(&grant).unwrap_or_default()
                         }
                         other => panic!("unexpected account path {other}"),
                     };
@@ -404,7 +402,7 @@ fn every_candidate_failing_gives_the_last_error_and_bills_nothing() {
     assert_eq!(out.status, 504);
     assert_eq!(out.fetched.len(), 3);
     assert_eq!(out.settled.len(), 1, "an admitted request is settled once, failed");
-    assert_eq!(out.settled[0].event.as_ref().map(|e| e.cost_micros), Some(0));
+    assert_eq!(out.settled[0].cost_micros, 0);
     assert_eq!(w.account.in_flight(), 0);
     assert_eq!(w.account.reserved_micros(), 0);
 }
@@ -414,9 +412,11 @@ fn an_admitted_stream_is_settled_before_the_client_sees_its_end() {
     let mut w = World::new(limited(), routing(&[("a", A)]));
     w.upstream(A, vec![Reply::Status { status: 200, chunks: chat_stream(true), broken: false }]);
     let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true}));
-    let settle = out.trace.iter().rposition(|t| t == "AccountCall").unwrap_or(0);
-    let last_emit = out.trace.iter().rposition(|t| t == "Emit").unwrap_or(usize::MAX);
-    assert!(settle < last_emit, "{:?}", out.trace);
+    // The report that carries this request's settle comes right before the
+    // end of the stream is written (the slice is given back after, when idle).
+    let last_emit = out.trace.iter().rposition(|t| t == "Emit").unwrap_or(0);
+    assert_eq!(out.trace.get(last_emit - 1).map(String::as_str), Some("AccountCall"), "{:?}", out.trace);
+    assert_eq!(out.settled.len(), 1);
     assert!(out.writes.last().is_some_and(|w| w.ends_with(b"data: [DONE]\n\n")));
     assert_eq!(w.account.spent_micros(), 27);
     assert_eq!((w.account.in_flight(), w.account.reserved_micros()), (0, 0));
@@ -429,7 +429,7 @@ fn a_client_that_disconnects_is_billed_what_the_provider_reported() {
         w.client_gone_after = Some(gone_after);
         w.upstream(A, vec![Reply::Status { status: 200, chunks: chat_stream(true), broken: false }]);
         let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true}));
-        let e = &out.settled[0].event.clone().unwrap_or_else(|| panic!("no event"));
+        let e = &out.settled[0];
         assert_eq!(
             (e.outcome, e.usage_source, e.cost_micros),
             (RequestOutcome::ClientAborted, UsageSource::Provider, 27)
@@ -481,10 +481,7 @@ fn the_built_in_mock_serves_streams_and_whole_answers() {
     let out = w.run(json!({"model": "m", "messages": user("What is edgeway?"), "stream": true}));
     assert!(out.text().ends_with("data: [DONE]\n\n"), "{}", out.text());
     assert_eq!(out.settled.len(), 1);
-    assert!(out.settled[0]
-        .event
-        .as_ref()
-        .is_some_and(|e| e.usage_source == UsageSource::Provider && e.cost_micros > 0));
+    assert!(out.settled[0].usage_source == UsageSource::Provider && out.settled[0].cost_micros > 0);
     let out = w.run_as(
         ClientDialect::Anthropic,
         json!({"model": "m", "max_tokens": 50, "messages": user("Hi"), "stream": true}),

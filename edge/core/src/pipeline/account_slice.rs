@@ -102,6 +102,9 @@ struct KeySlice {
     settles_in_call: u64,
     /// Requests the next grant is sized for.
     grant_size: u32,
+    /// The renewal in flight gives the slice back; and the last one did.
+    release_sent: bool,
+    released: bool,
     last_active_ms: i64,
 }
 
@@ -115,25 +118,56 @@ pub enum ReportStep {
     Joined,
 }
 
+/// What a renewal's reply meant for the request that sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewed {
+    /// Its waiting request was admitted by the account.
+    Admitted(Ticket),
+    /// Its waiting request was refused.
+    Refused(Refusal, Option<u64>),
+    /// A report: the grant is applied.
+    Applied,
+}
+
+/// What a report step does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportAction {
+    /// Send this renewal; then [`IsolateSlices::renewed`].
+    Send(Box<SliceRenewal>),
+    /// A call is in flight: look again shortly.
+    Wait,
+    /// Nothing to report.
+    Nothing,
+}
+
 /// Every key's slice in this isolate.
 #[derive(Debug, Default)]
 pub struct IsolateSlices {
     /// Makes slice ids unique to this isolate.
     isolate_id: String,
+    /// Numbers slices: a slice id is never used twice by an isolate.
+    next_slice: u64,
     slices: HashMap<String, KeySlice>,
 }
 
 impl IsolateSlices {
     /// `isolate_id`: random, unique to this isolate.
     pub fn new(isolate_id: String) -> Self {
-        Self { isolate_id, slices: HashMap::new() }
+        Self { isolate_id, next_slice: 0, slices: HashMap::new() }
+    }
+
+    /// Names this isolate (random, once per isolate).
+    pub fn set_isolate_id(&mut self, isolate_id: String) {
+        self.isolate_id = isolate_id;
     }
 
     fn slice(&mut self, digest: &str, now_ms: i64) -> &mut KeySlice {
-        let isolate = self.isolate_id.clone();
-        let n = self.slices.len();
+        if !self.slices.contains_key(digest) {
+            self.next_slice += 1;
+        }
+        let id = format!("s_{}_{}", self.isolate_id, self.next_slice);
         self.slices.entry(digest.to_string()).or_insert_with(|| KeySlice {
-            id: format!("s_{isolate}_{n}_{}", &digest[..digest.len().min(16)]),
+            id,
             seq: 0,
             grant: None,
             closed: false,
@@ -151,6 +185,8 @@ impl IsolateSlices {
             settles_acked: 0,
             settles_in_call: 0,
             grant_size: FIRST_GRANT_REQUESTS,
+            release_sent: false,
+            released: false,
             last_active_ms: now_ms,
         })
     }
@@ -191,11 +227,20 @@ impl IsolateSlices {
     }
 
     /// The account answered a renewal sent at `sent_at_ms` (isolate clock).
-    /// A request that was waiting for it admits again ([`Self::admit`]); if
-    /// the account refused that request the next admission says so.
-    pub fn renewed(&mut self, digest: &str, reply: SliceGrant, sent_at_ms: i64) {
-        let Some(slice) = self.slices.get_mut(digest) else { return };
+    /// When the renewal carried a waiting request's `need` and the account
+    /// did not refuse it, the account admitted that request at its own time
+    /// (inside the grant's bucket): its ticket is returned, whatever the
+    /// isolate's clock says now.
+    pub fn renewed(
+        &mut self,
+        digest: &str,
+        reply: SliceGrant,
+        sent_at_ms: i64,
+        need: Option<Need>,
+    ) -> Renewed {
+        let Some(slice) = self.slices.get_mut(digest) else { return Renewed::Applied };
         slice.call_in_flight = false;
+        slice.released = std::mem::take(&mut slice.release_sent);
         slice.reporting.clear();
         slice.settles_acked = slice.settles_in_call;
         // Costs reported are now out of the hold the account sends back.
@@ -207,8 +252,28 @@ impl IsolateSlices {
         slice.used_tokens = 0;
         slice.closed = false;
         let refused = reply.refusal;
+        let granted_at_ms = reply.granted_at_ms;
         slice.grant =
             Some(Grant { admit_until_ms: sent_at_ms.saturating_add(reply.admit_for_ms), reply, refused });
+        let Some(need) = need else { return Renewed::Applied };
+        if let Some((reason, retry)) = refused {
+            return Renewed::Refused(reason, retry);
+        }
+        slice.in_flight += 1;
+        slice.reserved_micros = slice.reserved_micros.saturating_add(need.reserve_micros);
+        slice.used_requests = slice.used_requests.saturating_add(1);
+        slice.used_tokens = slice.used_tokens.saturating_add(need.tokens);
+        Renewed::Admitted(Ticket { digest: digest.to_string(), need, granted_at_ms })
+    }
+
+    /// Settled requests the account could not be told of (it stayed
+    /// unreachable): for the queue directly, so their usage is not lost.
+    pub fn take_unreported(&mut self, digest: &str) -> Vec<UsageEvent> {
+        let Some(slice) = self.slices.get_mut(digest) else { return Vec::new() };
+        slice.settles_acked = slice.settles_taken;
+        slice.settles_in_call = slice.settles_taken;
+        slice.settled_micros = 0;
+        std::mem::take(&mut slice.settled).into_iter().map(|s| s.event).collect()
     }
 
     /// A renewal failed (the account was unreachable): what it carried is
@@ -249,24 +314,31 @@ impl IsolateSlices {
         }
     }
 
-    /// The report a settle scheduled (or a stream's own), if one is due and
-    /// no call is in flight: a renewal keeping what the slice holds, or
-    /// giving it back when the key has been idle long enough.
-    pub fn report(&mut self, digest: &str, limits: &KeyLimits, now_ms: i64) -> Option<SliceRenewal> {
-        let slice = self.slices.get_mut(digest)?;
-        slice.report_open = false;
-        if slice.call_in_flight || (slice.settled.is_empty() && slice.grant.is_none()) {
-            return None;
+    /// The report a settle scheduled (or a stream's own, or an idle
+    /// slice's release): a renewal keeping what the slice holds, or giving it
+    /// back when the key has been idle for [`SLICE_IDLE_RELEASE_MS`].
+    pub fn report(&mut self, digest: &str, limits: &KeyLimits, now_ms: i64) -> ReportAction {
+        let Some(slice) = self.slices.get_mut(digest) else { return ReportAction::Nothing };
+        if slice.call_in_flight && now_ms - slice.call_started_ms > CALL_TIMEOUT_MS {
+            slice.call_failed();
         }
-        let idle = slice.in_flight == 0 && now_ms - slice.last_active_ms >= SLICE_IDLE_RELEASE_MS as i64;
+        let idle = slice.in_flight == 0
+            && slice.grant.is_some()
+            && now_ms - slice.last_active_ms >= SLICE_IDLE_RELEASE_MS as i64;
         if slice.settled.is_empty() && !idle {
-            return None;
+            slice.report_open = false;
+            return ReportAction::Nothing;
         }
+        if slice.call_in_flight {
+            return ReportAction::Wait;
+        }
+        slice.report_open = false;
         let mut renewal = slice.renewal(limits, None, now_ms);
-        if idle {
+        if idle && renewal.settled.is_empty() {
             renewal.want = SliceWant::default();
+            slice.release_sent = true;
         }
-        Some(renewal)
+        ReportAction::Send(Box::new(renewal))
     }
 
     /// Whether the settle numbered `number` is in the account's outbox.
@@ -286,6 +358,13 @@ impl IsolateSlices {
             slice.grant = None;
             slice.closed = true;
         }
+    }
+
+    /// Nothing of the key runs or waits to be reported in this isolate.
+    pub fn idle(&self, digest: &str) -> bool {
+        self.slices.get(digest).is_some_and(|s| {
+            s.in_flight == 0 && s.settled.is_empty() && !s.call_in_flight && s.grant.is_some()
+        })
     }
 
     /// The slice was given back whole (its renewal wanted nothing).
@@ -339,6 +418,7 @@ impl KeySlice {
     /// renewal the account did apply is never refunded twice).
     fn call_failed(&mut self) {
         self.call_in_flight = false;
+        self.release_sent = false;
         let mut back = std::mem::take(&mut self.reporting);
         back.append(&mut self.settled);
         self.settled = back;

@@ -1,14 +1,12 @@
 //! What a key's account must admit, and what an admission holds.
 
+use super::account_slice::Need;
 use super::inbound::Inbound;
 use crate::error::GatewayError;
-use crate::key_account::{AccountSnapshot, AdmitRequest, KeyLimits};
+use crate::key_account::{AccountSnapshot, KeyLimits};
 use crate::key_record::KeyRecord;
 use crate::limits::DEFAULT_RESERVED_OUTPUT_TOKENS;
 use crate::pricing::ModelPrice;
-
-/// Lease lifetime of a stream's concurrency slot: longer than any stream runs.
-pub const STREAM_LEASE_MS: i64 = 30 * 60 * 1000;
 
 /// How long an isolate trusts its key account's word that a key without
 /// limits may skip admission (ms): the bound on how late a revocation pushed
@@ -38,30 +36,19 @@ pub fn may_skip_admission(
     }
 }
 
-/// The admission request for `inbound` on `record`'s account: the worst case
-/// reserved against the quota (the prompt's upper bound plus the output
-/// limit at the model's dearest input price), the tokens counted against TPM
-/// until settled, and a long lease for streams. Priced at the key's group
-/// ratio (`price_ratio_ppm`).
-pub fn admit_request(
-    request_id: &str,
-    record: &KeyRecord,
-    price: &ModelPrice,
-    price_ratio_ppm: u32,
-    inbound: &Inbound,
-) -> AdmitRequest {
+/// What a request holds in its key's slice: the worst case reserved against
+/// the quota (the prompt's upper bound plus the output limit at the model's
+/// dearest input price, at the key's group ratio) and the tokens counted
+/// against TPM until settled (the estimate).
+pub fn slice_need(price: &ModelPrice, price_ratio_ppm: u32, inbound: &Inbound) -> Need {
     let max_output = inbound.max_output_tokens.unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS);
-    AdmitRequest {
-        request_id: request_id.to_string(),
-        limits: KeyLimits::from_record(record),
+    Need {
         reserve_micros: price.worst_case_micros_at_ratio(
             inbound.prompt.upper_bound,
             max_output,
             price_ratio_ppm,
         ),
-        estimated_tokens: inbound.prompt.estimate.saturating_add(max_output),
-        lease_ms: inbound.stream.then_some(STREAM_LEASE_MS),
-        max_concurrency: record.max_concurrency,
+        tokens: inbound.prompt.estimate.saturating_add(max_output),
     }
 }
 
@@ -116,12 +103,10 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         let price = ModelPrice { input: 1_000_000, output: 2_000_000, ..Default::default() };
-        let admit =
-            admit_request("r1", &record(r#"{"digest":"d","quota_micros":10}"#), &price, 1_000_000, &inbound);
+        let need = slice_need(&price, 1_000_000, &inbound);
         // (8 bytes + 64 overhead) input tokens at 1 µ + 10 output tokens at 2 µ
-        assert_eq!(admit.reserve_micros, 72 + 20);
-        assert_eq!(admit.estimated_tokens, 2 + 10);
-        assert_eq!(admit.lease_ms, Some(STREAM_LEASE_MS));
-        assert_eq!(admit.limits.quota_micros, Some(10));
+        assert_eq!(need.reserve_micros, 72 + 20);
+        assert_eq!(need.tokens, 2 + 10);
+        assert_eq!(slice_need(&price, 500_000, &inbound).reserve_micros, 46, "at the group ratio");
     }
 }

@@ -4,6 +4,7 @@
 //! queue in one batch. KV (and the key's account) stay the source; this only
 //! spares a read per request. Time is passed in.
 
+use super::account_slice::IsolateSlices;
 use super::admission::ACCOUNT_CHECK_TTL_MS;
 use crate::api_key::digests_match;
 use crate::error::GatewayError;
@@ -53,6 +54,8 @@ pub enum BatchStep {
 #[derive(Debug, Default)]
 pub struct IsolateState {
     pub config: IsolateConfig,
+    /// Slices of the accounts of keys with limits ([`super::account_slice`]).
+    pub slices: IsolateSlices,
     keys: HashMap<String, (Rc<KeyRecord>, i64)>,
     account_checks: HashMap<String, (bool, i64)>,
     routing: Option<(Rc<RoutingTable>, i64)>,
@@ -101,6 +104,7 @@ impl IsolateState {
     pub fn forget_key(&mut self, digest: &str) {
         self.keys.remove(digest);
         self.account_checks.remove(digest);
+        self.slices.forget(digest);
     }
 
     /// The account's last word on whether an unlimited key may skip

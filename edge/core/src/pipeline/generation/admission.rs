@@ -2,10 +2,12 @@ use super::*;
 use crate::api_key::{key_digest, kv_key_for_digest, presented_key, CredentialHeaders};
 use crate::error::GatewayError;
 use crate::ip_allow::ip_allowed;
-use crate::key_account::{AccountSnapshot, AdmitDecision, KeyLimits, Refusal};
+use crate::key_account::SliceGrant;
+use crate::key_account::{AccountSnapshot, KeyLimits};
 use crate::key_record::KeyRecord;
 use crate::limits::DEFAULT_RESERVED_OUTPUT_TOKENS;
-use crate::pipeline::admission::{admit_request, may_skip_admission};
+use crate::pipeline::account_slice::{LocalAdmit, Renewed, RENEWAL_POLL_MS};
+use crate::pipeline::admission::{may_skip_admission, slice_need};
 use crate::pipeline::isolate::IsolateState;
 use crate::pipeline::metering::Meter;
 use crate::pipeline::route::{resolve, MAX_ATTEMPTS};
@@ -102,15 +104,15 @@ impl Generation {
             prompt_estimate: inbound.prompt.estimate,
             price: route.price,
         });
-        // Keys with limits are admitted by their account on every request;
-        // keys without skip that round trip, and their account is asked every
-        // couple of seconds per isolate for revocations and new limits.
+        // Keys with limits are admitted against the isolate's slice of their
+        // account; keys without skip admission, and their account is asked
+        // every couple of seconds per isolate for revocations and new limits.
         if KeyLimits::from_record(&record).enforces_anything() {
-            return Ok(self.admission());
+            return self.slice_admission(isolate, now);
         }
         match isolate.account_check(&self.digest, now) {
             Some(true) => self.attempt(isolate, now),
-            Some(false) => Ok(self.admission()),
+            Some(false) => self.slice_admission(isolate, now),
             None => {
                 self.phase = Phase::AwaitAccountCheck;
                 Ok(Effect::AccountCall {
@@ -141,56 +143,84 @@ impl Generation {
         if may_skip {
             self.attempt(isolate, now)
         } else {
-            Ok(self.admission())
+            self.slice_admission(isolate, now)
         }
     }
 
-    pub(super) fn admission(&mut self) -> Effect {
-        self.admit_attempts += 1;
-        self.phase = Phase::AwaitAdmission;
-        let body = match (&self.record, &self.inbound, &self.meter) {
-            (Some(record), Some(inbound), Some(meter)) => serde_json::to_string(&admit_request(
-                &self.start.request_id,
-                record,
-                &meter.price,
-                meter.price_ratio_ppm,
-                inbound,
-            ))
-            .ok(),
-            _ => None,
+    /// Admits a request of a key with limits against the isolate's slice
+    /// of its account, renewing the slice when it cannot hold the request.
+    pub(super) fn slice_admission(
+        &mut self,
+        isolate: &mut IsolateState,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
+        let (limits, need) = match (&self.record, &self.inbound, &self.meter) {
+            (Some(record), Some(inbound), Some(meter)) => {
+                (KeyLimits::from_record(record), slice_need(&meter.price, meter.price_ratio_ppm, inbound))
+            }
+            _ => return Err(self.internal("admission before routing".into())),
         };
-        Effect::AccountCall { digest: self.digest.clone(), method: "POST", path: "/admit", body }
+        match isolate.slices.admit(&self.digest, &limits, need, now) {
+            LocalAdmit::Admitted(ticket) => {
+                self.ticket = Some(ticket);
+                self.attempt(isolate, now)
+            }
+            LocalAdmit::Refused(reason, retry) => Err(reason.into_error(retry)),
+            LocalAdmit::Wait => {
+                self.phase = Phase::AwaitSlicePoll;
+                Ok(Effect::Sleep { ms: RENEWAL_POLL_MS })
+            }
+            LocalAdmit::Renew(renewal) => {
+                self.admit_attempts += 1;
+                self.renewal_sent_at = now;
+                self.phase = Phase::AwaitSliceGrant;
+                Ok(Effect::AccountCall {
+                    digest: self.digest.clone(),
+                    method: "POST",
+                    path: "/slice",
+                    body: serde_json::to_string(&renewal).ok(),
+                })
+            }
+        }
     }
 
-    pub(super) fn after_admission(
+    /// The account answered the renewal this request sent for itself.
+    pub(super) fn after_slice_grant(
         &mut self,
         isolate: &mut IsolateState,
         status: u16,
         body: &str,
         now: i64,
     ) -> Result<Effect, GatewayError> {
-        let decision = if (200..300).contains(&status) {
-            serde_json::from_str::<AdmitDecision>(body).map_err(|e| e.to_string())
+        let grant = if (200..300).contains(&status) {
+            serde_json::from_str::<SliceGrant>(body).map_err(|e| e.to_string())
         } else {
             Err(format!("{status} {body}"))
         };
-        match decision {
-            Ok(AdmitDecision::Admitted { .. }) => {
-                self.admitted = true;
-                self.attempt(isolate, now)
+        let need = match (&self.inbound, &self.meter) {
+            (Some(inbound), Some(meter)) => slice_need(&meter.price, meter.price_ratio_ppm, inbound),
+            _ => return Err(GatewayError::Internal),
+        };
+        match grant {
+            Ok(grant) => {
+                match isolate.slices.renewed(&self.digest, grant, self.renewal_sent_at, Some(need)) {
+                    Renewed::Admitted(ticket) => {
+                        self.ticket = Some(ticket);
+                        self.attempt(isolate, now)
+                    }
+                    Renewed::Refused(reason, retry) => Err(reason.into_error(retry)),
+                    Renewed::Applied => self.slice_admission(isolate, now),
+                }
             }
-            Ok(AdmitDecision::Refused { reason, retry_after_secs }) => {
-                Err(reason.into_error(retry_after_secs))
+            Err(why) => {
+                isolate.slices.renewal_failed(&self.digest);
+                if self.admit_attempts < ADMIT_ATTEMPTS {
+                    let id = self.start.request_id.clone();
+                    self.log(false, format!("key account slice renewal for {id} failed, retrying: {why}"));
+                    return self.slice_admission(isolate, now);
+                }
+                Err(self.internal(format!("key account unreachable: {why}")))
             }
-            Ok(AdmitDecision::ConcurrencyLimited { retry_after_secs, .. }) => {
-                Err(Refusal::Concurrency.into_error(Some(retry_after_secs)))
-            }
-            Err(why) if self.admit_attempts < ADMIT_ATTEMPTS => {
-                let id = self.start.request_id.clone();
-                self.log(false, format!("key account admission of {id} failed, retrying: {why}"));
-                Ok(self.admission())
-            }
-            Err(why) => Err(self.internal(format!("key account admission failed: {why}"))),
         }
     }
 }

@@ -27,6 +27,7 @@
 //! is settled exactly once whatever happens; a stream's end reaches the client
 //! only after that settle.
 
+use super::account_slice::Ticket;
 use super::inbound::Inbound;
 use super::isolate::{IsolateState, KeyReadError};
 use super::metering::{Meter, Served};
@@ -245,7 +246,10 @@ enum Phase {
     AwaitBody,
     AwaitRouting,
     AwaitAccountCheck,
-    AwaitAdmission,
+    /// This request's own renewal of its key's slice.
+    AwaitSliceGrant,
+    /// Another request's renewal is in flight.
+    AwaitSlicePoll,
     AwaitSecret,
     /// Mock latency before its "headers".
     AwaitMockHead,
@@ -263,8 +267,11 @@ enum Phase {
     AwaitEmit,
     AwaitFinalEmit,
     AwaitClose,
-    AwaitSettle,
-    AwaitSettleRetry,
+    /// Settled requests wait for others to join their report (or a poll).
+    AwaitReportWindow,
+    AwaitReport,
+    /// An idle slice waits to be given back.
+    AwaitIdleRelease,
     AwaitBatchWindow,
     AwaitPublish {
         fallback: bool,
@@ -299,7 +306,12 @@ pub struct Generation {
     served: Served,
     last_error: Option<GatewayError>,
     meter: Option<Meter>,
-    admitted: bool,
+    /// Admitted against the key's slice: what the request holds there.
+    ticket: Option<Ticket>,
+    /// A stream waits for this settle to reach the account before its end.
+    ack_number: Option<u64>,
+    /// When this request sent its renewal (isolate clock).
+    renewal_sent_at: i64,
     admit_attempts: u32,
     upstream: Upstream,
     shaper: Option<StreamShaper>,
@@ -337,7 +349,9 @@ impl Generation {
             served: Served::default(),
             last_error: None,
             meter: None,
-            admitted: false,
+            ticket: None,
+            ack_number: None,
+            renewal_sent_at: 0,
             admit_attempts: 0,
             upstream: Upstream::Remote,
             shaper: None,
@@ -367,7 +381,7 @@ impl Generation {
 
     /// The request has been admitted by its account (and will be settled).
     pub fn admitted(&self) -> bool {
-        self.admitted
+        self.ticket.is_some()
     }
 
     fn log(&mut self, error: bool, message: String) {
@@ -427,9 +441,10 @@ impl Generation {
             (Phase::AwaitAccountCheck, Input::AccountReply { status, body }) => {
                 self.after_account_check(isolate, status, &body, now)
             }
-            (Phase::AwaitAdmission, Input::AccountReply { status, body }) => {
-                self.after_admission(isolate, status, &body, now)
+            (Phase::AwaitSliceGrant, Input::AccountReply { status, body }) => {
+                self.after_slice_grant(isolate, status, &body, now)
             }
+            (Phase::AwaitSlicePoll, Input::Done) => self.slice_admission(isolate, now),
             (Phase::AwaitSecret, Input::Secret(value)) => {
                 if let Some((target, _, _)) = &self.current {
                     if let Some(name) = target.api_key_secret.clone() {
@@ -484,46 +499,33 @@ impl Generation {
             }
             (Phase::AwaitWholeBody, Input::UpstreamBody(body)) => self.whole_body(body, now),
             (Phase::AwaitWholeBody, Input::UpstreamBodyFailed) => Err(GatewayError::UpstreamUnavailable),
-            (Phase::AwaitStreamStart | Phase::AwaitMockChunk, Input::Done) => self.read_chunk(now),
-            (Phase::AwaitChunk, Input::Chunk(chunk)) => self.on_chunk(chunk, now),
-            (Phase::AwaitChunk, Input::UpstreamEnd) => self.end_of_stream(now),
+            (Phase::AwaitStreamStart | Phase::AwaitMockChunk, Input::Done) => self.read_chunk(isolate, now),
+            (Phase::AwaitChunk, Input::Chunk(chunk)) => self.on_chunk(isolate, chunk, now),
+            (Phase::AwaitChunk, Input::UpstreamEnd) => self.end_of_stream(isolate, now),
             (Phase::AwaitChunk, Input::UpstreamBroken(why)) => {
                 self.log(false, format!("upstream stream broke: {why}"));
-                self.end_of_stream(now)
+                self.end_of_stream(isolate, now)
             }
             (Phase::AwaitChunk, Input::ChunkDeadline) => {
                 self.drain_expired = true;
-                self.end_of_stream(now)
+                self.end_of_stream(isolate, now)
             }
-            (Phase::AwaitEmit, Input::Done) => self.read_chunk(now),
+            (Phase::AwaitEmit, Input::Done) => self.read_chunk(isolate, now),
             (Phase::AwaitEmit, Input::ClientGone) => {
                 self.disconnected_at = Some(now);
-                self.read_chunk(now)
+                self.read_chunk(isolate, now)
             }
             (Phase::AwaitFinalEmit, Input::Done | Input::ClientGone) => {
                 self.phase = Phase::AwaitClose;
                 Ok(Effect::CloseStream)
             }
             (Phase::AwaitClose, Input::Done) => self.after_close(isolate, now),
-            (Phase::AwaitSettle, Input::AccountReply { status, body }) => {
-                if (200..300).contains(&status) {
-                    return Ok(self.after_settled(isolate, now));
-                }
-                let id = self.start.request_id.clone();
-                let attempt = self.settle_attempts;
-                self.log(
-                    false,
-                    format!("key account settle of {id} failed (attempt {attempt}): {status} {body}"),
-                );
-                if self.settle_attempts < SETTLE_ATTEMPTS {
-                    self.phase = Phase::AwaitSettleRetry;
-                    return Ok(Effect::Sleep { ms: 50 * 4u64.pow(self.settle_attempts - 1) });
-                }
-                self.log(true, format!("key account unreachable: publishing usage of {id} directly"));
-                let events: Vec<UsageEvent> = self.event.clone().into_iter().collect();
-                Ok(self.publish(events, true))
+            (Phase::AwaitReportWindow | Phase::AwaitIdleRelease, Input::Done) => {
+                Ok(self.report_step(isolate, now))
             }
-            (Phase::AwaitSettleRetry, Input::Done) => Ok(self.settle_effect()),
+            (Phase::AwaitReport, Input::AccountReply { status, body }) => {
+                Ok(self.after_report(isolate, status, &body, now))
+            }
             (Phase::AwaitBatchWindow, Input::Done) => {
                 let batch = isolate.take_usage_batch();
                 if batch.is_empty() {

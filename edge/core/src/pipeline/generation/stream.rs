@@ -1,12 +1,17 @@
 use super::*;
 use crate::error::GatewayError;
 use crate::limits::MAX_DRAIN_AFTER_DISCONNECT_MS;
+use crate::pipeline::account_slice::SLICE_IDLE_RELEASE_MS;
 use crate::pipeline::isolate::IsolateState;
 use crate::pipeline::metering::Ending;
 use crate::usage::RequestOutcome;
 
 impl Generation {
-    pub(super) fn read_chunk(&mut self, now: i64) -> Result<Effect, GatewayError> {
+    pub(super) fn read_chunk(
+        &mut self,
+        isolate: &mut IsolateState,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
         if let Upstream::Mock { frames, delay_ms, sent_first } = &mut self.upstream {
             if self.phase != Phase::AwaitMockChunk && *sent_first && *delay_ms > 0 && !frames.is_empty() {
                 self.phase = Phase::AwaitMockChunk;
@@ -17,8 +22,8 @@ impl Generation {
             self.phase = Phase::AwaitChunk;
             // The mock is read in place: feed the frame (or the end) straight in.
             return match next {
-                Some(frame) => self.on_chunk(frame, now),
-                None => self.end_of_stream(now),
+                Some(frame) => self.on_chunk(isolate, frame, now),
+                None => self.end_of_stream(isolate, now),
             };
         }
         self.phase = Phase::AwaitChunk;
@@ -26,7 +31,12 @@ impl Generation {
         Ok(Effect::ReadChunk { deadline_ms })
     }
 
-    pub(super) fn on_chunk(&mut self, chunk: Vec<u8>, now: i64) -> Result<Effect, GatewayError> {
+    pub(super) fn on_chunk(
+        &mut self,
+        isolate: &mut IsolateState,
+        chunk: Vec<u8>,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
         let shaper = self.shaper.as_mut().ok_or(GatewayError::Internal)?;
         let out = shaper.feed(&chunk);
         if self.ttft_ms.is_none() && shaper.saw_content() {
@@ -35,10 +45,10 @@ impl Generation {
         if shaper.is_ended() {
             // Held back until the request is settled.
             self.final_bytes = out;
-            return self.end_of_stream(now);
+            return self.end_of_stream(isolate, now);
         }
         if out.is_empty() || self.disconnected_at.is_some() {
-            return self.read_chunk(now);
+            return self.read_chunk(isolate, now);
         }
         self.phase = Phase::AwaitEmit;
         let unchanged = out == chunk && matches!(self.upstream, Upstream::Remote);
@@ -48,7 +58,11 @@ impl Generation {
     /// The upstream ended (or broke, or the drain after a disconnect ran
     /// out): the usage event is made; an admitted request is settled before
     /// the client sees the end.
-    pub(super) fn end_of_stream(&mut self, now: i64) -> Result<Effect, GatewayError> {
+    pub(super) fn end_of_stream(
+        &mut self,
+        isolate: &mut IsolateState,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
         let shaper = self.shaper.as_mut().ok_or(GatewayError::Internal)?;
         let tail = shaper.finish();
         self.final_bytes.extend(tail);
@@ -69,9 +83,8 @@ impl Generation {
             ttft_ms: self.ttft_ms,
         };
         self.event = self.meter.as_ref().map(|m| m.event(&self.served, ending, now));
-        if self.admitted {
-            self.after_settle = AfterSettle::EmitFinal;
-            return Ok(self.settle_effect());
+        if self.ticket.is_some() {
+            return Ok(self.settle_or_finish(isolate, AfterSettle::EmitFinal, now));
         }
         Ok(self.emit_final())
     }
@@ -91,8 +104,13 @@ impl Generation {
         isolate: &mut IsolateState,
         now: i64,
     ) -> Result<Effect, GatewayError> {
-        if self.admitted {
-            // Settled before the end was sent.
+        if self.ticket.is_some() {
+            // Settled before the end was sent; give the slice back if the
+            // key stays idle.
+            if isolate.slices.idle(&self.digest) {
+                self.phase = Phase::AwaitIdleRelease;
+                return Ok(Effect::Sleep { ms: SLICE_IDLE_RELEASE_MS });
+            }
             self.phase = Phase::Finished;
             return Ok(Effect::Finished);
         }
