@@ -25,7 +25,7 @@ use crate::runtime::now_ms;
 use edgeway_core::error::GatewayError;
 use edgeway_core::key_account::{
     AccountCore, AdmitDecision, AdmitRequest, KeyAccountState, ReleaseRequest, RequestRecord, SettleOutcome,
-    SettleRequest, Writes, OUTBOX_BATCH,
+    SettleRequest, SliceRenewal, Writes, OUTBOX_BATCH,
 };
 use edgeway_core::key_record::KeyRecord;
 use edgeway_core::rate_window::MINUTE_MS;
@@ -202,6 +202,24 @@ impl Inner {
 }
 
 impl KeyAccount {
+    /// After settled usage entered the outbox: publish it now (the alarm
+    /// retries if this fails or the object is evicted first).
+    async fn publish_soon(&self, now: i64) -> Result<()> {
+        let inner = &self.inner;
+        let pending = inner.with_account(|a| a.outbox_len()).unwrap_or(0);
+        if pending == 0 {
+            return inner.schedule(now, None).await;
+        }
+        inner.schedule(now, Some(now + OUTBOX_SAFETY_MS)).await?;
+        let flusher = inner.clone();
+        inner.state.wait_until(async move {
+            if let Err(e) = flusher.flush_outbox().await {
+                worker::console_error!("key account: outbox flush failed: {e}");
+            }
+        });
+        Ok(())
+    }
+
     async fn route(&self, mut req: Request) -> Result<Response> {
         let inner = &self.inner;
         if inner.account.borrow().is_none() {
@@ -243,22 +261,23 @@ impl KeyAccount {
                     return json_error(503, "key account not loaded");
                 };
                 inner.persist(writes).await?;
-                let pending = inner.with_account(|a| a.outbox_len()).unwrap_or(0);
-                if pending > 0 {
-                    inner.schedule(now, Some(now + OUTBOX_SAFETY_MS)).await?;
-                    let flusher = self.inner.clone();
-                    inner.state.wait_until(async move {
-                        if let Err(e) = flusher.flush_outbox().await {
-                            worker::console_error!("key account: outbox flush failed: {e}");
-                        }
-                    });
-                } else {
-                    inner.schedule(now, None).await?;
-                }
+                self.publish_soon(now).await?;
                 if outcome == SettleOutcome::Duplicate {
                     worker::console_warn!("key account: repeated settle of {} ignored", settle.request_id);
                 }
                 Response::from_json(&serde_json::json!({ "outcome": outcome }))
+            }
+            "/slice" => {
+                let Ok(renewal) = serde_json::from_slice::<SliceRenewal>(&body) else {
+                    return json_error(400, "invalid slice renewal");
+                };
+                let now = now_ms();
+                let Some((grant, writes)) = inner.with_account(|a| a.renew_slice(&renewal, now)) else {
+                    return json_error(503, "key account not loaded");
+                };
+                inner.persist(writes).await?;
+                self.publish_soon(now).await?;
+                Response::from_json(&grant)
             }
             "/configure" => {
                 let Ok(record) = serde_json::from_slice::<KeyRecord>(&body) else {

@@ -348,7 +348,11 @@ pub struct AccountSnapshot {
     pub reserved_micros: i64,
     /// `quota - spent - reserved`; `None` without a quota.
     pub available_micros: Option<i64>,
+    /// Requests in flight: single leases plus the slots slices hold.
     pub in_flight: u32,
+    /// Isolates holding a slice of the account.
+    #[serde(default)]
+    pub slices: u32,
     /// Live leases, soonest expiry first (at most 100 listed).
     pub leases: Vec<LeaseView>,
     pub stale_holds: u32,
@@ -839,6 +843,7 @@ impl KeyAccountState {
             available_micros: quota
                 .map(|q| q.saturating_sub(self.core.spent_micros).saturating_sub(self.reserved_micros)),
             in_flight: self.in_flight(),
+            slices: count(self.slices.len()),
             leases,
             stale_holds: count(
                 self.expired_ids
