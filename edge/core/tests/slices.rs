@@ -96,12 +96,34 @@ struct Call {
     renewal: SliceRenewal,
     sent_at: i64,
     waiting: Option<(Need, i64, String)>,
+    /// The isolate gave up on it (timed out): it may still reach the
+    /// account, in any order, but its reply is not applied.
+    stale: bool,
 }
 
 struct Isolate {
     slices: IsolateSlices,
     in_flight: Vec<(Ticket, i64, String)>,
-    call: Option<Call>,
+    calls: Vec<Call>,
+}
+
+impl Isolate {
+    fn live_call(&self) -> bool {
+        self.calls.iter().any(|c| !c.stale)
+    }
+
+    /// A new call: any earlier one was given up on by the isolate.
+    fn send(&mut self, call: Call) {
+        assert!(
+            !self.live_call()
+                || call.sent_at - self.calls.iter().map(|c| c.sent_at).max().unwrap_or(0) > 10_000,
+            "one call in flight per key, unless the last one timed out"
+        );
+        for c in &mut self.calls {
+            c.stale = true;
+        }
+        self.calls.push(call);
+    }
 }
 
 struct World {
@@ -142,7 +164,7 @@ impl World {
         Isolate {
             slices: IsolateSlices::new(format!("iso{i}g{generation}")),
             in_flight: Vec::new(),
-            call: None,
+            calls: Vec::new(),
         }
     }
 
@@ -163,9 +185,7 @@ impl World {
     fn step(&mut self, op: &Op) {
         match *op {
             Op::Arrive { isolate, reserve, cost_pct } => {
-                if self.isolates[isolate].call.is_some() {
-                    return; // it would wait for the call in flight
-                }
+                // Admissions go on while a renewal is in flight.
                 self.next_id += 1;
                 let id = format!("r{}", self.next_id);
                 let cost = reserve * cost_pct / 100;
@@ -174,11 +194,9 @@ impl World {
                 match self.isolates[isolate].slices.admit(DIGEST, &limits, need, self.now) {
                     LocalAdmit::Admitted(ticket) => self.accept(isolate, ticket, cost, id),
                     LocalAdmit::Renew(renewal) => {
-                        self.isolates[isolate].call = Some(Call {
-                            renewal: *renewal,
-                            sent_at: self.now,
-                            waiting: Some((need, cost, id)),
-                        });
+                        let waiting = Some((need, cost, id));
+                        let call = Call { renewal: *renewal, sent_at: self.now, waiting, stale: false };
+                        self.isolates[isolate].send(call);
                     }
                     LocalAdmit::Wait | LocalAdmit::Refused(..) => {}
                 }
@@ -193,22 +211,27 @@ impl World {
                 let _ = self.isolates[isolate].slices.settle(&ticket, event(&id, cost), now);
             }
             Op::Report { isolate } => {
-                if self.isolates[isolate].call.is_some() {
-                    return;
-                }
                 let limits = self.limits.clone();
                 if let ReportAction::Send(renewal) =
                     self.isolates[isolate].slices.report(DIGEST, &limits, self.now)
                 {
-                    self.isolates[isolate].call =
-                        Some(Call { renewal: *renewal, sent_at: self.now, waiting: None });
+                    let call = Call { renewal: *renewal, sent_at: self.now, waiting: None, stale: false };
+                    self.isolates[isolate].send(call);
                 }
             }
             Op::Deliver { isolate, lose_reply } => {
-                let Some(call) = self.isolates[isolate].call.take() else { return };
+                if self.isolates[isolate].calls.is_empty() {
+                    return;
+                }
+                // Stale calls may arrive in any order: take the oldest or the newest.
+                let pick = if lose_reply { 0 } else { self.isolates[isolate].calls.len() - 1 };
+                let call = self.isolates[isolate].calls.remove(pick);
                 let (grant, _) = self.account.renew_slice(&call.renewal, self.now);
                 let grant: SliceGrant =
                     serde_json::from_str(&serde_json::to_string(&grant).unwrap()).unwrap();
+                if call.stale {
+                    return;
+                }
                 if lose_reply {
                     self.isolates[isolate].slices.renewal_failed(DIGEST);
                     return;
@@ -308,7 +331,7 @@ fn one_isolate_needs_few_renewals_for_many_requests() {
     let mut ids = HashMap::new();
     for n in 0..200 {
         w.step(&Op::Arrive { isolate: 0, reserve: 10, cost_pct: 50 });
-        if w.isolates[0].call.is_some() {
+        if w.isolates[0].live_call() {
             renewals += 1;
             w.step(&Op::Deliver { isolate: 0, lose_reply: false });
         }
@@ -318,4 +341,37 @@ fn one_isolate_needs_few_renewals_for_many_requests() {
     }
     assert!(renewals <= 12, "{renewals} renewals for 200 requests");
     assert_eq!(w.accepted_at.len(), 200);
+}
+
+#[test]
+fn holdings_never_shrink_while_the_isolate_may_be_admitting() {
+    use edgeway_core::key_account::SliceWant;
+    let mut account = KeyAccountState::new(WINDOW_MS);
+    let limits = World::new().limits;
+    let renewal = |seq, want_slots, quota, release| SliceRenewal {
+        slice_id: "s_a_1".into(),
+        seq,
+        limits: limits.clone(),
+        settled: Vec::new(),
+        closed: Vec::new(),
+        release,
+        in_use_slots: 0,
+        in_use_micros: 0,
+        want: SliceWant { slots: want_slots, quota_micros: quota, requests: 1, tokens: 0 },
+        need: None,
+    };
+    let (g, _) = account.renew_slice(&renewal(1, 5, 1_000, false), 1_000_000);
+    assert_eq!((g.slots, g.quota_micros), (Some(5), Some(1_000)));
+    // A top-up asking for less: the isolate may be using all it held meanwhile.
+    let (g, _) = account.renew_slice(&renewal(2, 1, 10, false), 1_000_010);
+    assert_eq!((g.slots, g.quota_micros), (Some(5), Some(1_000)));
+    assert_eq!(account.in_flight(), 5);
+    // Only a release (during which the isolate admits nothing) gives them back.
+    let (g, _) = account.renew_slice(&renewal(3, 0, 0, true), 1_000_020);
+    assert_eq!((g.slots, g.quota_micros), (Some(0), Some(0)));
+    assert_eq!((account.in_flight(), account.reserved_micros()), (0, 0));
+    // A late renewal of the released slice gets nothing and holds nothing.
+    let (g, _) = account.renew_slice(&renewal(2, 5, 1_000, false), 1_000_030);
+    assert_eq!((g.slots, g.admit_for_ms), (Some(0), 0));
+    assert_eq!((account.in_flight(), account.reserved_micros()), (0, 0));
 }

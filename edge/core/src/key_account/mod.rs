@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub mod slice;
-pub use slice::{SliceGrant, SliceRecord, SliceRenewal, SliceSettle, SliceWant};
+pub use slice::{ClosedGrant, RateGrant, SliceGrant, SliceRecord, SliceRenewal, SliceSettle, SliceWant};
 
 /// Default lease lifetime: longer than any request the gateway lets run.
 pub const DEFAULT_LEASE_MS: i64 = 10 * 60 * 1000;

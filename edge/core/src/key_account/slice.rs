@@ -81,15 +81,16 @@ pub struct SliceRenewal {
     /// Requests settled since the last renewal.
     #[serde(default)]
     pub settled: Vec<SliceSettle>,
-    /// Requests and estimated tokens admitted under the previous grant.
+    /// Rate grants the isolate admits no more against (expired or used
+    /// up), with what was admitted under each: the unused part goes back to
+    /// its bucket.
     #[serde(default)]
-    pub used_requests: u32,
+    pub closed: Vec<ClosedGrant>,
+    /// Give the slice back: holdings shrink to what is in use (the isolate
+    /// admits nothing while this is in flight). Otherwise holdings only grow,
+    /// since the isolate keeps admitting while a renewal is in flight.
     #[serde(default)]
-    pub used_tokens: u64,
-    /// The grant (account clock) those counts are of; the unused part is
-    /// given back only if it is still the slice's grant.
-    #[serde(default)]
-    pub used_of_granted_at_ms: Option<i64>,
+    pub release: bool,
     /// Held by requests still in flight (never taken back).
     #[serde(default)]
     pub in_use_slots: u32,
@@ -103,6 +104,26 @@ pub struct SliceRenewal {
     pub need: Option<SliceWant>,
 }
 
+/// A rate grant the isolate closed, and what it admitted under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedGrant {
+    pub granted_at_ms: i64,
+    pub used_requests: u32,
+    pub used_tokens: u64,
+}
+
+/// A request and token budget counted in the bucket of `granted_at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateGrant {
+    pub granted_at_ms: i64,
+    pub requests: u32,
+    pub tokens: u64,
+}
+
+/// Most open rate grants a slice keeps; beyond, the oldest is dropped without
+/// a refund (its budget stays counted: an early refusal, never an overshoot).
+pub const MAX_OPEN_GRANTS: usize = 16;
+
 /// The account's answer: what the slice holds now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SliceGrant {
@@ -115,12 +136,13 @@ pub struct SliceGrant {
     pub slots: Option<u32>,
     /// Quota hold after booking the settled costs (`None`: no quota).
     pub quota_micros: Option<i64>,
-    /// Fresh request and token budgets (`None`: no such limit).
+    /// The new rate grant's request and token budgets (`None`: no such limit).
     pub requests: Option<u32>,
     pub tokens: Option<u64>,
-    /// The grant's time on the account's clock.
+    /// The new rate grant's time on the account's clock.
     pub granted_at_ms: i64,
-    /// How long, from when the isolate sent the renewal, it may admit.
+    /// How long, from when the isolate sent the renewal, it may admit against
+    /// the new rate grant.
     pub admit_for_ms: i64,
     /// Why the waiting request cannot be admitted, and when to retry.
     #[serde(default)]
@@ -132,9 +154,9 @@ pub struct SliceGrant {
 pub struct SliceRecord {
     pub slots: u32,
     pub hold_micros: i64,
-    pub granted_requests: u32,
-    pub granted_tokens: u64,
-    pub granted_at_ms: i64,
+    /// Rate grants not yet closed by the isolate.
+    #[serde(default)]
+    pub grants: Vec<RateGrant>,
     pub lease_expires_at_ms: i64,
     pub last_seq: u64,
     pub last_reply: Option<SliceGrant>,
@@ -158,6 +180,14 @@ impl KeyAccountState {
         }
         writes.core |= self.adopt(&req.limits);
         let limits = self.core.limits.clone().unwrap_or_default();
+        if !self.slices.contains_key(&req.slice_id)
+            && matches!(self.finished.get(&req.slice_id), Some(Finished::Settled { .. }))
+        {
+            // A renewal that reaches the account after its slice was given
+            // back (an isolate never reuses a slice id, so it is stale): its
+            // settles are booked if new, and it gets nothing.
+            return (self.stale_renewal(req, &limits, now_ms, &mut writes), writes);
+        }
         let mut slice = match self.slices.remove(&req.slice_id) {
             Some(slice) => slice,
             None => SliceRecord {
@@ -165,9 +195,7 @@ impl KeyAccountState {
                 // A slice that expired here while its isolate lived on: its
                 // stale hold is what the late report is booked against.
                 hold_micros: self.take_expired_hold(&req.slice_id, &mut writes),
-                granted_requests: 0,
-                granted_tokens: 0,
-                granted_at_ms: now_ms,
+                grants: Vec::new(),
                 lease_expires_at_ms: now_ms,
                 last_seq: 0,
                 last_reply: None,
@@ -194,18 +222,15 @@ impl KeyAccountState {
             self.core.counters.settled += 1;
             self.finish(id, Some(settle.event.clone()), now_ms, &mut writes);
         }
-        // 2. Give the unused part of the previous grant back to its bucket
-        //    (it was never accepted), if the counts are of that grant.
-        if req.used_of_granted_at_ms == Some(slice.granted_at_ms) {
-            let used_requests = req.used_requests.min(slice.granted_requests);
-            let used_tokens = req.used_tokens.min(slice.granted_tokens);
-            self.core.rpm.adjust(
-                now_ms,
-                slice.granted_at_ms,
-                u64::from(slice.granted_requests),
-                u64::from(used_requests),
-            );
-            self.core.tpm.adjust(now_ms, slice.granted_at_ms, slice.granted_tokens, used_tokens);
+        // 2. Give the unused part of closed grants back to their buckets
+        //    (it was never accepted).
+        for closed in &req.closed {
+            if let Some(i) = slice.grants.iter().position(|g| g.granted_at_ms == closed.granted_at_ms) {
+                let g = slice.grants.remove(i);
+                let used_requests = u64::from(closed.used_requests.min(g.requests));
+                self.core.rpm.adjust(now_ms, g.granted_at_ms, u64::from(g.requests), used_requests);
+                self.core.tpm.adjust(now_ms, g.granted_at_ms, g.tokens, closed.used_tokens.min(g.tokens));
+            }
         }
 
         // 3. What the slice may hold from now on.
@@ -215,15 +240,28 @@ impl KeyAccountState {
         let in_use_micros = req.in_use_micros.max(0).min(slice.hold_micros.max(0));
         // The slice is out of `slices` here: `in_flight` counts the others.
         let others_slots = self.in_flight();
-        slice.slots = match limits.max_concurrency {
-            Some(limit) => want.slots.min(limit.saturating_sub(others_slots)).max(in_use_slots),
-            None => in_use_slots.max(want.slots),
-        };
+        let old_slots = slice.slots;
+        let old_hold = slice.hold_micros.max(0);
         let free_micros = match limits.quota_micros {
             Some(quota) => quota.saturating_sub(self.core.spent_micros).saturating_sub(self.reserved_micros),
             None => i64::MAX,
         };
-        slice.hold_micros = want.quota_micros.max(0).min(free_micros.max(0)).max(in_use_micros);
+        let (slots, hold) = if req.release || revoked {
+            (in_use_slots, in_use_micros)
+        } else {
+            // The isolate may be admitting against what it holds while this
+            // renewal is on its way: holdings never shrink here.
+            let slots = match limits.max_concurrency {
+                Some(limit) => want.slots.min(limit.saturating_sub(others_slots)),
+                None => want.slots,
+            };
+            (
+                slots.max(old_slots).max(in_use_slots),
+                want.quota_micros.max(0).min(free_micros.max(0)).max(old_hold),
+            )
+        };
+        slice.slots = slots;
+        slice.hold_micros = hold.max(in_use_micros);
         let requests = match limits.rpm {
             Some(rpm) => {
                 let free = u64::from(rpm).saturating_sub(self.core.rpm.used(now_ms));
@@ -235,11 +273,15 @@ impl KeyAccountState {
             Some(tpm) => want.tokens.min(tpm.saturating_sub(self.core.tpm.used(now_ms))),
             None => want.tokens,
         };
-        self.core.rpm.add(now_ms, u64::from(requests));
-        self.core.tpm.add(now_ms, tokens);
-        slice.granted_requests = requests;
-        slice.granted_tokens = tokens;
-        slice.granted_at_ms = now_ms;
+        let (requests, tokens) = if req.release || revoked { (0, 0) } else { (requests, tokens) };
+        if requests > 0 || tokens > 0 {
+            self.core.rpm.add(now_ms, u64::from(requests));
+            self.core.tpm.add(now_ms, tokens);
+            slice.grants.push(RateGrant { granted_at_ms: now_ms, requests, tokens });
+            if slice.grants.len() > MAX_OPEN_GRANTS {
+                slice.grants.remove(0);
+            }
+        }
 
         // 4. Could the waiting request get in?
         let refusal = match req.need {
@@ -285,10 +327,12 @@ impl KeyAccountState {
             refusal,
         };
         writes.core = true;
-        let released = slice.slots == 0 && slice.hold_micros == 0 && requests == 0 && tokens == 0;
-        if released && req.want == SliceWant::default() {
-            // Given back whole: nothing to remember but the settled ids.
-            writes.delete.push(req.slice_id.clone());
+        let released = slice.slots == 0 && slice.hold_micros == 0;
+        if released && req.release {
+            // Given back whole: only a tombstone remains, so a late renewal
+            // of this slice cannot bring it back.
+            self.remember_settled(req.slice_id.clone(), now_ms);
+            writes.put.push((req.slice_id.clone(), Finished::Settled { at_ms: now_ms }.record()));
             return (reply, writes);
         }
         slice.last_seq = req.seq;
@@ -345,6 +389,38 @@ impl KeyAccountState {
             Some(Refusal::Quota) => c.refused_quota += 1,
             Some(Refusal::Revoked) => c.refused_revoked += 1,
             None => {}
+        }
+    }
+
+    fn stale_renewal(
+        &mut self,
+        req: &SliceRenewal,
+        limits: &KeyLimits,
+        now_ms: i64,
+        writes: &mut Writes,
+    ) -> SliceGrant {
+        for settle in &req.settled {
+            let id = settle.event.request_id.as_str();
+            if self.outbox.contains_key(id) || self.finished.contains_key(id) {
+                self.core.counters.duplicate_settles += 1;
+                continue;
+            }
+            self.book(Some(&settle.event), 0);
+            self.core.counters.admitted += 1;
+            self.core.counters.settled += 1;
+            self.finish(id, Some(settle.event.clone()), now_ms, writes);
+        }
+        SliceGrant {
+            seq: req.seq,
+            limits: limits.clone(),
+            revoked: false,
+            slots: limits.max_concurrency.map(|_| 0),
+            quota_micros: limits.quota_micros.map(|_| 0),
+            requests: limits.rpm.map(|_| 0),
+            tokens: limits.tpm.map(|_| 0),
+            granted_at_ms: now_ms,
+            admit_for_ms: 0,
+            refusal: req.need.map(|_| (Refusal::Concurrency, Some(1))),
         }
     }
 

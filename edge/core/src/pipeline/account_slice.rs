@@ -1,19 +1,28 @@
 //! The isolate's side of key-account slices ([`crate::key_account::slice`]):
 //! admitting and settling requests of keys with limits locally, against the
-//! slots, quota hold and request/token budget the account granted this
-//! isolate, and the renewals that report what was settled and ask for more.
+//! slots and quota hold the account granted this isolate and its rate grants
+//! (request and token budgets, each usable only inside the window bucket it
+//! was counted in), and the renewals that report what was settled and ask for
+//! more.
 //!
-//! **One call at a time per key.** Renewals of one slice are serialized: a
-//! renewal closes the grant it reports on (no admission under it after the
-//! renewal is sent, so the "used" counts it carries are final), and a request
-//! that finds a renewal in flight waits for its reply. The account therefore
-//! sees renewals in order, and what it grants always matches what the isolate
-//! believes it holds.
+//! **Renewals never stop admissions.** Holdings only grow on a renewal
+//! (except the release of an idle slice, during which nothing is admitted),
+//! and a renewal never touches a rate grant that is still open: it reports
+//! the grants the isolate has closed (expired or used up) with their final
+//! counts, and brings a new one. So requests keep being admitted against
+//! what the isolate holds while a renewal is on its way; a request waits only
+//! when nothing it holds can take it and a renewal is already in flight.
 //!
-//! Time is the isolate's clock; the grant's admission horizon is measured
-//! from when the renewal was sent, so it ends no later than the account said.
+//! **One call at a time per key.** The account sees an isolate's renewals in
+//! order. A renewal whose reply is lost is not retried as such: what it
+//! carried is reported again by the next one, each settled request id is
+//! booked once, and a closed grant is refunded only while the account still
+//! has it.
+//!
+//! Time is the isolate's clock; a rate grant's horizon is measured from when
+//! its renewal was sent, so it ends no later than the account said.
 
-use crate::key_account::{KeyLimits, Refusal, SliceGrant, SliceRenewal, SliceSettle, SliceWant};
+use crate::key_account::{ClosedGrant, KeyLimits, Refusal, SliceGrant, SliceRenewal, SliceSettle, SliceWant};
 use crate::usage::UsageEvent;
 use std::collections::HashMap;
 
@@ -21,8 +30,7 @@ use std::collections::HashMap;
 pub const SLICE_IDLE_RELEASE_MS: u64 = 1_000;
 /// How long settled requests wait for others to join their report, ms.
 pub const REPORT_WINDOW_MS: u64 = 20;
-/// How long a request waits between looks at a renewal another request
-/// has in flight, ms.
+/// How long a request waits between looks at a renewal in flight, ms.
 pub const RENEWAL_POLL_MS: u64 = 1;
 /// Most settled requests carried by one renewal (the account object takes
 /// bodies up to 256 KiB; an event is well under 1 KiB).
@@ -30,8 +38,8 @@ pub const MAX_REPORT: usize = 200;
 /// A call to the account that has not come back in this long is taken as
 /// failed (the request that made it is gone), ms.
 pub const CALL_TIMEOUT_MS: i64 = 10_000;
-/// Requests a grant is sized for at first; it doubles while the isolate
-/// keeps using whole grants, up to [`MAX_GRANT_REQUESTS`].
+/// Requests a rate grant is sized for at first; it doubles while grants are
+/// used up, up to [`MAX_GRANT_REQUESTS`].
 pub const FIRST_GRANT_REQUESTS: u32 = 4;
 pub const MAX_GRANT_REQUESTS: u32 = 256;
 
@@ -49,7 +57,7 @@ pub struct Need {
 pub struct Ticket {
     pub digest: String,
     pub need: Need,
-    /// The grant (account clock) it was counted under.
+    /// The rate grant (account clock) it was counted under.
     pub granted_at_ms: i64,
 }
 
@@ -59,63 +67,10 @@ pub enum LocalAdmit {
     Admitted(Ticket),
     /// Send this renewal to the key's account; then [`IsolateSlices::renewed`].
     Renew(Box<SliceRenewal>),
-    /// Another request's renewal is in flight: look again shortly.
+    /// A renewal is in flight and nothing held can take the request: look again shortly.
     Wait,
     /// The account refused (its reason, and when to retry).
     Refused(Refusal, Option<u64>),
-}
-
-/// A grant as the isolate applies it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Grant {
-    reply: SliceGrant,
-    /// Until when (isolate clock) it may be admitted against.
-    admit_until_ms: i64,
-    /// The reply said the waiting request cannot get in.
-    refused: Option<(Refusal, Option<u64>)>,
-}
-
-/// One key's slice in this isolate.
-#[derive(Debug, Clone)]
-struct KeySlice {
-    id: String,
-    seq: u64,
-    grant: Option<Grant>,
-    /// The grant accepts no more admissions (a renewal reported on it).
-    closed: bool,
-    in_flight: u32,
-    reserved_micros: i64,
-    used_requests: u32,
-    used_tokens: u64,
-    /// Settled, not yet reported; and the cost of those.
-    settled: Vec<SliceSettle>,
-    settled_micros: i64,
-    /// Settled requests handed to the renewal in flight.
-    reporting: Vec<SliceSettle>,
-    call_in_flight: bool,
-    call_started_ms: i64,
-    /// A report is scheduled (a request waits out the report window).
-    report_open: bool,
-    /// Count of settles so far, and how many of them the account has.
-    settles_taken: u64,
-    settles_acked: u64,
-    settles_in_call: u64,
-    /// Requests the next grant is sized for.
-    grant_size: u32,
-    /// The renewal in flight gives the slice back; and the last one did.
-    release_sent: bool,
-    released: bool,
-    last_active_ms: i64,
-}
-
-/// What to do after a local settle.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReportStep {
-    /// This settle opened the report: wait [`REPORT_WINDOW_MS`], then
-    /// [`IsolateSlices::report`].
-    WaitThenReport,
-    /// A report is already scheduled or in flight; it will carry this one.
-    Joined,
 }
 
 /// What a renewal's reply meant for the request that sent it.
@@ -125,7 +80,7 @@ pub enum Renewed {
     Admitted(Ticket),
     /// Its waiting request was refused.
     Refused(Refusal, Option<u64>),
-    /// A report: the grant is applied.
+    /// The grant is applied (the waiting request, if any, admits again).
     Applied,
 }
 
@@ -138,6 +93,83 @@ pub enum ReportAction {
     Wait,
     /// Nothing to report.
     Nothing,
+}
+
+/// What to do after a local settle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportStep {
+    /// This settle opened the report: wait [`REPORT_WINDOW_MS`], then
+    /// [`IsolateSlices::report`].
+    WaitThenReport,
+    /// A report is already scheduled; it will carry this one.
+    Joined,
+}
+
+/// A rate grant as the isolate uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LocalGrant {
+    granted_at_ms: i64,
+    /// `None`: no such limit.
+    requests: Option<u32>,
+    tokens: Option<u64>,
+    admit_until_ms: i64,
+    used_requests: u32,
+    used_tokens: u64,
+}
+
+impl LocalGrant {
+    fn open(&self, now_ms: i64) -> bool {
+        now_ms < self.admit_until_ms && self.requests.is_none_or(|n| self.used_requests < n)
+    }
+
+    fn takes(&self, need: Need, now_ms: i64) -> bool {
+        self.open(now_ms) && self.tokens.is_none_or(|n| self.used_tokens.saturating_add(need.tokens) <= n)
+    }
+
+    /// Half of it is left (a report then asks for the next one).
+    fn plenty(&self, now_ms: i64) -> bool {
+        self.open(now_ms) && self.requests.is_none_or(|n| self.used_requests.saturating_mul(2) < n)
+    }
+
+    fn closed(&self) -> ClosedGrant {
+        ClosedGrant {
+            granted_at_ms: self.granted_at_ms,
+            used_requests: self.used_requests,
+            used_tokens: self.used_tokens,
+        }
+    }
+}
+
+/// One key's slice in this isolate.
+#[derive(Debug, Clone)]
+struct KeySlice {
+    id: String,
+    seq: u64,
+    /// The last reply (limits, holdings, a refusal).
+    reply: Option<SliceGrant>,
+    /// Until when (isolate clock) the last reply's refusal stands.
+    refused_until_ms: i64,
+    grants: Vec<LocalGrant>,
+    /// Closed grants carried by the call in flight.
+    closing: Vec<LocalGrant>,
+    in_flight: u32,
+    reserved_micros: i64,
+    /// Settled, not yet reported; and the cost of those.
+    settled: Vec<SliceSettle>,
+    settled_micros: i64,
+    /// Settled requests carried by the call in flight.
+    reporting: Vec<SliceSettle>,
+    call_in_flight: bool,
+    call_started_ms: i64,
+    /// The call in flight gives the slice back (nothing is admitted meanwhile).
+    release_in_flight: bool,
+    released: bool,
+    report_open: bool,
+    settles_taken: u64,
+    settles_acked: u64,
+    settles_in_call: u64,
+    grant_size: u32,
+    last_active_ms: i64,
 }
 
 /// Every key's slice in this isolate.
@@ -169,68 +201,57 @@ impl IsolateSlices {
         self.slices.entry(digest.to_string()).or_insert_with(|| KeySlice {
             id,
             seq: 0,
-            grant: None,
-            closed: false,
+            reply: None,
+            refused_until_ms: 0,
+            grants: Vec::new(),
+            closing: Vec::new(),
             in_flight: 0,
             reserved_micros: 0,
-            used_requests: 0,
-            used_tokens: 0,
             settled: Vec::new(),
             settled_micros: 0,
             reporting: Vec::new(),
             call_in_flight: false,
             call_started_ms: 0,
+            release_in_flight: false,
+            released: false,
             report_open: false,
             settles_taken: 0,
             settles_acked: 0,
             settles_in_call: 0,
             grant_size: FIRST_GRANT_REQUESTS,
-            release_sent: false,
-            released: false,
             last_active_ms: now_ms,
         })
     }
 
-    /// Admits a request of the key `digest` locally when its slice allows,
-    /// or says what to do instead.
+    /// Admits a request of the key `digest` locally when its slice can take
+    /// it, or says what to do instead.
     pub fn admit(&mut self, digest: &str, limits: &KeyLimits, need: Need, now_ms: i64) -> LocalAdmit {
         let slice = self.slice(digest, now_ms);
         slice.last_active_ms = now_ms;
+        slice.released = false;
         if slice.call_in_flight && now_ms - slice.call_started_ms > CALL_TIMEOUT_MS {
             slice.call_failed();
         }
-        if let Some(grant) = &slice.grant {
-            if !slice.closed && now_ms < grant.admit_until_ms && slice.fits(grant, need) {
-                slice.in_flight += 1;
-                slice.reserved_micros = slice.reserved_micros.saturating_add(need.reserve_micros);
-                slice.used_requests = slice.used_requests.saturating_add(1);
-                slice.used_tokens = slice.used_tokens.saturating_add(need.tokens);
-                return LocalAdmit::Admitted(Ticket {
-                    digest: digest.to_string(),
-                    need,
-                    granted_at_ms: grant.reply.granted_at_ms,
-                });
+        if !slice.release_in_flight && slice.holdings_take(need) {
+            if let Some(ticket) = slice.take_from_grants(digest, need, now_ms) {
+                return LocalAdmit::Admitted(ticket);
             }
-            // The account refused a request this grant could not hold: while
-            // the grant lasts, one that does not fit is refused the same way
-            // without asking again.
-            if let Some((reason, retry)) = grant.refused {
-                if now_ms < grant.admit_until_ms {
-                    return LocalAdmit::Refused(reason, retry);
-                }
+        }
+        if let Some((reason, retry)) = slice.reply.as_ref().and_then(|r| r.refusal) {
+            if now_ms < slice.refused_until_ms {
+                return LocalAdmit::Refused(reason, retry);
             }
         }
         if slice.call_in_flight {
             return LocalAdmit::Wait;
         }
-        LocalAdmit::Renew(Box::new(slice.renewal(limits, Some(need), now_ms)))
+        LocalAdmit::Renew(Box::new(slice.renewal(limits, Some(need), false, now_ms)))
     }
 
     /// The account answered a renewal sent at `sent_at_ms` (isolate clock).
     /// When the renewal carried a waiting request's `need` and the account
-    /// did not refuse it, the account admitted that request at its own time
-    /// (inside the grant's bucket): its ticket is returned, whatever the
-    /// isolate's clock says now.
+    /// admitted it (at its own time, inside the new grant's bucket), its
+    /// ticket is returned if what the isolate holds can take it now.
     pub fn renewed(
         &mut self,
         digest: &str,
@@ -240,40 +261,54 @@ impl IsolateSlices {
     ) -> Renewed {
         let Some(slice) = self.slices.get_mut(digest) else { return Renewed::Applied };
         slice.call_in_flight = false;
-        slice.released = std::mem::take(&mut slice.release_sent);
+        slice.released = std::mem::take(&mut slice.release_in_flight);
         slice.reporting.clear();
         slice.settles_acked = slice.settles_in_call;
-        // Costs reported are now out of the hold the account sends back.
+        // Costs reported are out of the hold the account sends back.
         slice.settled_micros = slice.settled.iter().map(|s| s.event.cost_micros.max(0)).sum();
-        if slice.used_requests >= slice.grant_requests() && slice.grant_requests() > 0 {
+        if slice.closing.iter().any(|g| g.requests.is_some_and(|n| g.used_requests >= n)) {
             slice.grant_size = slice.grant_size.saturating_mul(2).min(MAX_GRANT_REQUESTS);
         }
-        slice.used_requests = 0;
-        slice.used_tokens = 0;
-        slice.closed = false;
+        slice.closing.clear();
         let refused = reply.refusal;
+        let admit_until_ms = sent_at_ms.saturating_add(reply.admit_for_ms);
+        slice.refused_until_ms = if refused.is_some() { admit_until_ms } else { 0 };
+        let fresh = !reply.revoked
+            && reply.admit_for_ms > 0
+            && (reply.requests.is_none_or(|n| n > 0) || reply.tokens.is_some_and(|n| n > 0));
         let granted_at_ms = reply.granted_at_ms;
-        slice.grant =
-            Some(Grant { admit_until_ms: sent_at_ms.saturating_add(reply.admit_for_ms), reply, refused });
+        if fresh {
+            slice.grants.push(LocalGrant {
+                granted_at_ms,
+                requests: reply.requests,
+                tokens: reply.tokens,
+                admit_until_ms,
+                used_requests: 0,
+                used_tokens: 0,
+            });
+        }
+        if reply.revoked {
+            slice.grants.clear();
+        }
+        slice.reply = Some(reply);
         let Some(need) = need else { return Renewed::Applied };
         if let Some((reason, retry)) = refused {
             return Renewed::Refused(reason, retry);
         }
+        if !fresh || !slice.holdings_take(need) {
+            return Renewed::Applied;
+        }
+        // The account decided inside the grant's bucket: the grant takes it
+        // even if its horizon has passed here.
+        let Some(grant) = slice.grants.last_mut() else { return Renewed::Applied };
+        if grant.tokens.is_some_and(|n| grant.used_tokens.saturating_add(need.tokens) > n) {
+            return Renewed::Applied;
+        }
+        grant.used_requests = grant.used_requests.saturating_add(1);
+        grant.used_tokens = grant.used_tokens.saturating_add(need.tokens);
         slice.in_flight += 1;
         slice.reserved_micros = slice.reserved_micros.saturating_add(need.reserve_micros);
-        slice.used_requests = slice.used_requests.saturating_add(1);
-        slice.used_tokens = slice.used_tokens.saturating_add(need.tokens);
         Renewed::Admitted(Ticket { digest: digest.to_string(), need, granted_at_ms })
-    }
-
-    /// Settled requests the account could not be told of (it stayed
-    /// unreachable): for the queue directly, so their usage is not lost.
-    pub fn take_unreported(&mut self, digest: &str) -> Vec<UsageEvent> {
-        let Some(slice) = self.slices.get_mut(digest) else { return Vec::new() };
-        slice.settles_acked = slice.settles_taken;
-        slice.settles_in_call = slice.settles_taken;
-        slice.settled_micros = 0;
-        std::mem::take(&mut slice.settled).into_iter().map(|s| s.event).collect()
     }
 
     /// A renewal failed (the account was unreachable): what it carried is
@@ -284,8 +319,8 @@ impl IsolateSlices {
         }
     }
 
-    /// Settles an admitted request locally. Its event is reported to the
-    /// account with the next renewal.
+    /// Settles an admitted request locally; its event is reported with the
+    /// next renewal. Returns the settle's number (see [`Self::acked`]).
     pub fn settle(&mut self, ticket: &Ticket, event: UsageEvent, now_ms: i64) -> (u64, ReportStep) {
         let slice = self.slice(&ticket.digest, now_ms);
         slice.in_flight = slice.in_flight.saturating_sub(1);
@@ -299,14 +334,13 @@ impl IsolateSlices {
         slice.settles_taken += 1;
         slice.last_active_ms = now_ms;
         let number = slice.settles_taken;
-        if slice.report_open || slice.call_in_flight {
+        if std::mem::replace(&mut slice.report_open, true) {
             return (number, ReportStep::Joined);
         }
-        slice.report_open = true;
         (number, ReportStep::WaitThenReport)
     }
 
-    /// Releases a ticket that never reached an upstream (billed nothing, no event).
+    /// Releases a ticket that never reached an upstream (no event).
     pub fn release(&mut self, ticket: &Ticket) {
         if let Some(slice) = self.slices.get_mut(&ticket.digest) {
             slice.in_flight = slice.in_flight.saturating_sub(1);
@@ -315,15 +349,17 @@ impl IsolateSlices {
     }
 
     /// The report a settle scheduled (or a stream's own, or an idle
-    /// slice's release): a renewal keeping what the slice holds, or giving it
-    /// back when the key has been idle for [`SLICE_IDLE_RELEASE_MS`].
+    /// slice's release): a renewal reporting what was settled and topping the
+    /// slice up, or giving it back when the key has been idle for
+    /// [`SLICE_IDLE_RELEASE_MS`].
     pub fn report(&mut self, digest: &str, limits: &KeyLimits, now_ms: i64) -> ReportAction {
         let Some(slice) = self.slices.get_mut(digest) else { return ReportAction::Nothing };
         if slice.call_in_flight && now_ms - slice.call_started_ms > CALL_TIMEOUT_MS {
             slice.call_failed();
         }
         let idle = slice.in_flight == 0
-            && slice.grant.is_some()
+            && slice.reply.is_some()
+            && !slice.released
             && now_ms - slice.last_active_ms >= SLICE_IDLE_RELEASE_MS as i64;
         if slice.settled.is_empty() && !idle {
             slice.report_open = false;
@@ -333,12 +369,8 @@ impl IsolateSlices {
             return ReportAction::Wait;
         }
         slice.report_open = false;
-        let mut renewal = slice.renewal(limits, None, now_ms);
-        if idle && renewal.settled.is_empty() {
-            renewal.want = SliceWant::default();
-            slice.release_sent = true;
-        }
-        ReportAction::Send(Box::new(renewal))
+        let release = idle && slice.settled.is_empty();
+        ReportAction::Send(Box::new(slice.renewal(limits, None, release, now_ms)))
     }
 
     /// Whether the settle numbered `number` is in the account's outbox.
@@ -346,37 +378,38 @@ impl IsolateSlices {
         self.slices.get(digest).is_some_and(|s| s.settles_acked >= number)
     }
 
-    /// Whether a call to `digest`'s account is in flight.
-    pub fn call_in_flight(&self, digest: &str) -> bool {
-        self.slices.get(digest).is_some_and(|s| s.call_in_flight)
+    /// Settled requests the account could not be told of (it stayed
+    /// unreachable): for the queue directly, so their usage is not lost.
+    pub fn take_unreported(&mut self, digest: &str) -> Vec<UsageEvent> {
+        let Some(slice) = self.slices.get_mut(digest) else { return Vec::new() };
+        slice.settles_acked = slice.settles_taken;
+        slice.settles_in_call = slice.settles_taken;
+        slice.settled_micros = 0;
+        std::mem::take(&mut slice.settled).into_iter().map(|s| s.event).collect()
     }
 
-    /// Forgets a key's slice (after a revocation push); its account expires
-    /// what the slice held.
+    /// Forgets what the isolate holds of a key (after a revocation push);
+    /// the account expires what the slice held.
     pub fn forget(&mut self, digest: &str) {
         if let Some(slice) = self.slices.get_mut(digest) {
-            slice.grant = None;
-            slice.closed = true;
+            slice.reply = None;
+            slice.grants.clear();
         }
     }
 
-    /// Nothing of the key runs or waits to be reported in this isolate.
+    /// Nothing of the key runs or waits to be reported here.
     pub fn idle(&self, digest: &str) -> bool {
         self.slices.get(digest).is_some_and(|s| {
-            s.in_flight == 0 && s.settled.is_empty() && !s.call_in_flight && s.grant.is_some()
+            s.in_flight == 0 && s.settled.is_empty() && !s.call_in_flight && s.reply.is_some() && !s.released
         })
     }
 
-    /// The slice was given back whole (its renewal wanted nothing).
+    /// The slice was given back whole; its entry is dropped.
     pub fn released(&mut self, digest: &str) -> bool {
-        let done = self.slices.get(digest).is_some_and(|s| {
-            s.in_flight == 0
-                && s.settled.is_empty()
-                && !s.call_in_flight
-                && s.grant.as_ref().is_some_and(|g| {
-                    g.reply.slots.unwrap_or(0) == 0 && g.reply.quota_micros.unwrap_or(0) == 0
-                })
-        });
+        let done = self
+            .slices
+            .get(digest)
+            .is_some_and(|s| s.released && s.in_flight == 0 && s.settled.is_empty() && !s.call_in_flight);
         if done {
             self.slices.remove(digest);
         }
@@ -385,77 +418,99 @@ impl IsolateSlices {
 }
 
 impl KeySlice {
-    fn grant_requests(&self) -> u32 {
-        self.grant.as_ref().and_then(|g| g.reply.requests).unwrap_or(0)
+    /// Slots and the quota hold can take one more request.
+    fn holdings_take(&self, need: Need) -> bool {
+        let Some(r) = &self.reply else { return false };
+        if r.revoked || r.slots.is_some_and(|slots| self.in_flight >= slots) {
+            return false;
+        }
+        match r.quota_micros {
+            Some(hold) => {
+                let committed = i128::from(self.reserved_micros) + i128::from(self.settled_micros);
+                committed + i128::from(need.reserve_micros) <= i128::from(hold)
+            }
+            None => true,
+        }
     }
 
-    fn fits(&self, grant: &Grant, need: Need) -> bool {
-        let r = &grant.reply;
-        if r.revoked {
-            return false;
-        }
-        if r.slots.is_some_and(|slots| self.in_flight >= slots) {
-            return false;
-        }
-        if r.requests.is_some_and(|n| self.used_requests >= n) {
-            return false;
-        }
-        if r.tokens.is_some_and(|n| self.used_tokens.saturating_add(need.tokens) > n) {
-            return false;
-        }
-        if let Some(hold) = r.quota_micros {
-            let committed = i128::from(self.reserved_micros) + i128::from(self.settled_micros);
-            if committed + i128::from(need.reserve_micros) > i128::from(hold) {
-                return false;
-            }
-        }
-        true
+    fn take_from_grants(&mut self, digest: &str, need: Need, now_ms: i64) -> Option<Ticket> {
+        let grant = self.grants.iter_mut().find(|g| g.takes(need, now_ms))?;
+        grant.used_requests = grant.used_requests.saturating_add(1);
+        grant.used_tokens = grant.used_tokens.saturating_add(need.tokens);
+        let granted_at_ms = grant.granted_at_ms;
+        self.in_flight += 1;
+        self.reserved_micros = self.reserved_micros.saturating_add(need.reserve_micros);
+        Some(Ticket { digest: digest.to_string(), need, granted_at_ms })
     }
 
     /// The call in flight failed or was lost: what it reported goes back in
-    /// front of what was settled since; the grant stays closed (its "used"
-    /// counts are final and are reported again, naming that grant, so a
-    /// renewal the account did apply is never refunded twice).
+    /// front; closed grants are reported again (refunded only while the
+    /// account still has them).
     fn call_failed(&mut self) {
         self.call_in_flight = false;
-        self.release_sent = false;
+        self.release_in_flight = false;
         let mut back = std::mem::take(&mut self.reporting);
         back.append(&mut self.settled);
         self.settled = back;
+        let mut closing = std::mem::take(&mut self.closing);
+        closing.append(&mut self.grants);
+        self.grants = closing;
         self.settles_in_call = self.settles_acked;
-        self.closed = true;
     }
 
-    /// A renewal reporting everything settled, closing the current grant.
-    fn renewal(&mut self, limits: &KeyLimits, need: Option<Need>, now_ms: i64) -> SliceRenewal {
+    /// A renewal: everything settled, the grants closed since the last one,
+    /// and what the slice should hold from now on.
+    fn renewal(
+        &mut self,
+        limits: &KeyLimits,
+        need: Option<Need>,
+        release: bool,
+        now_ms: i64,
+    ) -> SliceRenewal {
         self.seq += 1;
-        self.closed = true;
         self.call_in_flight = true;
         self.call_started_ms = now_ms;
+        self.release_in_flight = release;
         let take = self.settled.len().min(MAX_REPORT);
         self.reporting = self.settled.drain(..take).collect();
         self.settles_in_call = self.settles_acked + take as u64;
+        let reported_micros: i64 = self.reporting.iter().map(|s| s.event.cost_micros.max(0)).sum();
+        // Grants that take nothing more are closed; when releasing, all are.
+        let (closing, open): (Vec<LocalGrant>, Vec<LocalGrant>) =
+            std::mem::take(&mut self.grants).into_iter().partition(|g| release || !g.open(now_ms));
+        self.grants = open;
+        self.closing = closing;
         let size = self.grant_size;
         let per_request = need.unwrap_or(Need { reserve_micros: 0, tokens: 0 });
-        let last = self.grant.as_ref().map(|g| &g.reply);
-        // Keep what is held, and room for `size` more requests like this one.
-        let want = SliceWant {
-            slots: self.in_flight.saturating_add(size.min(limits.max_concurrency.unwrap_or(size))),
-            quota_micros: self
-                .reserved_micros
-                .saturating_add(per_request.reserve_micros.saturating_mul(i64::from(size)))
-                .max(last.and_then(|r| r.quota_micros).unwrap_or(0).saturating_sub(self.settled_micros)),
-            requests: size,
-            tokens: per_request.tokens.saturating_mul(u64::from(size)),
+        let wants_rate = !release && !self.grants.iter().any(|g| g.plenty(now_ms));
+        let (requests, tokens) = if wants_rate {
+            let tokens_per = if per_request.tokens > 0 { per_request.tokens } else { 4_096 };
+            (size, tokens_per.saturating_mul(u64::from(size)))
+        } else {
+            (0, 0)
+        };
+        let reserve_per = per_request.reserve_micros.max(self.typical_reserve());
+        let want = if release {
+            SliceWant::default()
+        } else {
+            SliceWant {
+                slots: self.in_flight.saturating_add(size.min(limits.max_concurrency.unwrap_or(size))),
+                // In the account's terms after it books what this reports.
+                quota_micros: self
+                    .reserved_micros
+                    .saturating_add(self.settled_micros.saturating_sub(reported_micros))
+                    .saturating_add(reserve_per.saturating_mul(i64::from(size))),
+                requests,
+                tokens,
+            }
         };
         SliceRenewal {
             slice_id: self.id.clone(),
             seq: self.seq,
             limits: limits.clone(),
             settled: self.reporting.clone(),
-            used_requests: self.used_requests,
-            used_tokens: self.used_tokens,
-            used_of_granted_at_ms: last.map(|r| r.granted_at_ms),
+            closed: self.closing.iter().map(LocalGrant::closed).collect(),
+            release,
             in_use_slots: self.in_flight,
             in_use_micros: self.reserved_micros,
             want,
@@ -465,6 +520,14 @@ impl KeySlice {
                 requests: 1,
                 tokens: n.tokens,
             }),
+        }
+    }
+
+    /// A request's reservation as seen lately (to size top-ups in reports).
+    fn typical_reserve(&self) -> i64 {
+        match self.in_flight {
+            0 => 0,
+            n => self.reserved_micros / i64::from(n),
         }
     }
 }
