@@ -375,3 +375,28 @@ fn holdings_never_shrink_while_the_isolate_may_be_admitting() {
     assert_eq!((g.slots, g.admit_for_ms), (Some(0), 0));
     assert_eq!((account.in_flight(), account.reserved_micros()), (0, 0));
 }
+
+#[test]
+fn a_quota_refusal_is_a_quota_refusal_while_rate_grants_are_plenty() {
+    let mut w = World::new();
+    w.limits.rpm = Some(1_000);
+    w.limits.tpm = Some(u64::MAX);
+    w.limits.quota_micros = Some(100);
+    let small = Need { reserve_micros: 10, tokens: 10 };
+    let LocalAdmit::Renew(renewal) = w.isolates[0].slices.admit(DIGEST, &w.limits.clone(), small, w.now)
+    else {
+        panic!("first request renews")
+    };
+    let (grant, _) = w.account.renew_slice(&renewal, w.now);
+    assert!(matches!(w.isolates[0].slices.renewed(DIGEST, grant, w.now, Some(small)), Renewed::Admitted(_)));
+    // The rate grant has plenty left; the hold cannot take this one.
+    let big = Need { reserve_micros: 1_000, tokens: 10 };
+    let LocalAdmit::Renew(renewal) = w.isolates[0].slices.admit(DIGEST, &w.limits.clone(), big, w.now) else {
+        panic!("the hold is too small: renew")
+    };
+    let (grant, _) = w.account.renew_slice(&renewal, w.now);
+    assert!(matches!(
+        w.isolates[0].slices.renewed(DIGEST, grant, w.now, Some(big)),
+        Renewed::Refused(edgeway_core::key_account::Refusal::Quota, _)
+    ));
+}

@@ -514,11 +514,13 @@ impl KeySlice {
             in_use_slots: self.in_flight,
             in_use_micros: self.reserved_micros,
             want,
+            // The rate part of the need only when a rate grant is asked for
+            // (otherwise an open grant takes the request once holdings grow).
             need: need.map(|n| SliceWant {
                 slots: 1,
                 quota_micros: n.reserve_micros,
-                requests: 1,
-                tokens: n.tokens,
+                requests: u32::from(wants_rate),
+                tokens: if wants_rate { n.tokens } else { 0 },
             }),
         }
     }
