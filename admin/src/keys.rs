@@ -56,6 +56,10 @@ pub struct CreateKey {
     pub max_concurrency: Option<u32>,
     #[serde(default)]
     pub allowed_ips: Option<Vec<String>>,
+    /// A test key: may pin requests to one channel with the unsigned
+    /// `x-edgeway-pin-channel` header (for channel tests; never for customers).
+    #[serde(default)]
+    pub pin_allowed: bool,
 }
 
 /// Absent → `None` (leave as is); `null` → `Some(None)` (clear); value → `Some(Some(v))`.
@@ -89,6 +93,8 @@ pub struct UpdateKey {
     pub max_concurrency: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
     pub allowed_ips: Option<Option<Vec<String>>>,
+    #[serde(default)]
+    pub pin_allowed: Option<bool>,
 }
 
 impl UpdateKey {
@@ -104,6 +110,7 @@ impl UpdateKey {
             && self.tpm.is_none()
             && self.max_concurrency.is_none()
             && self.allowed_ips.is_none()
+            && self.pin_allowed.is_none()
     }
 }
 
@@ -197,6 +204,7 @@ pub fn build_key(body: CreateKey, user: Option<&User>) -> ApiResult<(String, Sto
         tpm: body.tpm,
         max_concurrency: body.max_concurrency,
         allowed_ips: validate::ip_list(body.allowed_ips)?,
+        pin_allowed: body.pin_allowed,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -308,6 +316,7 @@ pub async fn update(
         tpm: body.tpm,
         max_concurrency: body.max_concurrency,
         allowed_ips: body.allowed_ips.map(validate::ip_list).transpose()?,
+        pin_allowed: body.pin_allowed,
     };
     let changed = change_key(&state, &id, &change).await?;
     audit::record(&state, &caller, "key.update", ("key", &id), Some(&before), Some(&changed.stored)).await?;

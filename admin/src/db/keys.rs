@@ -28,6 +28,8 @@ pub struct StoredKey {
     pub tpm: Option<u64>,
     pub max_concurrency: Option<u32>,
     pub allowed_ips: Option<Vec<String>>,
+    /// A test key: may pin requests to a channel unsigned.
+    pub pin_allowed: bool,
     pub version: u64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -49,6 +51,7 @@ impl StoredKey {
             tpm: self.tpm,
             max_concurrency: self.max_concurrency,
             allowed_ips: self.allowed_ips.clone(),
+            pin_allowed: self.pin_allowed,
             version: self.version,
         }
     }
@@ -77,6 +80,7 @@ impl StoredKey {
             tpm: opt_number(row.opt_int("tpm")?)?,
             max_concurrency: opt_number(row.opt_int("max_concurrency")?)?,
             allowed_ips: json_list(row.opt_text("allowed_ips")?)?,
+            pin_allowed: row.int("pin_allowed")? != 0,
             version: number(row.int("version")?)?,
             created_at: row.int("created_at")?,
             updated_at: row.int("updated_at")?,
@@ -118,7 +122,7 @@ fn to_db_int<T: TryInto<i64> + Copy>(field: &str, value: Option<T>) -> Result<Op
 pub async fn find_key(db: &Db, id: &str) -> ApiResult<Option<StoredKey>> {
     let row = sqlx::query(
         "SELECT id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
-         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at \
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, pin_allowed, version, created_at, updated_at \
          FROM api_keys WHERE id = $1",
     )
     .bind(id)
@@ -131,7 +135,7 @@ pub async fn find_key(db: &Db, id: &str) -> ApiResult<Option<StoredKey>> {
 pub async fn all_keys(db: &Db) -> ApiResult<Vec<StoredKey>> {
     let rows = sqlx::query(
         "SELECT id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
-         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at \
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, pin_allowed, version, created_at, updated_at \
          FROM api_keys ORDER BY created_at DESC, id DESC",
     )
     .fetch_all(&db.pool)
@@ -147,8 +151,8 @@ pub async fn all_key_records(db: &Db) -> ApiResult<Vec<KeyRecord>> {
 pub async fn insert_key(db: &Db, key: &StoredKey) -> ApiResult<()> {
     sqlx::query(
         "INSERT INTO api_keys (id, name, owner, group_name, digest, key_prefix_label, status, expires_at, \
-         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at, user_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at, user_id, \
+         pin_allowed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
     )
     .bind(&key.id)
     .bind(&key.name)
@@ -168,6 +172,7 @@ pub async fn insert_key(db: &Db, key: &StoredKey) -> ApiResult<()> {
     .bind(key.created_at)
     .bind(key.updated_at)
     .bind(&key.user_id)
+    .bind(i64::from(key.pin_allowed))
     .execute(&db.pool)
     .await?;
     Ok(())
@@ -188,6 +193,7 @@ pub struct KeyChange {
     pub tpm: Option<Option<u64>>,
     pub max_concurrency: Option<Option<u32>>,
     pub allowed_ips: Option<Option<Vec<String>>>,
+    pub pin_allowed: Option<bool>,
 }
 
 /// `1` if the column is to be written, for the `CASE WHEN $n = 1` guards.
@@ -215,10 +221,11 @@ pub async fn apply_change(db: &Db, id: &str, change: &KeyChange, now: i64) -> Ap
          tpm = CASE WHEN $17 = 1 THEN $18 ELSE tpm END, \
          max_concurrency = CASE WHEN $19 = 1 THEN $20 ELSE max_concurrency END, \
          allowed_ips = CASE WHEN $21 = 1 THEN $22 ELSE allowed_ips END, \
+         pin_allowed = CASE WHEN $25 = 1 THEN $26 ELSE pin_allowed END, \
          version = version + 1, updated_at = $23 \
          WHERE id = $24 \
          RETURNING id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
-         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at",
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, pin_allowed, version, created_at, updated_at",
     )
     .bind(flag(&change.name))
     .bind(change.name.clone())
@@ -244,6 +251,8 @@ pub async fn apply_change(db: &Db, id: &str, change: &KeyChange, now: i64) -> Ap
     .bind(ips)
     .bind(now)
     .bind(id)
+    .bind(flag(&change.pin_allowed))
+    .bind(change.pin_allowed.map(i64::from))
     .fetch_optional(&db.pool)
     .await?;
     row.as_ref().map(StoredKey::from_row).transpose()
@@ -252,7 +261,7 @@ pub async fn apply_change(db: &Db, id: &str, change: &KeyChange, now: i64) -> Ap
 /// Columns of every key query.
 const KEY_COLUMNS: &str =
     "id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
-    allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at";
+    allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, pin_allowed, version, created_at, updated_at";
 
 /// The keys of one user, newest first.
 pub async fn user_keys(db: &Db, user_id: &str) -> ApiResult<Vec<StoredKey>> {

@@ -65,6 +65,7 @@ const SQLITE_MIGRATIONS: EmbeddedList = &[
     (3, "accounts", include_str!("../../migrations/sqlite/0003_accounts.sql")),
     (4, "oidc states", include_str!("../../migrations/sqlite/0004_oidc_states.sql")),
     (5, "key budgets", include_str!("../../migrations/sqlite/0005_key_budgets.sql")),
+    (6, "key pin allowed", include_str!("../../migrations/sqlite/0006_key_pin_allowed.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: EmbeddedList = &[
@@ -73,6 +74,7 @@ const POSTGRES_MIGRATIONS: EmbeddedList = &[
     (3, "accounts", include_str!("../../migrations/postgres/0003_accounts.sql")),
     (4, "oidc states", include_str!("../../migrations/postgres/0004_oidc_states.sql")),
     (5, "key budgets", include_str!("../../migrations/postgres/0005_key_budgets.sql")),
+    (6, "key pin allowed", include_str!("../../migrations/postgres/0006_key_pin_allowed.sql")),
 ];
 
 /// Migrations compiled into the binary, so the service needs no files at run

@@ -208,3 +208,24 @@ async fn concurrent_changes_reach_the_edge_in_order() {
     assert_eq!(Some(u64::from(last.rpm.unwrap())), stored["rpm"].as_u64());
     edge.stop();
 }
+
+async fn test_keys_carry_pin_allowed_to_the_edge(db: DbKind) {
+    let edge = FakeEdge::start().await;
+    let app = TestApp::new(db, Options { edge_url: Some(edge.url()), ..Options::default() }).await;
+    let (status, created) = app
+        .call(Method::POST, "/api/keys", Some(json!({"name": "channel tests", "pin_allowed": true})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created["pin_allowed"], true);
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, ordinary) = app.call(Method::POST, "/api/keys", Some(json!({"name": "customer"}))).await;
+    assert_eq!((status, &ordinary["pin_allowed"]), (StatusCode::CREATED, &json!(false)));
+    let (_, patched) =
+        app.call(Method::PATCH, &format!("/api/keys/{id}"), Some(json!({"pin_allowed": false}))).await;
+    assert_eq!(patched["pin_allowed"], false);
+    let records: Vec<KeyRecord> =
+        edge.pushes().iter().map(|p| serde_json::from_slice(&p.body).unwrap()).collect();
+    assert_eq!(records.iter().map(|r| r.pin_allowed).collect::<Vec<_>>(), [true, false, false]);
+}
+
+on_both_databases!(test_keys_carry_pin_allowed_to_the_edge);

@@ -60,7 +60,7 @@ impl CorsPolicy {
 /// Methods the public API answers.
 pub const ALLOWED_METHODS: &str = "GET, POST, HEAD, OPTIONS";
 /// Response headers a browser client may read.
-pub const EXPOSED_HEADERS: &str = "retry-after, x-request-id, request-id";
+pub const EXPOSED_HEADERS: &str = "retry-after, x-request-id, request-id, x-edgeway-channel";
 /// How long a browser may cache a preflight (Chromium caps it at 2 hours).
 pub const MAX_AGE_SECS: u32 = 7200;
 

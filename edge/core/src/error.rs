@@ -51,6 +51,9 @@ pub enum GatewayError {
     UpstreamUnavailable,
     /// Upstream did not answer within the time limit.
     UpstreamTimeout,
+    /// A request pinned to a channel without a valid admin signature (and
+    /// from a key not allowed to pin unsigned).
+    PinRefused,
     /// A bug or platform failure on our side; detail is logged, not shown.
     Internal,
 }
@@ -59,7 +62,7 @@ impl GatewayError {
     /// HTTP status for this error (the same in every dialect).
     pub fn status(&self) -> u16 {
         match self {
-            Self::MissingApiKey | Self::InvalidApiKey => 401,
+            Self::MissingApiKey | Self::InvalidApiKey | Self::PinRefused => 401,
             Self::ModelNotAllowed { .. } | Self::IpNotAllowed => 403,
             Self::ModelNotFound { .. } | Self::NotFound => 404,
             Self::InvalidJson { .. } | Self::InvalidRequest { .. } => 400,
@@ -110,6 +113,7 @@ impl GatewayError {
             }
             Self::UpstreamUnavailable => "The upstream provider could not be reached or returned an invalid response.".into(),
             Self::UpstreamTimeout => "The upstream provider did not respond in time.".into(),
+            Self::PinRefused => "Pinning a request to a channel needs a valid admin signature (x-edgeway-pin-signature) or a key allowed to pin.".into(),
             Self::Internal => "The gateway hit an internal error. The request was not completed.".into(),
         }
     }
@@ -117,7 +121,7 @@ impl GatewayError {
     /// OpenAI `error.type`.
     fn openai_type(&self) -> &'static str {
         match self {
-            Self::MissingApiKey | Self::InvalidApiKey => "invalid_request_error",
+            Self::MissingApiKey | Self::InvalidApiKey | Self::PinRefused => "invalid_request_error",
             Self::ModelNotAllowed { .. } | Self::IpNotAllowed => "permission_error",
             Self::ModelNotFound { .. }
             | Self::InvalidJson { .. }
@@ -146,6 +150,7 @@ impl GatewayError {
             Self::RateLimited { .. } => Some("rate_limit_exceeded"),
             Self::InsufficientQuota => Some("insufficient_quota"),
             Self::UpstreamTimeout => Some("upstream_timeout"),
+            Self::PinRefused => Some("pin_refused"),
             Self::UpstreamUnavailable => Some("upstream_unavailable"),
             Self::Upstream { .. } => Some("upstream_error"),
             _ => None,

@@ -54,6 +54,10 @@ pub struct KeyRecord {
     /// Client IP ranges (CIDR) allowed to use the key; `None` or empty = any.
     #[serde(default)]
     pub allowed_ips: Option<Vec<String>>,
+    /// A test key: may pin a request to a channel with the unsigned
+    /// `x-edgeway-pin-channel` header ([`crate::pin`]).
+    #[serde(default)]
+    pub pin_allowed: bool,
     /// Monotonic version set by the admin; a push with an older version is ignored.
     #[serde(default)]
     pub version: u64,

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod mock_provider;
 pub mod model_catalog;
 pub mod openai_relay;
+pub mod pin;
 pub mod pipeline;
 pub mod pricing;
 pub mod provider;

@@ -9,7 +9,10 @@
 //!   reads usage, finish reasons and content size without re-serializing the
 //!   chunks, drops the usage-only chunk when the client did not ask for it,
 //!   replaces upstream error payloads with redacted ones, and guarantees the
-//!   client a well-formed end.
+//!   client a well-formed end;
+//! * every chunk, and a whole answer, names the public model the client
+//!   asked for, not the upstream's name for it ([`replace_model_name`]); a
+//!   chunk that already does is passed on as it came.
 
 use crate::error::redact_secrets;
 use crate::limits::MAX_SSE_LINE_BYTES;
@@ -45,6 +48,8 @@ impl StreamSummary {
 
 #[derive(Deserialize)]
 struct ChunkProbe<'a> {
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     choices: Option<Vec<ChoiceProbe<'a>>>,
     #[serde(default)]
@@ -94,6 +99,8 @@ pub struct ChatStreamTap {
     summary: StreamSummary,
     events: Vec<SseEvent>,
     ended: bool,
+    /// The model name every chunk must show.
+    public_model: Option<String>,
 }
 
 impl ChatStreamTap {
@@ -107,7 +114,14 @@ impl ChatStreamTap {
             summary: StreamSummary::default(),
             events: Vec::new(),
             ended: false,
+            public_model: None,
         }
+    }
+
+    /// Every chunk forwarded names `model` (the public name).
+    pub fn with_public_model(mut self, model: &str) -> Self {
+        self.public_model = Some(model.to_string());
+        self
     }
 
     /// Feeds upstream bytes; returns the bytes to send to the client now.
@@ -225,8 +239,76 @@ impl ChatStreamTap {
         if usage_only && self.strip_usage_chunk {
             return;
         }
+        if let (Some(public), Some(shown)) = (&self.public_model, &probe.model) {
+            if shown != public {
+                if let Some(renamed) = replace_model_name(data, public) {
+                    encode_event(out, None, &renamed);
+                    return;
+                }
+            }
+        }
         encode_event(out, None, data);
     }
+}
+
+/// `json` (an object) with its top-level `"model"` string set to `model`;
+/// `None` when it has no such member or already shows that name. Only the
+/// object's own member is touched (a scan that skips strings and nested
+/// values), the rest of the text is kept byte for byte.
+pub fn replace_model_name(json: &str, model: &str) -> Option<String> {
+    let bytes = json.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    let mut key_start: Option<usize> = None;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                i = string_end(bytes, i)?;
+                // A string at depth 1 followed by `:` is a member name.
+                if depth == 1 && &json[start..i] == "\"model\"" {
+                    key_start = Some(i);
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+        if let Some(after_key) = key_start.take() {
+            let rest = json[after_key..].trim_start();
+            let Some(rest) = rest.strip_prefix(':') else { continue };
+            let value_at = json.len() - rest.trim_start().len();
+            if bytes.get(value_at) != Some(&b'"') {
+                return None;
+            }
+            let value_end = string_end(bytes, value_at)?;
+            let wanted = serde_json::to_string(model).ok()?;
+            if json[value_at..value_end] == wanted {
+                return None;
+            }
+            let mut out = String::with_capacity(json.len() + wanted.len());
+            out.push_str(&json[..value_at]);
+            out.push_str(&wanted);
+            out.push_str(&json[value_end..]);
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// The index just past the JSON string starting at `start` (a `"`).
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// Usage from a non-streaming chat completion body.
@@ -353,6 +435,30 @@ mod tests {
         let _ = tap.feed(s.as_bytes());
         assert!(tap.summary().first_content_sent);
         assert_eq!(tap.summary().content_bytes, 3 + 4);
+    }
+
+    #[test]
+    fn chunks_and_answers_name_the_public_model() {
+        let s = "data: {\"id\":\"c\",\"model\":\"up-chat\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\\\"model\\\": \\\"x\\\"\"}}]}\n\n";
+        let mut tap = ChatStreamTap::new(false, vec![]).with_public_model("h-fo");
+        let out = String::from_utf8(tap.feed(s.as_bytes())).unwrap();
+        let v: Value = serde_json::from_str(out.trim().trim_start_matches("data: ")).unwrap();
+        assert_eq!(v["model"], "h-fo");
+        assert_eq!(v["choices"][0]["delta"]["content"], "\"model\": \"x\"", "content untouched");
+        let same = s.replace("up-chat", "h-fo");
+        let mut tap = ChatStreamTap::new(false, vec![]).with_public_model("h-fo");
+        assert_eq!(tap.feed(same.as_bytes()), same.as_bytes(), "already public: unchanged bytes");
+
+        let body = r#"{"id":"x","object":"chat.completion","model" : "gpt-4o-2024-08-06","choices":[{"message":{"content":"{\"model\":\"no\"}","tool_calls":[{"function":{"arguments":"{}"}}]}}],"meta":{"model":"deep"}}"#;
+        let renamed = replace_model_name(body, "gpt-4o").unwrap();
+        let v: Value = serde_json::from_str(&renamed).unwrap();
+        assert_eq!((v["model"].as_str(), v["meta"]["model"].as_str()), (Some("gpt-4o"), Some("deep")));
+        assert_eq!(v["choices"][0]["message"]["content"], "{\"model\":\"no\"}");
+        assert_eq!(replace_model_name(&renamed, "gpt-4o"), None);
+        assert_eq!(replace_model_name(r#"{"a":{"model":"x"}}"#, "m"), None, "nested only: nothing");
+        assert_eq!(replace_model_name(r#"{"model":null}"#, "m"), None);
+        assert_eq!(replace_model_name(r#"{"model":"x\"y"}"#, "a\"b").as_deref(), Some(r#"{"model":"a\"b"}"#));
+        assert_eq!(replace_model_name("{\"model\":\"unterminated", "m"), None);
     }
 
     #[test]

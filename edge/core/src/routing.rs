@@ -276,6 +276,24 @@ impl RoutingTable {
     }
 }
 
+impl RoutingTable {
+    /// The candidate for `model` at `channel`, whatever the channel's enabled
+    /// flag and the target's weight (a pinned request), if the channel
+    /// serves the model.
+    pub fn pinned_candidate(&self, model: &str, channel: &str) -> Option<Candidate<'_>> {
+        let route = self.model(model)?;
+        let target = route.targets.iter().find(|t| t.channel == channel)?;
+        let &(idx, provider) = self.channel_index.get(channel)?;
+        let channel = self.config.channels.get(idx)?;
+        Some(Candidate {
+            channel,
+            provider,
+            upstream_model: target.upstream_model.as_deref().unwrap_or(&route.name),
+            base_url: channel.base_url.as_deref().unwrap_or(provider.base_url),
+        })
+    }
+}
+
 /// Small deterministic generator for the weighted shuffle.
 #[derive(Debug)]
 struct SplitMix64(u64);
@@ -395,6 +413,19 @@ mod tests {
         let vip = GroupConfig { name: "vip".into(), price_ratio_ppm: 800_000 };
         c.groups = vec![vip.clone(), vip];
         assert!(RoutingTable::new(c).is_err(), "duplicate group");
+    }
+
+    #[test]
+    fn a_pinned_candidate_ignores_enabled_and_weight_but_needs_the_model() {
+        let mut c = config();
+        c.models[0].targets[3].weight = 0;
+        let table = RoutingTable::new(c).unwrap_or_default();
+        let off = table.pinned_candidate("gpt", "off").map(|c| (c.channel.id.as_str(), c.upstream_model));
+        assert_eq!(off, Some(("off", "gpt")), "a disabled channel can be tested");
+        assert_eq!(table.pinned_candidate("mock-1", "m").map(|c| c.upstream_model), Some("mock-upstream"));
+        assert!(table.pinned_candidate("mock-1", "a").is_none(), "a does not serve mock-1");
+        assert!(table.pinned_candidate("nope", "a").is_none());
+        assert!(table.pinned_candidate("gpt", "zzz").is_none());
     }
 
     #[test]

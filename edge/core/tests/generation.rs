@@ -8,6 +8,7 @@
 
 use edgeway_core::api_key::key_digest;
 use edgeway_core::key_account::{KeyAccountState, SliceRenewal};
+use edgeway_core::pin::{sign_pin, PinRequest};
 use edgeway_core::pipeline::generation::{
     Credentials, Effect, Emitted, FetchFailure, Generation, Input, ResponseBody, Start,
 };
@@ -70,6 +71,8 @@ struct World {
     /// The client disconnects after receiving this many stream writes.
     client_gone_after: Option<usize>,
     queue_refuses: bool,
+    /// The pin headers the next requests carry.
+    pin: Option<PinRequest>,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +156,7 @@ impl World {
             now: 1_700_000_000_000,
             client_gone_after: None,
             queue_refuses: false,
+            pin: None,
         }
     }
 
@@ -175,6 +179,7 @@ impl World {
             declared_body_len: None,
             request_id: format!("req_{:x}", self.now),
             routing_seed: 7,
+            pin: self.pin.clone(),
         };
         let body = body.to_string().into_bytes();
         let mut g = Generation::new(start, self.now);
@@ -321,7 +326,10 @@ fn relay_non_stream_answers_with_the_upstream_bytes_and_bills_its_usage() {
     w.upstream(A, vec![ok_json(completion())]);
     let out = w.run(json!({"model": "m", "messages": user("hi"), "temperature": 0.25}));
     assert_eq!(out.status, 200);
-    assert_eq!(out.json(), completion(), "the upstream body, untouched");
+    let mut shown = completion();
+    shown["model"] = json!("m");
+    assert_eq!(out.json(), shown, "the upstream body, only the model renamed to the public name");
+    assert_eq!(out.header("x-edgeway-channel"), Some("a"));
     assert_eq!(out.fetched, vec![format!("{A}/chat/completions")]);
     assert_eq!(out.fetched_bodies[0]["model"], "up-model");
     assert_eq!(out.fetched_bodies[0]["temperature"], 0.25);
@@ -536,4 +544,89 @@ fn usage_of_unadmitted_requests_is_batched_and_survives_a_refusing_queue() {
     let out = w.run(json!({"model": "m", "messages": user("hi")}));
     assert!(out.logs.iter().any(|l| l.contains("not queued")), "{:?}", out.logs);
     assert_eq!(out.trace.iter().filter(|t| *t == "PublishUsage").count(), 2, "batch, then one by one");
+}
+
+const PIN_SECRET: &str = "e2e-pin-secret-000000000000";
+
+fn signed_pin(w: &World, channel: &str, body: &Value) -> PinRequest {
+    let ts = w.now / 1000;
+    PinRequest {
+        channel: channel.into(),
+        timestamp: Some(ts.to_string()),
+        signature: Some(sign_pin(PIN_SECRET, channel, ts, body.to_string().as_bytes())),
+    }
+}
+
+#[test]
+fn a_signed_pin_tries_only_that_channel_and_every_response_names_its_channel() {
+    let mut w = World::new(unlimited(), routing(&[("a", A), ("b", B)]));
+    w.secrets.insert("EDGE_ADMIN_SECRET".into(), PIN_SECRET.into());
+    let body = json!({"model": "m", "messages": user("hi"), "max_tokens": 1});
+    w.pin = Some(signed_pin(&w, "b", &body));
+    w.upstream(B, vec![ok_json(completion()), status(500, "{}")]);
+    let out = w.run(body.clone());
+    assert_eq!(out.status, 200);
+    assert_eq!(out.fetched, vec![format!("{B}/chat/completions")], "the lower-priority channel, pinned");
+    assert_eq!(out.header("x-edgeway-channel"), Some("b"));
+    assert_eq!(out.events()[0].channel, "b");
+    // No failover from a pinned channel, and the error names it too.
+    w.upstream(A, vec![ok_json(completion())]);
+    w.pin = Some(signed_pin(&w, "b", &body));
+    let out = w.run(body.clone());
+    assert_eq!((out.status, out.fetched.len()), (502, 1));
+    assert_eq!(out.header("x-edgeway-channel"), Some("b"));
+    // A channel that does not serve the model is the caller's 400.
+    w.pin = Some(signed_pin(&w, "zzz", &body));
+    let out = w.run(body.clone());
+    assert_eq!((out.status, out.fetched.len()), (400, 0), "{}", String::from_utf8_lossy(&out.body));
+}
+
+#[test]
+fn pins_from_ordinary_keys_bad_signatures_and_stale_ones_are_refused() {
+    let mut w = World::new(unlimited(), routing(&[("a", A), ("b", B)]));
+    w.secrets.insert("EDGE_ADMIN_SECRET".into(), PIN_SECRET.into());
+    let body = json!({"model": "m", "messages": user("hi")});
+    let unsigned = PinRequest { channel: "b".into(), ..Default::default() };
+    let mut tampered = signed_pin(&w, "b", &body);
+    tampered.channel = "a".into();
+    let mut stale = signed_pin(&w, "b", &body);
+    stale.timestamp = Some((w.now / 1000 - 301).to_string());
+    stale.signature = Some(sign_pin(PIN_SECRET, "b", w.now / 1000 - 301, body.to_string().as_bytes()));
+    let other_body = signed_pin(&w, "b", &json!({"model": "m"}));
+    for (what, pin) in
+        [("unsigned", unsigned.clone()), ("tampered", tampered), ("stale", stale), ("other body", other_body)]
+    {
+        w.pin = Some(pin);
+        let out = w.run(body.clone());
+        assert_eq!((out.status, out.fetched.len()), (401, 0), "{what}");
+        assert_eq!(out.json()["error"]["code"], "pin_refused", "{what}");
+        assert!(out.events().is_empty(), "{what}: nothing metered");
+    }
+    // Anthropic callers get the refusal in their dialect.
+    w.pin = Some(unsigned.clone());
+    let out =
+        w.run_as(ClientDialect::Anthropic, json!({"model": "m", "max_tokens": 5, "messages": user("hi")}));
+    assert_eq!((out.status, out.json()["type"].as_str()), (401, Some("error")));
+    // A test key may pin unsigned.
+    let mut w = World::new(json!({"pin_allowed": true}), routing(&[("a", A), ("b", B)]));
+    w.upstream(B, vec![ok_json(completion())]);
+    w.pin = Some(unsigned);
+    let out = w.run(body);
+    assert_eq!((out.status, out.header("x-edgeway-channel")), (200, Some("b")));
+}
+
+#[test]
+fn streams_name_the_public_model_in_every_chunk() {
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    let chunks = sse(&[
+        json!({"id":"c","model":"up-model","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}),
+        json!({"id":"c","model":"up-model","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}),
+        json!({"id":"c","model":"up-model","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}),
+    ]);
+    w.upstream(A, vec![Reply::Status { status: 200, chunks, broken: false }]);
+    let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true, "stream_options": {"include_usage": true}}));
+    let text = out.text();
+    assert!(!text.contains("up-model"), "{text}");
+    assert_eq!(text.matches("\"model\":\"m\"").count(), 3, "{text}");
+    assert_eq!(out.header("x-edgeway-channel"), Some("a"));
 }

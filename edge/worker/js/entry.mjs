@@ -283,7 +283,9 @@ export default {
         request.method, url.pathname,
         h.get('authorization') ?? undefined, h.get('x-api-key') ?? undefined, h.get('x-goog-api-key') ?? undefined,
         url.searchParams.get('key') ?? undefined, h.get('cf-connecting-ip') ?? undefined,
-        h.get('content-length') ?? undefined, Date.now(),
+        h.get('content-length') ?? undefined,
+        h.get('x-edgeway-pin-channel') ?? undefined, h.get('x-edgeway-pin-timestamp') ?? undefined,
+        h.get('x-edgeway-pin-signature') ?? undefined, Date.now(),
       );
     } catch (e) {
       noteFailure(e);

@@ -18,6 +18,7 @@
 use crate::isolate;
 use crate::runtime;
 use edgeway_core::endpoint::{self, Endpoint};
+use edgeway_core::pin::PinRequest;
 use edgeway_core::pipeline::generation::{
     Credentials, Effect, Emitted, FetchFailure, Generation, Input, ResponseBody, Start,
 };
@@ -81,6 +82,9 @@ pub fn start_generation(
     query_key: Option<String>,
     client_ip: Option<String>,
     content_length: Option<String>,
+    pin_channel: Option<String>,
+    pin_timestamp: Option<String>,
+    pin_signature: Option<String>,
     now: f64,
 ) -> Option<Driver> {
     let Ok(Endpoint::Generate { client, path_model, path_stream }) = endpoint::classify(method, path) else {
@@ -95,6 +99,7 @@ pub fn start_generation(
         declared_body_len: content_length.and_then(|v| v.trim().parse().ok()),
         request_id: format!("req_{}", runtime::random_uuid().replace('-', "")),
         routing_seed: runtime::routing_seed(),
+        pin: PinRequest::from_headers(pin_channel, pin_timestamp, pin_signature),
     };
     Some(Driver { generation: Generation::new(start, now as i64), effect: Effect::Finished })
 }

@@ -34,12 +34,16 @@ pub struct Route<'t> {
 /// reasoning suffix is stripped when its base model is routed. The key's
 /// model allow-list applies to the routed name; only channels that serve the
 /// key's group are candidates. `seed` drives the weighted order within a
-/// priority (any random u64).
+/// priority (any random u64). A request `pinned` to a channel (its pin
+/// already checked, [`crate::pin`]) has that channel as its only candidate,
+/// whatever its enabled flag, groups and weight; a channel that does not
+/// serve the model is the caller's 400.
 pub fn resolve<'t>(
     table: &'t RoutingTable,
     record: &KeyRecord,
     asked: &str,
     seed: u64,
+    pinned: Option<&str>,
 ) -> Result<Route<'t>, GatewayError> {
     let (model, suffix_stripped) = match table.model(asked) {
         Some(route) => (route, false),
@@ -49,8 +53,19 @@ pub fn resolve<'t>(
         },
     };
     record.check_model(&model.name)?;
-    let mut candidates = table.candidates(&model.name, seed)?;
-    candidates.retain(|c| c.channel.serves_group(&record.group));
+    let candidates = match pinned {
+        Some(channel) => vec![table.pinned_candidate(&model.name, channel).ok_or_else(|| {
+            GatewayError::InvalidRequest {
+                message: format!("The pinned channel does not serve the model `{}`.", model.name),
+                param: Some("model".into()),
+            }
+        })?],
+        None => {
+            let mut candidates = table.candidates(&model.name, seed)?;
+            candidates.retain(|c| c.channel.serves_group(&record.group));
+            candidates
+        }
+    };
     if candidates.is_empty() {
         return Err(GatewayError::ModelNotFound { model: asked.to_string() });
     }
@@ -162,14 +177,15 @@ mod tests {
     #[test]
     fn a_routed_name_wins_over_suffix_stripping() {
         let t = table();
-        let route = resolve(&t, &record(None), "gpt-high", 0).unwrap_or_else(|e| panic!("{e:?}"));
+        let route = resolve(&t, &record(None), "gpt-high", 0, None).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!((route.model, route.suffix_stripped), ("gpt-high", false));
-        let route = resolve(&t, &record(None), "claude-thinking", 0).unwrap_or_else(|e| panic!("{e:?}"));
+        let route =
+            resolve(&t, &record(None), "claude-thinking", 0, None).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!((route.model, route.suffix_stripped), ("claude", true));
-        let route = resolve(&t, &record(None), "gpt", 0).unwrap_or_else(|e| panic!("{e:?}"));
+        let route = resolve(&t, &record(None), "gpt", 0, None).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(route.price.input, 5);
         assert!(matches!(
-            resolve(&t, &record(None), "nope-high", 0),
+            resolve(&t, &record(None), "nope-high", 0, None),
             Err(GatewayError::ModelNotFound { .. })
         ));
     }
@@ -177,9 +193,9 @@ mod tests {
     #[test]
     fn the_allow_list_applies_to_the_routed_name() {
         let t = table();
-        assert!(resolve(&t, &record(Some(&["claude"])), "claude-high", 0).is_ok());
+        assert!(resolve(&t, &record(Some(&["claude"])), "claude-high", 0, None).is_ok());
         assert!(matches!(
-            resolve(&t, &record(Some(&["claude"])), "gpt", 0),
+            resolve(&t, &record(Some(&["claude"])), "gpt", 0, None),
             Err(GatewayError::ModelNotAllowed { .. })
         ));
     }
@@ -197,16 +213,19 @@ mod tests {
         let t = RoutingTable::new(config).unwrap_or_default();
         let mut vip = record(None);
         vip.group = "vip".into();
-        let route = resolve(&t, &vip, "gpt", 0).unwrap_or_else(|e| panic!("{e:?}"));
+        let route = resolve(&t, &vip, "gpt", 0, None).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             route.candidates.iter().map(|c| c.channel.id.as_str()).collect::<Vec<_>>(),
             ["vip", "pub"]
         );
         assert_eq!(route.price_ratio_ppm, 800_000);
-        let route = resolve(&t, &record(None), "gpt", 0).unwrap_or_else(|e| panic!("{e:?}"));
+        let route = resolve(&t, &record(None), "gpt", 0, None).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(route.candidates.iter().map(|c| c.channel.id.as_str()).collect::<Vec<_>>(), ["pub"]);
         assert_eq!(route.price_ratio_ppm, 1_000_000);
-        assert!(matches!(resolve(&t, &record(None), "vip-only", 0), Err(GatewayError::ModelNotFound { .. })));
+        assert!(matches!(
+            resolve(&t, &record(None), "vip-only", 0, None),
+            Err(GatewayError::ModelNotFound { .. })
+        ));
     }
 
     #[test]

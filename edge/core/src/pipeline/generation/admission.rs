@@ -10,7 +10,7 @@ use crate::pipeline::account_slice::{LocalAdmit, Renewed, RENEWAL_POLL_MS};
 use crate::pipeline::admission::{may_skip_admission, slice_need};
 use crate::pipeline::isolate::IsolateState;
 use crate::pipeline::metering::Meter;
-use crate::pipeline::route::{resolve, MAX_ATTEMPTS};
+use crate::pipeline::route::resolve;
 use crate::routing::RoutingTable;
 use std::rc::Rc;
 
@@ -70,24 +70,10 @@ impl Generation {
             (Some(record), Some(inbound)) => (record.clone(), inbound),
             _ => return Err(self.internal("routing before the request was read".into())),
         };
-        let route = resolve(table, &record, &inbound.model, self.start.routing_seed)?;
+        let route = resolve(table, &record, &inbound.model, self.start.routing_seed, self.pinned.as_deref())?;
         self.route_model = route.model.to_string();
         self.suffix_stripped = route.suffix_stripped;
-        self.targets = route
-            .candidates
-            .iter()
-            .take(MAX_ATTEMPTS)
-            .map(|c| Target {
-                channel: c.channel.id.clone(),
-                provider: c.provider,
-                upstream_model: c.upstream_model.to_string(),
-                base_url: c.base_url.trim_end_matches('/').to_string(),
-                api_key: c.channel.api_key.clone().filter(|k| !k.is_empty()),
-                api_key_secret: c.channel.api_key_secret.clone(),
-                timeout_ms: c.channel.timeout_ms,
-                mock: c.channel.mock.unwrap_or_default(),
-            })
-            .collect();
+        self.targets = Target::list(&route);
         if record.quota_micros.is_some() {
             inbound.cap_output(DEFAULT_RESERVED_OUTPUT_TOKENS);
         }

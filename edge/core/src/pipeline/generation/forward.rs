@@ -2,16 +2,40 @@ use super::*;
 use crate::error::GatewayError;
 use crate::limits::MAX_UPSTREAM_BODY_BYTES;
 use crate::mock_provider::MockReply;
-use crate::openai_relay::{response_content_bytes as relay_content_bytes, response_usage, ChatStreamTap};
+use crate::openai_relay::{
+    replace_model_name, response_content_bytes as relay_content_bytes, response_usage, ChatStreamTap,
+};
+use crate::pin::SERVED_CHANNEL_HEADER;
 use crate::pipeline::isolate::IsolateState;
 use crate::pipeline::metering::{client_response_id, response_content_bytes, Ending, Served};
-use crate::pipeline::route::{AttemptVerdict, Plan};
+use crate::pipeline::route::{AttemptVerdict, Plan, Route, MAX_ATTEMPTS};
 use crate::provider::{AuthScheme, ProviderDialect};
 use crate::sse::encode_event;
 use crate::stream_shaper::StreamShaper;
 use crate::translate::{self, StreamOptions, StreamTranslator};
 use crate::usage::TokenUsage;
 use std::collections::VecDeque;
+
+impl Target {
+    /// The targets a route's candidates are tried at, in order.
+    pub(super) fn list(route: &Route<'_>) -> Vec<Self> {
+        route
+            .candidates
+            .iter()
+            .take(MAX_ATTEMPTS)
+            .map(|c| Target {
+                channel: c.channel.id.clone(),
+                provider: c.provider,
+                upstream_model: c.upstream_model.to_string(),
+                base_url: c.base_url.trim_end_matches('/').to_string(),
+                api_key: c.channel.api_key.clone().filter(|k| !k.is_empty()),
+                api_key_secret: c.channel.api_key_secret.clone(),
+                timeout_ms: c.channel.timeout_ms,
+                mock: c.channel.mock.unwrap_or_default(),
+            })
+            .collect()
+    }
+}
 
 impl Generation {
     /// Tries the next candidate, or ends with the last failure.
@@ -172,8 +196,9 @@ impl Generation {
         vec![
             ("x-request-id", id.clone()),
             ("request-id", id),
+            (SERVED_CHANNEL_HEADER, self.served.channel.clone()),
             ("access-control-allow-origin", "*".into()),
-            ("access-control-expose-headers", "x-request-id, request-id".into()),
+            ("access-control-expose-headers", "x-request-id, request-id, x-edgeway-channel".into()),
         ]
     }
 
@@ -199,9 +224,9 @@ impl Generation {
         }
         let client = self.start.client;
         self.shaper = Some(match plan {
-            Plan::Relay => {
-                StreamShaper::Relay(Box::new(ChatStreamTap::new(inbound.client_wants_usage, secrets)))
-            }
+            Plan::Relay => StreamShaper::Relay(Box::new(
+                ChatStreamTap::new(inbound.client_wants_usage, secrets).with_public_model(&inbound.model),
+            )),
             Plan::Translate(upstream) => StreamShaper::Translate(Box::new(StreamTranslator::new(
                 upstream,
                 client,
@@ -229,7 +254,14 @@ impl Generation {
         let (out, reported, content_bytes) = match plan {
             Plan::Relay => {
                 let usage = response_usage(&body).map(|u| TokenUsage::from_openai(&u));
-                (ResponseBody::UpstreamBody, usage, relay_content_bytes(&body))
+                // The client sees the public model name, not the upstream's.
+                let renamed =
+                    std::str::from_utf8(&body).ok().and_then(|text| replace_model_name(text, &inbound.model));
+                let out = match renamed {
+                    Some(text) => ResponseBody::Bytes(text.into_bytes()),
+                    None => ResponseBody::UpstreamBody,
+                };
+                (out, usage, relay_content_bytes(&body))
             }
             Plan::Translate(upstream) => {
                 let mut resp = translate::parse_upstream_response(upstream, &body)?;

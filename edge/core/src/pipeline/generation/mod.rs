@@ -34,6 +34,7 @@ use super::metering::{Meter, Served};
 use super::route::{AttemptVerdict, Plan};
 use crate::error::GatewayError;
 use crate::key_record::KeyRecord;
+use crate::pin::PinRequest;
 use crate::provider::Provider;
 use crate::routing::{MockOptions, ROUTING_KV_KEY};
 use crate::stream_shaper::StreamShaper;
@@ -44,6 +45,7 @@ use std::rc::Rc;
 
 mod admission;
 mod forward;
+mod pinning;
 mod settle;
 mod stream;
 
@@ -81,6 +83,8 @@ pub struct Start {
     pub request_id: String,
     /// Any random u64: the weighted order of candidates.
     pub routing_seed: u64,
+    /// The pin headers, when the request names a channel ([`crate::pin`]).
+    pub pin: Option<PinRequest>,
 }
 
 /// What the shell tells the machine.
@@ -244,6 +248,8 @@ enum Phase {
     Begin,
     AwaitKey,
     AwaitBody,
+    /// The pin signature's secret is being read.
+    AwaitPinSecret,
     AwaitRouting,
     AwaitAccountCheck,
     /// This request's own renewal of its key's slice.
@@ -301,6 +307,10 @@ pub struct Generation {
     targets: Vec<Target>,
     route_model: String,
     suffix_stripped: bool,
+    /// The channel a checked pin names.
+    pinned: Option<String>,
+    /// SHA-256 of the body, kept while a pin's signature waits for its secret.
+    pin_body_digest: String,
     next_target: usize,
     current: Option<(Target, Plan, Vec<String>)>,
     served: Served,
@@ -344,6 +354,8 @@ impl Generation {
             targets: Vec::new(),
             route_model: String::new(),
             suffix_stripped: false,
+            pinned: None,
+            pin_body_digest: String::new(),
             next_target: 0,
             current: None,
             served: Served::default(),
@@ -419,14 +431,12 @@ impl Generation {
                     self.start.path_stream,
                 )?;
                 self.inbound = Some(inbound);
-                match isolate.routing(now) {
-                    Some(table) => self.after_routing(isolate, &table, now),
-                    None => {
-                        self.phase = Phase::AwaitRouting;
-                        Ok(Effect::KvGet { key: ROUTING_KV_KEY.to_string() })
-                    }
+                if self.start.pin.is_some() {
+                    return self.check_pin(isolate, &body, now);
                 }
+                self.read_routing(isolate, now)
             }
+            (Phase::AwaitPinSecret, Input::Secret(value)) => self.after_pin_secret(isolate, value, now),
             (Phase::AwaitBody, Input::RequestBodyTooLarge) => {
                 Err(GatewayError::PayloadTooLarge { limit_bytes: isolate.config.max_body_bytes })
             }
@@ -559,6 +569,17 @@ impl Generation {
             (phase, input) => {
                 let message = format!("generation: unexpected input {input:?} in phase {phase:?}");
                 Err(self.internal(message))
+            }
+        }
+    }
+
+    /// Routing from the isolate's table, or read from KV first.
+    fn read_routing(&mut self, isolate: &mut IsolateState, now: i64) -> Result<Effect, GatewayError> {
+        match isolate.routing(now) {
+            Some(table) => self.after_routing(isolate, &table, now),
+            None => {
+                self.phase = Phase::AwaitRouting;
+                Ok(Effect::KvGet { key: ROUTING_KV_KEY.to_string() })
             }
         }
     }

@@ -184,9 +184,10 @@ impl Generation {
         }
         self.phase = Phase::AwaitErrorRespond;
         self.responded = true;
-        Effect::Respond(
-            error_head(&error),
-            ResponseBody::Bytes(error.body(self.start.client.error_dialect()).into_bytes()),
-        )
+        let mut head = error_head(&error);
+        if !self.served.channel.is_empty() {
+            head.headers.push((crate::pin::SERVED_CHANNEL_HEADER, self.served.channel.clone()));
+        }
+        Effect::Respond(head, ResponseBody::Bytes(error.body(self.start.client.error_dialect()).into_bytes()))
     }
 }
