@@ -37,6 +37,9 @@ pub enum GatewayError {
     InvalidRequest { message: String, param: Option<String> },
     /// The body is larger than the configured limit.
     PayloadTooLarge { limit_bytes: usize },
+    /// Part of the request (inline media) is larger than the chosen upstream
+    /// accepts; `message` says which part and the limit.
+    ContentTooLarge { message: String },
     /// No such route.
     NotFound,
     /// Route exists, method does not.
@@ -66,7 +69,7 @@ impl GatewayError {
             Self::ModelNotAllowed { .. } | Self::IpNotAllowed => 403,
             Self::ModelNotFound { .. } | Self::NotFound => 404,
             Self::InvalidJson { .. } | Self::InvalidRequest { .. } => 400,
-            Self::PayloadTooLarge { .. } => 413,
+            Self::PayloadTooLarge { .. } | Self::ContentTooLarge { .. } => 413,
             Self::MethodNotAllowed => 405,
             Self::RateLimited { .. } | Self::InsufficientQuota => 429,
             Self::Upstream { status, .. } => upstream_status_to_client(*status),
@@ -98,7 +101,9 @@ impl GatewayError {
                 truncate_chars(model, MAX_ECHOED_NAME_CHARS)
             ),
             Self::InvalidJson { detail } => format!("We could not parse the JSON body of your request: {detail}"),
-            Self::InvalidRequest { message, .. } => truncate_chars(message, MAX_MESSAGE_CHARS),
+            Self::InvalidRequest { message, .. } | Self::ContentTooLarge { message } => {
+                truncate_chars(message, MAX_MESSAGE_CHARS)
+            }
             Self::PayloadTooLarge { limit_bytes } => format!("Request body is too large: the limit is {limit_bytes} bytes."),
             Self::NotFound => "Unknown request URL. Check the path and the HTTP method.".into(),
             Self::MethodNotAllowed => "Method not allowed for this URL.".into(),
@@ -127,6 +132,7 @@ impl GatewayError {
             | Self::InvalidJson { .. }
             | Self::InvalidRequest { .. }
             | Self::PayloadTooLarge { .. }
+            | Self::ContentTooLarge { .. }
             | Self::NotFound
             | Self::MethodNotAllowed => "invalid_request_error",
             Self::RateLimited { .. } => "rate_limit_error",
@@ -146,7 +152,7 @@ impl GatewayError {
             Self::IpNotAllowed => Some("ip_not_allowed"),
             Self::ModelNotFound { .. } => Some("model_not_found"),
             Self::InvalidJson { .. } => Some("invalid_json"),
-            Self::PayloadTooLarge { .. } => Some("request_too_large"),
+            Self::PayloadTooLarge { .. } | Self::ContentTooLarge { .. } => Some("request_too_large"),
             Self::RateLimited { .. } => Some("rate_limit_exceeded"),
             Self::InsufficientQuota => Some("insufficient_quota"),
             Self::UpstreamTimeout => Some("upstream_timeout"),
@@ -169,7 +175,7 @@ impl GatewayError {
     fn anthropic_type(&self) -> &'static str {
         match self.status() {
             400 | 405 | 413 => {
-                if matches!(self, Self::PayloadTooLarge { .. }) {
+                if matches!(self, Self::PayloadTooLarge { .. } | Self::ContentTooLarge { .. }) {
                     "request_too_large"
                 } else {
                     "invalid_request_error"

@@ -2,7 +2,9 @@
 
 use super::canonical::*;
 use super::json_fields::*;
-use super::media::{check_base64, check_public_url, IMAGE_MEDIA_TYPES};
+use super::media::{
+    check_public_url, image_media_type, normalize_base64, MediaKind, ANTHROPIC_MEDIA, IMAGE_MEDIA_TYPES,
+};
 use super::normalize::{anthropic_tool_id, normalize_messages};
 use super::reasoning::{budget_for, ANTHROPIC_MIN_BUDGET};
 use super::stream::{ClientRenderer, UpstreamParser};
@@ -191,9 +193,10 @@ fn parse_source(
                     &format!("{path}.media_type"),
                 ));
             }
-            let data = req_str(source, "data", path)?;
-            check_base64(data, &format!("{path}.data"))?;
-            Ok(Some(MediaSource::Base64 { media_type, data: data.to_string() }))
+            let data =
+                normalize_base64(req_str(source, "data", path)?, &format!("{path}.data"))?.into_owned();
+            let media_type = if image { image_media_type(&media_type, &data) } else { media_type };
+            Ok(Some(MediaSource::Base64 { media_type, data }))
         }
         "url" => {
             let url = req_str(source, "url", path)?;
@@ -291,15 +294,8 @@ fn parse_block(block: &Value, path: &str) -> Result<Option<ContentPart>, Gateway
 fn source_json(source: &MediaSource, image: bool, param: &str) -> Result<Value, GatewayError> {
     match source {
         MediaSource::Base64 { media_type, data } => {
-            if image && !IMAGE_MEDIA_TYPES.contains(&media_type.as_str()) {
-                return Err(invalid(
-                    format!("Anthropic accepts jpeg, png, gif and webp images, not `{media_type}`."),
-                    param,
-                ));
-            }
-            if !image && media_type != "application/pdf" {
-                return Err(invalid(format!("Anthropic accepts PDF documents, not `{media_type}`."), param));
-            }
+            let kind = if image { MediaKind::Image } else { MediaKind::Document };
+            ANTHROPIC_MEDIA.check_part(kind, media_type, data, param)?;
             Ok(json!({"type": "base64", "media_type": media_type, "data": data}))
         }
         MediaSource::Url { url } => Ok(json!({"type": "url", "url": url})),

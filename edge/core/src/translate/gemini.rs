@@ -3,7 +3,10 @@
 
 use super::canonical::*;
 use super::json_fields::*;
-use super::media::{audio_format, audio_media_type, check_base64, check_public_url, media_type_from_url};
+use super::media::{
+    audio_format, audio_media_type, check_public_url, image_media_type, media_type_from_url,
+    normalize_base64, MediaKind, GEMINI_MEDIA,
+};
 use super::normalize::{normalize_messages, tool_names_by_id, tool_result_text};
 use super::reasoning::effort_budget;
 use super::schema_sanitize::sanitize_for_gemini;
@@ -347,8 +350,10 @@ fn parse_part(
         let ipath = format!("{path}.inlineData");
         let inline = snake_to_camel(as_object(inline, &ipath)?);
         let media_type = req_str(&inline, "mimeType", &ipath)?.to_ascii_lowercase();
-        let data = req_str(&inline, "data", &ipath)?.to_string();
-        check_base64(&data, &format!("{ipath}.data"))?;
+        let data =
+            normalize_base64(req_str(&inline, "data", &ipath)?, &format!("{ipath}.data"))?.into_owned();
+        let media_type =
+            if media_type.starts_with("image/") { image_media_type(&media_type, &data) } else { media_type };
         parts.push(media_part(
             MediaSource::Base64 { media_type: media_type.clone(), data: data.clone() },
             &media_type,
@@ -465,9 +470,13 @@ fn media_part(source: MediaSource, media_type: &str, base64: Option<String>) -> 
     }
 }
 
-fn media_json(source: &MediaSource, default_type: &str) -> Result<Value, GatewayError> {
+fn media_json(source: &MediaSource, kind: MediaKind) -> Result<Value, GatewayError> {
+    let default_type = if kind == MediaKind::Image { "image/jpeg" } else { "application/pdf" };
     match source {
-        MediaSource::Base64 { media_type, data } => Ok(json!({"inlineData": {"mimeType": media_type, "data": data}})),
+        MediaSource::Base64 { media_type, data } => {
+            GEMINI_MEDIA.check_part(kind, media_type, data, "messages")?;
+            Ok(json!({"inlineData": {"mimeType": media_type, "data": data}}))
+        }
         MediaSource::File { uri, media_type } => Ok(json!({"fileData": {
             "mimeType": media_type.clone().or_else(|| media_type_from_url(uri).map(str::to_string)).unwrap_or_else(|| default_type.to_string()),
             "fileUri": uri,
@@ -507,10 +516,12 @@ fn contents_for(messages: &[Message]) -> Result<Vec<Value>, GatewayError> {
         for part in &message.content {
             let mut value = match part {
                 ContentPart::Text { text, .. } => json!({"text": text}),
-                ContentPart::Image { source, .. } => media_json(source, "image/jpeg")?,
-                ContentPart::Document { source, .. } => media_json(source, "application/pdf")?,
+                ContentPart::Image { source, .. } => media_json(source, MediaKind::Image)?,
+                ContentPart::Document { source, .. } => media_json(source, MediaKind::Document)?,
                 ContentPart::Audio { data, format } => {
-                    json!({"inlineData": {"mimeType": audio_media_type(format), "data": data}})
+                    let media_type = audio_media_type(format);
+                    GEMINI_MEDIA.check_part(MediaKind::Audio, &media_type, data, "messages")?;
+                    json!({"inlineData": {"mimeType": media_type, "data": data}})
                 }
                 ContentPart::Thinking { text, signature } => {
                     if message.role != Role::Assistant || signature.is_none() {
@@ -554,7 +565,7 @@ fn contents_for(messages: &[Message]) -> Result<Vec<Value>, GatewayError> {
                     parts.push(json!({"functionResponse": {"name": name, "response": function_response(&tool_result_text(content), *is_error)}}));
                     for p in content {
                         if let ToolResultPart::Image(source) = p {
-                            parts.push(media_json(source, "image/jpeg")?);
+                            parts.push(media_json(source, MediaKind::Image)?);
                         }
                     }
                     continue;

@@ -61,6 +61,12 @@
 //!   URI; every URL passes the one URL policy ([`crate::url_policy`]) and is
 //!   forwarded normalized; inline data is capped at
 //!   [`media::MAX_INLINE_MEDIA_BYTES`].
+//! * **Inline media** is normalized once, when parsed: base64 in the standard
+//!   alphabet with padding (the Gemini SDKs send URL-safe base64), an image's
+//!   media type taken from its bytes when they say another image type. Each
+//!   upstream's rules ([`media_rules`]) are checked when its request is built:
+//!   media types it refuses are a 400 naming them, an image or a request's
+//!   inline total over its limits a 413.
 //! * **Tool calls left unanswered** get an `is_error` result saying so, since
 //!   Anthropic and Gemini refuse an unanswered call.
 //! * **Thinking**: Anthropic `thinking`/`redacted_thinking` and Gemini
@@ -254,11 +260,45 @@ pub fn build_upstream_request(
     req: &CanonicalRequest,
     upstream_model: &str,
 ) -> Result<UpstreamCall, GatewayError> {
+    media_rules(dialect).check_total(inline_media_bytes(req))?;
     match dialect {
         UpstreamDialect::OpenAiChat => openai_chat::build_request(req, upstream_model),
         UpstreamDialect::Anthropic => anthropic::build_request(req, upstream_model),
         UpstreamDialect::Gemini => gemini::build_request(req, upstream_model),
     }
+}
+
+/// What inline media `dialect` accepts.
+pub fn media_rules(dialect: UpstreamDialect) -> &'static media::UpstreamMediaRules {
+    match dialect {
+        UpstreamDialect::OpenAiChat => &media::OPENAI_MEDIA,
+        UpstreamDialect::Anthropic => &media::ANTHROPIC_MEDIA,
+        UpstreamDialect::Gemini => &media::GEMINI_MEDIA,
+    }
+}
+
+/// Decoded bytes of every inline image, document and audio part of `req`.
+pub fn inline_media_bytes(req: &CanonicalRequest) -> usize {
+    let inline = |source: &canonical::MediaSource| match source {
+        canonical::MediaSource::Base64 { data, .. } => media::base64_decoded_len(data),
+        _ => 0,
+    };
+    let mut total = 0usize;
+    for part in req.messages.iter().flat_map(|m| &m.content) {
+        total = total.saturating_add(match part {
+            ContentPart::Image { source, .. } | ContentPart::Document { source, .. } => inline(source),
+            ContentPart::Audio { data, .. } => media::base64_decoded_len(data),
+            ContentPart::ToolResult { content, .. } => content
+                .iter()
+                .map(|p| match p {
+                    ToolResultPart::Image(source) => inline(source),
+                    ToolResultPart::Text(_) => 0,
+                })
+                .sum(),
+            _ => 0,
+        });
+    }
+    total
 }
 
 /// Parses a successful non-streaming upstream body. Garbage is

@@ -2,7 +2,9 @@
 
 use super::canonical::*;
 use super::json_fields::*;
-use super::media::{check_base64, data_uri, parse_data_uri, source_from_url_or_data};
+use super::media::{
+    data_uri, normalize_base64, parse_data_uri, source_from_url_or_data, MediaKind, OPENAI_MEDIA,
+};
 use super::normalize::{normalize_messages, tool_result_text};
 use super::reasoning::{effort_for, effort_word, parse_effort};
 use super::stream::{ClientRenderer, UpstreamParser};
@@ -487,10 +489,9 @@ fn parse_user_part(
                 invalid(format!("`{path}.input_audio` is required."), &format!("{path}.input_audio"))
             })?;
             let apath = format!("{path}.input_audio");
-            let data = req_str(audio, "data", &apath)?;
-            check_base64(data, &format!("{apath}.data"))?;
+            let data = normalize_base64(req_str(audio, "data", &apath)?, &format!("{apath}.data"))?;
             ContentPart::Audio {
-                data: data.to_string(),
+                data: data.into_owned(),
                 format: req_str(audio, "format", &apath)?.to_string(),
             }
         }
@@ -672,12 +673,17 @@ fn assistant_message(content: &[ContentPart]) -> Value {
     message
 }
 
-fn media_url(source: &MediaSource) -> String {
-    match source {
+/// An image as OpenAI's `image_url.url`, inline data checked against what
+/// OpenAI-format upstreams accept.
+fn image_url(source: &MediaSource) -> Result<String, GatewayError> {
+    if let MediaSource::Base64 { media_type, data } = source {
+        OPENAI_MEDIA.check_part(MediaKind::Image, media_type, data, "messages")?;
+    }
+    Ok(match source {
         MediaSource::Base64 { media_type, data } => data_uri(media_type, data),
         MediaSource::Url { url } => url.clone(),
         MediaSource::File { uri, .. } => uri.clone(),
-    }
+    })
 }
 
 fn user_messages(content: &[ContentPart], messages: &mut Vec<Value>) -> Result<(), GatewayError> {
@@ -696,7 +702,7 @@ fn user_messages(content: &[ContentPart], messages: &mut Vec<Value>) -> Result<(
                 // so they follow in the next user message.
                 for p in content {
                     if let ToolResultPart::Image(source) = p {
-                        parts.push(json!({"type": "image_url", "image_url": {"url": media_url(source)}}));
+                        parts.push(json!({"type": "image_url", "image_url": {"url": image_url(source)?}}));
                     }
                 }
             }
@@ -708,10 +714,11 @@ fn user_messages(content: &[ContentPart], messages: &mut Vec<Value>) -> Result<(
                         "messages",
                     ));
                 }
-                parts.push(json!({"type": "image_url", "image_url": {"url": media_url(source)}}));
+                parts.push(json!({"type": "image_url", "image_url": {"url": image_url(source)?}}));
             }
             ContentPart::Document { source, filename, .. } => match source {
                 MediaSource::Base64 { media_type, data } => {
+                    OPENAI_MEDIA.check_part(MediaKind::Document, media_type, data, "messages")?;
                     let mut file = json!({"file_data": data_uri(media_type, data)});
                     file["filename"] = json!(filename.clone().unwrap_or_else(|| "document.pdf".into()));
                     parts.push(json!({"type": "file", "file": file}));
@@ -722,6 +729,9 @@ fn user_messages(content: &[ContentPart], messages: &mut Vec<Value>) -> Result<(
                 )),
             },
             ContentPart::Audio { data, format } => {
+                let media_type = super::media::audio_media_type(format);
+                OPENAI_MEDIA.check_part(MediaKind::Audio, &media_type, data, "messages")?;
+                let format = super::media::audio_format(&media_type);
                 parts.push(json!({"type": "input_audio", "input_audio": {"data": data, "format": format}}))
             }
             ContentPart::Thinking { .. }

@@ -8,7 +8,7 @@
 
 use super::canonical::*;
 use super::json_fields::*;
-use super::media::{check_base64, parse_data_uri, source_from_url_or_data};
+use super::media::{normalize_base64, parse_data_uri, source_from_url_or_data};
 use super::openai_chat::parse_response_format;
 use super::reasoning::parse_effort;
 use super::stream::ClientRenderer;
@@ -299,10 +299,9 @@ fn parse_message_content(content: Option<&Value>, path: &str) -> Result<Vec<Cont
                 }
                 "input_audio" => {
                     let audio = opt_object(p, "input_audio", &ppath)?.unwrap_or(p);
-                    let data = req_str(audio, "data", &ppath)?;
-                    check_base64(data, &format!("{ppath}.data"))?;
+                    let data = normalize_base64(req_str(audio, "data", &ppath)?, &format!("{ppath}.data"))?;
                     ContentPart::Audio {
-                        data: data.to_string(),
+                        data: data.into_owned(),
                         format: req_str(audio, "format", &ppath)?.to_string(),
                     }
                 }
