@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use edgeway_core::pricing::ModelPrice;
 use edgeway_core::provider::{provider_by_id, ProviderDialect, PROVIDERS};
-use edgeway_core::routing::{Channel, MockOptions, ModelRoute, RoutingConfig, RoutingTable};
+use edgeway_core::routing::{Channel, MockOptions, ModelOptions, ModelRoute, RoutingConfig, RoutingTable};
 use serde::{Deserialize, Serialize};
 
 /// Longest upstream time limit accepted, ms.
@@ -58,6 +58,10 @@ pub struct ChannelModel {
     pub price: Option<ModelPrice>,
     #[serde(default)]
     pub owned_by: Option<String>,
+    /// Sets the model's options (for every channel serving it); absent keeps
+    /// the current ones, or all off for a new model.
+    #[serde(default)]
+    pub options: Option<ModelOptions>,
 }
 
 /// `POST /api/channels` body.
@@ -301,6 +305,7 @@ pub async fn create(
             weight: m.weight.unwrap_or(1),
             price: m.price,
             owned_by: m.owned_by.clone(),
+            options: m.options,
         })
         .collect();
     routing::insert_channel(&mut tx, &channel, &targets, now_secs()).await?;

@@ -8,7 +8,7 @@ use crate::db::{is_unique_violation, Db, RowExt};
 use crate::error::{ApiError, ApiResult};
 use crate::now_ms;
 use edgeway_core::pricing::ModelPrice;
-use edgeway_core::routing::{Channel, GroupConfig, ModelRoute, RouteTarget, RoutingConfig};
+use edgeway_core::routing::{Channel, GroupConfig, ModelOptions, ModelRoute, RouteTarget, RoutingConfig};
 use sqlx::AnyConnection;
 
 /// One model served by a channel being added (validated by the handler).
@@ -21,6 +21,8 @@ pub struct NewTarget {
     /// Sets the model's price; `None` keeps the current one (zero for a new model).
     pub price: Option<ModelPrice>,
     pub owned_by: Option<String>,
+    /// Sets the model's options; `None` keeps the current ones.
+    pub options: Option<ModelOptions>,
 }
 
 fn price_from_row(row: &sqlx::any::AnyRow) -> Result<ModelPrice, sqlx::Error> {
@@ -64,7 +66,7 @@ pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingC
     }
     let model_rows = sqlx::query(
         "SELECT name, price_input, price_output, price_cache_read, price_cache_write_5m, \
-         price_cache_write_1h, price_per_request, owned_by FROM models ORDER BY name",
+         price_cache_write_1h, price_per_request, owned_by, options FROM models ORDER BY name",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -81,6 +83,11 @@ pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingC
             price: price_from_row(row)?,
             owned_by: row.opt_text("owned_by")?,
             targets: Vec::new(),
+            options: row
+                .opt_text("options")?
+                .map(|o| serde_json::from_str(&o))
+                .transpose()?
+                .unwrap_or_default(),
         });
     }
     for row in &target_rows {
@@ -208,6 +215,13 @@ pub async fn insert_channel(
             .bind(&model.name)
             .execute(&mut *conn)
             .await?;
+        }
+        if let Some(options) = &model.options {
+            sqlx::query("UPDATE models SET options = $1 WHERE name = $2")
+                .bind(serde_json::to_string(options)?)
+                .bind(&model.name)
+                .execute(&mut *conn)
+                .await?;
         }
         if let Some(owned_by) = &model.owned_by {
             sqlx::query("UPDATE models SET owned_by = $1 WHERE name = $2")

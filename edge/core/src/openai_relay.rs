@@ -12,12 +12,16 @@
 //!   client a well-formed end;
 //! * every chunk, and a whole answer, names the public model the client
 //!   asked for, not the upstream's name for it ([`replace_model_name`]); a
-//!   chunk that already does is passed on as it came.
+//!   chunk that already does is passed on as it came;
+//! * a client that asked for the usage chunk gets one even when the upstream
+//!   sends none (llama.cpp, some vLLM builds): the gateway's estimate, the
+//!   figures that are billed, marked `"estimated": true`, just before
+//!   `[DONE]` ([`ChatStreamTap::estimating`]).
 
 use crate::error::redact_secrets;
 use crate::limits::MAX_SSE_LINE_BYTES;
 use crate::sse::{encode_event, SseDecoder, SseEvent};
-use crate::usage::OpenAiUsage;
+use crate::usage::{estimated_usage, OpenAiUsage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::borrow::Cow;
@@ -49,7 +53,11 @@ impl StreamSummary {
 #[derive(Deserialize)]
 struct ChunkProbe<'a> {
     #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
     model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    created: Option<i64>,
     #[serde(default, borrow)]
     choices: Option<Vec<ChoiceProbe<'a>>>,
     #[serde(default)]
@@ -101,6 +109,10 @@ pub struct ChatStreamTap {
     ended: bool,
     /// The model name every chunk must show.
     public_model: Option<String>,
+    /// Prompt estimate for a usage chunk the upstream did not send.
+    prompt_estimate: Option<u64>,
+    /// `id`, `model`, `created` of the upstream's first chunk, for that chunk.
+    first_chunk: Option<(String, String, i64)>,
 }
 
 impl ChatStreamTap {
@@ -115,6 +127,8 @@ impl ChatStreamTap {
             events: Vec::new(),
             ended: false,
             public_model: None,
+            prompt_estimate: None,
+            first_chunk: None,
         }
     }
 
@@ -122,6 +136,32 @@ impl ChatStreamTap {
     pub fn with_public_model(mut self, model: &str) -> Self {
         self.public_model = Some(model.to_string());
         self
+    }
+
+    /// When the client asked for the usage chunk and the upstream sends
+    /// none, send the gateway's estimate instead
+    /// ([`crate::usage::estimated_usage`] of `prompt_estimate` and the content
+    /// forwarded: the figures that are billed), marked `"estimated": true`.
+    pub fn estimating(mut self, prompt_estimate: u64) -> Self {
+        self.prompt_estimate = Some(prompt_estimate);
+        self
+    }
+
+    /// The estimated usage chunk, when one is owed.
+    fn estimated_usage_chunk(&self, out: &mut Vec<u8>) {
+        let Some(prompt) = self.prompt_estimate else { return };
+        if self.strip_usage_chunk || self.summary.usage.is_some() {
+            return;
+        }
+        let usage = estimated_usage(prompt, self.summary.content_bytes);
+        let (id, upstream_model, created) = self.first_chunk.clone().unwrap_or_default();
+        let model = self.public_model.clone().unwrap_or(upstream_model);
+        let chunk = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [],
+            "usage": crate::translate::mark_estimated(serde_json::to_value(usage.to_openai()).unwrap_or_default()),
+        });
+        encode_event(out, None, &chunk.to_string());
     }
 
     /// Feeds upstream bytes; returns the bytes to send to the client now.
@@ -150,6 +190,7 @@ impl ChatStreamTap {
             return out;
         }
         if self.summary.saw_finish {
+            self.estimated_usage_chunk(&mut out);
             encode_event(&mut out, None, "[DONE]");
             self.ended = true;
         } else {
@@ -195,6 +236,7 @@ impl ChatStreamTap {
         if data == "[DONE]" {
             self.summary.saw_done = true;
             self.ended = true;
+            self.estimated_usage_chunk(out);
             encode_event(out, None, "[DONE]");
             return;
         }
@@ -214,6 +256,12 @@ impl ChatStreamTap {
         }
         if let Some(usage) = probe.usage {
             self.summary.usage = Some(usage);
+        }
+        if self.first_chunk.is_none() {
+            if let Some(id) = &probe.id {
+                let model = probe.model.as_deref().unwrap_or_default().to_string();
+                self.first_chunk = Some((id.to_string(), model, probe.created.unwrap_or(0)));
+            }
         }
         let choices = probe.choices.unwrap_or_default();
         for choice in &choices {
@@ -407,6 +455,34 @@ mod tests {
         assert!(out.last().unwrap().contains("\"error\""));
         assert!(!tap.summary().completed());
         assert!(tap.summary().usage.is_none());
+    }
+
+    #[test]
+    fn a_client_that_asked_for_usage_gets_the_estimate_when_the_upstream_sends_none() {
+        let no_usage = STREAM.replace(
+            "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n",
+            "",
+        );
+        for ending in [no_usage.clone(), no_usage.replace("data: [DONE]\n\n", "")] {
+            let mut tap = ChatStreamTap::new(true, vec![]).estimating(40);
+            let out = data_lines(&run(&mut tap, &[ending.as_bytes()]));
+            let usage: Value = serde_json::from_str(&out[out.len() - 2]).unwrap_or_default();
+            assert_eq!(usage["id"], "c1");
+            assert_eq!(usage["choices"], json!([]));
+            // 5 bytes of content forwarded: 2 tokens; the prompt estimate as given
+            assert_eq!(usage["usage"]["prompt_tokens"], 40);
+            assert_eq!(usage["usage"]["completion_tokens"], 2);
+            assert_eq!(usage["usage"]["estimated"], true);
+            assert_eq!(out.last().map(String::as_str), Some("[DONE]"));
+            assert!(tap.summary().usage.is_none(), "what was reported stays none: the meter estimates");
+        }
+        // reported usage is passed on, never replaced; a client that did not ask gets none
+        let mut tap = ChatStreamTap::new(true, vec![]).estimating(40);
+        let out = String::from_utf8(run(&mut tap, &[STREAM.as_bytes()])).unwrap_or_default();
+        assert!(!out.contains("estimated") && out.contains("\"prompt_tokens\":9"));
+        let mut tap = ChatStreamTap::new(false, vec![]).estimating(40);
+        let out = String::from_utf8(run(&mut tap, &[no_usage.as_bytes()])).unwrap_or_default();
+        assert!(!out.contains("usage\":{"), "{out}");
     }
 
     #[test]

@@ -94,6 +94,30 @@ pub struct ModelRoute {
     #[serde(default)]
     pub owned_by: Option<String>,
     pub targets: Vec<RouteTarget>,
+    /// What the operator chose beyond price and targets.
+    #[serde(default, skip_serializing_if = "ModelOptions::is_default")]
+    pub options: ModelOptions,
+}
+
+/// A model's operator options (all off by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOptions {
+    /// A completed reply with no content (no text, reasoning or tool call)
+    /// costs nothing: its tokens are recorded, its cost is zero.
+    #[serde(default)]
+    pub empty_reply_free: bool,
+    /// OpenAI chat clients get reasoning as content between `<think>` and
+    /// `</think>`, for clients that cannot show `reasoning_content`.
+    #[serde(default)]
+    pub fold_thinking: bool,
+}
+
+impl ModelOptions {
+    /// Every option off.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A user group: its price ratio multiplies every model price for its keys.

@@ -220,6 +220,18 @@ pub fn estimate_tokens(text_bytes: usize) -> u64 {
     (text_bytes as u64).div_ceil(4)
 }
 
+/// The gateway's estimate of a reply's usage when the provider reported
+/// none: the prompt estimate as uncached input, the content forwarded as
+/// output. The one formula behind what is billed and what the client is
+/// shown, so the two are always the same figures.
+pub fn estimated_usage(estimated_prompt_tokens: u64, forwarded_content_bytes: usize) -> TokenUsage {
+    TokenUsage {
+        input_uncached: estimated_prompt_tokens,
+        output: estimate_tokens(forwarded_content_bytes),
+        ..Default::default()
+    }
+}
+
 /// The usage to bill for a request, by the rule "the provider is the truth":
 /// provider-reported usage is used as is (an explicit zero stays zero); only
 /// when the provider reported nothing and it did produce output is usage
@@ -233,14 +245,9 @@ pub fn settle_usage(
 ) -> (TokenUsage, UsageSource) {
     match reported {
         Some(usage) => (usage, UsageSource::Provider),
-        None if upstream_succeeded => (
-            TokenUsage {
-                input_uncached: estimated_prompt_tokens,
-                output: estimate_tokens(forwarded_content_bytes),
-                ..Default::default()
-            },
-            UsageSource::Estimated,
-        ),
+        None if upstream_succeeded => {
+            (estimated_usage(estimated_prompt_tokens, forwarded_content_bytes), UsageSource::Estimated)
+        }
         None => (TokenUsage::default(), UsageSource::None),
     }
 }

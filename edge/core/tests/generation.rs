@@ -630,3 +630,80 @@ fn streams_name_the_public_model_in_every_chunk() {
     assert_eq!(text.matches("\"model\":\"m\"").count(), 3, "{text}");
     assert_eq!(out.header("x-edgeway-channel"), Some("a"));
 }
+
+fn without_usage(mut body: Value) -> Value {
+    if let Some(o) = body.as_object_mut() {
+        o.remove("usage");
+    }
+    body
+}
+
+/// The usage in the last SSE data event that carries one.
+fn last_stream_usage(text: &str) -> Value {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|e| e.get("usage").filter(|u| !u.is_null()).cloned())
+        .next_back()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn an_upstream_that_reports_no_usage_shows_the_client_what_is_billed() {
+    // Relay, whole answer: the estimate is put in the body and marked.
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    w.upstream(A, vec![ok_json(without_usage(completion()))]);
+    let out = w.run(json!({"model": "m", "messages": user("hi there")}));
+    let e = &out.events()[0];
+    assert_eq!(e.usage_source, UsageSource::Estimated);
+    let usage = &out.json()["usage"];
+    assert_eq!(usage["prompt_tokens"].as_u64(), Some(e.usage.prompt_total()));
+    assert_eq!(usage["completion_tokens"].as_u64(), Some(e.usage.output));
+    assert_eq!(usage["estimated"], true);
+    assert_eq!(out.header("x-edgeway-usage"), Some("estimated"));
+
+    // Relay, stream with include_usage: an estimated usage chunk before [DONE].
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    w.upstream(A, vec![Reply::Status { status: 200, chunks: chat_stream(false), broken: false }]);
+    let out = w.run(json!({"model": "m", "messages": user("hi there"), "stream": true, "stream_options": {"include_usage": true}}));
+    let e = &out.events()[0];
+    let usage = last_stream_usage(&out.text());
+    assert_eq!(e.usage_source, UsageSource::Estimated);
+    assert_eq!(
+        (usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64()),
+        (Some(e.usage.prompt_total()), Some(e.usage.output))
+    );
+    assert_eq!(usage["estimated"], true);
+    assert!(out.text().trim_end().ends_with("data: [DONE]"));
+
+    // Translated (Anthropic client), stream: message_delta carries the same figures.
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    w.upstream(A, vec![Reply::Status { status: 200, chunks: chat_stream(false), broken: false }]);
+    let out = w.run_as(
+        ClientDialect::Anthropic,
+        json!({"model": "m", "max_tokens": 50, "messages": user("hi there"), "stream": true}),
+    );
+    let e = &out.events()[0];
+    let usage = last_stream_usage(&out.text());
+    assert_eq!(
+        (usage["input_tokens"].as_u64(), usage["output_tokens"].as_u64()),
+        (Some(e.usage.input_uncached), Some(e.usage.output))
+    );
+    assert!(e.usage.input_uncached > 0 && e.usage.output > 0);
+    assert_eq!(usage["estimated"], true);
+}
+
+#[test]
+fn empty_replies_cost_nothing_when_the_operator_says_so() {
+    let empty = json!({"id":"x","object":"chat.completion","created":1,"model":"up",
+        "choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"stop"}],
+        "usage":{"prompt_tokens":11,"completion_tokens":0,"total_tokens":11}});
+    for (free, cost) in [(false, 11), (true, 0)] {
+        let mut config = routing(&[("a", A)]);
+        config["models"][0]["options"] = json!({"empty_reply_free": free});
+        let mut w = World::new(unlimited(), config);
+        w.upstream(A, vec![ok_json(empty.clone())]);
+        let e = w.run(json!({"model": "m", "messages": user("hi")})).events()[0].clone();
+        assert_eq!((e.usage.input_uncached, e.cost_micros), (11, cost), "free: {free}");
+    }
+}

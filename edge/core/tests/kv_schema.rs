@@ -71,4 +71,8 @@ fn routing_schema_matches_the_types() {
         keys(&schema["$defs"]["model"]["properties"]["targets"]["items"]["properties"]),
         keys(&v["models"][0]["targets"][0])
     );
+    assert_eq!(
+        keys(&schema["$defs"]["model"]["properties"]["options"]["properties"]),
+        keys(&serde_json::to_value(edgeway_core::routing::ModelOptions::default()).unwrap())
+    );
 }

@@ -209,6 +209,7 @@ fn stream_translator(upstream: UpstreamDialect, client: ClientDialect, bytes: &[
         created: 1,
         include_usage: true,
         secrets: vec!["sk-fuzz-secret-0000".into()],
+        ..Default::default()
     };
     let mut translator = StreamTranslator::new(upstream, client, options);
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();

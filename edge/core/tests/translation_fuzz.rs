@@ -153,6 +153,7 @@ fn run_stream(upstream: UpstreamDialect, client: ClientDialect, bytes: &[u8], cu
             created: 1,
             include_usage: true,
             secrets: vec![],
+            ..Default::default()
         },
     );
     let mut out = Vec::new();

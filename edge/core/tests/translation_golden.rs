@@ -55,6 +55,7 @@ fn stream_options() -> StreamOptions {
         created: CREATED,
         include_usage: true,
         secrets: vec![CHANNEL_SECRET.into()],
+        ..Default::default()
     }
 }
 

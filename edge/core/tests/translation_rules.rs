@@ -39,6 +39,7 @@ fn stream(
             created: 7,
             include_usage,
             secrets: vec![],
+            ..Default::default()
         },
     );
     let mut out = t.feed(input.as_bytes());
@@ -325,7 +326,8 @@ fn count_tokens_requests_need_no_max_tokens() {
         None,
     )
     .expect("parse");
-    assert_eq!(count_tokens_estimate(&req), 3);
+    // 12 bytes of text, and the template's tokens for a system and a user message
+    assert_eq!(count_tokens_estimate(&req), 3 + 2 * 4 + 3);
     assert_eq!(render_count_tokens(ClientDialect::Anthropic, 3), br#"{"input_tokens":3}"#);
     let req = parse_count_tokens_request(
         ClientDialect::Gemini,
@@ -333,7 +335,7 @@ fn count_tokens_requests_need_no_max_tokens() {
         Some("g"),
     )
     .expect("parse");
-    assert_eq!(count_tokens_estimate(&req), 1);
+    assert_eq!(count_tokens_estimate(&req), 1 + 4 + 3);
     assert_eq!(render_count_tokens(ClientDialect::Gemini, 1), br#"{"totalTokens":1}"#);
 }
 

@@ -104,9 +104,10 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e:?}"));
         let price = ModelPrice { input: 1_000_000, output: 2_000_000, ..Default::default() };
         let need = slice_need(&price, 1_000_000, &inbound);
-        // (8 bytes + 64 overhead) input tokens at 1 µ + 10 output tokens at 2 µ
-        assert_eq!(need.reserve_micros, 72 + 20);
-        assert_eq!(need.tokens, 2 + 10);
-        assert_eq!(slice_need(&price, 500_000, &inbound).reserve_micros, 46, "at the group ratio");
+        // (8 bytes + twice the 7 template tokens of one message + 64 overhead)
+        // input tokens at 1 µ + 10 output tokens at 2 µ
+        assert_eq!(need.reserve_micros, 86 + 20);
+        assert_eq!(need.tokens, 2 + 7 + 10);
+        assert_eq!(slice_need(&price, 500_000, &inbound).reserve_micros, 53, "at the group ratio");
     }
 }

@@ -292,7 +292,9 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(openai.prompt, anthropic.prompt);
-        assert_eq!(openai.prompt.estimate, 5, "20 bytes of text");
-        assert_eq!(openai.prompt.upper_bound, 20 + translate::PROMPT_OVERHEAD_TOKENS);
+        // 20 bytes of text; a system and a user message and the reply's priming
+        let template = 2 * translate::TOKENS_PER_MESSAGE + translate::REPLY_PRIMING_TOKENS;
+        assert_eq!(openai.prompt.estimate, 5 + template);
+        assert_eq!(openai.prompt.upper_bound, 20 + 2 * template + translate::PROMPT_OVERHEAD_TOKENS);
     }
 }

@@ -23,6 +23,9 @@ pub struct Meter {
     /// Prompt tokens estimated: billed only when the provider reports none.
     pub prompt_estimate: u64,
     pub price: ModelPrice,
+    /// The operator's `empty_reply_free`: a completed reply with no content
+    /// costs nothing.
+    pub empty_reply_free: bool,
 }
 
 /// Which channel served the request (or last failed it).
@@ -86,6 +89,8 @@ impl Meter {
             self.prompt_estimate,
             ending.content_bytes,
         );
+        let free =
+            self.empty_reply_free && ending.outcome == RequestOutcome::Completed && ending.content_bytes == 0;
         UsageEvent {
             request_id: self.request_id.clone(),
             key_digest: self.key_digest.clone(),
@@ -97,7 +102,7 @@ impl Meter {
             upstream_model: served.upstream_model.clone(),
             channel: served.channel.clone(),
             provider: served.provider.clone(),
-            cost_micros: self.price.cost_micros_at_ratio(&usage, self.price_ratio_ppm),
+            cost_micros: if free { 0 } else { self.price.cost_micros_at_ratio(&usage, self.price_ratio_ppm) },
             usage,
             status: ending.status,
             outcome: ending.outcome,
@@ -108,6 +113,20 @@ impl Meter {
             created_at_ms: self.started_ms,
         }
     }
+}
+
+/// Response header saying the usage in the body is the gateway's estimate
+/// (the upstream reported none): `x-edgeway-usage: estimated`.
+pub const USAGE_HEADER: &str = "x-edgeway-usage";
+
+/// A relayed OpenAI chat body that carries no usage, with the estimate
+/// that is billed put in (marked `"estimated": true`); `None` when the body
+/// is not a JSON object (it is then passed on as it came).
+pub fn relay_body_with_usage(body: &[u8], usage: &TokenUsage) -> Option<Vec<u8>> {
+    let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    let shown = serde_json::to_value(usage.to_openai()).ok()?;
+    value.insert("usage".into(), crate::translate::mark_estimated(shown));
+    serde_json::to_vec(&value).ok()
 }
 
 /// The response id the client sees, in its dialect's shape, from the
@@ -152,6 +171,7 @@ mod tests {
             started_ms: 1_000,
             prompt_estimate: 10,
             price: ModelPrice { input: 1_000_000, output: 2_000_000, ..Default::default() },
+            empty_reply_free: false,
         }
     }
 
@@ -168,6 +188,31 @@ mod tests {
         assert_eq!((e.cost_micros, e.usage_source, e.status), (0, UsageSource::None, 502));
         let zero = Ending::completed(Some(TokenUsage::default()), 100);
         assert_eq!(meter().event(&served, zero, 1_000).cost_micros, 0, "an explicit zero stays zero");
+    }
+
+    #[test]
+    fn empty_replies_are_free_only_when_the_operator_says() {
+        let served = Served::default();
+        let reported = TokenUsage { input_uncached: 3, output: 4, ..Default::default() };
+        let mut m = meter();
+        assert_eq!(m.event(&served, Ending::completed(Some(reported), 0), 1_000).cost_micros, 11);
+        m.empty_reply_free = true;
+        let e = m.event(&served, Ending::completed(Some(reported), 0), 1_000);
+        assert_eq!((e.cost_micros, e.usage), (0, reported), "tokens recorded, cost zero");
+        assert_eq!(m.event(&served, Ending::completed(Some(reported), 1), 1_000).cost_micros, 11);
+    }
+
+    #[test]
+    fn relayed_bodies_get_the_estimate_marked() {
+        let usage = TokenUsage { input_uncached: 7, output: 2, ..Default::default() };
+        let body = relay_body_with_usage(br#"{"id":"x","choices":[]}"#, &usage).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(
+            (v["usage"]["prompt_tokens"].as_u64(), v["usage"]["completion_tokens"].as_u64()),
+            (Some(7), Some(2))
+        );
+        assert_eq!(v["usage"]["estimated"], true);
+        assert_eq!(relay_body_with_usage(b"[1]", &usage), None);
     }
 
     #[test]

@@ -689,6 +689,7 @@ pub(crate) fn parse_response(body: &[u8]) -> Result<CanonicalResponse, GatewayEr
         stop_sequence: value.get("stop_sequence").and_then(Value::as_str).map(str::to_string),
         usage,
         usage_reported: usage_value.is_some(),
+        usage_estimated: false,
     })
 }
 
@@ -726,7 +727,7 @@ pub(crate) fn render_response(resp: &CanonicalResponse) -> Value {
         "content": content,
         "stop_reason": stop_reason_word(&resp.finish_reason),
         "stop_sequence": resp.stop_sequence,
-        "usage": usage_json(&resp.usage),
+        "usage": super::marked(usage_json(&resp.usage), resp.usage_estimated),
     })
 }
 
@@ -1048,6 +1049,7 @@ impl ClientRenderer for MessagesStreamRenderer {
         reason: &FinishReason,
         stop_sequence: Option<&str>,
         usage: Option<&TokenUsage>,
+        estimated: bool,
         out: &mut Vec<u8>,
     ) {
         if let Some(usage) = usage {
@@ -1058,7 +1060,7 @@ impl ClientRenderer for MessagesStreamRenderer {
         Self::emit(
             out,
             "message_delta",
-            json!({"delta": {"stop_reason": stop_reason_word(reason), "stop_sequence": stop_sequence}, "usage": usage_json(&self.usage)}),
+            json!({"delta": {"stop_reason": stop_reason_word(reason), "stop_sequence": stop_sequence}, "usage": super::marked(usage_json(&self.usage), estimated)}),
         );
         Self::emit(out, "message_stop", json!({}));
     }

@@ -240,6 +240,9 @@ pub struct CanonicalResponse {
     pub usage: TokenUsage,
     /// The provider reported usage (otherwise `usage` is zero and the caller estimates).
     pub usage_reported: bool,
+    /// `usage` is the gateway's estimate (set by the caller that filled it
+    /// in); renderers mark it so in the client's usage object.
+    pub usage_estimated: bool,
 }
 
 /// One step of a streamed answer, in provider-neutral form.

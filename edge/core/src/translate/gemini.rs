@@ -873,6 +873,7 @@ pub(crate) fn parse_response(body: &[u8], id_seed: &str) -> Result<CanonicalResp
         finish_reason,
         stop_sequence: None,
         usage_reported: usage.is_some(),
+        usage_estimated: false,
         usage: usage.unwrap_or_default(),
     })
 }
@@ -935,7 +936,7 @@ pub(crate) fn render_response(resp: &CanonicalResponse) -> Value {
             "finishReason": finish_reason_word(&resp.finish_reason),
             "index": 0,
         }],
-        "usageMetadata": usage_json(&resp.usage),
+        "usageMetadata": super::marked(usage_json(&resp.usage), resp.usage_estimated),
         "modelVersion": resp.model,
         "responseId": resp.id,
     })
@@ -1092,6 +1093,7 @@ impl ClientRenderer for GeminiStreamRenderer {
         reason: &FinishReason,
         _stop_sequence: Option<&str>,
         usage: Option<&TokenUsage>,
+        estimated: bool,
         out: &mut Vec<u8>,
     ) {
         let content: Vec<ContentPart> = self
@@ -1110,7 +1112,7 @@ impl ClientRenderer for GeminiStreamRenderer {
         }
         let chunk = json!({
             "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish_reason_word(reason), "index": 0}],
-            "usageMetadata": usage_json(&usage.copied().unwrap_or_default()),
+            "usageMetadata": super::marked(usage_json(&usage.copied().unwrap_or_default()), estimated),
             "modelVersion": self.model,
             "responseId": self.id,
         });

@@ -41,7 +41,7 @@ pub fn normalize_base64<'a>(data: &'a str, param: &str) -> Result<Cow<'a, str>, 
     let body = data.trim_end_matches('=');
     let padding = data.len() - body.len();
     let standard = body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
-    if standard && data.len() % 4 == 0 && padding <= 2 {
+    if standard && data.len().is_multiple_of(4) && padding <= 2 {
         return Ok(Cow::Borrowed(data));
     }
     let mut out = String::with_capacity(data.len() + 3);

@@ -357,6 +357,49 @@ pub fn parse_upstream_error_redacting(
     GatewayError::Upstream { status, message }
 }
 
+/// A client usage object, marked `"estimated": true` when the figures are
+/// the gateway's estimate rather than the provider's report.
+pub(crate) fn marked(usage: serde_json::Value, estimated: bool) -> serde_json::Value {
+    if estimated {
+        mark_estimated(usage)
+    } else {
+        usage
+    }
+}
+
+/// A client usage object marked `"estimated": true`.
+pub fn mark_estimated(mut usage: serde_json::Value) -> serde_json::Value {
+    if let Some(object) = usage.as_object_mut() {
+        object.insert("estimated".into(), serde_json::Value::Bool(true));
+    }
+    usage
+}
+
+/// Folds reasoning text into the content, between [`stream::THINK_OPEN`]
+/// and [`stream::THINK_CLOSE`], ahead of the reply's text (the operator's
+/// `fold_thinking`, for OpenAI chat clients that cannot show
+/// `reasoning_content`). Signatures stay where they were.
+pub fn fold_thinking(resp: &mut CanonicalResponse) {
+    let mut thinking = String::new();
+    for part in resp.content.iter_mut() {
+        if let ContentPart::Thinking { text, .. } = part {
+            thinking.push_str(&std::mem::take(text));
+        }
+    }
+    resp.content.retain(|p| !matches!(p, ContentPart::Thinking { text, signature: None } if text.is_empty()));
+    if thinking.is_empty() {
+        return;
+    }
+    let folded = format!("{}{thinking}{}", stream::THINK_OPEN, stream::THINK_CLOSE);
+    match resp.content.iter_mut().find_map(|p| match p {
+        ContentPart::Text { text, .. } => Some(text),
+        _ => None,
+    }) {
+        Some(text) => text.insert_str(0, &folded),
+        None => resp.content.insert(0, ContentPart::text(folded.trim_end())),
+    }
+}
+
 /// Largest token count believed from a provider; anything above is clamped so
 /// sums of buckets can never overflow.
 pub const MAX_REPORTED_TOKENS: u64 = 1 << 40;
@@ -391,16 +434,27 @@ const MEDIA_TOKEN_ALLOWANCE: u64 = 1_000;
 /// top of the prompt's own bytes.
 pub const PROMPT_OVERHEAD_TOKENS: u64 = 64;
 
+/// Tokens a chat template adds per message (the role and the separators
+/// around it: OpenAI's documented count is 3, Llama 3's and ChatML's 4 to
+/// 5; the system instruction counts as one message).
+pub const TOKENS_PER_MESSAGE: u64 = 4;
+
+/// Tokens a chat template adds once, to prime the reply (`<|start|>assistant`).
+pub const REPLY_PRIMING_TOKENS: u64 = 3;
+
 /// How big a prompt is, in the two ways the gateway needs: an estimate (for
 /// billing when the provider reports nothing, and for token counting) and a
 /// bound no tokenizer exceeds (for the quota reservation, which must be a
 /// true worst case).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PromptSize {
-    /// One token per four bytes of text, plus a flat allowance per media part.
+    /// One token per four bytes of text, a flat allowance per media part,
+    /// and the chat template's own tokens: [`TOKENS_PER_MESSAGE`] per message
+    /// (the system instruction is one) and [`REPLY_PRIMING_TOKENS`].
     pub estimate: u64,
     /// One token per byte of text, the larger of four allowances and the
-    /// inline size per media part, plus [`PROMPT_OVERHEAD_TOKENS`].
+    /// inline size per media part, twice the template's tokens, plus
+    /// [`PROMPT_OVERHEAD_TOKENS`].
     pub upper_bound: u64,
 }
 
@@ -445,9 +499,14 @@ pub fn prompt_size(req: &CanonicalRequest) -> PromptSize {
             }
         }
     }
+    let turns = req.messages.len() as u64 + u64::from(!req.system.is_empty());
+    let template = turns.saturating_mul(TOKENS_PER_MESSAGE).saturating_add(REPLY_PRIMING_TOKENS);
     PromptSize {
-        estimate: estimate_tokens(bytes) + media,
-        upper_bound: (bytes as u64).saturating_add(media_bound).saturating_add(PROMPT_OVERHEAD_TOKENS),
+        estimate: estimate_tokens(bytes).saturating_add(media).saturating_add(template),
+        upper_bound: (bytes as u64)
+            .saturating_add(media_bound)
+            .saturating_add(2 * template)
+            .saturating_add(PROMPT_OVERHEAD_TOKENS),
     }
 }
 

@@ -827,6 +827,7 @@ pub(crate) fn parse_response(body: &[u8]) -> Result<CanonicalResponse, GatewayEr
         finish_reason,
         stop_sequence: None,
         usage_reported: usage.is_some(),
+        usage_estimated: false,
         usage: usage.unwrap_or_default(),
     })
 }
@@ -863,7 +864,7 @@ pub(crate) fn render_response(resp: &CanonicalResponse) -> Value {
         "created": resp.created,
         "model": resp.model,
         "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason_word(&resp.finish_reason)}],
-        "usage": usage_json(&resp.usage),
+        "usage": super::marked(usage_json(&resp.usage), resp.usage_estimated),
     })
 }
 
@@ -1108,6 +1109,7 @@ impl ClientRenderer for ChatStreamRenderer {
         reason: &FinishReason,
         _stop_sequence: Option<&str>,
         usage: Option<&TokenUsage>,
+        estimated: bool,
         out: &mut Vec<u8>,
     ) {
         self.on_event(&StreamEvent::Finish { reason: reason.clone(), stop_sequence: None }, out);
@@ -1118,7 +1120,7 @@ impl ClientRenderer for ChatStreamRenderer {
                 "created": self.created,
                 "model": self.model,
                 "choices": [],
-                "usage": usage_json(&usage.copied().unwrap_or_default()),
+                "usage": super::marked(usage_json(&usage.copied().unwrap_or_default()), estimated),
             });
             encode_event(out, None, &chunk.to_string());
         }

@@ -432,7 +432,15 @@ pub(crate) fn render_response(resp: &CanonicalResponse) -> Value {
     }
     flush_text(&mut text, &mut output);
     let (status, incomplete) = status_of(&resp.finish_reason);
-    response_object(&resp.id, &resp.model, resp.created, status, incomplete, output, usage_json(&resp.usage))
+    response_object(
+        &resp.id,
+        &resp.model,
+        resp.created,
+        status,
+        incomplete,
+        output,
+        super::marked(usage_json(&resp.usage), resp.usage_estimated),
+    )
 }
 
 #[derive(Debug)]
@@ -690,12 +698,14 @@ impl ClientRenderer for ResponsesStreamRenderer {
         reason: &FinishReason,
         _stop_sequence: Option<&str>,
         usage: Option<&TokenUsage>,
+        estimated: bool,
         out: &mut Vec<u8>,
     ) {
         self.ensure_started(out);
         self.close(out);
         let (status, incomplete) = status_of(reason);
-        let response = self.snapshot(status, incomplete, usage_json(&usage.copied().unwrap_or_default()));
+        let usage = super::marked(usage_json(&usage.copied().unwrap_or_default()), estimated);
+        let response = self.snapshot(status, incomplete, usage);
         let name = if status == "completed" { "response.completed" } else { "response.incomplete" };
         self.emit(out, name, json!({"response": response}));
     }

@@ -22,7 +22,12 @@ use super::{anthropic, gemini, openai_chat, openai_responses, ClientDialect, Ups
 use crate::error::{redact_secrets, GatewayError};
 use crate::limits::MAX_SSE_LINE_BYTES;
 use crate::sse::{SseDecoder, SseEvent};
-use crate::usage::TokenUsage;
+use crate::usage::{estimated_usage, TokenUsage};
+
+/// What opens folded thinking in the content ([`StreamOptions::fold_thinking`]).
+pub const THINK_OPEN: &str = "<think>\n";
+/// What closes it.
+pub const THINK_CLOSE: &str = "\n</think>\n\n";
 use std::collections::HashMap;
 use std::fmt::Debug;
 
@@ -35,12 +40,14 @@ pub(crate) trait UpstreamParser: Debug {
 pub(crate) trait ClientRenderer: Debug {
     /// Content, start, usage and finish events.
     fn on_event(&mut self, event: &StreamEvent, out: &mut Vec<u8>);
-    /// The well-formed end of the stream.
+    /// The well-formed end of the stream; `estimated`: `usage` is the
+    /// gateway's estimate (the upstream reported none), marked as such.
     fn end(
         &mut self,
         reason: &FinishReason,
         stop_sequence: Option<&str>,
         usage: Option<&TokenUsage>,
+        estimated: bool,
         out: &mut Vec<u8>,
     );
     /// An in-stream error; nothing follows it.
@@ -60,6 +67,15 @@ pub struct StreamOptions {
     pub include_usage: bool,
     /// Strings to redact from upstream error messages (the channel credential).
     pub secrets: Vec<String>,
+    /// When set, a stream whose upstream reports no usage ends with the
+    /// gateway's estimate ([`crate::usage::estimated_usage`] of this prompt
+    /// estimate and the content streamed), marked estimated: the figures
+    /// that are billed. `None`: the end carries zeros, as the upstream said.
+    pub prompt_estimate: Option<u64>,
+    /// OpenAI chat clients: reasoning text is sent as content, between
+    /// `<think>` and `</think>`, for clients that cannot show
+    /// `reasoning_content` (the operator's `fold_thinking`).
+    pub fold_thinking: bool,
 }
 
 /// How a stream ended, once it has.
@@ -90,6 +106,8 @@ pub struct StreamTranslator {
     content_bytes: usize,
     snapshot: ContentAccumulator,
     upstream_id: Option<String>,
+    /// Folding thinking into text, and a `<think>` is open.
+    fold: Option<bool>,
 }
 
 impl StreamTranslator {
@@ -121,6 +139,7 @@ impl StreamTranslator {
                 options.created,
             )),
         };
+        let fold = (options.fold_thinking && client == ClientDialect::OpenAiChat).then_some(false);
         Self {
             decoder: SseDecoder::new(MAX_SSE_LINE_BYTES),
             parser,
@@ -136,6 +155,7 @@ impl StreamTranslator {
             content_bytes: 0,
             snapshot: ContentAccumulator::default(),
             upstream_id: None,
+            fold,
         }
     }
 
@@ -178,6 +198,16 @@ impl StreamTranslator {
         self.usage
     }
 
+    /// The usage the client is shown at the end, and whether it is the
+    /// gateway's estimate.
+    pub fn usage_shown(&self) -> (Option<TokenUsage>, bool) {
+        match (self.usage, self.options.prompt_estimate) {
+            (Some(usage), _) => (Some(usage), false),
+            (None, Some(prompt)) => (Some(estimated_usage(prompt, self.content_bytes)), true),
+            (None, None) => (None, false),
+        }
+    }
+
     /// Some text, reasoning or tool call has been sent to the client.
     pub fn saw_content(&self) -> bool {
         self.saw_content
@@ -210,6 +240,7 @@ impl StreamTranslator {
             stop_sequence: self.finish.as_ref().and_then(|(_, s)| s.clone()),
             usage: self.usage.unwrap_or_default(),
             usage_reported: self.usage.is_some(),
+            usage_estimated: false,
         }
     }
 
@@ -245,6 +276,7 @@ impl StreamTranslator {
                     reason
                 };
                 self.finish = Some((reason.clone(), stop_sequence.clone()));
+                self.close_fold(out);
                 self.renderer.on_event(&StreamEvent::Finish { reason, stop_sequence }, out);
             }
             StreamEvent::End => {
@@ -276,14 +308,46 @@ impl StreamTranslator {
                 }
                 self.saw_content = true;
                 self.snapshot.add(&content);
-                self.renderer.on_event(&content, out);
+                self.render_content(content, out);
             }
+        }
+    }
+
+    /// Renders a content event, folding thinking into text when asked.
+    fn render_content(&mut self, content: StreamEvent, out: &mut Vec<u8>) {
+        let Some(open) = self.fold else {
+            self.renderer.on_event(&content, out);
+            return;
+        };
+        match content {
+            StreamEvent::ThinkingDelta(text) => {
+                if !open {
+                    self.fold = Some(true);
+                    self.renderer.on_event(&StreamEvent::TextDelta(THINK_OPEN.into()), out);
+                }
+                self.renderer.on_event(&StreamEvent::TextDelta(text), out);
+            }
+            StreamEvent::ThinkingSignature(_) | StreamEvent::RedactedThinking(_) => {
+                self.renderer.on_event(&content, out)
+            }
+            other => {
+                self.close_fold(out);
+                self.renderer.on_event(&other, out);
+            }
+        }
+    }
+
+    fn close_fold(&mut self, out: &mut Vec<u8>) {
+        if self.fold == Some(true) {
+            self.fold = Some(false);
+            self.renderer.on_event(&StreamEvent::TextDelta(THINK_CLOSE.into()), out);
         }
     }
 
     fn end(&mut self, out: &mut Vec<u8>) {
         let (reason, stop_sequence) = self.finish.clone().unwrap_or((FinishReason::Stop, None));
-        self.renderer.end(&reason, stop_sequence.as_deref(), self.usage.as_ref(), out);
+        let (usage, estimated) = self.usage_shown();
+        self.renderer.end(&reason, stop_sequence.as_deref(), usage.as_ref(), estimated, out);
         self.outcome = StreamOutcome::Completed;
     }
 

@@ -73,6 +73,7 @@ impl Generation {
         let route = resolve(table, &record, &inbound.model, self.start.routing_seed, self.pinned.as_deref())?;
         self.route_model = route.model.to_string();
         self.suffix_stripped = route.suffix_stripped;
+        self.model_options = table.model(route.model).map(|m| m.options).unwrap_or_default();
         self.targets = Target::list(&route);
         if record.quota_micros.is_some() {
             inbound.cap_output(DEFAULT_RESERVED_OUTPUT_TOKENS);
@@ -89,6 +90,7 @@ impl Generation {
             started_ms: self.started_ms,
             prompt_estimate: inbound.prompt.estimate,
             price: route.price,
+            empty_reply_free: self.model_options.empty_reply_free,
         });
         // Keys with limits are admitted against the isolate's slice of their
         // account; keys without skip admission, and their account is asked

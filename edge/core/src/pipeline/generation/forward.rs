@@ -7,13 +7,15 @@ use crate::openai_relay::{
 };
 use crate::pin::SERVED_CHANNEL_HEADER;
 use crate::pipeline::isolate::IsolateState;
-use crate::pipeline::metering::{client_response_id, response_content_bytes, Ending, Served};
+use crate::pipeline::metering::{
+    client_response_id, relay_body_with_usage, response_content_bytes, Ending, Served, USAGE_HEADER,
+};
 use crate::pipeline::route::{AttemptVerdict, Plan, Route, MAX_ATTEMPTS};
 use crate::provider::{AuthScheme, ProviderDialect};
 use crate::sse::encode_event;
 use crate::stream_shaper::StreamShaper;
 use crate::translate::{self, StreamOptions, StreamTranslator};
-use crate::usage::TokenUsage;
+use crate::usage::{estimated_usage, TokenUsage};
 use std::collections::VecDeque;
 
 impl Target {
@@ -66,8 +68,9 @@ impl Generation {
                     provider: target.provider.id.to_string(),
                     upstream_model: target.upstream_model.clone(),
                 };
-                let plan =
-                    Plan::for_attempt(self.start.client, target.provider.dialect, self.suffix_stripped);
+                // Folding thinking rebuilds the answer, so it is never relayed as is.
+                let rebuild = self.suffix_stripped || self.model_options.fold_thinking;
+                let plan = Plan::for_attempt(self.start.client, target.provider.dialect, rebuild);
                 self.current = Some((target.clone(), plan, Vec::new()));
                 target
             }
@@ -225,7 +228,9 @@ impl Generation {
         let client = self.start.client;
         self.shaper = Some(match plan {
             Plan::Relay => StreamShaper::Relay(Box::new(
-                ChatStreamTap::new(inbound.client_wants_usage, secrets).with_public_model(&inbound.model),
+                ChatStreamTap::new(inbound.client_wants_usage, secrets)
+                    .with_public_model(&inbound.model)
+                    .estimating(inbound.prompt.estimate),
             )),
             Plan::Translate(upstream) => StreamShaper::Translate(Box::new(StreamTranslator::new(
                 upstream,
@@ -236,6 +241,8 @@ impl Generation {
                     created: self.started_ms / 1000,
                     include_usage: inbound.client_wants_usage,
                     secrets,
+                    prompt_estimate: Some(inbound.prompt.estimate),
+                    fold_thinking: self.model_options.fold_thinking,
                 },
             ))),
         });
@@ -251,17 +258,28 @@ impl Generation {
     pub(super) fn whole_body(&mut self, body: Vec<u8>, now: i64) -> Result<Effect, GatewayError> {
         let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
         let plan = self.current.as_ref().map(|(_, plan, _)| *plan).ok_or(GatewayError::Internal)?;
+        let prompt_estimate = inbound.prompt.estimate;
         let (out, reported, content_bytes) = match plan {
             Plan::Relay => {
                 let usage = response_usage(&body).map(|u| TokenUsage::from_openai(&u));
+                let content = relay_content_bytes(&body);
                 // The client sees the public model name, not the upstream's.
                 let renamed =
                     std::str::from_utf8(&body).ok().and_then(|text| replace_model_name(text, &inbound.model));
-                let out = match renamed {
-                    Some(text) => ResponseBody::Bytes(text.into_bytes()),
-                    None => ResponseBody::UpstreamBody,
+                // And the usage it is billed, when the upstream reported none.
+                let with_usage = match usage {
+                    Some(_) => None,
+                    None => relay_body_with_usage(
+                        renamed.as_deref().map_or(&body[..], str::as_bytes),
+                        &estimated_usage(prompt_estimate, content),
+                    ),
                 };
-                (out, usage, relay_content_bytes(&body))
+                let out = match (with_usage, renamed) {
+                    (Some(bytes), _) => ResponseBody::Bytes(bytes),
+                    (None, Some(text)) => ResponseBody::Bytes(text.into_bytes()),
+                    (None, None) => ResponseBody::UpstreamBody,
+                };
+                (out, usage, content)
             }
             Plan::Translate(upstream) => {
                 let mut resp = translate::parse_upstream_response(upstream, &body)?;
@@ -274,6 +292,13 @@ impl Generation {
                 resp.model = inbound.model.clone();
                 let usage = resp.usage_reported.then_some(resp.usage);
                 let content = response_content_bytes(&resp);
+                if usage.is_none() {
+                    resp.usage = estimated_usage(prompt_estimate, content);
+                    resp.usage_estimated = true;
+                }
+                if self.model_options.fold_thinking && self.start.client == ClientDialect::OpenAiChat {
+                    translate::fold_thinking(&mut resp);
+                }
                 (
                     ResponseBody::Bytes(translate::render_client_response(self.start.client, &resp)),
                     usage,
@@ -292,6 +317,9 @@ impl Generation {
             .map(|m| m.event(&self.served, Ending::completed(reported, content_bytes), now));
         let mut headers = self.response_headers();
         headers.push(("content-type", "application/json".into()));
+        if reported.is_none() {
+            headers.push((USAGE_HEADER, "estimated".into()));
+        }
         self.phase = Phase::AwaitErrorRespond;
         self.responded = true;
         Ok(Effect::Respond(ResponseHead { status: 200, headers }, out))

@@ -36,7 +36,7 @@ use crate::error::GatewayError;
 use crate::key_record::KeyRecord;
 use crate::pin::PinRequest;
 use crate::provider::Provider;
-use crate::routing::{MockOptions, ROUTING_KV_KEY};
+use crate::routing::{MockOptions, ModelOptions, ROUTING_KV_KEY};
 use crate::stream_shaper::StreamShaper;
 use crate::translate::{self, ClientDialect};
 use crate::usage::UsageEvent;
@@ -311,6 +311,8 @@ pub struct Generation {
     pinned: Option<String>,
     /// SHA-256 of the body, kept while a pin's signature waits for its secret.
     pin_body_digest: String,
+    /// The routed model's operator options.
+    model_options: ModelOptions,
     next_target: usize,
     current: Option<(Target, Plan, Vec<String>)>,
     served: Served,
@@ -356,6 +358,7 @@ impl Generation {
             suffix_stripped: false,
             pinned: None,
             pin_body_digest: String::new(),
+            model_options: ModelOptions::default(),
             next_target: 0,
             current: None,
             served: Served::default(),
