@@ -66,6 +66,7 @@ const SQLITE_MIGRATIONS: EmbeddedList = &[
     (4, "oidc states", include_str!("../../migrations/sqlite/0004_oidc_states.sql")),
     (5, "key budgets", include_str!("../../migrations/sqlite/0005_key_budgets.sql")),
     (6, "key pin allowed", include_str!("../../migrations/sqlite/0006_key_pin_allowed.sql")),
+    (7, "model options", include_str!("../../migrations/sqlite/0007_model_options.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: EmbeddedList = &[
@@ -75,6 +76,7 @@ const POSTGRES_MIGRATIONS: EmbeddedList = &[
     (4, "oidc states", include_str!("../../migrations/postgres/0004_oidc_states.sql")),
     (5, "key budgets", include_str!("../../migrations/postgres/0005_key_budgets.sql")),
     (6, "key pin allowed", include_str!("../../migrations/postgres/0006_key_pin_allowed.sql")),
+    (7, "model options", include_str!("../../migrations/postgres/0007_model_options.sql")),
 ];
 
 /// Migrations compiled into the binary, so the service needs no files at run

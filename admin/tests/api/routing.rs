@@ -10,7 +10,8 @@ fn mock_channel() -> Value {
         "mock": {"latency_ms": 5, "chunk_delay_ms": 1},
         "models": [
             {"name": "mock-small", "price": {"input": 150000, "output": 600000}, "owned_by": "edgeway"},
-            {"name": "mock-large", "upstream_model": "mock-xl", "priority": 5, "weight": 3}
+            {"name": "mock-large", "upstream_model": "mock-xl", "priority": 5, "weight": 3,
+             "options": {"empty_reply_free": true, "fold_thinking": true}}
         ]
     })
 }
@@ -57,6 +58,8 @@ async fn channels_and_models_round_trip_without_exposing_credentials(db: DbKind)
     assert_eq!(small["targets"].as_array().unwrap().len(), 2);
     assert_eq!(models[1]["targets"][0]["upstream_model"], "mock-xl");
     assert_eq!(models[1]["targets"][0]["weight"], 3);
+    assert_eq!(models[1]["options"], json!({"empty_reply_free": true, "fold_thinking": true}));
+    assert!(small.get("options").is_none(), "options all off are not shown");
 
     // Duplicate id.
     let (status, body) = app.call(Method::POST, "/api/channels", Some(upstream)).await;
