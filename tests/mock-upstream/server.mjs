@@ -1,5 +1,6 @@
-// A mock model provider speaking OpenAI's Chat Completions format, for the
-// end-to-end tests and the benchmarks. It stands where the outside world is.
+// A mock model provider speaking OpenAI's Chat Completions format (and the
+// legacy completions and embeddings endpoints), for the end-to-end tests and
+// the benchmarks. It stands where the outside world is.
 //
 // Behaviour is chosen by the *upstream* model name the gateway sends, so a
 // test selects it through channel configuration, exactly as an operator would:
@@ -42,6 +43,38 @@ export function createMockUpstream() {
 
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+  // Embeddings: vector i of input n is [n + 1, i / 10, …] of `dimensions` (default 3),
+  // as floats or base64 little-endian float32; usage 4 tokens per input.
+  const embeddings = (res, body, model) => {
+    const inputs = Array.isArray(body.input) && typeof body.input[0] !== 'number' ? body.input : [body.input];
+    const dims = body.dimensions ?? 3;
+    const data = inputs.map((_, n) => {
+      const vector = Array.from({ length: dims }, (_, i) => (i === 0 ? n + 1 : i / 10));
+      const embedding = body.encoding_format === 'base64'
+        ? Buffer.from(new Float32Array(vector).buffer).toString('base64') : vector;
+      return { object: 'embedding', index: n, embedding };
+    });
+    const tokens = 4 * inputs.length;
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ object: 'list', data, model, usage: { prompt_tokens: tokens, total_tokens: tokens } }));
+  };
+
+  // Legacy text completions: the same words as chat, whole or streamed; usage 5 prompt + 8 completion.
+  const textCompletion = (res, body, model) => {
+    const usage = { prompt_tokens: 5, completion_tokens: 8, total_tokens: 13 };
+    const choice = (text, finish) => ({ text, index: 0, logprobs: null, finish_reason: finish });
+    const base = { id: 'cmpl-upstream-1', object: 'text_completion', created: 1700000000, model };
+    if (!body.stream) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ ...base, choices: [choice(WORDS.join(''), 'stop')], usage }));
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    for (const w of WORDS) res.write(`data: ${JSON.stringify({ ...base, choices: [choice(w, null)] })}\n\n`);
+    res.write(`data: ${JSON.stringify({ ...base, choices: [choice('', 'stop')] })}\n\n`);
+    if (body.stream_options?.include_usage === true) res.write(`data: ${JSON.stringify({ ...base, choices: [], usage })}\n\n`);
+    res.end('data: [DONE]\n\n');
+  };
+
   const server = http.createServer(async (req, res) => {
     if (req.method === 'GET' && req.url === '/__stats') {
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -61,7 +94,10 @@ export function createMockUpstream() {
       res.writeHead(200, { 'content-type': 'application/json' });
       return res.end(JSON.stringify({ object: 'list', data: [{ id: 'mock-upstream', object: 'model', owned_by: 'mock' }] }));
     }
-    if (req.method !== 'POST' || !req.url.endsWith('/chat/completions')) {
+    const family = req.url.endsWith('/chat/completions') ? 'chat'
+      : req.url.endsWith('/completions') ? 'completions'
+        : req.url.endsWith('/embeddings') ? 'embeddings' : null;
+    if (req.method !== 'POST' || !family) {
       res.writeHead(404, { 'content-type': 'application/json' });
       return res.end(JSON.stringify({ error: { message: 'not found' } }));
     }
@@ -78,7 +114,7 @@ export function createMockUpstream() {
     const headers = { ...req.headers };
     const authorization = headers.authorization;
     delete headers.authorization;
-    last = { body, headers, hadAuthorization: Boolean(authorization) };
+    last = { body, headers, hadAuthorization: Boolean(authorization), path: req.url };
     stats.requests += 1;
     stats.byModel[model] = (stats.byModel[model] ?? 0) + 1;
     stats.inFlight += 1;
@@ -99,6 +135,8 @@ export function createMockUpstream() {
       res.writeHead(status, { 'content-type': 'application/json' });
       return res.end(JSON.stringify({ error: { message, type: status === 400 ? 'invalid_request_error' : 'server_error' } }));
     }
+    if (family === 'embeddings') return embeddings(res, body, model);
+    if (family === 'completions') return textCompletion(res, body, model);
     const usage = model === 'no-usage' ? undefined : usageFor(model);
     if (!body.stream) {
       res.writeHead(200, { 'content-type': 'application/json' });

@@ -67,6 +67,7 @@ const SQLITE_MIGRATIONS: EmbeddedList = &[
     (5, "key budgets", include_str!("../../migrations/sqlite/0005_key_budgets.sql")),
     (6, "key pin allowed", include_str!("../../migrations/sqlite/0006_key_pin_allowed.sql")),
     (7, "model options", include_str!("../../migrations/sqlite/0007_model_options.sql")),
+    (8, "usage units", include_str!("../../migrations/sqlite/0008_usage_units.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: EmbeddedList = &[
@@ -77,6 +78,7 @@ const POSTGRES_MIGRATIONS: EmbeddedList = &[
     (5, "key budgets", include_str!("../../migrations/postgres/0005_key_budgets.sql")),
     (6, "key pin allowed", include_str!("../../migrations/postgres/0006_key_pin_allowed.sql")),
     (7, "model options", include_str!("../../migrations/postgres/0007_model_options.sql")),
+    (8, "usage units", include_str!("../../migrations/postgres/0008_usage_units.sql")),
 ];
 
 /// Migrations compiled into the binary, so the service needs no files at run

@@ -3,7 +3,8 @@
 
 use crate::db::{Db, RowExt};
 use crate::error::{ApiError, ApiResult};
-use edgeway_core::usage::{RequestOutcome, TokenUsage, UsageEvent, UsageSource};
+use edgeway_core::family::Family;
+use edgeway_core::usage::{RequestOutcome, TokenUsage, Unit, UsageEvent, UsageSource};
 use edgeway_core::usage_row::{column_list, insert_sql, usage_row, Placeholder, UsageValue};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -46,6 +47,7 @@ fn entry_from_row(row: &AnyRow) -> ApiResult<LedgerEntry> {
     let text_enum = |column: &str| row.text(column);
     let outcome = text_enum("outcome")?;
     let source = text_enum("usage_source")?;
+    let endpoint = text_enum("endpoint")?;
     let event = UsageEvent {
         request_id: row.text("request_id")?,
         key_digest: row.text("key_digest")?,
@@ -57,6 +59,16 @@ fn entry_from_row(row: &AnyRow) -> ApiResult<LedgerEntry> {
         upstream_model: row.text("upstream_model")?,
         channel: row.text("channel")?,
         provider: row.text("provider")?,
+        endpoint: Family::parse(&endpoint)
+            .ok_or_else(|| ApiError::internal(format_args!("unknown endpoint `{endpoint}` in ledger")))?,
+        unit: match row.opt_text("unit")? {
+            Some(unit) => Some(
+                Unit::parse(&unit)
+                    .ok_or_else(|| ApiError::internal(format_args!("unknown unit `{unit}` in ledger")))?,
+            ),
+            None => None,
+        },
+        unit_count: u64_col(row, "unit_count")?,
         usage: TokenUsage {
             input_uncached: u64_col(row, "input_uncached_tokens")?,
             cache_read: u64_col(row, "cache_read_tokens")?,

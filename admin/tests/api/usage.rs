@@ -17,6 +17,9 @@ fn event(i: u64, key_digest: &str) -> UsageEvent {
         upstream_model: "mock-small".into(),
         channel: "mock-1".into(),
         provider: "mock".into(),
+        endpoint: Default::default(),
+        unit: None,
+        unit_count: 0,
         usage: TokenUsage {
             input_uncached: 10 + i,
             cache_read: i % 3,

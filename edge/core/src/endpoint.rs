@@ -3,14 +3,15 @@
 //! path: `/v1beta/models/{model}:streamGenerateContent`) is tested natively.
 
 use crate::error::Dialect;
+use crate::family::Family;
 use crate::translate::ClientDialect;
 
 /// A recognised endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    /// A generation request in `client`'s dialect. Gemini carries the model
-    /// (`path_model`) and streaming (`path_stream`) in the path.
-    Generate { client: ClientDialect, path_model: Option<String>, path_stream: bool },
+    /// A generation request of `family` in `client`'s dialect. Gemini carries
+    /// the model (`path_model`) and streaming (`path_stream`) in the path.
+    Generate { client: ClientDialect, family: Family, path_model: Option<String>, path_stream: bool },
     /// Token counting: Anthropic `/v1/messages/count_tokens`, Gemini `:countTokens`.
     CountTokens { client: ClientDialect, path_model: Option<String> },
     /// `GET /v1/models` (OpenAI and Anthropic list shapes are compatible enough
@@ -76,9 +77,18 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, NoEndpoint> {
     }
     let only =
         |ok: bool, endpoint: Endpoint| if ok { Ok(endpoint) } else { Err(NoEndpoint::MethodNotAllowed) };
-    let generate = |client| Endpoint::Generate { client, path_model: None, path_stream: false };
+    let generate =
+        |client| Endpoint::Generate { client, family: Family::Chat, path_model: None, path_stream: false };
+    let openai = |family| Endpoint::Generate {
+        client: ClientDialect::OpenAiChat,
+        family,
+        path_model: None,
+        path_stream: false,
+    };
     match path.trim_end_matches('/') {
         "/v1/chat/completions" | "/chat/completions" => only(post, generate(ClientDialect::OpenAiChat)),
+        "/v1/completions" | "/completions" => only(post, openai(Family::Completions)),
+        "/v1/embeddings" | "/embeddings" => only(post, openai(Family::Embeddings)),
         "/v1/responses" | "/responses" => only(post, generate(ClientDialect::OpenAiResponses)),
         "/v1/messages" => only(post, generate(ClientDialect::Anthropic)),
         "/v1/messages/count_tokens" => {
@@ -99,13 +109,16 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, NoEndpoint> {
                 return Err(NoEndpoint::NotFound);
             }
             let client = ClientDialect::Gemini;
+            let family = Family::Chat;
             match action {
-                "generateContent" => {
-                    only(post, Endpoint::Generate { client, path_model: Some(model), path_stream: false })
-                }
-                "streamGenerateContent" => {
-                    only(post, Endpoint::Generate { client, path_model: Some(model), path_stream: true })
-                }
+                "generateContent" => only(
+                    post,
+                    Endpoint::Generate { client, family, path_model: Some(model), path_stream: false },
+                ),
+                "streamGenerateContent" => only(
+                    post,
+                    Endpoint::Generate { client, family, path_model: Some(model), path_stream: true },
+                ),
                 "countTokens" => only(post, Endpoint::CountTokens { client, path_model: Some(model) }),
                 _ => Err(NoEndpoint::NotFound),
             }
@@ -140,10 +153,25 @@ mod tests {
             classify("POST", "/v1/chat/completions"),
             Ok(Endpoint::Generate {
                 client: ClientDialect::OpenAiChat,
+                family: Family::Chat,
                 path_model: None,
                 path_stream: false
             })
         );
+        for (path, family) in [
+            ("/v1/completions", Family::Completions),
+            ("/completions", Family::Completions),
+            ("/v1/embeddings", Family::Embeddings),
+            ("/embeddings/", Family::Embeddings),
+        ] {
+            assert!(
+                matches!(classify("POST", path), Ok(Endpoint::Generate { client: ClientDialect::OpenAiChat, family: f, .. }) if f == family),
+                "{path}"
+            );
+            assert_eq!(classify("GET", path), Err(NoEndpoint::MethodNotAllowed), "{path}");
+            assert_eq!(classify("OPTIONS", path), Ok(Endpoint::Preflight), "{path}");
+            assert_eq!(error_dialect(path), Dialect::OpenAi, "{path}");
+        }
         assert!(matches!(
             classify("POST", "/v1/messages"),
             Ok(Endpoint::Generate { client: ClientDialect::Anthropic, .. })
@@ -173,6 +201,7 @@ mod tests {
             classify("POST", "/v1beta/models/gemini-2.5-flash:streamGenerateContent"),
             Ok(Endpoint::Generate {
                 client: ClientDialect::Gemini,
+                family: Family::Chat,
                 path_model: Some("gemini-2.5-flash".into()),
                 path_stream: true
             })
@@ -181,6 +210,7 @@ mod tests {
             classify("POST", "/v1beta/models/my%2Dmodel:generateContent"),
             Ok(Endpoint::Generate {
                 client: ClientDialect::Gemini,
+                family: Family::Chat,
                 path_model: Some("my-model".into()),
                 path_stream: false
             })

@@ -21,7 +21,7 @@ pub struct MockReply {
     pub usage: OpenAiUsage,
 }
 
-fn short_hash(text: &str) -> String {
+pub(crate) fn short_hash(text: &str) -> String {
     hex::encode(&Sha256::digest(text.as_bytes())[..8])
 }
 
@@ -35,7 +35,7 @@ fn message_text(message: &Value) -> String {
     }
 }
 
-fn truncate(text: &str, max_chars: usize) -> String {
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     match flat.char_indices().nth(max_chars) {
         Some((i, _)) => format!("{}…", &flat[..i]),
@@ -222,7 +222,7 @@ impl MockReply {
     }
 }
 
-fn usage(prompt_tokens: u64, completion_tokens: u64) -> OpenAiUsage {
+pub(crate) fn usage(prompt_tokens: u64, completion_tokens: u64) -> OpenAiUsage {
     OpenAiUsage {
         prompt_tokens,
         completion_tokens,

@@ -70,6 +70,9 @@ struct ChunkProbe<'a> {
 struct ChoiceProbe<'a> {
     #[serde(default, borrow)]
     delta: Option<DeltaProbe<'a>>,
+    /// Legacy text completions (`/v1/completions`) stream `text`, not a delta.
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     finish_reason: Option<Cow<'a, str>>,
 }
@@ -268,6 +271,11 @@ impl ChatStreamTap {
             if choice.finish_reason.is_some() {
                 self.summary.saw_finish = true;
             }
+            let text = choice.text.as_deref().map_or(0, str::len);
+            if text > 0 {
+                self.summary.content_bytes += text;
+                self.summary.first_content_sent = true;
+            }
             if let Some(delta) = &choice.delta {
                 let mut bytes = delta.content.as_deref().map_or(0, str::len)
                     + delta.reasoning_content.as_deref().map_or(0, str::len);
@@ -369,7 +377,9 @@ pub fn response_usage(body: &[u8]) -> Option<OpenAiUsage> {
     serde_json::from_slice::<UsageOnly>(body).ok().and_then(|u| u.usage)
 }
 
-/// Bytes of assistant content in a non-streaming body (for estimates).
+/// Bytes of assistant content in a non-streaming body (for estimates): chat
+/// messages and tool calls, or legacy completions' `text`. (The body is read
+/// whole: not for embeddings lists, which carry no output.)
 pub fn response_content_bytes(body: &[u8]) -> usize {
     let Ok(value) = serde_json::from_slice::<Value>(body) else { return 0 };
     value
@@ -378,10 +388,12 @@ pub fn response_content_bytes(body: &[u8]) -> usize {
         .map(|choices| {
             choices
                 .iter()
-                .filter_map(|c| c.get("message"))
-                .map(|m| {
-                    m.get("content").and_then(Value::as_str).map_or(0, str::len)
-                        + m.get("tool_calls").map_or(0, |t| t.to_string().len())
+                .map(|c| {
+                    c.get("text").and_then(Value::as_str).map_or(0, str::len)
+                        + c.get("message").map_or(0, |m| {
+                            m.get("content").and_then(Value::as_str).map_or(0, str::len)
+                                + m.get("tool_calls").map_or(0, |t| t.to_string().len())
+                        })
                 })
                 .sum()
         })
@@ -543,5 +555,22 @@ mod tests {
         assert_eq!(response_usage(body).map(|u| u.prompt_tokens), Some(3));
         assert_eq!(response_content_bytes(body), 4);
         assert!(response_usage(b"{}").is_none());
+        let legacy = br#"{"object":"text_completion","choices":[{"text":"abcdef","index":0}],"usage":{"prompt_tokens":2}}"#;
+        assert_eq!(response_content_bytes(legacy), 6);
+        let embeddings = br#"{"object":"list","data":[{"embedding":[0.1,0.2]}],"usage":{"prompt_tokens":2,"total_tokens":2}}"#;
+        assert_eq!(
+            (response_content_bytes(embeddings), response_usage(embeddings).map(|u| u.prompt_tokens)),
+            (0, Some(2))
+        );
+    }
+
+    #[test]
+    fn legacy_completion_text_counts_as_content() {
+        let mut tap = ChatStreamTap::new(false, vec![]);
+        let out = tap.feed(b"data: {\"choices\":[{\"text\":\"Hi\",\"index\":0,\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"text\":\"\",\"index\":0,\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\n");
+        assert!(tap.summary().first_content_sent && tap.summary().saw_finish);
+        assert_eq!(tap.summary().content_bytes, 2);
+        assert_eq!(tap.summary().usage.as_ref().map(|u| u.completion_tokens), Some(1));
+        assert!(!String::from_utf8_lossy(&out).contains("usage"), "usage chunk stripped");
     }
 }

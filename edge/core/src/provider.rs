@@ -3,7 +3,11 @@
 //! Adding an OpenAI-compatible provider is one row in [`PROVIDERS`]; a new
 //! wire dialect is a new [`ProviderDialect`] variant and a module of code. A
 //! channel (operator configuration) names a provider by `id` and may override
-//! its base URL; clients can never choose an upstream URL.
+//! its base URL; clients can never choose an upstream URL. Which endpoint
+//! families a provider serves is a field of its row ([`Provider::families`]).
+
+use crate::family::Families;
+use crate::family::Family::{Chat, Completions, Embeddings};
 
 /// Wire protocol a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +50,16 @@ pub struct Provider {
     pub static_headers: &'static [(&'static str, &'static str)],
     /// Whether `stream_options.include_usage` is understood (OpenAI dialect).
     pub stream_usage_option: bool,
+    /// The endpoint families it serves (from its API reference); a channel
+    /// of this provider is a candidate only for these.
+    pub families: Families,
+}
+
+impl Provider {
+    /// The same row serving `families`.
+    const fn serving(self, families: Families) -> Self {
+        Self { families, ..self }
+    }
 }
 
 const fn openai_compatible(id: &'static str, name: &'static str, base_url: &'static str) -> Provider {
@@ -57,6 +71,7 @@ const fn openai_compatible(id: &'static str, name: &'static str, base_url: &'sta
         auth: AuthScheme::Bearer,
         static_headers: &[],
         stream_usage_option: true,
+        families: Families::CHAT,
     }
 }
 
@@ -70,8 +85,9 @@ pub const PROVIDERS: &[Provider] = &[
         auth: AuthScheme::None,
         static_headers: &[],
         stream_usage_option: true,
+        families: Families::ALL,
     },
-    openai_compatible("openai", "OpenAI", "https://api.openai.com/v1"),
+    openai_compatible("openai", "OpenAI", "https://api.openai.com/v1").serving(Families::ALL),
     Provider {
         id: "anthropic",
         name: "Anthropic",
@@ -80,6 +96,7 @@ pub const PROVIDERS: &[Provider] = &[
         auth: AuthScheme::XApiKey,
         static_headers: &[("anthropic-version", "2023-06-01")],
         stream_usage_option: false,
+        families: Families::CHAT,
     },
     Provider {
         id: "gemini",
@@ -89,13 +106,21 @@ pub const PROVIDERS: &[Provider] = &[
         auth: AuthScheme::XGoogApiKey,
         static_headers: &[],
         stream_usage_option: false,
+        families: Families::CHAT,
     },
     openai_compatible("deepseek", "DeepSeek", "https://api.deepseek.com/v1"),
     openai_compatible("groq", "Groq", "https://api.groq.com/openai/v1"),
-    openai_compatible("mistral", "Mistral AI", "https://api.mistral.ai/v1"),
-    openai_compatible("openrouter", "OpenRouter", "https://openrouter.ai/api/v1"),
-    openai_compatible("together", "Together AI", "https://api.together.xyz/v1"),
-    openai_compatible("fireworks", "Fireworks AI", "https://api.fireworks.ai/inference/v1"),
+    openai_compatible("mistral", "Mistral AI", "https://api.mistral.ai/v1")
+        .serving(Families::of(&[Chat, Embeddings])),
+    openai_compatible("openrouter", "OpenRouter", "https://openrouter.ai/api/v1")
+        .serving(Families::of(&[Chat, Completions])),
+    openai_compatible("together", "Together AI", "https://api.together.xyz/v1").serving(Families::of(&[
+        Chat,
+        Completions,
+        Embeddings,
+    ])),
+    openai_compatible("fireworks", "Fireworks AI", "https://api.fireworks.ai/inference/v1")
+        .serving(Families::of(&[Chat, Completions, Embeddings])),
     openai_compatible("xai", "xAI", "https://api.x.ai/v1"),
     openai_compatible("perplexity", "Perplexity", "https://api.perplexity.ai"),
     openai_compatible("moonshot", "Moonshot AI", "https://api.moonshot.ai/v1"),
@@ -103,8 +128,10 @@ pub const PROVIDERS: &[Provider] = &[
         "dashscope",
         "Alibaba DashScope (compatible mode)",
         "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
-    ),
-    openai_compatible("siliconflow", "SiliconFlow", "https://api.siliconflow.cn/v1"),
+    )
+    .serving(Families::of(&[Chat, Embeddings])),
+    openai_compatible("siliconflow", "SiliconFlow", "https://api.siliconflow.cn/v1")
+        .serving(Families::of(&[Chat, Embeddings])),
     openai_compatible("cerebras", "Cerebras", "https://api.cerebras.ai/v1"),
     // Self-hosted servers: the channel must set `base_url`.
     Provider {
@@ -115,6 +142,8 @@ pub const PROVIDERS: &[Provider] = &[
         auth: AuthScheme::Bearer,
         static_headers: &[],
         stream_usage_option: true,
+        // The operator knows what their server serves.
+        families: Families::ALL,
     },
     Provider {
         id: "ollama",
@@ -124,6 +153,7 @@ pub const PROVIDERS: &[Provider] = &[
         auth: AuthScheme::None,
         static_headers: &[],
         stream_usage_option: true,
+        families: Families::of(&[Chat, Completions, Embeddings]),
     },
     Provider {
         id: "vllm",
@@ -133,6 +163,7 @@ pub const PROVIDERS: &[Provider] = &[
         auth: AuthScheme::Bearer,
         static_headers: &[],
         stream_usage_option: true,
+        families: Families::of(&[Chat, Completions, Embeddings]),
     },
 ];
 
@@ -144,6 +175,7 @@ pub fn provider_by_id(id: &str) -> Option<&'static Provider> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::family::Family;
     use std::collections::HashSet;
 
     #[test]
@@ -160,6 +192,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_provider_serves_chat_and_families_follow_the_dialect() {
+        for p in PROVIDERS {
+            assert!(p.families.contains(Family::Chat), "{}", p.id);
+            if !matches!(p.dialect, ProviderDialect::OpenAiChat | ProviderDialect::Mock) {
+                // Only OpenAI-format upstreams take the other families' bodies as they are.
+                assert_eq!(p.families, Families::CHAT, "{}", p.id);
+            }
+        }
+        assert_eq!(provider_by_id("mock").map(|p| p.families), Some(Families::ALL));
+        assert!(provider_by_id("groq").is_some_and(|p| !p.families.contains(Family::Embeddings)));
     }
 
     #[test]

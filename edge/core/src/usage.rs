@@ -6,6 +6,7 @@
 //! are the truth; an estimate is used only when the provider reported nothing,
 //! and the event says which.
 
+use crate::family::Family;
 use serde::{Deserialize, Serialize};
 
 /// Token counts in disjoint buckets.
@@ -156,6 +157,55 @@ impl RequestOutcome {
     }
 }
 
+/// A unit other than tokens that a request is billed by (serialized as
+/// [`Unit::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// An image at standard quality, no side over 1024 pixels.
+    Image,
+    /// An image at high quality (`hd`, `high`), no side over 1024 pixels.
+    ImageHd,
+    /// An image at standard quality with a side over 1024 pixels.
+    ImageLarge,
+    /// An image at high quality with a side over 1024 pixels.
+    ImageHdLarge,
+    /// A second of audio (rounded up).
+    AudioSecond,
+    /// A character of text (Unicode scalar values).
+    Character,
+}
+
+impl Unit {
+    /// Every unit.
+    pub const ALL: [Unit; 6] = [
+        Self::Image,
+        Self::ImageHd,
+        Self::ImageLarge,
+        Self::ImageHdLarge,
+        Self::AudioSecond,
+        Self::Character,
+    ];
+
+    /// The wire and column text (`image`, `audio_second`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::ImageHd => "image_hd",
+            Self::ImageLarge => "image_large",
+            Self::ImageHdLarge => "image_hd_large",
+            Self::AudioSecond => "audio_second",
+            Self::Character => "character",
+        }
+    }
+
+    /// The inverse of [`Self::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|u| u.as_str() == text)
+    }
+}
+
+serde_as_str!(Unit, "unit");
+
 /// One request's usage, sent to the Queue and stored (idempotently on
 /// `request_id`) in D1 and the admin ledger. Never contains a plaintext key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,9 +237,18 @@ pub struct UsageEvent {
     /// Provider id of that channel.
     #[serde(default)]
     pub provider: String,
+    /// The endpoint family the request was for.
+    #[serde(default)]
+    pub endpoint: Family,
     /// Tokens in disjoint buckets.
     pub usage: TokenUsage,
-    /// Price of `usage` at `price_ratio_ppm`, integer micro-units.
+    /// The non-token unit the request was billed by, if any…
+    #[serde(default)]
+    pub unit: Option<Unit>,
+    /// …and how many of it (0 without a unit).
+    #[serde(default)]
+    pub unit_count: u64,
+    /// Price of `usage` and `units` at `price_ratio_ppm`, integer micro-units.
     pub cost_micros: i64,
     /// HTTP status returned to the client.
     pub status: u16,
@@ -309,6 +368,10 @@ mod tests {
             assert_eq!(UsageSource::parse(u.as_str()), Some(u));
         }
         assert_eq!(UsageSource::parse("x"), None);
+        for u in Unit::ALL {
+            assert_eq!(serde_json::to_value(u).ok(), Some(serde_json::Value::from(u.as_str())));
+            assert_eq!(Unit::parse(u.as_str()), Some(u));
+        }
     }
 
     #[test]
@@ -318,6 +381,7 @@ mod tests {
             "stream":false,"latency_ms":1,"created_at_ms":0}"#;
         let e: UsageEvent = serde_json::from_str(old).unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!((e.user_id, e.group.as_str(), e.price_ratio_ppm), (None, "default", 1_000_000));
+        assert_eq!((e.endpoint, e.unit, e.unit_count), (Family::Chat, None, 0));
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub enum UsageValue<'a> {
 }
 
 /// Every column of a usage row, in bind order. `request_id` is the primary key.
-pub const USAGE_COLUMNS: [&str; 24] = [
+pub const USAGE_COLUMNS: [&str; 27] = [
     "request_id",
     "key_digest",
     "owner",
@@ -46,6 +46,9 @@ pub const USAGE_COLUMNS: [&str; 24] = [
     "latency_ms",
     "ttft_ms",
     "created_at_ms",
+    "endpoint",
+    "unit",
+    "unit_count",
 ];
 
 /// How a store numbers its placeholders: D1 `?1`, sqlx/Postgres `$1`.
@@ -62,7 +65,7 @@ fn int(v: u64) -> i64 {
 }
 
 /// The values of `event`, in [`USAGE_COLUMNS`] order.
-pub fn usage_row(e: &UsageEvent) -> [UsageValue<'_>; 24] {
+pub fn usage_row(e: &UsageEvent) -> [UsageValue<'_>; 27] {
     use UsageValue::{Int, NullInt, NullText, Text};
     let u = &e.usage;
     [
@@ -90,6 +93,9 @@ pub fn usage_row(e: &UsageEvent) -> [UsageValue<'_>; 24] {
         Int(int(e.latency_ms)),
         e.ttft_ms.map_or(NullInt, |t| Int(int(t))),
         Int(e.created_at_ms),
+        Text(e.endpoint.as_str()),
+        e.unit.map_or(NullText, |u| Text(u.as_str())),
+        Int(int(e.unit_count)),
     ]
 }
 
@@ -119,7 +125,8 @@ pub fn column_list() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::{RequestOutcome, TokenUsage, UsageSource};
+    use crate::family::Family;
+    use crate::usage::{RequestOutcome, TokenUsage, Unit, UsageSource};
 
     fn event() -> UsageEvent {
         UsageEvent {
@@ -133,6 +140,9 @@ mod tests {
             upstream_model: "um".into(),
             channel: "c".into(),
             provider: "p".into(),
+            endpoint: Family::Embeddings,
+            unit: Some(Unit::AudioSecond),
+            unit_count: 3,
             usage: TokenUsage {
                 input_uncached: 1,
                 cache_read: 2,
@@ -167,21 +177,22 @@ mod tests {
         assert_eq!(get("usage_source"), UsageValue::Text("estimated"));
         assert_eq!(get("stream"), UsageValue::Int(1));
         assert_eq!(get("ttft_ms"), UsageValue::NullInt);
-        let standalone = UsageEvent { user_id: None, ..e.clone() };
+        assert_eq!(get("endpoint"), UsageValue::Text("embeddings"));
+        assert_eq!((get("unit"), get("unit_count")), (UsageValue::Text("audio_second"), UsageValue::Int(3)));
+        let standalone = UsageEvent { user_id: None, unit: None, unit_count: 0, ..e.clone() };
         assert_eq!(usage_row(&standalone)[3], UsageValue::NullText);
+        assert_eq!(usage_row(&standalone)[25..], [UsageValue::NullText, UsageValue::Int(0)]);
     }
 
     #[test]
     fn insert_has_one_placeholder_per_column() {
         let sql = insert_sql("usage_events", Placeholder::Question, &[]);
         assert!(sql.starts_with("INSERT INTO usage_events (request_id, key_digest,"));
-        assert!(sql.contains("?24)") && !sql.contains("?25"));
+        assert!(sql.contains("?27)") && !sql.contains("?28"));
         assert!(sql.ends_with("ON CONFLICT (request_id) DO NOTHING"));
         let sql = insert_sql("usage_ledger", Placeholder::Dollar, &["ingested_at_ms"]);
         assert!(
-            sql.contains("created_at_ms, ingested_at_ms)")
-                && sql.contains("($1, $2,")
-                && sql.contains("$25)")
+            sql.contains("unit_count, ingested_at_ms)") && sql.contains("($1, $2,") && sql.contains("$28)")
         );
         let unique: std::collections::BTreeSet<&str> = USAGE_COLUMNS.iter().copied().collect();
         assert_eq!(unique.len(), USAGE_COLUMNS.len());

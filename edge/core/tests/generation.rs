@@ -7,6 +7,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use edgeway_core::api_key::key_digest;
+use edgeway_core::family::Family;
 use edgeway_core::key_account::{KeyAccountState, SliceRenewal};
 use edgeway_core::pin::{sign_pin, PinRequest};
 use edgeway_core::pipeline::generation::{
@@ -73,6 +74,8 @@ struct World {
     queue_refuses: bool,
     /// The pin headers the next requests carry.
     pin: Option<PinRequest>,
+    /// The endpoint family of the next run.
+    family: Family,
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +160,7 @@ impl World {
             client_gone_after: None,
             queue_refuses: false,
             pin: None,
+            family: Family::Chat,
         }
     }
 
@@ -172,6 +176,7 @@ impl World {
     fn run_as(&mut self, client: ClientDialect, body: Value) -> Outcome {
         let start = Start {
             client,
+            family: self.family,
             path_model: None,
             path_stream: false,
             credentials: Credentials { authorization: Some(format!("Bearer {KEY}")), ..Default::default() },
@@ -706,4 +711,119 @@ fn empty_replies_cost_nothing_when_the_operator_says_so() {
         let e = w.run(json!({"model": "m", "messages": user("hi")})).events()[0].clone();
         assert_eq!((e.usage.input_uncached, e.cost_micros), (11, cost), "free: {free}");
     }
+}
+
+impl World {
+    fn run_family(&mut self, family: Family, body: Value) -> Outcome {
+        self.family = family;
+        let out = self.run(body);
+        self.family = Family::Chat;
+        out
+    }
+}
+
+#[test]
+fn embeddings_relay_to_an_openai_compatible_upstream_and_are_billed_by_tokens() {
+    let mut w = World::new(limited(), routing(&[("a", A)]));
+    let answer = json!({"object":"list","data":[{"object":"embedding","index":0,"embedding":"AACAPw=="}],
+                        "model":"up-model","usage":{"prompt_tokens":6,"total_tokens":6}});
+    w.upstream(A, vec![ok_json(answer.clone())]);
+    let out = w.run_family(
+        Family::Embeddings,
+        json!({"model": "m", "input": "hello", "encoding_format": "base64", "dimensions": 1}),
+    );
+    assert_eq!(out.status, 200);
+    assert_eq!(out.fetched, vec![format!("{A}/embeddings")]);
+    assert_eq!(
+        out.fetched_bodies[0],
+        json!({"model": "up-model", "input": "hello", "encoding_format": "base64", "dimensions": 1})
+    );
+    let mut renamed = answer.clone();
+    renamed["model"] = json!("m");
+    assert_eq!(out.json(), renamed, "the upstream body, with the public model name");
+    let e = &out.settled[0];
+    assert_eq!(
+        (e.endpoint, e.usage.input_uncached, e.usage.output, e.cost_micros),
+        (Family::Embeddings, 6, 0, 6)
+    );
+    assert_eq!(w.account.reserved_micros(), 0);
+}
+
+#[test]
+fn completions_stream_through_the_relay_with_usage_forced_and_stripped() {
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    let chunk = |text: &str, finish: Value| json!({"id":"cmpl-1","object":"text_completion","choices":[{"text":text,"index":0,"finish_reason":finish}]});
+    let stream = sse(&[
+        chunk("Hel", Value::Null),
+        chunk("lo", json!("stop")),
+        json!({"id":"cmpl-1","object":"text_completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}),
+    ]);
+    w.upstream(A, vec![Reply::Status { status: 200, chunks: stream, broken: false }]);
+    let out = w.run_family(Family::Completions, json!({"model": "m", "prompt": "Say hello", "stream": true}));
+    assert_eq!(out.fetched, vec![format!("{A}/completions")]);
+    assert_eq!(out.fetched_bodies[0]["stream_options"]["include_usage"], true);
+    assert_eq!(out.fetched_bodies[0]["max_tokens"], 16, "the API's default, explicit");
+    let text = out.text();
+    assert!(
+        text.contains("\"Hel\"") && text.ends_with("data: [DONE]\n\n") && !text.contains("usage"),
+        "{text}"
+    );
+    assert_eq!(out.passed_through, 2, "unchanged chunks are handed back");
+    let e = &out.events()[0];
+    assert_eq!(
+        (e.endpoint, e.usage.input_uncached, e.usage.output, e.cost_micros),
+        (Family::Completions, 3, 2, 7)
+    );
+    assert_eq!(e.usage_source, UsageSource::Provider);
+}
+
+#[test]
+fn the_built_in_mock_serves_every_family() {
+    let mut w = World::new(limited(), routing(&[("m", "mock")]));
+    let out = w.run_family(Family::Embeddings, json!({"model": "m", "input": ["a", "b"], "dimensions": 3}));
+    assert_eq!(out.status, 200);
+    let body = out.json();
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(body["data"][1]["embedding"].as_array().map(Vec::len), Some(3));
+    assert_eq!(out.settled[0].endpoint, Family::Embeddings);
+
+    let out = w.run_family(Family::Completions, json!({"model": "m", "prompt": "What is edgeway?"}));
+    assert_eq!(
+        out.json()["choices"][0]["text"],
+        "Hello from the edgeway mock provider. You said: \"What is edgeway?\""
+    );
+    let out = w.run_family(
+        Family::Completions,
+        json!({"model": "m", "prompt": "What is edgeway?", "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let text = out.text();
+    assert!(text.contains("\"completion_tokens\":11") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    let e = &out.settled[0];
+    assert_eq!(
+        (e.endpoint, e.usage.output, e.usage_source),
+        (Family::Completions, 11, UsageSource::Provider)
+    );
+    assert_eq!((w.account.in_flight(), w.account.reserved_micros()), (0, 0));
+}
+
+#[test]
+fn only_providers_that_serve_a_family_are_candidates() {
+    const ANTHROPIC: &str = "http://anthropic.test/v1";
+    let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
+    let out = w.run_family(Family::Embeddings, json!({"model": "m", "input": "x"}));
+    assert_eq!(out.status, 400);
+    assert_eq!(out.json()["error"]["param"], "model");
+    assert!(out.fetched.is_empty() && out.events().is_empty());
+
+    let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC), ("a", A)]));
+    w.upstream(
+        A,
+        vec![ok_json(json!({"object":"list","data":[],"usage":{"prompt_tokens":1,"total_tokens":1}}))],
+    );
+    let out = w.run_family(Family::Embeddings, json!({"model": "m", "input": "x"}));
+    assert_eq!(out.status, 200);
+    assert_eq!(out.fetched, vec![format!("{A}/embeddings")], "the Anthropic channel is skipped");
+
+    let out = w.run_family(Family::Embeddings, json!({"model": "m", "input": ""}));
+    assert_eq!((out.status, out.fetched.len()), (400, 0), "checked at the edge");
 }

@@ -87,11 +87,13 @@ pub fn start_generation(
     pin_signature: Option<String>,
     now: f64,
 ) -> Option<Driver> {
-    let Ok(Endpoint::Generate { client, path_model, path_stream }) = endpoint::classify(method, path) else {
+    let Ok(Endpoint::Generate { client, family, path_model, path_stream }) = endpoint::classify(method, path)
+    else {
         return None;
     };
     let start = Start {
         client,
+        family,
         path_model,
         path_stream,
         credentials: Credentials { authorization, x_api_key, x_goog_api_key, query_key },

@@ -6,9 +6,12 @@
 //! gateway knows is type-checked (a wrong type is a 400 before any upstream
 //! is called), what only the canonical hub cannot carry is let through for
 //! an OpenAI-compatible upstream, and the 400 a translation would give is
-//! kept for the candidates that need one.
+//! kept for the candidates that need one. Requests of the other endpoint
+//! families (embeddings, text completions) are read by their
+//! [`crate::family`] module and passed through the same way.
 
 use crate::error::GatewayError;
+use crate::family::{self, Family};
 use crate::provider::Provider;
 use crate::translate::{self, CanonicalRequest, ClientDialect, PromptSize};
 use serde_json::{Map, Value};
@@ -25,12 +28,16 @@ enum Request {
     },
     /// Every other dialect: the canonical form.
     Canonical(Box<CanonicalRequest>),
+    /// Another endpoint family in OpenAI format: the body to pass through.
+    OpenAiFamily { body: Box<Map<String, Value>> },
 }
 
 /// A validated generation request.
 #[derive(Debug, Clone)]
 pub struct Inbound {
     pub client: ClientDialect,
+    /// The endpoint family asked for.
+    pub family: Family,
     /// Model name as the client asked for it (suffix included).
     pub model: String,
     pub stream: bool,
@@ -47,8 +54,34 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    /// Parses and validates a request body. Gemini carries the model and
-    /// streaming in the path (`path_model`, `path_stream`).
+    /// Parses and validates a request body of `family`. Gemini carries the
+    /// model and streaming in the path (`path_model`, `path_stream`).
+    pub fn read_family(
+        family: Family,
+        client: ClientDialect,
+        body: &[u8],
+        path_model: Option<&str>,
+        path_stream: bool,
+    ) -> Result<Self, GatewayError> {
+        if family == Family::Chat {
+            return Self::read(client, body, path_model, path_stream);
+        }
+        let read = family::read_request(family, body)?;
+        Ok(Self {
+            client,
+            family,
+            model: read.model,
+            stream: read.stream,
+            client_wants_usage: read.client_wants_usage,
+            max_output_tokens: read.max_output_tokens,
+            output_cap: None,
+            prompt: read.prompt,
+            request: Request::OpenAiFamily { body: Box::new(read.body) },
+        })
+    }
+
+    /// Parses and validates a chat request body. Gemini carries the model
+    /// and streaming in the path (`path_model`, `path_stream`).
     pub fn read(
         client: ClientDialect,
         body: &[u8],
@@ -73,9 +106,11 @@ impl Inbound {
         };
         let canonical = match &request {
             Request::OpenAiChat { canonical, .. } | Request::Canonical(canonical) => canonical,
+            Request::OpenAiFamily { .. } => return Err(GatewayError::Internal),
         };
         Ok(Self {
             client,
+            family: Family::Chat,
             model: canonical.model.clone(),
             stream: canonical.stream,
             client_wants_usage: canonical.stream_include_usage,
@@ -86,11 +121,13 @@ impl Inbound {
         })
     }
 
-    /// The canonical form (for every client; for OpenAI chat clients it may
-    /// lack what only a passthrough can carry: see [`Self::for_translation`]).
-    pub fn canonical(&self) -> &CanonicalRequest {
+    /// The canonical form of a chat request (for every client; for OpenAI
+    /// chat clients it may lack what only a passthrough can carry: see
+    /// [`Self::for_translation`]); `None` for the other families.
+    pub fn canonical(&self) -> Option<&CanonicalRequest> {
         match &self.request {
-            Request::OpenAiChat { canonical, .. } | Request::Canonical(canonical) => canonical,
+            Request::OpenAiChat { canonical, .. } | Request::Canonical(canonical) => Some(canonical),
+            Request::OpenAiFamily { .. } => None,
         }
     }
 
@@ -100,6 +137,13 @@ impl Inbound {
         match &self.request {
             Request::OpenAiChat { untranslatable: Some(error), .. } => Err(error.clone()),
             Request::OpenAiChat { canonical, .. } | Request::Canonical(canonical) => Ok(canonical),
+            Request::OpenAiFamily { .. } => Err(GatewayError::InvalidRequest {
+                message: format!(
+                    "`{}` requests are served only by OpenAI-format upstreams.",
+                    self.family.openai_path()
+                ),
+                param: Some("model".into()),
+            }),
         }
     }
 
@@ -117,15 +161,18 @@ impl Inbound {
                 canonical.max_output_tokens = Some(limit);
             }
             Request::Canonical(canonical) => canonical.max_output_tokens = Some(limit),
+            Request::OpenAiFamily { body } => {
+                body.insert("max_tokens".into(), Value::from(limit));
+            }
         }
     }
 
-    /// The OpenAI chat body as the client sent it (with the gateway's output
-    /// cap), for an OpenAI-compatible upstream or the built-in mock; `None`
-    /// for other client dialects.
+    /// The OpenAI-format body as the client sent it (with the gateway's
+    /// output cap), for an OpenAI-compatible upstream or the built-in mock;
+    /// `None` for other client dialects.
     pub fn passthrough_body(&self) -> Option<&Map<String, Value>> {
         match &self.request {
-            Request::OpenAiChat { body, .. } => Some(body),
+            Request::OpenAiChat { body, .. } | Request::OpenAiFamily { body } => Some(body),
             Request::Canonical(_) => None,
         }
     }
@@ -268,7 +315,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e:?}"));
         inbound.cap_output(100);
         assert_eq!((inbound.max_output_tokens, inbound.output_cap), (Some(100), Some(100)));
-        assert_eq!(inbound.canonical().max_output_tokens, Some(100));
+        assert_eq!(inbound.canonical().and_then(|c| c.max_output_tokens), Some(100));
         let up: Value =
             serde_json::from_slice(&inbound.passthrough_upstream_body("m", openai()).unwrap_or_default())
                 .unwrap_or_default();
@@ -296,5 +343,42 @@ mod tests {
         let template = 2 * translate::TOKENS_PER_MESSAGE + translate::REPLY_PRIMING_TOKENS;
         assert_eq!(openai.prompt.estimate, 5 + template);
         assert_eq!(openai.prompt.upper_bound, 20 + 2 * template + translate::PROMPT_OVERHEAD_TOKENS);
+    }
+
+    #[test]
+    fn other_families_pass_their_body_through() {
+        let inbound = Inbound::read_family(
+            Family::Embeddings,
+            ClientDialect::OpenAiChat,
+            br#"{"model":"alias","input":"hello","dimensions":8}"#,
+            None,
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            (inbound.family, inbound.model.as_str(), inbound.max_output_tokens),
+            (Family::Embeddings, "alias", Some(0))
+        );
+        assert!(inbound.canonical().is_none());
+        assert_eq!(inbound.for_translation().err().map(|e| e.status()), Some(400));
+        let up: Value =
+            serde_json::from_slice(&inbound.passthrough_upstream_body("real", openai()).unwrap_or_default())
+                .unwrap_or_default();
+        assert_eq!(up, serde_json::json!({"model": "real", "input": "hello", "dimensions": 8}));
+
+        let mut inbound = Inbound::read_family(
+            Family::Completions,
+            ClientDialect::OpenAiChat,
+            br#"{"model":"alias","prompt":"hi","stream":true}"#,
+            None,
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        inbound.cap_output(100);
+        let up: Value =
+            serde_json::from_slice(&inbound.passthrough_upstream_body("real", openai()).unwrap_or_default())
+                .unwrap_or_default();
+        assert_eq!(up["stream_options"]["include_usage"], true, "usage asked for on streams");
+        assert_eq!(up["max_tokens"], 16, "the documented default, explicit; no cap over it");
     }
 }

@@ -1,6 +1,7 @@
 //! The usage event of a request, from how it ended, and the ids the client
 //! sees.
 
+use crate::family::Family;
 use crate::pricing::ModelPrice;
 use crate::translate::{CanonicalResponse, ClientDialect, ContentPart};
 use crate::usage::{settle_usage, RequestOutcome, TokenUsage, UsageEvent};
@@ -18,6 +19,8 @@ pub struct Meter {
     pub price_ratio_ppm: u32,
     /// Model name the client asked for.
     pub model: String,
+    /// The endpoint family asked for.
+    pub endpoint: Family,
     pub stream: bool,
     pub started_ms: i64,
     /// Prompt tokens estimated: billed only when the provider reports none.
@@ -102,6 +105,9 @@ impl Meter {
             upstream_model: served.upstream_model.clone(),
             channel: served.channel.clone(),
             provider: served.provider.clone(),
+            endpoint: self.endpoint,
+            unit: None,
+            unit_count: 0,
             cost_micros: if free { 0 } else { self.price.cost_micros_at_ratio(&usage, self.price_ratio_ppm) },
             usage,
             status: ending.status,
@@ -167,6 +173,7 @@ mod tests {
             group: "default".into(),
             price_ratio_ppm: 1_000_000,
             model: "m".into(),
+            endpoint: Family::Chat,
             stream: true,
             started_ms: 1_000,
             prompt_estimate: 10,

@@ -81,7 +81,7 @@
 //! * **Reasoning effort** ↔ budgets: see [`reasoning`].
 
 pub mod canonical;
-mod json_fields;
+pub(crate) mod json_fields;
 pub mod media;
 mod normalize;
 pub mod reasoning;
@@ -94,7 +94,7 @@ mod openai_chat;
 mod openai_responses;
 
 pub use canonical::{CanonicalRequest, CanonicalResponse, ContentPart, FinishReason, StreamEvent};
-pub use openai_chat::FORBIDDEN_CLIENT_FIELDS;
+pub use openai_chat::{FORBIDDEN_CLIENT_FIELDS, MAX_OUTPUT_TOKENS_ACCEPTED};
 pub use stream::{StreamOptions, StreamOutcome, StreamTranslator};
 
 use crate::error::{

@@ -70,9 +70,22 @@ impl Generation {
             (Some(record), Some(inbound)) => (record.clone(), inbound),
             _ => return Err(self.internal("routing before the request was read".into())),
         };
-        let route = resolve(table, &record, &inbound.model, self.start.routing_seed, self.pinned.as_deref())?;
+        let mut route =
+            resolve(table, &record, &inbound.model, self.start.routing_seed, self.pinned.as_deref())?;
         self.route_model = route.model.to_string();
         self.suffix_stripped = route.suffix_stripped;
+        let family = inbound.family;
+        route.candidates.retain(|c| c.provider.families.contains(family));
+        if route.candidates.is_empty() {
+            return Err(GatewayError::InvalidRequest {
+                message: format!(
+                    "The model `{}` is not served on `/v1{}`.",
+                    route.model,
+                    family.openai_path()
+                ),
+                param: Some("model".into()),
+            });
+        }
         self.model_options = table.model(route.model).map(|m| m.options).unwrap_or_default();
         self.targets = Target::list(&route);
         if record.quota_micros.is_some() {
@@ -86,6 +99,7 @@ impl Generation {
             group: record.group.clone(),
             price_ratio_ppm: route.price_ratio_ppm,
             model: inbound.model.clone(),
+            endpoint: family,
             stream: inbound.stream,
             started_ms: self.started_ms,
             prompt_estimate: inbound.prompt.estimate,

@@ -1,5 +1,6 @@
 use super::*;
 use crate::error::GatewayError;
+use crate::family::{self, Family, MockAnswer};
 use crate::limits::MAX_UPSTREAM_BODY_BYTES;
 use crate::mock_provider::MockReply;
 use crate::openai_relay::{
@@ -104,7 +105,7 @@ impl Generation {
                 let body = inbound
                     .passthrough_upstream_body(&target.upstream_model, target.provider)
                     .unwrap_or_default();
-                ("/chat/completions".to_string(), body)
+                (inbound.family.openai_path().to_string(), body)
             }
             Plan::Translate(dialect) => {
                 let built = inbound.for_translation().and_then(|canonical| {
@@ -164,24 +165,35 @@ impl Generation {
     ) -> Effect {
         let stream = body.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
         let prompt_tokens = self.inbound.as_ref().map_or(1, |i| i.prompt.estimate);
-        let reply = MockReply::for_request(body, &target.upstream_model, now / 1000, prompt_tokens);
-        let frames: VecDeque<Vec<u8>> = if stream {
-            let frames: Vec<Vec<u8>> = reply
-                .stream_payloads(true)
-                .iter()
-                .map(|payload| {
-                    let mut frame = Vec::with_capacity(payload.len() + 8);
-                    encode_event(&mut frame, None, payload);
-                    frame
-                })
-                .collect();
-            if target.mock.chunk_delay_ms == 0 {
-                VecDeque::from([frames.concat()])
-            } else {
-                frames.into()
+        let model = &target.upstream_model;
+        let answer = match self.inbound.as_ref().map_or(Family::Chat, |i| i.family) {
+            Family::Chat => {
+                let reply = MockReply::for_request(body, model, now / 1000, prompt_tokens);
+                if stream {
+                    MockAnswer::Stream(reply.stream_payloads(true))
+                } else {
+                    MockAnswer::Whole(reply.completion_json().to_string().into_bytes())
+                }
             }
-        } else {
-            VecDeque::from([reply.completion_json().to_string().into_bytes()])
+            other => family::mock_answer(other, body, model, now / 1000, prompt_tokens),
+        };
+        let frames: VecDeque<Vec<u8>> = match answer {
+            MockAnswer::Stream(payloads) => {
+                let frames: Vec<Vec<u8>> = payloads
+                    .iter()
+                    .map(|payload| {
+                        let mut frame = Vec::with_capacity(payload.len() + 8);
+                        encode_event(&mut frame, None, payload);
+                        frame
+                    })
+                    .collect();
+                if target.mock.chunk_delay_ms == 0 {
+                    VecDeque::from([frames.concat()])
+                } else {
+                    frames.into()
+                }
+            }
+            MockAnswer::Whole(body) => VecDeque::from([body]),
         };
         self.upstream = Upstream::Mock { frames, delay_ms: target.mock.chunk_delay_ms, sent_first: false };
         if target.mock.latency_ms > 0 {
@@ -262,7 +274,9 @@ impl Generation {
         let (out, reported, content_bytes) = match plan {
             Plan::Relay => {
                 let usage = response_usage(&body).map(|u| TokenUsage::from_openai(&u));
-                let content = relay_content_bytes(&body);
+                // Embeddings have no output to estimate (and their lists are not built).
+                let content =
+                    if inbound.family == Family::Embeddings { 0 } else { relay_content_bytes(&body) };
                 // The client sees the public model name, not the upstream's.
                 let renamed =
                     std::str::from_utf8(&body).ok().and_then(|text| replace_model_name(text, &inbound.model));

@@ -33,6 +33,7 @@ use super::isolate::{IsolateState, KeyReadError};
 use super::metering::{Meter, Served};
 use super::route::{AttemptVerdict, Plan};
 use crate::error::GatewayError;
+use crate::family::Family;
 use crate::key_record::KeyRecord;
 use crate::pin::PinRequest;
 use crate::provider::Provider;
@@ -71,6 +72,8 @@ pub struct Credentials {
 #[derive(Debug, Clone)]
 pub struct Start {
     pub client: ClientDialect,
+    /// The endpoint family (chat, embeddings, …).
+    pub family: Family,
     /// Gemini puts the model and streaming in the path.
     pub path_model: Option<String>,
     pub path_stream: bool,
@@ -427,7 +430,8 @@ impl Generation {
                 Err(self.internal(format!("kv read failed: {why}")))
             }
             (Phase::AwaitBody, Input::RequestBody(body)) => {
-                let inbound = Inbound::read(
+                let inbound = Inbound::read_family(
+                    self.start.family,
                     self.start.client,
                     &body,
                     self.start.path_model.as_deref(),
