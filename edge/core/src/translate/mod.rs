@@ -73,9 +73,10 @@
 //!   `thoughtSignature`s round-trip through Anthropic, Gemini and Responses
 //!   clients (Responses: `reasoning` items with `encrypted_content`). OpenAI
 //!   chat clients see `reasoning_content` and cannot send signatures back:
-//!   [`preserved_reasoning`] / [`restore_reasoning`] let the worker keep them
-//!   server-side keyed by tool call id. A Gemini function call with no
-//!   signature gets Gemini's documented validator-skip value.
+//!   the [`signature_vault`] keeps them at the edge keyed by tool call id and
+//!   puts them back ([`preserved_reasoning`] / [`restore_reasoning`], called
+//!   by the generation machine). A Gemini function call with no signature
+//!   gets Gemini's documented validator-skip value.
 //! * **Structured output to Anthropic** is a forced tool named
 //!   [`anthropic::STRUCTURED_OUTPUT_TOOL`]; its input comes back as text.
 //! * **Reasoning effort** ↔ budgets: see [`reasoning`].
