@@ -78,6 +78,12 @@ pub struct CreateChannel {
     pub api_key_secret: Option<String>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Streams: time from the response headers to the first content, ms.
+    #[serde(default)]
+    pub first_content_timeout_ms: Option<u64>,
+    /// Streams: longest gap between chunks once content flows, ms.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
     #[serde(default)]
     pub enabled: Option<bool>,
     #[serde(default)]
@@ -134,8 +140,14 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
             ))
         }
     };
-    if body.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
-        return Err(ApiError::bad_request(format!("`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}")));
+    for (name, value) in [
+        ("timeout_ms", body.timeout_ms),
+        ("first_content_timeout_ms", body.first_content_timeout_ms),
+        ("idle_timeout_ms", body.idle_timeout_ms),
+    ] {
+        if value.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
+            return Err(ApiError::bad_request(format!("`{name}` must be between 1 and {MAX_TIMEOUT_MS}")));
+        }
     }
     if let Some(mock) = &body.mock {
         if provider.dialect != ProviderDialect::Mock {
@@ -198,6 +210,8 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
         api_key,
         api_key_secret,
         timeout_ms: body.timeout_ms,
+        first_content_timeout_ms: body.first_content_timeout_ms,
+        idle_timeout_ms: body.idle_timeout_ms,
         enabled: body.enabled.unwrap_or(true),
         mock: body.mock,
         groups,
@@ -218,6 +232,8 @@ pub struct ChannelView {
     /// Name of the worker secret holding the credential.
     pub api_key_secret: Option<String>,
     pub timeout_ms: Option<u64>,
+    pub first_content_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
     pub enabled: bool,
     pub mock: Option<MockOptions>,
     /// Groups served; empty = every group.
@@ -246,6 +262,8 @@ fn channel_views(config: &RoutingConfig) -> Vec<ChannelView> {
             has_api_key: ch.api_key.is_some(),
             api_key_secret: ch.api_key_secret.clone(),
             timeout_ms: ch.timeout_ms,
+            first_content_timeout_ms: ch.first_content_timeout_ms,
+            idle_timeout_ms: ch.idle_timeout_ms,
             enabled: ch.enabled,
             mock: ch.mock,
             groups: ch.groups.clone(),

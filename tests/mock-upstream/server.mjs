@@ -17,6 +17,13 @@
 //   slow-<ms>           waits <ms> before answering
 //   pause-usage-<ms>    streams deltas 40 ms apart, then waits <ms> between the finish chunk and the
 //                       usage chunk (to disconnect a client exactly before the usage arrives)
+//   retry-after-<s>     HTTP 429 (a rate limit) with `Retry-After: <s>`
+//   quota-429           HTTP 429 insufficient_quota (an exhausted account)
+//   stall-after-role    streams: headers and the role chunk, then silence
+//   stall-after-content streams: headers, the role chunk and one delta, then silence
+//   die-before-content  streams: headers and the role chunk, then the connection is reset
+//   die-mid-stream      streams: headers and two deltas, then the connection is reset
+//   think-<ms>          streams: headers at once, the first delta after <ms> (a long thinking phase)
 // Control endpoints: GET /__stats (requests, in-flight, max in-flight), GET /__last (last
 // request body and headers minus credentials), POST /__reset.
 import http from 'node:http';
@@ -124,6 +131,15 @@ export function createMockUpstream() {
     res.on('close', release);
 
     if (model === 'hang') return; // never answer
+    const retryAfter = /^retry-after-(\d+)$/.exec(model);
+    if (retryAfter) {
+      res.writeHead(429, { 'content-type': 'application/json', 'retry-after': retryAfter[1] });
+      return res.end(JSON.stringify({ error: { message: 'Rate limit reached, retry later', type: 'rate_limit_error' } }));
+    }
+    if (model === 'quota-429') {
+      res.writeHead(429, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ error: { message: 'You exceeded your current quota, please check your plan and billing details.', type: 'insufficient_quota', code: 'insufficient_quota' } }));
+    }
     const slow = /^slow-(\d+)$/.exec(model);
     if (slow) await sleep(Number(slow[1]));
     const fail = /^fail-(\d+)/.exec(model);
@@ -149,12 +165,19 @@ export function createMockUpstream() {
     const pauseUsage = /^pause-usage-(\d+)$/.exec(model);
     const gap = paced ? Number(paced[1]) : pauseUsage ? 40 : 0;
     send(chunk(model, { role: 'assistant', content: '' }, null, wantsUsage));
-    const words = model === 'cut-stream' ? WORDS.slice(0, 2) : WORDS;
+    if (model === 'stall-after-role') return; // silence, until the client gives up
+    // Let what was written reach the gateway, then reset the connection.
+    if (model === 'die-before-content') return sleep(50).then(() => res.destroy());
+    const think = /^think-(\d+)$/.exec(model);
+    if (think) await sleep(Number(think[1]));
+    const words = model === 'cut-stream' || model === 'die-mid-stream' ? WORDS.slice(0, 2) : model === 'stall-after-content' ? WORDS.slice(0, 1) : WORDS;
     for (const w of words) {
       if (gap) await sleep(gap);
       if (res.destroyed) return;
       send(chunk(model, { content: w }, null, wantsUsage));
     }
+    if (model === 'stall-after-content') return;
+    if (model === 'die-mid-stream') return sleep(50).then(() => res.destroy());
     if (model === 'cut-stream') return res.end();
     send(chunk(model, {}, 'stop', wantsUsage));
     if (pauseUsage) {

@@ -68,6 +68,8 @@ const SQLITE_MIGRATIONS: EmbeddedList = &[
     (6, "key pin allowed", include_str!("../../migrations/sqlite/0006_key_pin_allowed.sql")),
     (7, "model options", include_str!("../../migrations/sqlite/0007_model_options.sql")),
     (8, "usage units", include_str!("../../migrations/sqlite/0008_usage_units.sql")),
+    (9, "channel settings", include_str!("../../migrations/sqlite/0009_channel_settings.sql")),
+    (10, "usage attempts", include_str!("../../migrations/sqlite/0010_usage_attempts.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: EmbeddedList = &[
@@ -79,6 +81,8 @@ const POSTGRES_MIGRATIONS: EmbeddedList = &[
     (6, "key pin allowed", include_str!("../../migrations/postgres/0006_key_pin_allowed.sql")),
     (7, "model options", include_str!("../../migrations/postgres/0007_model_options.sql")),
     (8, "usage units", include_str!("../../migrations/postgres/0008_usage_units.sql")),
+    (9, "channel settings", include_str!("../../migrations/postgres/0009_channel_settings.sql")),
+    (10, "usage attempts", include_str!("../../migrations/postgres/0010_usage_attempts.sql")),
 ];
 
 /// Migrations compiled into the binary, so the service needs no files at run

@@ -9,7 +9,27 @@ use crate::error::{ApiError, ApiResult};
 use crate::now_ms;
 use edgeway_core::pricing::ModelPrice;
 use edgeway_core::routing::{Channel, GroupConfig, ModelOptions, ModelRoute, RouteTarget, RoutingConfig};
+use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
+
+/// What the `settings` column of `channels` holds (JSON): the channel's
+/// fields that came after its first columns. Absent fields default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_content_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+}
+
+impl ChannelSettings {
+    pub fn of(channel: &Channel) -> Self {
+        Self {
+            first_content_timeout_ms: channel.first_content_timeout_ms,
+            idle_timeout_ms: channel.idle_timeout_ms,
+        }
+    }
+}
 
 /// One model served by a channel being added (validated by the handler).
 #[derive(Debug, Clone)]
@@ -45,13 +65,14 @@ fn non_negative_u64(value: Option<i64>) -> Option<u64> {
 pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingConfig> {
     let version = routing_version(conn).await?;
     let channel_rows = sqlx::query(
-        "SELECT id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock, groups \
+        "SELECT id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock, groups, settings \
          FROM channels ORDER BY created_at, id",
     )
     .fetch_all(&mut *conn)
     .await?;
     let mut channels = Vec::with_capacity(channel_rows.len());
     for row in &channel_rows {
+        let settings: ChannelSettings = serde_json::from_str(&row.text("settings")?)?;
         channels.push(Channel {
             id: row.text("id")?,
             provider: row.text("provider")?,
@@ -62,6 +83,8 @@ pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingC
             enabled: row.int("enabled")? != 0,
             mock: row.opt_text("mock")?.map(|m| serde_json::from_str(&m)).transpose()?,
             groups: serde_json::from_str(&row.text("groups")?)?,
+            first_content_timeout_ms: settings.first_content_timeout_ms,
+            idle_timeout_ms: settings.idle_timeout_ms,
         });
     }
     let model_rows = sqlx::query(
@@ -160,8 +183,8 @@ pub async fn insert_channel(
     let mock = channel.mock.as_ref().map(serde_json::to_string).transpose()?;
     let timeout = channel.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
     let inserted = sqlx::query(
-        "INSERT INTO channels (id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock, created_at, groups) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO channels (id, provider, base_url, api_key, api_key_secret, timeout_ms, enabled, mock, created_at, groups, settings) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&channel.id)
     .bind(&channel.provider)
@@ -173,6 +196,7 @@ pub async fn insert_channel(
     .bind(mock)
     .bind(now)
     .bind(serde_json::to_string(&channel.groups)?)
+    .bind(serde_json::to_string(&ChannelSettings::of(channel))?)
     .execute(&mut *conn)
     .await;
     match inserted {

@@ -5,7 +5,9 @@ use crate::db::{Db, RowExt};
 use crate::error::{ApiError, ApiResult};
 use edgeway_core::family::Family;
 use edgeway_core::usage::{RequestOutcome, TokenUsage, Unit, UsageEvent, UsageSource};
-use edgeway_core::usage_row::{column_list, insert_sql, usage_row, Placeholder, UsageValue};
+use edgeway_core::usage_row::{
+    column_list, decode_attempts, encode_attempts, insert_sql, usage_row, Placeholder, UsageValue,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
@@ -24,6 +26,7 @@ pub async fn insert_event(
             UsageValue::Int(n) => query.bind(n),
             UsageValue::NullText => query.bind(None::<String>),
             UsageValue::NullInt => query.bind(None::<i64>),
+            UsageValue::Attempts(a) => query.bind(encode_attempts(a)),
         };
     }
     let result = query.bind(ingested_at_ms).execute(&mut *conn).await?;
@@ -86,6 +89,8 @@ fn entry_from_row(row: &AnyRow) -> ApiResult<LedgerEntry> {
         stream: row.int("stream")? != 0,
         latency_ms: u64_col(row, "latency_ms")?,
         ttft_ms: row.opt_int("ttft_ms")?.and_then(|t| u64::try_from(t).ok()),
+        served_model: row.text("served_model")?,
+        attempts: decode_attempts(&row.text("attempts")?),
         created_at_ms: row.int("created_at_ms")?,
     };
     Ok(LedgerEntry { event, ingested_at_ms: row.int("ingested_at_ms")? })

@@ -36,6 +36,8 @@ fn spend_event(request_id: &str, user_id: &str, cost: i64, ratio: u32) -> UsageE
         stream: false,
         latency_ms: 5,
         ttft_ms: None,
+        served_model: String::new(),
+        attempts: Vec::new(),
         created_at_ms: edgeway_admin::now_ms(),
     }
 }

@@ -35,6 +35,8 @@ fn event(i: u64, key_digest: &str) -> UsageEvent {
         stream: i.is_multiple_of(2),
         latency_ms: 50 + i,
         ttft_ms: i.is_multiple_of(2).then_some(5 + i),
+        served_model: String::new(),
+        attempts: Vec::new(),
         created_at_ms: 1_700_000_000_000 + i as i64,
     }
 }

@@ -48,6 +48,8 @@ fn event(i: u64) -> UsageEvent {
         stream: true,
         latency_ms: 10,
         ttft_ms: Some(3),
+        served_model: String::new(),
+        attempts: Vec::new(),
         created_at_ms: 1_700_000_000_000 + i as i64,
     }
 }

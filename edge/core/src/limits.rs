@@ -11,6 +11,18 @@ pub const MAX_SSE_LINE_BYTES: usize = 4 * 1024 * 1024;
 /// Time allowed for an upstream to send its response headers (ms).
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 120_000;
 
+/// Time a streaming upstream has from its response headers to the first
+/// content (text, reasoning, a tool call), ms; a channel may set its own.
+/// Until then the request fails over invisibly.
+pub const DEFAULT_FIRST_CONTENT_TIMEOUT_MS: u64 = 120_000;
+/// Longest gap between chunks once content flows, ms; past it the stream
+/// ends with an in-stream timeout error, billed for what was received.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Interval of SSE keepalives while a streaming client waits for its first
+/// content, ms. The response head (`200 text/event-stream`) goes out with
+/// the first one, so a long wait never meets a proxy's or Cloudflare's
+/// first-byte limit, while quick failures keep their status codes.
+pub const DEFAULT_KEEPALIVE_MS: u64 = 5_000;
 /// Largest non-streaming upstream response body read (bytes).
 pub const MAX_UPSTREAM_BODY_BYTES: usize = 32 * 1024 * 1024;
 

@@ -18,7 +18,7 @@
 //!   figures that are billed, marked `"estimated": true`, just before
 //!   `[DONE]` ([`ChatStreamTap::estimating`]).
 
-use crate::error::redact_secrets;
+use crate::error::{redact_secrets, GatewayError};
 use crate::limits::MAX_SSE_LINE_BYTES;
 use crate::sse::{encode_event, SseDecoder, SseEvent};
 use crate::usage::{estimated_usage, OpenAiUsage};
@@ -210,6 +210,22 @@ impl ChatStreamTap {
     /// The client stream has been ended (by `[DONE]` or an error event).
     pub fn is_ended(&self) -> bool {
         self.ended
+    }
+
+    /// Ends the client stream with `error` (nothing follows).
+    pub fn abort(&mut self, error: &GatewayError) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.ended {
+            return out;
+        }
+        let mut payload = error.to_json(crate::error::Dialect::OpenAi);
+        if let Some(e) = payload.get_mut("error") {
+            e["code"] = json!("upstream_stream_error");
+        }
+        encode_event(&mut out, None, &payload.to_string());
+        self.summary.saw_error = true;
+        self.ended = true;
+        out
     }
 
     fn fail(&mut self, out: &mut Vec<u8>, message: &str) {

@@ -40,9 +40,16 @@ pub struct Channel {
     /// Name of a worker secret holding the credential.
     #[serde(default)]
     pub api_key_secret: Option<String>,
-    /// Upstream time limit for response headers, ms.
+    /// Upstream time limit for connecting and the response headers, ms
+    /// (default: the worker's `UPSTREAM_TIMEOUT_MS`).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Streams: time from the response headers to the first content, ms.
+    #[serde(default)]
+    pub first_content_timeout_ms: Option<u64>,
+    /// Streams: longest gap between chunks once content flows, ms.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
     /// Mock provider options.

@@ -3,8 +3,9 @@
 //! upstream both speak OpenAI chat, and the [`StreamTranslator`] for every
 //! other pair. The worker's pump drives either the same way.
 
+use crate::error::GatewayError;
 use crate::openai_relay::ChatStreamTap;
-use crate::translate::{StreamOutcome, StreamTranslator};
+use crate::translate::{ClientDialect, StreamOptions, StreamOutcome, StreamTranslator, UpstreamDialect};
 use crate::usage::TokenUsage;
 
 /// A client-stream shaper.
@@ -31,6 +32,29 @@ impl StreamShaper {
             Self::Relay(tap) => tap.finish(),
             Self::Translate(t) => t.finish(),
         }
+    }
+
+    /// Ends the client stream with `error` in its dialect (an upstream that
+    /// went quiet, say); nothing follows.
+    pub fn abort(&mut self, error: &GatewayError) -> Vec<u8> {
+        match self {
+            Self::Relay(tap) => tap.abort(error),
+            Self::Translate(t) => t.abort(error),
+        }
+    }
+
+    /// A whole client stream that is only `error`, in `client`'s dialect
+    /// (the request failed after its stream's head went out).
+    pub fn error_bytes(client: ClientDialect, error: &GatewayError) -> Vec<u8> {
+        let mut shaper = match client {
+            ClientDialect::OpenAiChat => Self::Relay(Box::new(ChatStreamTap::new(false, Vec::new()))),
+            _ => Self::Translate(Box::new(StreamTranslator::new(
+                UpstreamDialect::OpenAiChat,
+                client,
+                StreamOptions::default(),
+            ))),
+        };
+        shaper.abort(error)
     }
 
     /// The client stream has ended (terminator or error sent).
@@ -62,15 +86,6 @@ impl StreamShaper {
         match self {
             Self::Relay(tap) => tap.summary().first_content_sent,
             Self::Translate(t) => t.saw_content(),
-        }
-    }
-
-    /// What a translated stream said, as a whole response (`None` for the
-    /// relay, whose answers carry no provider state to keep).
-    pub fn snapshot(&self) -> Option<crate::translate::CanonicalResponse> {
-        match self {
-            Self::Relay(_) => None,
-            Self::Translate(t) => Some(t.response_snapshot()),
         }
     }
 

@@ -261,6 +261,13 @@ pub struct UsageEvent {
     /// Request start to first content byte, ms (streams only).
     #[serde(default)]
     pub ttft_ms: Option<u64>,
+    /// The public model that served, when it is not `model` (a fallback,
+    /// or the base of a reasoning-suffixed name); billed at its price.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub served_model: String,
+    /// Every upstream attempt, in order; only the one that served is billed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<crate::channel_health::Attempt>,
     /// Unix ms when the request started.
     pub created_at_ms: i64,
 }

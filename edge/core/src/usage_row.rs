@@ -8,6 +8,7 @@
 //! `INSERT` from [`insert_sql`] and binds [`usage_row`] in order, so a new
 //! event field is one change here plus one migration per store.
 
+use crate::channel_health::Attempt;
 use crate::usage::UsageEvent;
 
 /// One column value. Nulls carry their column's type, which Postgres needs
@@ -18,10 +19,29 @@ pub enum UsageValue<'a> {
     Int(i64),
     NullText,
     NullInt,
+    /// The request's attempts, stored as text by [`encode_attempts`].
+    Attempts(&'a [Attempt]),
+}
+
+/// The text an attempts column holds: a JSON array, or empty when there
+/// were none (requests refused before any upstream).
+pub fn encode_attempts(attempts: &[Attempt]) -> String {
+    if attempts.is_empty() {
+        return String::new();
+    }
+    serde_json::to_string(attempts).unwrap_or_default()
+}
+
+/// The attempts an attempts column holds (unreadable text: none).
+pub fn decode_attempts(text: &str) -> Vec<Attempt> {
+    if text.is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str(text).unwrap_or_default()
 }
 
 /// Every column of a usage row, in bind order. `request_id` is the primary key.
-pub const USAGE_COLUMNS: [&str; 27] = [
+pub const USAGE_COLUMNS: [&str; 29] = [
     "request_id",
     "key_digest",
     "owner",
@@ -49,6 +69,8 @@ pub const USAGE_COLUMNS: [&str; 27] = [
     "endpoint",
     "unit",
     "unit_count",
+    "served_model",
+    "attempts",
 ];
 
 /// How a store numbers its placeholders: D1 `?1`, sqlx/Postgres `$1`.
@@ -65,7 +87,7 @@ fn int(v: u64) -> i64 {
 }
 
 /// The values of `event`, in [`USAGE_COLUMNS`] order.
-pub fn usage_row(e: &UsageEvent) -> [UsageValue<'_>; 27] {
+pub fn usage_row(e: &UsageEvent) -> [UsageValue<'_>; 29] {
     use UsageValue::{Int, NullInt, NullText, Text};
     let u = &e.usage;
     [
@@ -96,6 +118,8 @@ pub fn usage_row(e: &UsageEvent) -> [UsageValue<'_>; 27] {
         Text(e.endpoint.as_str()),
         e.unit.map_or(NullText, |u| Text(u.as_str())),
         Int(int(e.unit_count)),
+        Text(&e.served_model),
+        UsageValue::Attempts(&e.attempts),
     ]
 }
 
@@ -158,6 +182,8 @@ mod tests {
             stream: true,
             latency_ms: 9,
             ttft_ms: None,
+            served_model: String::new(),
+            attempts: Vec::new(),
             created_at_ms: 11,
         }
     }
@@ -181,18 +207,38 @@ mod tests {
         assert_eq!((get("unit"), get("unit_count")), (UsageValue::Text("audio_second"), UsageValue::Int(3)));
         let standalone = UsageEvent { user_id: None, unit: None, unit_count: 0, ..e.clone() };
         assert_eq!(usage_row(&standalone)[3], UsageValue::NullText);
-        assert_eq!(usage_row(&standalone)[25..], [UsageValue::NullText, UsageValue::Int(0)]);
+        assert_eq!(usage_row(&standalone)[25..27], [UsageValue::NullText, UsageValue::Int(0)]);
+    }
+
+    #[test]
+    fn attempts_are_stored_as_json_text_and_read_back() {
+        assert_eq!(encode_attempts(&[]), "", "none: empty");
+        let attempts = vec![
+            Attempt {
+                channel: "a".into(),
+                model: "m".into(),
+                status: 500,
+                failure: Some("server_error".into()),
+                latency_ms: 12,
+            },
+            Attempt { channel: "b".into(), model: "m".into(), status: 200, failure: None, latency_ms: 30 },
+        ];
+        let text = encode_attempts(&attempts);
+        assert!(text.starts_with('[') && text.contains("server_error"), "{text}");
+        assert_eq!(decode_attempts(&text), attempts);
+        assert_eq!(decode_attempts(""), vec![]);
+        assert_eq!(decode_attempts("not json"), vec![], "unreadable: none");
     }
 
     #[test]
     fn insert_has_one_placeholder_per_column() {
         let sql = insert_sql("usage_events", Placeholder::Question, &[]);
         assert!(sql.starts_with("INSERT INTO usage_events (request_id, key_digest,"));
-        assert!(sql.contains("?27)") && !sql.contains("?28"));
+        assert!(sql.contains("?29)") && !sql.contains("?30"));
         assert!(sql.ends_with("ON CONFLICT (request_id) DO NOTHING"));
         let sql = insert_sql("usage_ledger", Placeholder::Dollar, &["ingested_at_ms"]);
         assert!(
-            sql.contains("unit_count, ingested_at_ms)") && sql.contains("($1, $2,") && sql.contains("$28)")
+            sql.contains("attempts, ingested_at_ms)") && sql.contains("($1, $2,") && sql.contains("$30)")
         );
         let unique: std::collections::BTreeSet<&str> = USAGE_COLUMNS.iter().copied().collect();
         assert_eq!(unique.len(), USAGE_COLUMNS.len());

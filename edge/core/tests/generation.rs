@@ -7,12 +7,11 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use edgeway_core::api_key::key_digest;
-use edgeway_core::conversation_store::{GetReply, GetRequest, PutRequest, StoreIndex};
 use edgeway_core::family::Family;
 use edgeway_core::key_account::{KeyAccountState, SliceRenewal};
 use edgeway_core::pin::{sign_pin, PinRequest};
 use edgeway_core::pipeline::generation::{
-    Credentials, Effect, Emitted, FetchFailure, Generation, Input, ResponseBody, Start,
+    keepalive_bytes, Credentials, Effect, Emitted, FetchFailure, Generation, Input, ResponseBody, Start,
 };
 use edgeway_core::pipeline::isolate::IsolateState;
 use edgeway_core::translate::ClientDialect;
@@ -25,9 +24,51 @@ const KEY: &str = "sk-ew-test-key-000000000000000000";
 /// How an upstream answers one call.
 #[derive(Clone, Debug)]
 enum Reply {
-    Status { status: u16, chunks: Vec<Vec<u8>>, broken: bool },
+    Status {
+        status: u16,
+        chunks: Vec<Vec<u8>>,
+        broken: bool,
+    },
     Unreachable,
+    /// Never sends its headers.
     Timeout,
+    /// Headers after `head_ms` with `retry_after`, then each chunk after
+    /// its delay, then the end (or nothing: `stall`).
+    Scripted {
+        head_ms: u64,
+        status: u16,
+        retry_after: Option<String>,
+        chunks: Vec<(u64, Vec<u8>)>,
+        end: End,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum End {
+    Clean,
+    Broken,
+    /// The upstream goes quiet and never ends.
+    Stall,
+}
+
+/// An upstream call in progress: what it answers, and when (`None`: never).
+#[derive(Debug)]
+struct PendingOp {
+    ready_at: Option<i64>,
+    input: Input,
+}
+
+/// The rest of the upstream's answer after its headers.
+#[derive(Debug, Default)]
+struct Body {
+    chunks: VecDeque<(u64, Vec<u8>)>,
+    end: Option<End>,
+}
+
+impl Body {
+    fn whole(&self) -> Vec<u8> {
+        self.chunks.iter().flat_map(|(_, c)| c.clone()).collect()
+    }
 }
 
 fn ok_json(body: Value) -> Reply {
@@ -77,12 +118,6 @@ struct World {
     pin: Option<PinRequest>,
     /// The endpoint family of the next run.
     family: Family,
-    /// Conversation stores by key digest: the object's index and its data.
-    stores: HashMap<String, (StoreIndex, HashMap<String, String>)>,
-    /// Store calls made, by path.
-    store_calls: Vec<String>,
-    /// The key the next requests present.
-    key: String,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +140,14 @@ struct Outcome {
     passed_through: usize,
     /// Effects in order, by name (for ordering assertions).
     trace: Vec<String>,
+    /// `wake_ms` of every Fetch and ReadChunk.
+    wakes: Vec<Option<u64>>,
+    /// Upstream operations given up.
+    cancelled: usize,
+    /// Keepalive writes (and when, relative to the start).
+    keepalives: Vec<i64>,
+    /// When the response head was handed over, relative to the start.
+    head_at: Option<i64>,
     logs: Vec<String>,
 }
 
@@ -136,7 +179,6 @@ fn routing(targets: &[(&str, &str)]) -> Value {
         .map(|(id, url)| match *url {
             "mock" => json!({"id": id, "provider": "mock"}),
             url if url.contains("anthropic") => json!({"id": id, "provider": "anthropic", "base_url": url, "api_key": "sk-up-secret-anthropic"}),
-            url if url.contains("gemini") => json!({"id": id, "provider": "gemini", "base_url": url, "api_key": "sk-up-secret-gemini"}),
             url => json!({"id": id, "provider": "openai-compatible", "base_url": url, "api_key": format!("sk-up-secret-{id}")}),
         })
         .collect();
@@ -169,9 +211,33 @@ impl World {
             queue_refuses: false,
             pin: None,
             family: Family::Chat,
-            stores: HashMap::new(),
-            store_calls: Vec::new(),
-            key: KEY.to_string(),
+        }
+    }
+
+    /// Answers a wait on `pending`: its result when it is ready within
+    /// `wake_ms` (the clock moves to then), else `Idle` after `wake_ms`.
+    fn settle_wait(
+        &mut self,
+        pending: &mut Option<PendingOp>,
+        wake_ms: Option<u64>,
+        out: &mut Outcome,
+    ) -> Input {
+        let Some(op) = pending.as_ref() else { panic!("a wait with nothing pending: {:?}", out.trace) };
+        let wake_at = wake_ms.map(|w| self.now + w as i64);
+        match (op.ready_at, wake_at) {
+            (Some(ready), Some(wake)) if ready > wake => {
+                self.now = wake;
+                Input::Idle
+            }
+            (Some(ready), _) => {
+                self.now = self.now.max(ready);
+                pending.take().map(|op| op.input).unwrap_or(Input::Done)
+            }
+            (None, Some(wake)) => {
+                self.now = wake;
+                Input::Idle
+            }
+            (None, None) => panic!("waiting forever on an upstream that never answers: {:?}", out.trace),
         }
     }
 
@@ -185,15 +251,21 @@ impl World {
     }
 
     fn run_as(&mut self, client: ClientDialect, body: Value) -> Outcome {
+        self.run_with(client, None, body)
+    }
+
+    /// A Gemini `streamGenerateContent` call for model `m`.
+    fn run_gemini_stream(&mut self, body: Value) -> Outcome {
+        self.run_with(ClientDialect::Gemini, Some("m"), body)
+    }
+
+    fn run_with(&mut self, client: ClientDialect, path_model: Option<&str>, body: Value) -> Outcome {
         let start = Start {
             client,
             family: self.family,
-            path_model: None,
-            path_stream: false,
-            credentials: Credentials {
-                authorization: Some(format!("Bearer {}", self.key)),
-                ..Default::default()
-            },
+            path_model: path_model.map(str::to_string),
+            path_stream: path_model.is_some(),
+            credentials: Credentials { authorization: Some(format!("Bearer {KEY}")), ..Default::default() },
             client_ip: Some("127.0.0.1".into()),
             declared_body_len: None,
             request_id: format!("req_{:x}", self.now),
@@ -202,9 +274,11 @@ impl World {
         };
         let body = body.to_string().into_bytes();
         let mut g = Generation::new(start, self.now);
+        let t0 = self.now;
         let mut out = Outcome::default();
         let mut input = Input::Begin;
-        let mut reply: Option<(VecDeque<Vec<u8>>, bool)> = None;
+        let mut body_left: Option<Body> = None;
+        let mut pending: Option<PendingOp> = None;
         let mut last_upstream_body: Vec<u8> = Vec::new();
         let mut last_chunk: Vec<u8> = Vec::new();
         for _ in 0..10_000 {
@@ -243,21 +317,49 @@ impl World {
                 Effect::Fetch(req) => {
                     out.fetched.push(req.url.clone());
                     out.fetched_bodies.push(serde_json::from_slice(&req.body).unwrap_or(Value::Null));
-                    assert!(req.timeout_ms > 0);
+                    out.wakes.push(req.wake_ms);
                     let base = self.upstreams.keys().find(|b| req.url.starts_with(b.as_str())).cloned();
                     let next = base.and_then(|b| self.upstreams.get_mut(&b).and_then(VecDeque::pop_front));
-                    match next.unwrap_or(Reply::Unreachable) {
-                        Reply::Status { status, chunks, broken } => {
-                            reply = Some((chunks.into(), broken));
-                            Input::UpstreamHead { status }
-                        }
-                        Reply::Unreachable => Input::UpstreamFailed(FetchFailure::Unreachable),
-                        Reply::Timeout => Input::UpstreamFailed(FetchFailure::Timeout),
-                    }
+                    let (op, body) = match next.unwrap_or(Reply::Unreachable) {
+                        Reply::Status { status, chunks, broken } => (
+                            PendingOp {
+                                ready_at: Some(self.now),
+                                input: Input::UpstreamHead { status, retry_after: None },
+                            },
+                            Body {
+                                chunks: chunks.into_iter().map(|c| (0, c)).collect(),
+                                end: Some(if broken { End::Broken } else { End::Clean }),
+                            },
+                        ),
+                        Reply::Unreachable => (
+                            PendingOp {
+                                ready_at: Some(self.now),
+                                input: Input::UpstreamFailed(FetchFailure::Unreachable),
+                            },
+                            Body::default(),
+                        ),
+                        Reply::Timeout => (PendingOp { ready_at: None, input: Input::Done }, Body::default()),
+                        Reply::Scripted { head_ms, status, retry_after, chunks, end } => (
+                            PendingOp {
+                                ready_at: Some(self.now + head_ms as i64),
+                                input: Input::UpstreamHead { status, retry_after },
+                            },
+                            Body { chunks: chunks.into(), end: Some(end) },
+                        ),
+                    };
+                    body_left = Some(body);
+                    pending = Some(op);
+                    self.settle_wait(&mut pending, req.wake_ms, &mut out)
+                }
+                Effect::Wait { wake_ms } => self.settle_wait(&mut pending, wake_ms, &mut out),
+                Effect::CancelUpstream => {
+                    out.cancelled += 1;
+                    pending = None;
+                    body_left = None;
+                    Input::Done
                 }
                 Effect::ReadUpstreamBody { limit } => {
-                    let (chunks, _) = reply.take().unwrap_or_default();
-                    let whole: Vec<u8> = chunks.into_iter().flatten().collect();
+                    let whole = body_left.take().map(|b| b.whole()).unwrap_or_default();
                     if whole.len() > limit {
                         Input::UpstreamBodyFailed
                     } else {
@@ -270,6 +372,7 @@ impl World {
                     Input::Done
                 }
                 Effect::Respond(head, body) => {
+                    out.head_at = Some(self.now - t0);
                     out.status = head.status;
                     out.headers = head.headers.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
                     out.body = match body {
@@ -279,23 +382,35 @@ impl World {
                     };
                     Input::Done
                 }
-                Effect::ReadChunk { deadline_ms } => match reply.as_mut() {
-                    Some((chunks, broken)) => match chunks.pop_front() {
-                        Some(chunk) => {
+                Effect::ReadChunk { wake_ms } => {
+                    out.wakes.push(wake_ms);
+                    let body = body_left.get_or_insert_with(Body::default);
+                    let op = match body.chunks.pop_front() {
+                        Some((delay, chunk)) => {
                             last_chunk = chunk.clone();
-                            Input::Chunk(chunk)
+                            PendingOp { ready_at: Some(self.now + delay as i64), input: Input::Chunk(chunk) }
                         }
-                        None if *broken => Input::UpstreamBroken("reset".into()),
-                        None if deadline_ms.is_some_and(|d| d <= self.now) => Input::ChunkDeadline,
-                        None => Input::UpstreamEnd,
-                    },
-                    None => Input::UpstreamEnd,
-                },
+                        None => match body.end {
+                            Some(End::Broken) => PendingOp {
+                                ready_at: Some(self.now),
+                                input: Input::UpstreamBroken("reset".into()),
+                            },
+                            Some(End::Stall) => PendingOp { ready_at: None, input: Input::Done },
+                            _ => PendingOp { ready_at: Some(self.now), input: Input::UpstreamEnd },
+                        },
+                    };
+                    pending = Some(op);
+                    self.settle_wait(&mut pending, wake_ms, &mut out)
+                }
                 Effect::Emit(emitted) => {
                     if self.client_gone_after.is_some_and(|n| out.writes.len() >= n) {
                         Input::ClientGone
                     } else {
                         out.writes.push(match emitted {
+                            Emitted::Bytes(b) if b.as_slice() == keepalive_bytes(client) => {
+                                out.keepalives.push(self.now - t0);
+                                b
+                            }
                             Emitted::Bytes(b) => b,
                             Emitted::Chunk => {
                                 out.passed_through += 1;
@@ -315,36 +430,6 @@ impl World {
                         out.published.extend(events);
                         Input::Published(true)
                     }
-                }
-                Effect::StoreCall { digest, path, body } => {
-                    self.store_calls.push(path.to_string());
-                    let (index, data) = self.stores.entry(digest).or_default();
-                    let reply = match path {
-                        "/get" => {
-                            let req: GetRequest =
-                                serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
-                            let found = index
-                                .live(&req.names, req.now_ms)
-                                .into_iter()
-                                .filter_map(|n| data.get(n).map(|d| (n.to_string(), d.clone())))
-                                .collect();
-                            serde_json::to_string(&GetReply { found }).unwrap_or_default()
-                        }
-                        "/put" => {
-                            let req: PutRequest =
-                                serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
-                            let (reply, writes) = index.put(req.entries, req.now_ms);
-                            for name in writes.delete {
-                                data.remove(&name);
-                            }
-                            for (name, _, value) in writes.put {
-                                data.insert(name, value);
-                            }
-                            serde_json::to_string(&reply).unwrap_or_default()
-                        }
-                        other => panic!("unexpected store path {other}"),
-                    };
-                    Input::StoreReply { status: 200, body: reply }
                 }
                 Effect::Finished => return out,
             };
@@ -406,7 +491,10 @@ fn relay_stream_passes_unchanged_chunks_and_strips_the_usage_chunk() {
     let text = out.text();
     assert!(text.contains("Hel") && text.ends_with("data: [DONE]\n\n"), "{text}");
     assert!(!text.contains("\"usage\""), "the client did not ask for the usage chunk: {text}");
-    assert_eq!(out.passed_through, 3, "unchanged chunks are handed back, not copied out");
+    // The role chunk is held until the first content (the attempt could still
+    // be replaced), so it goes out with it; later chunks pass unchanged.
+    assert_eq!(out.writes.len(), 3, "{:?}", out.writes);
+    assert_eq!(out.passed_through, 1, "unchanged chunks are handed back, not copied out");
     let e = &out.events()[0];
     assert_eq!((e.usage.input_uncached, e.usage.output, e.outcome), (11, 8, RequestOutcome::Completed));
 
@@ -481,7 +569,7 @@ fn an_admitted_stream_is_settled_before_the_client_sees_its_end() {
 
 #[test]
 fn a_client_that_disconnects_is_billed_what_the_provider_reported() {
-    for gone_after in [0, 1, 2] {
+    for gone_after in [0, 1] {
         let mut w = World::new(limited(), routing(&[("a", A)]));
         w.client_gone_after = Some(gone_after);
         w.upstream(A, vec![Reply::Status { status: 200, chunks: chat_stream(true), broken: false }]);
@@ -766,6 +854,86 @@ impl World {
     }
 }
 
+fn chunk_of(text: &str) -> Vec<u8> {
+    format!(
+        "data: {}\n\n",
+        json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":text}}]})
+    )
+    .into_bytes()
+}
+
+fn role_chunk() -> Vec<u8> {
+    format!("data: {}\n\n", json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}))
+        .into_bytes()
+}
+
+fn stream_ok() -> Reply {
+    Reply::Status { status: 200, chunks: chat_stream(true), broken: false }
+}
+
+fn scripted(head_ms: u64, chunks: Vec<(u64, Vec<u8>)>, end: End) -> Reply {
+    Reply::Scripted { head_ms, status: 200, retry_after: None, chunks, end }
+}
+
+fn kinds(e: &UsageEvent) -> Vec<(String, Option<String>)> {
+    e.attempts.iter().map(|a| (a.channel.clone(), a.failure.clone())).collect()
+}
+
+#[test]
+fn failover_matrix_before_the_first_content_byte_is_invisible() {
+    let stream = json!({"model": "m", "messages": user("hi"), "stream": true});
+    let cases: Vec<(&str, Reply, &str)> = vec![
+        ("500", status(500, r#"{"error":{"message":"boom"}}"#), "server_error"),
+        (
+            "429 + Retry-After",
+            Reply::Scripted {
+                head_ms: 5,
+                status: 429,
+                retry_after: Some("30".into()),
+                chunks: vec![(0, br#"{"error":{"message":"slow down"}}"#.to_vec())],
+                end: End::Clean,
+            },
+            "rate_limited",
+        ),
+        ("refused", Reply::Unreachable, "connect"),
+        ("stall before headers", Reply::Timeout, "timeout_headers"),
+        (
+            "stall after headers, before content",
+            scripted(5, vec![(0, role_chunk())], End::Stall),
+            "timeout_first_content",
+        ),
+        ("death before content", scripted(5, vec![(0, role_chunk())], End::Broken), "stream_broken"),
+    ];
+    for (what, first, kind) in cases {
+        let mut w = World::new(limited(), routing(&[("a", A), ("b", B)]));
+        w.upstream(A, vec![first]);
+        w.upstream(B, vec![stream_ok()]);
+        let out = w.run(stream.clone());
+        assert_eq!(out.status, 200, "{what}");
+        let text = out.text();
+        assert_eq!(
+            text.matches("\"role\":\"assistant\"").count(),
+            1,
+            "{what}: one start, the serving one: {text}"
+        );
+        assert!(
+            text.contains("Hel") && text.ends_with("data: [DONE]\n\n") && !text.contains("error"),
+            "{what}: {text}"
+        );
+        // A long wait sent the head with a keepalive, before the channel was known.
+        let named = if out.keepalives.is_empty() { Some("b") } else { None };
+        assert_eq!(out.header("x-edgeway-channel"), named, "{what}");
+        let e = &out.settled[0];
+        assert_eq!(
+            (e.channel.as_str(), e.cost_micros, e.outcome),
+            ("b", 27, RequestOutcome::Completed),
+            "{what}"
+        );
+        assert_eq!(kinds(e), [("a".into(), Some(kind.into())), ("b".into(), None)], "{what}");
+        assert_eq!(w.account.in_flight(), 0, "{what}");
+    }
+}
+
 #[test]
 fn embeddings_relay_to_an_openai_compatible_upstream_and_are_billed_by_tokens() {
     let mut w = World::new(limited(), routing(&[("a", A)]));
@@ -872,157 +1040,115 @@ fn only_providers_that_serve_a_family_are_candidates() {
     assert_eq!((out.status, out.fetched.len()), (400, 0), "checked at the edge");
 }
 
-const ANTHROPIC: &str = "http://anthropic.test/v1";
-const GEMINI: &str = "http://gemini.test/v1beta";
-const THINKING_CASE: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/translation/cases/thinking_usage/");
-
-fn fixture(file: &str) -> Vec<u8> {
-    std::fs::read(format!("{THINKING_CASE}{file}")).unwrap_or_else(|e| panic!("{file}: {e}"))
-}
-
-fn weather_tools() -> Value {
-    json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}])
-}
-
-/// An OpenAI client's first turn, then its second (the assistant turn as the
-/// openai SDK sends it back: tool calls, reasoning text at most, no signature).
-fn two_turns(w: &mut World, stream: bool) -> (Outcome, Outcome) {
-    let first = w.run(json!({"model": "m", "reasoning_effort": "low", "max_tokens": 4000, "stream": stream,
-        "messages": user("Weather in Paris?"), "tools": weather_tools()}));
-    assert_eq!(first.status, 200);
-    let call_id = if stream {
-        let text = first.text();
-        text.lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .find_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["id"].as_str().map(str::to_string))
-            .unwrap_or_else(|| panic!("{text}"))
-    } else {
-        first.json()["choices"][0]["message"]["tool_calls"][0]["id"].as_str().unwrap_or_default().to_string()
-    };
-    assert!(!call_id.is_empty());
-    assert!(!String::from_utf8_lossy(&first.body).contains("sig=="), "the client is not shown signatures");
-    let second = w.run(json!({"model": "m", "reasoning_effort": "low", "max_tokens": 4000, "tools": weather_tools(),
-        "messages": [
-            {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": "Checking.", "tool_calls": [{"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\"}"}}]},
-            {"role": "tool", "tool_call_id": call_id, "content": "21C"}]}));
-    (first, second)
-}
-
 #[test]
-fn anthropic_signatures_come_back_in_the_next_turn_exactly_as_issued() {
-    for stream in [false, true] {
-        let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
-        let first = if stream {
-            Reply::Status { status: 200, chunks: vec![fixture("stream.anthropic.sse")], broken: false }
-        } else {
-            Reply::Status { status: 200, chunks: vec![fixture("response.anthropic.json")], broken: false }
-        };
-        w.upstream(ANTHROPIC, vec![first, ok_json(json!({"type": "message", "id": "m2", "role": "assistant",
-            "content": [{"type": "text", "text": "21C in Paris."}], "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 3}}))]);
-        let (first, second) = two_turns(&mut w, stream);
-        assert_eq!(first.header("x-edgeway-reasoning-state"), None, "the first turn needed nothing");
-        assert_eq!(w.store_calls, ["/put", "/get"], "stream: {stream}");
-        let sent = &second.fetched_bodies[0];
-        assert_eq!(sent["thinking"]["type"], "enabled", "thinking stays on: the turn is signed");
+fn after_the_first_content_failures_are_in_stream_errors_billed_for_what_was_received() {
+    for (what, end) in [("stall", End::Stall), ("death", End::Broken)] {
+        let mut w = World::new(limited(), routing(&[("a", A), ("b", B)]));
+        w.upstream(A, vec![scripted(5, vec![(0, role_chunk()), (0, chunk_of("Hello there"))], end)]);
+        w.upstream(B, vec![stream_ok()]);
+        let t0 = w.now;
+        let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true}));
+        assert_eq!(out.fetched.len(), 1, "{what}: no failover after content");
+        let text = out.text();
+        assert!(text.contains("Hello there") && text.contains("\"error\""), "{what}: {text}");
+        let e = &out.settled[0];
         assert_eq!(
-            sent["messages"][1]["content"][0],
-            json!({"type": "thinking", "thinking": "The user wants weather; call the tool.", "signature": "EqQBCkYIBxgCKkBanthropic-sig=="})
+            (e.outcome, e.usage_source, e.status),
+            (RequestOutcome::Failed, UsageSource::Estimated, 502),
+            "{what}"
         );
-        assert_eq!(
-            sent["messages"][1]["content"][1],
-            json!({"type": "redacted_thinking", "data": "EmwKAhgBEgy3redacted=="})
-        );
-        assert_eq!(sent["messages"][1]["content"][3]["type"], "tool_use");
-        assert_eq!(second.header("x-edgeway-reasoning-state"), Some("restored"));
+        assert!(e.cost_micros > 0, "{what}: what was received is billed");
+        if end == End::Stall {
+            assert!(text.contains("did not respond in time"), "{text}");
+            let idle = edgeway_core::limits::DEFAULT_IDLE_TIMEOUT_MS as i64;
+            assert!(w.now - t0 >= idle, "ended by the idle limit");
+            assert_eq!(out.cancelled, 1, "the quiet upstream was given up");
+        }
     }
 }
 
 #[test]
-fn gemini_signatures_come_back_on_their_calls() {
-    for stream in [false, true] {
-        let mut w = World::new(unlimited(), routing(&[("g", GEMINI)]));
-        let first = if stream {
-            Reply::Status { status: 200, chunks: vec![fixture("stream.gemini.sse")], broken: false }
-        } else {
-            Reply::Status { status: 200, chunks: vec![fixture("response.gemini.json")], broken: false }
-        };
-        w.upstream(GEMINI, vec![first, ok_json(json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "21C."}]}, "finishReason": "STOP"}]}))]);
-        let (_, second) = two_turns(&mut w, stream);
-        let parts = &second.fetched_bodies[0]["contents"][1]["parts"];
-        let call = parts.as_array().and_then(|p| p.iter().find(|p| p.get("functionCall").is_some())).cloned();
+fn a_stream_waiting_for_its_first_content_gets_keepalives_then_the_content() {
+    let keepalive = edgeway_core::limits::DEFAULT_KEEPALIVE_MS as i64;
+    for client in [ClientDialect::OpenAiChat, ClientDialect::Anthropic] {
+        let mut w = World::new(unlimited(), routing(&[("a", A)]));
+        // Headers after 7 s, the first content 5.5 s later.
+        let chunks = vec![(0, role_chunk()), (5_500, chunk_of("late")), (0, chat_stream(true).concat())];
+        w.upstream(A, vec![scripted(7_000, chunks, End::Clean)]);
+        let body = json!({"model": "m", "messages": user("think"), "max_tokens": 10, "stream": true});
+        let out = w.run_as(client, body);
+        assert_eq!(out.status, 200);
         assert_eq!(
-            call.map(|c| c["thoughtSignature"].clone()),
-            Some(json!("CiQBgemini-sig==")),
-            "stream {stream}: {parts}"
+            out.head_at.map(|t| t / 100),
+            Some(keepalive / 100),
+            "the head goes out with the first keepalive"
         );
-        assert_eq!(second.header("x-edgeway-reasoning-state"), Some("restored"));
+        assert_eq!(out.header("content-type"), Some("text/event-stream; charset=utf-8"));
+        assert_eq!(out.header("x-edgeway-channel"), None, "not known yet when the head went out");
+        assert_eq!(out.keepalives.len(), 2, "at 5 s and 10 s: {:?}", out.keepalives);
+        assert_eq!(out.writes[0], keepalive_bytes(client));
+        let text = out.text();
+        assert!(text.contains("late"), "{text}");
+        if client == ClientDialect::Anthropic {
+            assert!(text.starts_with("event: ping\n"), "{text}");
+            assert!(text.contains("event: message_stop"), "{text}");
+        }
     }
 }
 
 #[test]
-fn expired_or_foreign_state_takes_the_fallback_and_says_so() {
-    let answer = || {
-        ok_json(json!({"type": "message", "id": "m2", "role": "assistant",
-        "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 3}}))
-    };
-    // expired: a day later
-    let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
-    let day = edgeway_core::translate::signature_vault::VAULT_TTL_MS;
-    w.upstream(
-        ANTHROPIC,
-        vec![Reply::Status { status: 200, chunks: vec![fixture("response.anthropic.json")], broken: false }],
-    );
-    let first = w.run(json!({"model": "m", "reasoning_effort": "low", "max_tokens": 4000, "messages": user("Weather?"), "tools": weather_tools()}));
-    let call_id =
-        first.json()["choices"][0]["message"]["tool_calls"][0]["id"].as_str().unwrap_or_default().to_string();
-    w.now += day;
-    w.upstream(ANTHROPIC, vec![answer()]);
-    let next = json!({"model": "m", "reasoning_effort": "low", "max_tokens": 4000, "tools": weather_tools(), "messages": [
-        {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": null, "tool_calls": [{"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": call_id, "content": "21C"}]});
-    let second = w.run(next.clone());
-    assert_eq!(second.status, 200);
-    assert_eq!(second.header("x-edgeway-reasoning-state"), Some("fallback"));
-    assert!(
-        second.fetched_bodies[0].get("thinking").is_none(),
-        "the documented fallback: thinking off for the turn"
-    );
-    // another key: its own store holds nothing of the first key's
-    let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
-    w.upstream(
-        ANTHROPIC,
-        vec![
-            Reply::Status { status: 200, chunks: vec![fixture("response.anthropic.json")], broken: false },
-            answer(),
-        ],
-    );
-    let _ = w.run(json!({"model": "m", "reasoning_effort": "low", "max_tokens": 4000, "messages": user("Weather?"), "tools": weather_tools()}));
-    let other = "sk-ew-test-key-111111111111111111";
-    let mut record = unlimited();
-    record["digest"] = json!(key_digest(other));
-    w.kv.insert(format!("key:{}", key_digest(other)), record.to_string());
-    w.key = other.to_string();
-    let second = w.run(next);
-    assert_eq!(second.header("x-edgeway-reasoning-state"), Some("fallback"));
-    assert!(second.fetched_bodies[0].get("thinking").is_none());
-    assert_eq!(w.stores.len(), 2, "one store per key");
+fn a_quick_failure_keeps_its_status_and_a_late_one_is_an_in_stream_error() {
+    let stream = json!({"model": "m", "messages": user("hi"), "stream": true});
+    let mut w = World::new(unlimited(), routing(&[("a", A), ("b", B)]));
+    w.upstream(A, vec![status(503, "{}")]);
+    w.upstream(B, vec![Reply::Unreachable]);
+    let out = w.run(stream.clone());
+    assert_eq!((out.status, out.writes.len()), (502, 0), "no keepalive was due: a plain error response");
+    assert_eq!(out.header("x-edgeway-channel"), Some("b"));
+    let e = &out.events()[0];
+    assert_eq!(kinds(e), [("a".into(), Some("server_error".into())), ("b".into(), Some("connect".into()))]);
+    assert_eq!(e.cost_micros, 0);
+
+    // Both fail only after the first keepalive: the client, already
+    // answered 200, gets an error event in its dialect.
+    for client in [ClientDialect::OpenAiChat, ClientDialect::Anthropic, ClientDialect::Gemini] {
+        let mut w = World::new(unlimited(), routing(&[("a", A), ("b", B)]));
+        w.upstream(
+            A,
+            vec![Reply::Scripted {
+                head_ms: 6_000,
+                status: 500,
+                retry_after: None,
+                chunks: vec![],
+                end: End::Clean,
+            }],
+        );
+        w.upstream(B, vec![Reply::Unreachable]);
+        let body = match client {
+            ClientDialect::Gemini => json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+            _ => json!({"model": "m", "messages": user("hi"), "max_tokens": 5, "stream": true}),
+        };
+        let out =
+            if client == ClientDialect::Gemini { w.run_gemini_stream(body) } else { w.run_as(client, body) };
+        assert_eq!(out.status, 200);
+        let text = out.text();
+        match client {
+            ClientDialect::Anthropic => assert!(text.contains("event: error"), "{text}"),
+            _ => assert!(text.contains("\"error\""), "{text}"),
+        }
+        assert!(out.events()[0].cost_micros == 0);
+    }
 }
 
 #[test]
-fn requests_that_need_no_state_make_no_store_call() {
-    let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
-    w.upstream(ANTHROPIC, vec![ok_json(json!({"type": "message", "id": "m2", "role": "assistant",
-        "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 3}}))]);
-    // tool history, but thinking off: Anthropic ignores past thinking
-    let out = w.run(json!({"model": "m", "messages": [
-        {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_9", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "toolu_9", "content": "21C"}]}));
-    assert_eq!(out.status, 200);
-    assert!(w.store_calls.is_empty());
-    assert_eq!(out.header("x-edgeway-reasoning-state"), None);
+fn a_well_formed_empty_stream_is_served_not_failed_over() {
+    let mut w = World::new(unlimited(), routing(&[("a", A), ("b", B)]));
+    let empty = sse(&[
+        json!({"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}),
+        json!({"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}),
+    ]);
+    w.upstream(A, vec![Reply::Status { status: 200, chunks: empty, broken: false }]);
+    let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true, "max_tokens": 1}));
+    assert_eq!((out.status, out.fetched.len()), (200, 1));
+    assert!(out.text().ends_with("data: [DONE]\n\n"), "{}", out.text());
 }

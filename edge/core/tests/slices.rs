@@ -89,6 +89,8 @@ fn event(id: &str, cost: i64) -> UsageEvent {
         stream: false,
         latency_ms: 1,
         ttft_ms: None,
+        served_model: String::new(),
+        attempts: Vec::new(),
         created_at_ms: 0,
     }
 }

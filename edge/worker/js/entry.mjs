@@ -32,13 +32,14 @@ let configured = false;
 function configure(env) {
   if (configured) return;
   configured = true;
-  glue.configure(Number(env.MAX_BODY_BYTES ?? 0), Number(env.UPSTREAM_TIMEOUT_MS ?? 0));
+  glue.configure(Number(env.MAX_BODY_BYTES ?? 0), Number(env.UPSTREAM_TIMEOUT_MS ?? 0), Number(env.SSE_KEEPALIVE_MS ?? 0));
 }
 
 // Effect codes of driver.rs (EffectCode).
 const KV_GET = 1, READ_SECRET = 2, ACCOUNT_CALL = 3, READ_REQUEST_BODY = 4, FETCH = 5,
   READ_UPSTREAM_BODY = 6, SLEEP = 7, RESPOND = 8, READ_CHUNK = 9, EMIT = 10, CLOSE_STREAM = 11,
-  PUBLISH_USAGE = 12, FINISHED = 13, STORE_CALL = 14;
+  PUBLISH_USAGE = 12, FINISHED = 13, WAIT = 14, CANCEL_UPSTREAM = 15;
+const IDLE = Symbol('idle');
 
 const EMPTY = new Uint8Array(0);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -88,6 +89,25 @@ async function drive(d, request, env, respond) {
   let heldBody = null; // the upstream body last handed to the machine
   let heldChunk = null; // the chunk last handed to the machine
   let writer = null; // the client stream
+  // The upstream operation in progress (a fetch or a chunk read): its
+  // promise resolves to a function that feeds the machine its result.
+  let pending = null;
+  // Waits for the pending operation, at most `wake` ms (-1: no limit);
+  // past that the machine is told (`idle`) and the operation is kept.
+  const waitPending = async (wake) => {
+    let result;
+    if (wake < 0) {
+      result = await pending.promise;
+    } else {
+      let timer;
+      const woke = new Promise((resolve) => { timer = setTimeout(() => resolve(IDLE), wake); });
+      result = await Promise.race([pending.promise, woke]);
+      clearTimeout(timer);
+    }
+    if (result === IDLE) return d.idle(Date.now());
+    pending = null;
+    return result();
+  };
   let effect = d.begin(Date.now());
   for (;;) {
     switch (effect) {
@@ -107,17 +127,14 @@ async function drive(d, request, env, respond) {
         effect = d.secret(typeof value === 'string' ? value : undefined, Date.now());
         break;
       }
-      case ACCOUNT_CALL:
-      case STORE_CALL: {
-        // The key's account, or its conversation store (vault, Responses state).
-        const store = effect === STORE_CALL;
+      case ACCOUNT_CALL: {
         const [method, path] = d.call().split(' ');
         const body = d.text();
         let status = 0, text = '';
         try {
-          const ns = store ? env.CONVERSATION_STORE : env.KEY_ACCOUNT;
+          const ns = env.KEY_ACCOUNT;
           const stub = ns.get(ns.idFromName(d.target()));
-          const r = await stub.fetch(`https://${store ? 'conversation-store' : 'key-account'}${path}`, {
+          const r = await stub.fetch(`https://key-account${path}`, {
             method, headers: body === undefined ? undefined : { 'content-type': 'application/json' }, body,
           });
           status = r.status;
@@ -125,7 +142,7 @@ async function drive(d, request, env, respond) {
         } catch (e) {
           text = String(e);
         }
-        effect = store ? d.store_reply(status, text, Date.now()) : d.account_reply(status, text, Date.now());
+        effect = d.account_reply(status, text, Date.now());
         break;
       }
       case READ_REQUEST_BODY: {
@@ -142,24 +159,35 @@ async function drive(d, request, env, respond) {
       case FETCH: {
         const url = d.target();
         const headers = headerPairs(d.headers());
-        const timeout = d.number();
+        const wake = d.number();
         const body = d.take_bytes();
         const controller = new AbortController();
-        let timedOut = false;
-        const timer = setTimeout(() => { timedOut = true; controller.abort(); }, timeout);
-        try {
-          upstream = await fetch(url, { method: 'POST', headers, body, signal: controller.signal });
-        } catch (e) {
-          clearTimeout(timer);
-          if (!timedOut) console.warn(`upstream fetch failed: ${e}`);
-          effect = d.upstream_failed(timedOut, Date.now());
-          break;
-        }
-        clearTimeout(timer);
-        reader = null;
-        effect = d.upstream_head(upstream.status, Date.now());
+        const promise = fetch(url, { method: 'POST', headers, body, signal: controller.signal }).then(
+          (r) => () => {
+            upstream = r;
+            reader = null;
+            return d.upstream_head(r.status, r.headers.get('retry-after') ?? undefined, Date.now());
+          },
+          (e) => () => {
+            console.warn(`upstream fetch failed: ${e}`);
+            return d.upstream_failed(Date.now());
+          },
+        );
+        pending = { promise, cancel: () => controller.abort() };
+        effect = await waitPending(wake);
         break;
       }
+      case WAIT:
+        effect = await waitPending(d.number());
+        break;
+      case CANCEL_UPSTREAM:
+        if (pending) pending.cancel();
+        pending = null;
+        if (reader) reader.cancel().catch(() => {});
+        reader = null;
+        upstream = null;
+        effect = d.done(Date.now());
+        break;
       case READ_UPSTREAM_BODY: {
         let body = null;
         try {
@@ -196,33 +224,23 @@ async function drive(d, request, env, respond) {
         break;
       }
       case READ_CHUNK: {
-        if (!reader) reader = upstream ? upstream.body.getReader() : null;
+        if (!reader) reader = upstream?.body ? upstream.body.getReader() : null;
         if (!reader) {
           effect = d.upstream_end(Date.now());
           break;
         }
-        const deadline = d.number();
-        let result;
-        try {
-          if (deadline < 0) {
-            result = await reader.read();
-          } else {
-            const left = Math.max(0, deadline - Date.now());
-            let timer;
-            const expired = new Promise((resolve) => { timer = setTimeout(() => resolve(null), left); });
-            result = await Promise.race([reader.read(), expired]);
-            clearTimeout(timer);
-          }
-        } catch (e) {
-          effect = d.upstream_broken(String(e), Date.now());
-          break;
-        }
-        if (result === null) effect = d.chunk_deadline(Date.now());
-        else if (result.done) effect = d.upstream_end(Date.now());
-        else {
-          heldChunk = result.value;
-          effect = d.chunk(result.value, Date.now());
-        }
+        const wake = d.number();
+        const current = reader;
+        const promise = current.read().then(
+          (result) => () => {
+            if (result.done) return d.upstream_end(Date.now());
+            heldChunk = result.value;
+            return d.chunk(result.value, Date.now());
+          },
+          (e) => () => d.upstream_broken(String(e), Date.now()),
+        );
+        pending = { promise, cancel: () => current.cancel().catch(() => {}) };
+        effect = await waitPending(wake);
         break;
       }
       case EMIT: {
@@ -256,6 +274,7 @@ async function drive(d, request, env, respond) {
         break;
       }
       case FINISHED:
+        if (pending) pending.cancel();
         return;
       default:
         throw new Error(`unknown effect ${effect}`);
@@ -335,4 +354,3 @@ export default {
 
 export const KeyAccount = glue.KeyAccount;
 export const InternalGuard = glue.InternalGuard;
-export const ConversationStore = glue.ConversationStore;

@@ -42,7 +42,8 @@ pub enum EffectCode {
     CloseStream = 11,
     PublishUsage = 12,
     Finished = 13,
-    StoreCall = 14,
+    Wait = 14,
+    CancelUpstream = 15,
 }
 
 /// Whether `method path` is a generation request (served by the driver);
@@ -54,13 +55,14 @@ pub fn is_generation(method: &str, path: &str) -> bool {
 
 /// Sets the isolate's limits from the worker's vars (once per isolate).
 #[wasm_bindgen]
-pub fn configure(max_body_bytes: f64, upstream_timeout_ms: f64) {
+pub fn configure(max_body_bytes: f64, upstream_timeout_ms: f64, keepalive_ms: f64) {
     let defaults = IsolateConfig::default();
     let positive = |v: f64| (v.is_finite() && v > 0.0).then_some(v);
     isolate::with(|s| s.slices.set_isolate_id(runtime::random_uuid().replace('-', "")));
     isolate::configure(IsolateConfig {
         max_body_bytes: positive(max_body_bytes).map_or(defaults.max_body_bytes, |v| v as usize),
         upstream_timeout_ms: positive(upstream_timeout_ms).map_or(defaults.upstream_timeout_ms, |v| v as u64),
+        keepalive_ms: positive(keepalive_ms).map_or(defaults.keepalive_ms, |v| v as u64),
     });
 }
 
@@ -122,7 +124,8 @@ fn code(effect: &Effect) -> EffectCode {
         Effect::CloseStream => EffectCode::CloseStream,
         Effect::PublishUsage { .. } => EffectCode::PublishUsage,
         Effect::Finished => EffectCode::Finished,
-        Effect::StoreCall { .. } => EffectCode::StoreCall,
+        Effect::Wait { .. } => EffectCode::Wait,
+        Effect::CancelUpstream => EffectCode::CancelUpstream,
     }
 }
 
@@ -178,13 +181,19 @@ impl Driver {
         self.feed(Input::RequestBodyUnreadable, now)
     }
 
-    pub fn upstream_head(&mut self, status: u16, now: f64) -> EffectCode {
-        self.feed(Input::UpstreamHead { status }, now)
+    pub fn upstream_head(&mut self, status: u16, retry_after: Option<String>, now: f64) -> EffectCode {
+        self.feed(Input::UpstreamHead { status, retry_after }, now)
     }
 
-    pub fn upstream_failed(&mut self, timed_out: bool, now: f64) -> EffectCode {
-        let failure = if timed_out { FetchFailure::Timeout } else { FetchFailure::Unreachable };
-        self.feed(Input::UpstreamFailed(failure), now)
+    /// The wait the last `Fetch`, `ReadChunk` or `Wait` allowed passed; the
+    /// operation is still pending.
+    pub fn idle(&mut self, now: f64) -> EffectCode {
+        self.feed(Input::Idle, now)
+    }
+
+    /// The fetch got no response (refused, reset, DNS, TLS).
+    pub fn upstream_failed(&mut self, now: f64) -> EffectCode {
+        self.feed(Input::UpstreamFailed(FetchFailure::Unreachable), now)
     }
 
     pub fn upstream_body(&mut self, body: Vec<u8>, now: f64) -> EffectCode {
@@ -207,10 +216,6 @@ impl Driver {
         self.feed(Input::UpstreamBroken(why), now)
     }
 
-    pub fn chunk_deadline(&mut self, now: f64) -> EffectCode {
-        self.feed(Input::ChunkDeadline, now)
-    }
-
     pub fn client_gone(&mut self, now: f64) -> EffectCode {
         self.feed(Input::ClientGone, now)
     }
@@ -219,49 +224,42 @@ impl Driver {
         self.feed(Input::Published(ok), now)
     }
 
-    /// `status` 0: the store call itself failed (`body` says why).
-    pub fn store_reply(&mut self, status: u16, body: String, now: f64) -> EffectCode {
-        self.feed(Input::StoreReply { status, body }, now)
-    }
-
-    /// `KvGet` key, `ReadSecret` name, `AccountCall`/`StoreCall` digest, `Fetch` URL.
+    /// `KvGet` key, `ReadSecret` name, `AccountCall` digest, `Fetch` URL.
     pub fn target(&self) -> String {
         match &self.effect {
             Effect::KvGet { key } => key.clone(),
             Effect::ReadSecret { name } => name.clone(),
-            Effect::AccountCall { digest, .. } | Effect::StoreCall { digest, .. } => digest.clone(),
+            Effect::AccountCall { digest, .. } => digest.clone(),
             Effect::Fetch(request) => request.url.clone(),
             _ => String::new(),
         }
     }
 
-    /// `AccountCall`, `StoreCall`: method and path, as `"POST /admit"`.
+    /// `AccountCall`: method and path, as `"POST /admit"`.
     pub fn call(&self) -> String {
         match &self.effect {
             Effect::AccountCall { method, path, .. } => format!("{method} {path}"),
-            Effect::StoreCall { path, .. } => format!("POST {path}"),
             _ => String::new(),
         }
     }
 
-    /// `AccountCall`/`StoreCall` body, `PublishUsage` events (JSON text).
+    /// `AccountCall` body, `PublishUsage` events (JSON text).
     pub fn text(&self) -> Option<String> {
         match &self.effect {
             Effect::AccountCall { body, .. } => body.clone(),
             Effect::PublishUsage { events_json, .. } => Some(events_json.clone()),
-            Effect::StoreCall { body, .. } => Some(body.clone()),
             _ => None,
         }
     }
 
-    /// `ReadRequestBody`/`ReadUpstreamBody` limit, `Fetch` timeout, `Sleep`
-    /// ms, `ReadChunk` deadline (unix ms, or -1), `Respond` status.
+    /// `ReadRequestBody`/`ReadUpstreamBody` limit, `Sleep` ms, `Fetch`,
+    /// `ReadChunk` and `Wait` wake time (ms, or -1 for none), `Respond` status.
     pub fn number(&self) -> f64 {
         match &self.effect {
             Effect::ReadRequestBody { limit } | Effect::ReadUpstreamBody { limit } => *limit as f64,
-            Effect::Fetch(request) => request.timeout_ms as f64,
+            Effect::Fetch(request) => request.wake_ms.map_or(-1.0, |w| w as f64),
             Effect::Sleep { ms } => *ms as f64,
-            Effect::ReadChunk { deadline_ms } => deadline_ms.map_or(-1.0, |d| d as f64),
+            Effect::ReadChunk { wake_ms } | Effect::Wait { wake_ms } => wake_ms.map_or(-1.0, |w| w as f64),
             Effect::Respond(head, _) => f64::from(head.status),
             Effect::PublishUsage { count, .. } => *count as f64,
             _ => 0.0,

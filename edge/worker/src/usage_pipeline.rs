@@ -17,7 +17,7 @@ use crate::bindings;
 use crate::runtime::now_ms;
 use edgeway_core::internal_auth::{signed_headers, SignedParts};
 use edgeway_core::usage::UsageEvent;
-use edgeway_core::usage_row::{insert_sql, usage_row, Placeholder, UsageValue};
+use edgeway_core::usage_row::{encode_attempts, insert_sql, usage_row, Placeholder, UsageValue};
 use futures_util::future::{select, Either};
 use serde::Deserialize;
 use std::time::Duration;
@@ -62,6 +62,7 @@ fn insert_statement(db: &D1Database, e: &UsageEvent) -> worker::Result<D1Prepare
             UsageValue::Text(t) => JsValue::from(*t),
             UsageValue::Int(n) => num(*n as f64),
             UsageValue::NullText | UsageValue::NullInt => JsValue::NULL,
+            UsageValue::Attempts(a) => JsValue::from(encode_attempts(a)),
         })
         .collect();
     db.prepare(insert_sql("usage_events", Placeholder::Question, &[])).bind(&values)
@@ -313,7 +314,7 @@ pub async fn stats(env: &Env, key_digest: &str, limit: u32) -> worker::Result<se
     let rows = db
         .prepare(
             "SELECT request_id, cost_micros, input_uncached_tokens, cache_read_tokens, output_tokens, status, \
-             outcome, usage_source FROM usage_events WHERE (?1 = '' OR key_digest = ?1) \
+             outcome, usage_source, channel, model, served_model, attempts FROM usage_events WHERE (?1 = '' OR key_digest = ?1) \
              ORDER BY created_at_ms DESC, request_id LIMIT ?2",
         )
         .bind(&[key_digest.into(), num(limit)])?

@@ -43,6 +43,8 @@ fn event(id: &str, cost: i64, tokens: u64) -> UsageEvent {
         stream: true,
         latency_ms: 1,
         ttft_ms: None,
+        served_model: String::new(),
+        attempts: Vec::new(),
         created_at_ms: 0,
     }
 }

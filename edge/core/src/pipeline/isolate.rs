@@ -10,7 +10,8 @@ use crate::api_key::digests_match;
 use crate::error::GatewayError;
 use crate::key_record::KeyRecord;
 use crate::limits::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_UPSTREAM_TIMEOUT_MS, KEY_CACHE_TTL_MS, ROUTING_CACHE_TTL_MS,
+    DEFAULT_KEEPALIVE_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_UPSTREAM_TIMEOUT_MS, KEY_CACHE_TTL_MS,
+    ROUTING_CACHE_TTL_MS,
 };
 use crate::routing::{RoutingConfig, RoutingTable};
 use crate::usage::UsageEvent;
@@ -30,11 +31,17 @@ pub const MAX_USAGE_BATCH: usize = 100;
 pub struct IsolateConfig {
     pub max_body_bytes: usize,
     pub upstream_timeout_ms: u64,
+    /// SSE keepalive interval while a stream waits for content (0: none).
+    pub keepalive_ms: u64,
 }
 
 impl Default for IsolateConfig {
     fn default() -> Self {
-        Self { max_body_bytes: DEFAULT_MAX_BODY_BYTES, upstream_timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS }
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            upstream_timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
+            keepalive_ms: DEFAULT_KEEPALIVE_MS,
+        }
     }
 }
 
@@ -217,6 +224,8 @@ mod tests {
             stream: false,
             latency_ms: 0,
             ttft_ms: None,
+            served_model: String::new(),
+            attempts: Vec::new(),
             created_at_ms: 0,
         }
     }

@@ -116,6 +116,8 @@ impl Meter {
             stream: self.stream,
             latency_ms: u64::try_from(now_ms - self.started_ms).unwrap_or(0),
             ttft_ms: ending.ttft_ms,
+            served_model: String::new(),
+            attempts: Vec::new(),
             created_at_ms: self.started_ms,
         }
     }

@@ -115,11 +115,10 @@ impl Plan {
     }
 }
 
-/// What to do after an attempt.
+/// What to do after an attempt that could not be made. (An upstream's
+/// answer is classified by [`crate::channel_health::Failure`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptVerdict {
-    /// The upstream accepted the request: answer the client from it.
-    Serve,
     /// A failure of the channel, not of the request: try the next candidate.
     FailOver,
     /// The request's own fault (or a refusal every channel would repeat):
@@ -128,18 +127,6 @@ pub enum AttemptVerdict {
 }
 
 impl AttemptVerdict {
-    /// After an upstream answered with `status`: 2xx serves; connection-level
-    /// statuses (408), rate limits (429), server errors (5xx) and the
-    /// channel's own credentials being refused (401, 403) fail over; any
-    /// other 4xx is the request's fault.
-    pub fn after_status(status: u16) -> Self {
-        match status {
-            200..=299 => Self::Serve,
-            401 | 403 | 408 | 429 | 500..=599 => Self::FailOver,
-            _ => Self::Stop,
-        }
-    }
-
     /// After an attempt failed without an answer: unreachable upstreams and
     /// timeouts fail over; a request that cannot be built for this upstream
     /// stops.
@@ -251,9 +238,15 @@ mod tests {
     #[test]
     fn failover_classification() {
         use AttemptVerdict::*;
+        let after_status = |status: u16| {
+            let failure = crate::channel_health::Failure::from_status(status, None, b"{}", 0);
+            if failure.fails_over() {
+                FailOver
+            } else {
+                Stop
+            }
+        };
         for (status, verdict) in [
-            (200, Serve),
-            (201, Serve),
             (400, Stop),
             (404, Stop),
             (413, Stop),
@@ -266,7 +259,7 @@ mod tests {
             (503, FailOver),
             (529, FailOver),
         ] {
-            assert_eq!(AttemptVerdict::after_status(status), verdict, "{status}");
+            assert_eq!(after_status(status), verdict, "{status}");
         }
         assert_eq!(AttemptVerdict::after_error(&GatewayError::UpstreamTimeout), FailOver);
         assert_eq!(AttemptVerdict::after_error(&GatewayError::UpstreamUnavailable), FailOver);

@@ -193,6 +193,15 @@ impl StreamTranslator {
         out
     }
 
+    /// Ends the client stream with `error`, in its dialect; nothing follows.
+    pub fn abort(&mut self, error: &GatewayError) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.outcome == StreamOutcome::Open {
+            self.fail(error.clone(), &mut out);
+        }
+        out
+    }
+
     /// Latest usage the upstream reported (`None`: estimate it).
     pub fn usage(&self) -> Option<TokenUsage> {
         self.usage

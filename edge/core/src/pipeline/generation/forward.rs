@@ -1,7 +1,9 @@
 use super::*;
+use crate::channel_health::{Attempt, Failure, TimeoutPhase};
 use crate::error::GatewayError;
 use crate::family::{self, Family, MockAnswer};
 use crate::limits::MAX_UPSTREAM_BODY_BYTES;
+use crate::limits::{DEFAULT_FIRST_CONTENT_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS};
 use crate::mock_provider::MockReply;
 use crate::openai_relay::{
     replace_model_name, response_content_bytes as relay_content_bytes, response_usage, ChatStreamTap,
@@ -15,9 +17,8 @@ use crate::pipeline::route::{AttemptVerdict, Plan, Route, MAX_ATTEMPTS};
 use crate::provider::{AuthScheme, ProviderDialect};
 use crate::sse::encode_event;
 use crate::stream_shaper::StreamShaper;
-use crate::translate::signature_vault::REASONING_STATE_HEADER;
 use crate::translate::{self, StreamOptions, StreamTranslator};
-use crate::usage::{estimated_usage, TokenUsage};
+use crate::usage::{estimated_usage, TokenUsage, UsageEvent};
 use std::collections::VecDeque;
 
 impl Target {
@@ -35,6 +36,11 @@ impl Target {
                 api_key: c.channel.api_key.clone().filter(|k| !k.is_empty()),
                 api_key_secret: c.channel.api_key_secret.clone(),
                 timeout_ms: c.channel.timeout_ms,
+                first_content_timeout_ms: c
+                    .channel
+                    .first_content_timeout_ms
+                    .unwrap_or(DEFAULT_FIRST_CONTENT_TIMEOUT_MS),
+                idle_timeout_ms: c.channel.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
                 mock: c.channel.mock.unwrap_or_default(),
             })
             .collect()
@@ -42,17 +48,78 @@ impl Target {
 }
 
 impl Generation {
-    /// Tries the next candidate, or ends with the last failure.
+    /// Tries the next candidate, or ends with the last failure. Only
+    /// before any content reached the client; a client that left while
+    /// waiting is not served by another candidate.
     pub(super) fn next_candidate(
         &mut self,
         isolate: &mut IsolateState,
         now: i64,
     ) -> Result<Effect, GatewayError> {
         self.current = None;
-        if self.next_target >= self.targets.len() {
-            return Err(self.last_error.clone().unwrap_or(GatewayError::UpstreamUnavailable));
+        self.shaper = None;
+        self.held.clear();
+        self.deadline = None;
+        if self.next_target >= self.targets.len() || self.disconnected_at.is_some() {
+            let error = self.last_error.clone().unwrap_or(GatewayError::UpstreamUnavailable);
+            return self.no_more_candidates(isolate, error, now);
         }
         self.attempt(isolate, now)
+    }
+
+    /// Ends a request no upstream served with `error`: an error response,
+    /// or, when a streaming client already has its response head (sent
+    /// with a keepalive), an in-stream error in its dialect.
+    pub(super) fn no_more_candidates(
+        &mut self,
+        isolate: &mut IsolateState,
+        error: GatewayError,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
+        if !self.responded {
+            return Err(error);
+        }
+        self.event = self.usage_event(Ending::failed(error.status()), now);
+        self.final_bytes = StreamShaper::error_bytes(self.start.client, &error);
+        if self.ticket.is_some() {
+            return Ok(self.settle_or_finish(isolate, AfterSettle::EmitFinal, now));
+        }
+        Ok(self.emit_final())
+    }
+
+    /// Records a failed attempt (and logs it); `status` 0 = no answer.
+    pub(super) fn attempt_failed(&mut self, failure: Failure, status: u16, error: GatewayError, now: i64) {
+        let channel = self.served.channel.clone();
+        self.log(false, format!("channel {channel} failed ({}): {error}", failure.kind()));
+        self.attempts.push(Attempt {
+            channel,
+            model: self.route_model.clone(),
+            status,
+            failure: Some(failure.kind().to_string()),
+            latency_ms: u64::try_from(now - self.attempt_started).unwrap_or(0),
+        });
+        self.last_error = Some(error);
+    }
+
+    /// Records the attempt that serves the request.
+    pub(super) fn attempt_served(&mut self, now: i64) {
+        self.attempts.push(Attempt {
+            channel: self.served.channel.clone(),
+            model: self.route_model.clone(),
+            status: 200,
+            failure: None,
+            latency_ms: u64::try_from(now - self.attempt_started).unwrap_or(0),
+        });
+    }
+
+    /// The request's usage event, with its attempts.
+    pub(super) fn usage_event(&self, ending: Ending, now: i64) -> Option<UsageEvent> {
+        let mut event = self.meter.as_ref()?.event(&self.served, ending, now);
+        event.attempts = self.attempts.clone();
+        if !self.route_model.is_empty() && self.route_model != event.model {
+            event.served_model = self.route_model.clone();
+        }
+        Some(event)
     }
 
     /// Starts (or continues, after a secret was read) the attempt at the
@@ -101,7 +168,7 @@ impl Generation {
             Plan::Relay => {
                 if mock {
                     let body = inbound.passthrough_body().cloned().unwrap_or_default();
-                    return Ok(self.start_mock(&body, &target, now));
+                    return Ok(self.start_mock(isolate, &body, &target, now));
                 }
                 let body = inbound
                     .passthrough_upstream_body(&target.upstream_model, target.provider)
@@ -109,10 +176,6 @@ impl Generation {
                 (inbound.family.openai_path().to_string(), body)
             }
             Plan::Translate(dialect) => {
-                if let Some(lookup) = self.state_lookup(dialect, now) {
-                    return Ok(lookup);
-                }
-                let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
                 let built = inbound.for_translation().and_then(|canonical| {
                     translate::build_upstream_request(dialect, canonical, &target.upstream_model)
                 });
@@ -122,7 +185,7 @@ impl Generation {
                         self.last_error = Some(error.clone());
                         return match AttemptVerdict::after_error(&error) {
                             AttemptVerdict::FailOver => self.next_candidate(isolate, now),
-                            _ => Err(error),
+                            _ => self.no_more_candidates(isolate, error, now),
                         };
                     }
                 };
@@ -131,7 +194,7 @@ impl Generation {
                         Ok(serde_json::Value::Object(map)) => map,
                         _ => return Err(self.internal("mock request body is not an object".into())),
                     };
-                    return Ok(self.start_mock(&body, &target, now));
+                    return Ok(self.start_mock(isolate, &body, &target, now));
                 }
                 (call.path, call.body)
             }
@@ -153,21 +216,29 @@ impl Generation {
         }
         self.upstream = Upstream::Remote;
         self.phase = Phase::AwaitUpstream;
+        self.attempt_started = now;
+        let headers_timeout = target.timeout_ms.unwrap_or(isolate.config.upstream_timeout_ms);
+        self.deadline = Some((now + headers_timeout as i64, TimeoutPhase::Headers));
+        if inbound.stream && self.keepalive_at.is_none() && isolate.config.keepalive_ms > 0 {
+            self.keepalive_at = Some(self.started_ms + isolate.config.keepalive_ms as i64);
+        }
         Ok(Effect::Fetch(UpstreamRequest {
             url: format!("{}{path}", target.base_url),
             headers,
             body,
-            timeout_ms: target.timeout_ms.unwrap_or(isolate.config.upstream_timeout_ms),
+            wake_ms: self.wake_ms(now),
         }))
     }
 
     /// The built-in mock answers like an OpenAI-compatible upstream would.
     pub(super) fn start_mock(
         &mut self,
+        isolate: &mut IsolateState,
         body: &serde_json::Map<String, serde_json::Value>,
         target: &Target,
         now: i64,
     ) -> Effect {
+        self.attempt_started = now;
         let stream = body.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
         let prompt_tokens = self.inbound.as_ref().map_or(1, |i| i.prompt.estimate);
         let model = &target.upstream_model;
@@ -205,7 +276,7 @@ impl Generation {
             self.phase = Phase::AwaitMockHead;
             return Effect::Sleep { ms: target.mock.latency_ms };
         }
-        match self.served_upstream(now) {
+        match self.served_upstream(isolate, now) {
             Ok(effect) => effect,
             Err(error) => self.fail(error, now),
         }
@@ -213,27 +284,29 @@ impl Generation {
 
     pub(super) fn response_headers(&self) -> Vec<(&'static str, String)> {
         let id = self.start.request_id.clone();
-        let mut headers = vec![
+        vec![
             ("x-request-id", id.clone()),
             ("request-id", id),
             (SERVED_CHANNEL_HEADER, self.served.channel.clone()),
             ("access-control-allow-origin", "*".into()),
             ("access-control-expose-headers", "x-request-id, request-id, x-edgeway-channel".into()),
-        ];
-        if let Some(state) = self.reasoning_state() {
-            headers.push((REASONING_STATE_HEADER, state.into()));
-        }
-        headers
+        ]
     }
 
     /// An upstream accepted the request: answer from it.
-    pub(super) fn served_upstream(&mut self, now: i64) -> Result<Effect, GatewayError> {
+    pub(super) fn served_upstream(
+        &mut self,
+        isolate: &mut IsolateState,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
         let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
         let (plan, secrets) = match &self.current {
             Some((_, plan, secrets)) => (*plan, secrets.clone()),
             None => return Err(GatewayError::Internal),
         };
         if !inbound.stream {
+            self.deadline = None;
+            self.attempt_served(now);
             return match &mut self.upstream {
                 Upstream::Remote => {
                     self.phase = Phase::AwaitWholeBody;
@@ -267,20 +340,30 @@ impl Generation {
                 },
             ))),
         });
+        // The client's head waits for the first content (or a keepalive):
+        // until then the attempt can still be replaced.
+        let first_content_timeout = self.current.as_ref().map_or(0, |(t, _, _)| t.first_content_timeout_ms);
+        self.deadline = Some((now + first_content_timeout as i64, TimeoutPhase::FirstContent));
+        self.read_chunk(isolate, now)
+    }
+
+    /// The head of the client's stream response.
+    pub(super) fn stream_head(&self, name_channel: bool) -> ResponseHead {
         let mut headers = self.response_headers();
+        if !name_channel {
+            // Sent with a keepalive, before the serving channel is known.
+            headers.retain(|(name, _)| *name != SERVED_CHANNEL_HEADER);
+        }
         headers.push(("content-type", "text/event-stream; charset=utf-8".into()));
         headers.push(("cache-control", "no-cache".into()));
         headers.push(("x-accel-buffering", "no".into()));
-        self.phase = Phase::AwaitStreamStart;
-        self.responded = true;
-        Ok(Effect::Respond(ResponseHead { status: 200, headers }, ResponseBody::Stream))
+        ResponseHead { status: 200, headers }
     }
 
     pub(super) fn whole_body(&mut self, body: Vec<u8>, now: i64) -> Result<Effect, GatewayError> {
         let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
         let plan = self.current.as_ref().map(|(_, plan, _)| *plan).ok_or(GatewayError::Internal)?;
         let prompt_estimate = inbound.prompt.estimate;
-        let mut kept = Vec::new();
         let (out, reported, content_bytes) = match plan {
             Plan::Relay => {
                 let usage = response_usage(&body).map(|u| TokenUsage::from_openai(&u));
@@ -306,9 +389,7 @@ impl Generation {
                 (out, usage, content)
             }
             Plan::Translate(upstream) => {
-                let mut resp =
-                    translate::parse_upstream_response_seeded(upstream, &body, &self.start.request_id)?;
-                kept = self.vault_entries(upstream, &resp);
+                let mut resp = translate::parse_upstream_response(upstream, &body)?;
                 if resp.created == 0 {
                     resp.created = self.started_ms / 1000;
                 }
@@ -337,10 +418,7 @@ impl Generation {
             (ResponseBody::UpstreamBody, Upstream::Mock { .. }) => ResponseBody::Bytes(body),
             (out, _) => out,
         };
-        self.event = self
-            .meter
-            .as_ref()
-            .map(|m| m.event(&self.served, Ending::completed(reported, content_bytes), now));
+        self.event = self.usage_event(Ending::completed(reported, content_bytes), now);
         let mut headers = self.response_headers();
         headers.push(("content-type", "application/json".into()));
         if reported.is_none() {
@@ -348,7 +426,6 @@ impl Generation {
         }
         self.phase = Phase::AwaitErrorRespond;
         self.responded = true;
-        let respond = Effect::Respond(ResponseHead { status: 200, headers }, out);
-        Ok(self.keep_then(kept, respond, now))
+        Ok(Effect::Respond(ResponseHead { status: 200, headers }, out))
     }
 }

@@ -15,10 +15,22 @@
 //! KvGet(key record) → ReadRequestBody → KvGet(routing) → AccountCall(/state | /admit)
 //!   → [ReadSecret] → Fetch → (error: ReadUpstreamBody → next candidate …)
 //!   → non-stream: ReadUpstreamBody → Respond(bytes)
-//!   → stream:     Respond(stream) → (ReadChunk → Emit)* → [settle] → Emit(end) → CloseStream
+//!   → stream:     ReadChunk* (held until the first content) → Respond(stream)
+//!                 → (Emit → ReadChunk)* → [settle] → Emit(end) → CloseStream
 //!   → AccountCall(/settle) | PublishUsage   (after the response, in the background)
 //!   → Finished
 //! ```
+//!
+//! **Waits.** [`Effect::Fetch`] and [`Effect::ReadChunk`] may carry a
+//! `wake_ms`: when the operation is still pending after that long, the shell
+//! answers [`Input::Idle`] and keeps the operation. The machine then decides,
+//! with the time passed in: keep waiting ([`Effect::Wait`]), send an SSE
+//! keepalive to a streaming client (answering `200 text/event-stream` first
+//! when it has not yet), or give the operation up ([`Effect::CancelUpstream`])
+//! because a timeout (headers, first content, idle gap) ran out. Until the
+//! first content byte reaches a streaming client, a failing upstream is
+//! replaced by the next candidate without the client seeing anything but
+//! keepalives; after it, failures are in-stream errors.
 //!
 //! **Contract with the shell.** Once [`Effect::Respond`] is performed the
 //! client has its answer; the shell keeps feeding inputs until
@@ -31,7 +43,8 @@ use super::account_slice::Ticket;
 use super::inbound::Inbound;
 use super::isolate::{IsolateState, KeyReadError};
 use super::metering::{Meter, Served};
-use super::route::{AttemptVerdict, Plan};
+use super::route::Plan;
+use crate::channel_health::Failure;
 use crate::error::GatewayError;
 use crate::family::Family;
 use crate::key_record::KeyRecord;
@@ -48,8 +61,9 @@ mod admission;
 mod forward;
 mod pinning;
 mod settle;
-mod state;
 mod stream;
+
+pub use stream::keepalive_bytes;
 
 /// Largest upstream error body read to extract a message.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -114,8 +128,8 @@ pub enum Input {
     RequestBodyTooLarge,
     /// The body could not be read.
     RequestBodyUnreadable,
-    /// `Fetch` got response headers.
-    UpstreamHead { status: u16 },
+    /// `Fetch` got response headers (with the upstream's `Retry-After`).
+    UpstreamHead { status: u16, retry_after: Option<String> },
     /// `Fetch` got no response.
     UpstreamFailed(FetchFailure),
     /// `ReadUpstreamBody` read the whole body (up to its limit).
@@ -128,24 +142,21 @@ pub enum Input {
     UpstreamEnd,
     /// `ReadChunk`: the upstream body broke.
     UpstreamBroken(String),
-    /// `ReadChunk` passed its deadline.
-    ChunkDeadline,
+    /// `Fetch`, `ReadChunk` or `Wait`: `wake_ms` passed and the operation
+    /// is still pending (the shell keeps it).
+    Idle,
     /// `Emit` found the client gone.
     ClientGone,
     /// `PublishUsage` finished (false: the queue refused).
     Published(bool),
-    /// `StoreCall` answered with this status and body; a transport failure
-    /// is status 0 with the error text.
-    StoreReply { status: u16, body: String },
 }
 
 /// Why a fetch got no response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchFailure {
-    /// Connection refused, reset, DNS, TLS.
+    /// Connection refused, reset, DNS, TLS. (Time limits are the
+    /// machine's: see [`Input::Idle`].)
     Unreachable,
-    /// No response headers within the time limit.
-    Timeout,
 }
 
 /// An upstream call.
@@ -154,8 +165,8 @@ pub struct UpstreamRequest {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
-    /// Time allowed for the response headers.
-    pub timeout_ms: u64,
+    /// Answer [`Input::Idle`] if no headers came within this long.
+    pub wake_ms: Option<u64>,
 }
 
 /// What the client gets.
@@ -206,10 +217,15 @@ pub enum Effect {
     Sleep { ms: u64 },
     /// Answer the client.
     Respond(ResponseHead, ResponseBody),
-    /// Read the next upstream chunk, giving up at `deadline_ms` (unix ms)
-    /// when set; answer [`Input::Chunk`], [`Input::UpstreamEnd`],
-    /// [`Input::UpstreamBroken`] or [`Input::ChunkDeadline`].
-    ReadChunk { deadline_ms: Option<i64> },
+    /// Read the next upstream chunk; answer [`Input::Chunk`],
+    /// [`Input::UpstreamEnd`], [`Input::UpstreamBroken`], or [`Input::Idle`]
+    /// when `wake_ms` passes first.
+    ReadChunk { wake_ms: Option<u64> },
+    /// Keep waiting for the pending `Fetch` or `ReadChunk`; answer as it
+    /// would, or [`Input::Idle`] when `wake_ms` passes first.
+    Wait { wake_ms: Option<u64> },
+    /// Give up the pending `Fetch` or `ReadChunk` (abort it); answer [`Input::Done`].
+    CancelUpstream,
     /// Write to the client stream; answer [`Input::Done`] or [`Input::ClientGone`].
     Emit(Emitted),
     /// End the client stream (and stop reading the upstream).
@@ -217,10 +233,6 @@ pub enum Effect {
     /// Send these events (JSON text of an array of [`UsageEvent`]) to the
     /// usage queue; answer [`Input::Published`].
     PublishUsage { events_json: String, count: usize },
-    /// Call the key's conversation store (`https://conversation-store{path}`,
-    /// POST, JSON `body`; [`crate::conversation_store`]); answer
-    /// [`Input::StoreReply`].
-    StoreCall { digest: String, path: &'static str, body: String },
     /// Nothing more to do.
     Finished,
 }
@@ -241,7 +253,12 @@ struct Target {
     base_url: String,
     api_key: Option<String>,
     api_key_secret: Option<String>,
+    /// Connect and response headers, ms (`None`: the isolate's default).
     timeout_ms: Option<u64>,
+    /// Stream: response headers to the first content, ms.
+    first_content_timeout_ms: u64,
+    /// Stream: longest gap between chunks once content flows, ms.
+    idle_timeout_ms: u64,
     mock: MockOptions,
 }
 
@@ -273,7 +290,18 @@ enum Phase {
     AwaitUpstream,
     AwaitErrorBody {
         status: u16,
-        fail_over: bool,
+    },
+    /// A keepalive's response head was handed over (a stream waiting on its
+    /// first content); its bytes follow.
+    AwaitKeepaliveHead {
+        pending: Pending,
+    },
+    AwaitKeepaliveEmit {
+        pending: Pending,
+    },
+    /// The pending upstream operation is being given up.
+    AwaitCancel {
+        then: AfterCancel,
     },
     AwaitWholeBody,
     /// The stream response was handed to the shell.
@@ -283,6 +311,8 @@ enum Phase {
     AwaitMockChunk,
     AwaitEmit,
     AwaitFinalEmit,
+    /// An empty stream's head was handed over; its end follows.
+    AwaitFinalHead,
     AwaitClose,
     /// Settled requests wait for others to join their report (or a poll).
     AwaitReportWindow,
@@ -295,11 +325,32 @@ enum Phase {
     },
     /// An error response was handed over; settle or finish next.
     AwaitErrorRespond,
-    /// The conversation store is asked for state this request needs.
-    AwaitStateLookup,
-    /// The conversation store is given state before the answer goes out.
-    AwaitStateWrite,
     Finished,
+}
+
+/// The upstream operation a wait is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Fetch,
+    Chunk,
+}
+
+/// What follows a [`Effect::CancelUpstream`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterCancel {
+    /// The attempt failed before any content: the next candidate.
+    NextCandidate,
+    /// The drain after a disconnect ran out.
+    EndOfStream,
+    /// Content had started and the upstream went quiet: an in-stream timeout.
+    IdleTimeout,
+}
+
+/// What follows an emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterEmit {
+    ReadNext,
+    Close,
 }
 
 /// What happens after the settle (or the usage batch) of a request.
@@ -344,6 +395,21 @@ pub struct Generation {
     shaper: Option<StreamShaper>,
     disconnected_at: Option<i64>,
     drain_expired: bool,
+    /// Every upstream attempt so far (for the usage event).
+    attempts: Vec<crate::channel_health::Attempt>,
+    attempt_started: i64,
+    /// The upstream's `Retry-After` of the error being read.
+    retry_after: Option<String>,
+    /// The first content byte has reached the client (no failover after).
+    content_sent: bool,
+    /// Client bytes of the current attempt, held until its first content.
+    held: Vec<u8>,
+    /// Bytes to emit once the stream's response head is handed over.
+    pending_emit: Option<(Emitted, AfterEmit)>,
+    /// When the pending operation times out, and which limit that is.
+    deadline: Option<(i64, crate::channel_health::TimeoutPhase)>,
+    /// When the next keepalive is due (streams waiting on their first content).
+    keepalive_at: Option<i64>,
     ttft_ms: Option<u64>,
     final_bytes: Vec<u8>,
     event: Option<UsageEvent>,
@@ -355,8 +421,6 @@ pub struct Generation {
     fallback_events: VecDeque<UsageEvent>,
     /// The client has its response (head sent).
     responded: bool,
-    /// Conversation state: the vault's lookups and writes.
-    state: state::StateCalls,
     logs: Vec<LogLine>,
 }
 
@@ -389,6 +453,14 @@ impl Generation {
             shaper: None,
             disconnected_at: None,
             drain_expired: false,
+            attempts: Vec::new(),
+            attempt_started: now_ms,
+            retry_after: None,
+            content_sent: false,
+            held: Vec::new(),
+            pending_emit: None,
+            deadline: None,
+            keepalive_at: None,
             ttft_ms: None,
             final_bytes: Vec::new(),
             event: None,
@@ -397,7 +469,6 @@ impl Generation {
             publishing: Vec::new(),
             fallback_events: VecDeque::new(),
             responded: false,
-            state: state::StateCalls::default(),
             logs: Vec::new(),
         }
     }
@@ -485,29 +556,23 @@ impl Generation {
                 }
                 self.attempt(isolate, now)
             }
-            (Phase::AwaitMockHead, Input::Done) => self.served_upstream(now),
-            (Phase::AwaitUpstream, Input::UpstreamHead { status }) => {
-                match AttemptVerdict::after_status(status) {
-                    AttemptVerdict::Serve => self.served_upstream(now),
-                    verdict => {
-                        self.phase =
-                            Phase::AwaitErrorBody { status, fail_over: verdict == AttemptVerdict::FailOver };
-                        Ok(Effect::ReadUpstreamBody { limit: MAX_ERROR_BODY_BYTES })
-                    }
+            (Phase::AwaitMockHead, Input::Done) => self.served_upstream(isolate, now),
+            (Phase::AwaitUpstream, Input::UpstreamHead { status, retry_after }) => {
+                if (200..300).contains(&status) {
+                    return self.served_upstream(isolate, now);
                 }
+                self.retry_after = retry_after;
+                self.phase = Phase::AwaitErrorBody { status };
+                Ok(Effect::ReadUpstreamBody { limit: MAX_ERROR_BODY_BYTES })
             }
             (Phase::AwaitUpstream, Input::UpstreamFailed(failure)) => {
-                let error = match failure {
-                    FetchFailure::Unreachable => GatewayError::UpstreamUnavailable,
-                    FetchFailure::Timeout => GatewayError::UpstreamTimeout,
-                };
-                let channel = self.served.channel.clone();
-                self.log(false, format!("channel {channel} failed: {error}"));
-                self.last_error = Some(error);
+                let FetchFailure::Unreachable = failure;
+                self.attempt_failed(Failure::Connect, 0, GatewayError::UpstreamUnavailable, now);
                 self.next_candidate(isolate, now)
             }
+            (Phase::AwaitUpstream, Input::Idle) => self.on_idle(isolate, Pending::Fetch, now),
             (
-                Phase::AwaitErrorBody { status, fail_over },
+                Phase::AwaitErrorBody { status },
                 input @ (Input::UpstreamBody(_) | Input::UpstreamBodyFailed),
             ) => {
                 let body = match input {
@@ -520,34 +585,49 @@ impl Generation {
                 };
                 let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
                 let error = translate::parse_upstream_error_redacting(dialect, status, &body, &secret_refs);
-                let channel = self.served.channel.clone();
-                self.log(false, format!("channel {channel} answered HTTP {status}"));
-                self.last_error = Some(error.clone());
-                if fail_over {
+                let failure = Failure::from_status(status, self.retry_after.take().as_deref(), &body, now);
+                self.attempt_failed(failure, status, error.clone(), now);
+                if failure.fails_over() {
                     self.next_candidate(isolate, now)
                 } else {
-                    Err(error)
+                    self.no_more_candidates(isolate, error, now)
                 }
             }
+            (Phase::AwaitKeepaliveHead { pending }, Input::Done) => {
+                self.phase = Phase::AwaitKeepaliveEmit { pending };
+                Ok(Effect::Emit(Emitted::Bytes(keepalive_bytes(self.start.client).to_vec())))
+            }
+            (Phase::AwaitKeepaliveEmit { pending }, input @ (Input::Done | Input::ClientGone)) => {
+                if input == Input::ClientGone {
+                    self.disconnected_at = Some(now);
+                }
+                self.phase = match pending {
+                    Pending::Fetch => Phase::AwaitUpstream,
+                    Pending::Chunk => Phase::AwaitChunk,
+                };
+                Ok(Effect::Wait { wake_ms: self.wake_ms(now) })
+            }
+            (Phase::AwaitCancel { then }, Input::Done) => self.after_cancel(isolate, then, now),
             (Phase::AwaitWholeBody, Input::UpstreamBody(body)) => self.whole_body(body, now),
             (Phase::AwaitWholeBody, Input::UpstreamBodyFailed) => Err(GatewayError::UpstreamUnavailable),
-            (Phase::AwaitStreamStart | Phase::AwaitMockChunk, Input::Done) => self.read_chunk(isolate, now),
+            (Phase::AwaitStreamStart, Input::Done) => match self.pending_emit.take() {
+                Some((bytes, then)) => Ok(self.emit_now(bytes, then)),
+                None => self.read_chunk(isolate, now),
+            },
+            (Phase::AwaitMockChunk, Input::Done) => self.read_chunk(isolate, now),
             (Phase::AwaitChunk, Input::Chunk(chunk)) => self.on_chunk(isolate, chunk, now),
-            (Phase::AwaitChunk, Input::UpstreamEnd) => self.end_of_stream(isolate, now),
+            (Phase::AwaitChunk, Input::UpstreamEnd) => self.on_upstream_end(isolate, now),
             (Phase::AwaitChunk, Input::UpstreamBroken(why)) => {
                 self.log(false, format!("upstream stream broke: {why}"));
-                self.end_of_stream(isolate, now)
+                self.on_upstream_end(isolate, now)
             }
-            (Phase::AwaitChunk, Input::ChunkDeadline) => {
-                self.drain_expired = true;
-                self.end_of_stream(isolate, now)
-            }
+            (Phase::AwaitChunk, Input::Idle) => self.on_idle(isolate, Pending::Chunk, now),
             (Phase::AwaitEmit, Input::Done) => self.read_chunk(isolate, now),
             (Phase::AwaitEmit, Input::ClientGone) => {
                 self.disconnected_at = Some(now);
                 self.read_chunk(isolate, now)
             }
-            (Phase::AwaitFinalEmit, Input::Done | Input::ClientGone) => {
+            (Phase::AwaitFinalEmit | Phase::AwaitFinalHead, Input::Done | Input::ClientGone) => {
                 self.phase = Phase::AwaitClose;
                 Ok(Effect::CloseStream)
             }
@@ -586,12 +666,6 @@ impl Generation {
             }
             (Phase::AwaitErrorRespond, Input::Done) => {
                 Ok(self.settle_or_finish(isolate, AfterSettle::Finish, now))
-            }
-            (Phase::AwaitStateLookup, Input::StoreReply { status, body }) => {
-                self.after_state_lookup(isolate, status, &body, now)
-            }
-            (Phase::AwaitStateWrite, Input::StoreReply { status, body }) => {
-                self.after_state_write(isolate, status, &body, now)
             }
             (Phase::Finished, _) => Ok(Effect::Finished),
             (phase, input) => {

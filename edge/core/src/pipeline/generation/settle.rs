@@ -168,8 +168,7 @@ impl Generation {
         // Metered from the first attempt on (or once admitted): a request
         // refused before that (key, body, route, admission) leaves no row.
         if self.event.is_none() && (self.ticket.is_some() || self.next_target > 0) {
-            self.event =
-                self.meter.as_ref().map(|m| m.event(&self.served, Ending::failed(error.status()), now));
+            self.event = self.usage_event(Ending::failed(error.status()), now);
         }
         if self.responded {
             let id = self.start.request_id.clone();
