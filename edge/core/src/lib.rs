@@ -37,6 +37,7 @@ macro_rules! serde_as_str {
 pub mod api_key;
 pub mod base64;
 pub mod channel_health;
+pub mod conversation_store;
 pub mod cors;
 pub mod endpoint;
 pub mod error;

@@ -89,6 +89,15 @@ impl StreamShaper {
         }
     }
 
+    /// What a translated stream said, as a whole response (`None` for the
+    /// relay, whose answers carry no provider state to keep).
+    pub fn snapshot(&self) -> Option<crate::translate::CanonicalResponse> {
+        match self {
+            Self::Relay(_) => None,
+            Self::Translate(t) => Some(t.response_snapshot()),
+        }
+    }
+
     /// Bytes of content forwarded (basis of an estimate).
     pub fn content_bytes(&self) -> usize {
         match self {

@@ -7,6 +7,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use edgeway_core::api_key::key_digest;
+use edgeway_core::conversation_store::{GetReply, GetRequest, PutRequest, StoreIndex};
 use edgeway_core::family::Family;
 use edgeway_core::key_account::{KeyAccountState, SliceRenewal};
 use edgeway_core::pin::{sign_pin, PinRequest};
@@ -118,6 +119,12 @@ struct World {
     pin: Option<PinRequest>,
     /// The endpoint family of the next run.
     family: Family,
+    /// Conversation stores by key digest: the object's index and its data.
+    stores: HashMap<String, (StoreIndex, HashMap<String, String>)>,
+    /// Store calls made, by path.
+    store_calls: Vec<String>,
+    /// The key the next requests present.
+    key: String,
 }
 
 #[derive(Debug, Default)]
@@ -179,6 +186,7 @@ fn routing(targets: &[(&str, &str)]) -> Value {
         .map(|(id, url)| match *url {
             "mock" => json!({"id": id, "provider": "mock"}),
             url if url.contains("anthropic") => json!({"id": id, "provider": "anthropic", "base_url": url, "api_key": "sk-up-secret-anthropic"}),
+            url if url.contains("gemini") => json!({"id": id, "provider": "gemini", "base_url": url, "api_key": "sk-up-secret-gemini"}),
             url => json!({"id": id, "provider": "openai-compatible", "base_url": url, "api_key": format!("sk-up-secret-{id}")}),
         })
         .collect();
@@ -211,6 +219,9 @@ impl World {
             queue_refuses: false,
             pin: None,
             family: Family::Chat,
+            stores: HashMap::new(),
+            store_calls: Vec::new(),
+            key: KEY.to_string(),
         }
     }
 
@@ -265,7 +276,10 @@ impl World {
             family: self.family,
             path_model: path_model.map(str::to_string),
             path_stream: path_model.is_some(),
-            credentials: Credentials { authorization: Some(format!("Bearer {KEY}")), ..Default::default() },
+            credentials: Credentials {
+                authorization: Some(format!("Bearer {}", self.key)),
+                ..Default::default()
+            },
             client_ip: Some("127.0.0.1".into()),
             declared_body_len: None,
             request_id: format!("req_{:x}", self.now),
@@ -430,6 +444,36 @@ impl World {
                         out.published.extend(events);
                         Input::Published(true)
                     }
+                }
+                Effect::StoreCall { digest, path, body } => {
+                    self.store_calls.push(path.to_string());
+                    let (index, data) = self.stores.entry(digest).or_default();
+                    let reply = match path {
+                        "/get" => {
+                            let req: GetRequest =
+                                serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
+                            let found = index
+                                .live(&req.names, req.now_ms)
+                                .into_iter()
+                                .filter_map(|n| data.get(n).map(|d| (n.to_string(), d.clone())))
+                                .collect();
+                            serde_json::to_string(&GetReply { found }).unwrap_or_default()
+                        }
+                        "/put" => {
+                            let req: PutRequest =
+                                serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
+                            let (reply, writes) = index.put(req.entries, req.now_ms);
+                            for name in writes.delete {
+                                data.remove(&name);
+                            }
+                            for (name, _, value) in writes.put {
+                                data.insert(name, value);
+                            }
+                            serde_json::to_string(&reply).unwrap_or_default()
+                        }
+                        other => panic!("unexpected store path {other}"),
+                    };
+                    Input::StoreReply { status: 200, body: reply }
                 }
                 Effect::Finished => return out,
             };
@@ -1151,4 +1195,159 @@ fn a_well_formed_empty_stream_is_served_not_failed_over() {
     let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true, "max_tokens": 1}));
     assert_eq!((out.status, out.fetched.len()), (200, 1));
     assert!(out.text().ends_with("data: [DONE]\n\n"), "{}", out.text());
+}
+
+const ANTHROPIC: &str = "http://anthropic.test/v1";
+const GEMINI: &str = "http://gemini.test/v1beta";
+const THINKING_CASE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/translation/cases/thinking_usage/");
+
+fn fixture(file: &str) -> Vec<u8> {
+    std::fs::read(format!("{THINKING_CASE}{file}")).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}])
+}
+
+/// An OpenAI client's first turn, then its second (the assistant turn as the
+/// openai SDK sends it back: tool calls, reasoning text at most, no signature).
+fn two_turns(w: &mut World, stream: bool) -> (Outcome, Outcome) {
+    let first = w.run(json!({"model": "m", "reasoning_effort": "low", "max_tokens": 4000, "stream": stream,
+        "messages": user("Weather in Paris?"), "tools": weather_tools()}));
+    assert_eq!(first.status, 200);
+    let call_id = if stream {
+        let text = first.text();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["id"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("{text}"))
+    } else {
+        first.json()["choices"][0]["message"]["tool_calls"][0]["id"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(!call_id.is_empty());
+    assert!(!String::from_utf8_lossy(&first.body).contains("sig=="), "the client is not shown signatures");
+    let second = w.run(json!({"model": "m", "reasoning_effort": "low", "max_tokens": 4000, "tools": weather_tools(),
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [{"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "21C"}]}));
+    (first, second)
+}
+
+#[test]
+fn anthropic_signatures_come_back_in_the_next_turn_exactly_as_issued() {
+    for stream in [false, true] {
+        let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
+        let first = if stream {
+            Reply::Status { status: 200, chunks: vec![fixture("stream.anthropic.sse")], broken: false }
+        } else {
+            Reply::Status { status: 200, chunks: vec![fixture("response.anthropic.json")], broken: false }
+        };
+        w.upstream(ANTHROPIC, vec![first, ok_json(json!({"type": "message", "id": "m2", "role": "assistant",
+            "content": [{"type": "text", "text": "21C in Paris."}], "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 3}}))]);
+        let (first, second) = two_turns(&mut w, stream);
+        assert_eq!(first.header("x-edgeway-reasoning-state"), None, "the first turn needed nothing");
+        assert_eq!(w.store_calls, ["/put", "/get"], "stream: {stream}");
+        let sent = &second.fetched_bodies[0];
+        assert_eq!(sent["thinking"]["type"], "enabled", "thinking stays on: the turn is signed");
+        assert_eq!(
+            sent["messages"][1]["content"][0],
+            json!({"type": "thinking", "thinking": "The user wants weather; call the tool.", "signature": "EqQBCkYIBxgCKkBanthropic-sig=="})
+        );
+        assert_eq!(
+            sent["messages"][1]["content"][1],
+            json!({"type": "redacted_thinking", "data": "EmwKAhgBEgy3redacted=="})
+        );
+        assert_eq!(sent["messages"][1]["content"][3]["type"], "tool_use");
+        assert_eq!(second.header("x-edgeway-reasoning-state"), Some("restored"));
+    }
+}
+
+#[test]
+fn gemini_signatures_come_back_on_their_calls() {
+    for stream in [false, true] {
+        let mut w = World::new(unlimited(), routing(&[("g", GEMINI)]));
+        let first = if stream {
+            Reply::Status { status: 200, chunks: vec![fixture("stream.gemini.sse")], broken: false }
+        } else {
+            Reply::Status { status: 200, chunks: vec![fixture("response.gemini.json")], broken: false }
+        };
+        w.upstream(GEMINI, vec![first, ok_json(json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "21C."}]}, "finishReason": "STOP"}]}))]);
+        let (_, second) = two_turns(&mut w, stream);
+        let parts = &second.fetched_bodies[0]["contents"][1]["parts"];
+        let call = parts.as_array().and_then(|p| p.iter().find(|p| p.get("functionCall").is_some())).cloned();
+        assert_eq!(
+            call.map(|c| c["thoughtSignature"].clone()),
+            Some(json!("CiQBgemini-sig==")),
+            "stream {stream}: {parts}"
+        );
+        assert_eq!(second.header("x-edgeway-reasoning-state"), Some("restored"));
+    }
+}
+
+#[test]
+fn expired_or_foreign_state_takes_the_fallback_and_says_so() {
+    let answer = || {
+        ok_json(json!({"type": "message", "id": "m2", "role": "assistant",
+        "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 3}}))
+    };
+    // expired: a day later
+    let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
+    let day = edgeway_core::translate::signature_vault::VAULT_TTL_MS;
+    w.upstream(
+        ANTHROPIC,
+        vec![Reply::Status { status: 200, chunks: vec![fixture("response.anthropic.json")], broken: false }],
+    );
+    let first = w.run(json!({"model": "m", "reasoning_effort": "low", "max_tokens": 4000, "messages": user("Weather?"), "tools": weather_tools()}));
+    let call_id =
+        first.json()["choices"][0]["message"]["tool_calls"][0]["id"].as_str().unwrap_or_default().to_string();
+    w.now += day;
+    w.upstream(ANTHROPIC, vec![answer()]);
+    let next = json!({"model": "m", "reasoning_effort": "low", "max_tokens": 4000, "tools": weather_tools(), "messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": "21C"}]});
+    let second = w.run(next.clone());
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-edgeway-reasoning-state"), Some("fallback"));
+    assert!(
+        second.fetched_bodies[0].get("thinking").is_none(),
+        "the documented fallback: thinking off for the turn"
+    );
+    // another key: its own store holds nothing of the first key's
+    let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
+    w.upstream(
+        ANTHROPIC,
+        vec![
+            Reply::Status { status: 200, chunks: vec![fixture("response.anthropic.json")], broken: false },
+            answer(),
+        ],
+    );
+    let _ = w.run(json!({"model": "m", "reasoning_effort": "low", "max_tokens": 4000, "messages": user("Weather?"), "tools": weather_tools()}));
+    let other = "sk-ew-test-key-111111111111111111";
+    let mut record = unlimited();
+    record["digest"] = json!(key_digest(other));
+    w.kv.insert(format!("key:{}", key_digest(other)), record.to_string());
+    w.key = other.to_string();
+    let second = w.run(next);
+    assert_eq!(second.header("x-edgeway-reasoning-state"), Some("fallback"));
+    assert!(second.fetched_bodies[0].get("thinking").is_none());
+    assert_eq!(w.stores.len(), 2, "one store per key");
+}
+
+#[test]
+fn requests_that_need_no_state_make_no_store_call() {
+    let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
+    w.upstream(ANTHROPIC, vec![ok_json(json!({"type": "message", "id": "m2", "role": "assistant",
+        "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 3}}))]);
+    // tool history, but thinking off: Anthropic ignores past thinking
+    let out = w.run(json!({"model": "m", "messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_9", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "toolu_9", "content": "21C"}]}));
+    assert_eq!(out.status, 200);
+    assert!(w.store_calls.is_empty());
+    assert_eq!(out.header("x-edgeway-reasoning-state"), None);
 }

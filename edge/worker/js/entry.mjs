@@ -38,7 +38,7 @@ function configure(env) {
 // Effect codes of driver.rs (EffectCode).
 const KV_GET = 1, READ_SECRET = 2, ACCOUNT_CALL = 3, READ_REQUEST_BODY = 4, FETCH = 5,
   READ_UPSTREAM_BODY = 6, SLEEP = 7, RESPOND = 8, READ_CHUNK = 9, EMIT = 10, CLOSE_STREAM = 11,
-  PUBLISH_USAGE = 12, FINISHED = 13, WAIT = 14, CANCEL_UPSTREAM = 15;
+  PUBLISH_USAGE = 12, FINISHED = 13, WAIT = 14, CANCEL_UPSTREAM = 15, STORE_CALL = 16;
 const IDLE = Symbol('idle');
 
 const EMPTY = new Uint8Array(0);
@@ -127,14 +127,17 @@ async function drive(d, request, env, respond) {
         effect = d.secret(typeof value === 'string' ? value : undefined, Date.now());
         break;
       }
-      case ACCOUNT_CALL: {
+      case ACCOUNT_CALL:
+      case STORE_CALL: {
+        // The key's account, or its conversation store (vault, Responses state).
+        const store = effect === STORE_CALL;
         const [method, path] = d.call().split(' ');
         const body = d.text();
         let status = 0, text = '';
         try {
-          const ns = env.KEY_ACCOUNT;
+          const ns = store ? env.CONVERSATION_STORE : env.KEY_ACCOUNT;
           const stub = ns.get(ns.idFromName(d.target()));
-          const r = await stub.fetch(`https://key-account${path}`, {
+          const r = await stub.fetch(`https://${store ? 'conversation-store' : 'key-account'}${path}`, {
             method, headers: body === undefined ? undefined : { 'content-type': 'application/json' }, body,
           });
           status = r.status;
@@ -142,7 +145,7 @@ async function drive(d, request, env, respond) {
         } catch (e) {
           text = String(e);
         }
-        effect = d.account_reply(status, text, Date.now());
+        effect = store ? d.store_reply(status, text, Date.now()) : d.account_reply(status, text, Date.now());
         break;
       }
       case READ_REQUEST_BODY: {
@@ -354,3 +357,4 @@ export default {
 
 export const KeyAccount = glue.KeyAccount;
 export const InternalGuard = glue.InternalGuard;
+export const ConversationStore = glue.ConversationStore;

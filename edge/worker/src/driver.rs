@@ -44,6 +44,7 @@ pub enum EffectCode {
     Finished = 13,
     Wait = 14,
     CancelUpstream = 15,
+    StoreCall = 16,
 }
 
 /// Whether `method path` is a generation request (served by the driver);
@@ -126,6 +127,7 @@ fn code(effect: &Effect) -> EffectCode {
         Effect::Finished => EffectCode::Finished,
         Effect::Wait { .. } => EffectCode::Wait,
         Effect::CancelUpstream => EffectCode::CancelUpstream,
+        Effect::StoreCall { .. } => EffectCode::StoreCall,
     }
 }
 
@@ -224,30 +226,37 @@ impl Driver {
         self.feed(Input::Published(ok), now)
     }
 
-    /// `KvGet` key, `ReadSecret` name, `AccountCall` digest, `Fetch` URL.
+    /// `status` 0: the store call itself failed (`body` says why).
+    pub fn store_reply(&mut self, status: u16, body: String, now: f64) -> EffectCode {
+        self.feed(Input::StoreReply { status, body }, now)
+    }
+
+    /// `KvGet` key, `ReadSecret` name, `AccountCall`/`StoreCall` digest, `Fetch` URL.
     pub fn target(&self) -> String {
         match &self.effect {
             Effect::KvGet { key } => key.clone(),
             Effect::ReadSecret { name } => name.clone(),
-            Effect::AccountCall { digest, .. } => digest.clone(),
+            Effect::AccountCall { digest, .. } | Effect::StoreCall { digest, .. } => digest.clone(),
             Effect::Fetch(request) => request.url.clone(),
             _ => String::new(),
         }
     }
 
-    /// `AccountCall`: method and path, as `"POST /admit"`.
+    /// `AccountCall`, `StoreCall`: method and path, as `"POST /admit"`.
     pub fn call(&self) -> String {
         match &self.effect {
             Effect::AccountCall { method, path, .. } => format!("{method} {path}"),
+            Effect::StoreCall { path, .. } => format!("POST {path}"),
             _ => String::new(),
         }
     }
 
-    /// `AccountCall` body, `PublishUsage` events (JSON text).
+    /// `AccountCall`/`StoreCall` body, `PublishUsage` events (JSON text).
     pub fn text(&self) -> Option<String> {
         match &self.effect {
             Effect::AccountCall { body, .. } => body.clone(),
             Effect::PublishUsage { events_json, .. } => Some(events_json.clone()),
+            Effect::StoreCall { body, .. } => Some(body.clone()),
             _ => None,
         }
     }

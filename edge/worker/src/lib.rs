@@ -15,6 +15,7 @@
 //! platform values into `edgeway-core` types and back.
 
 mod bindings;
+mod conversation_object;
 mod driver;
 mod http_io;
 mod internal_api;
@@ -30,6 +31,7 @@ use edgeway_core::endpoint::{self, Endpoint, NoEndpoint};
 use edgeway_core::error::{Dialect, GatewayError};
 use worker::{event, Context, Env, Request, Response, Result};
 
+pub use conversation_object::ConversationStore;
 pub use internal_guard::InternalGuard;
 pub use key_account_object::KeyAccount;
 

@@ -131,6 +131,15 @@ impl Inbound {
         }
     }
 
+    /// The canonical form, to change what a translation sends (signatures the
+    /// vault restores); the passthrough body is not touched.
+    pub fn canonical_mut(&mut self) -> Option<&mut CanonicalRequest> {
+        match &mut self.request {
+            Request::OpenAiChat { canonical, .. } | Request::Canonical(canonical) => Some(canonical),
+            Request::OpenAiFamily { .. } => None,
+        }
+    }
+
     /// The canonical form for a candidate that needs translation, or the
     /// 400 naming what cannot be translated.
     pub fn for_translation(&self) -> Result<&CanonicalRequest, GatewayError> {

@@ -73,9 +73,10 @@
 //!   `thoughtSignature`s round-trip through Anthropic, Gemini and Responses
 //!   clients (Responses: `reasoning` items with `encrypted_content`). OpenAI
 //!   chat clients see `reasoning_content` and cannot send signatures back:
-//!   [`preserved_reasoning`] / [`restore_reasoning`] let the worker keep them
-//!   server-side keyed by tool call id. A Gemini function call with no
-//!   signature gets Gemini's documented validator-skip value.
+//!   the [`signature_vault`] keeps them at the edge keyed by tool call id and
+//!   puts them back ([`preserved_reasoning`] / [`restore_reasoning`], called
+//!   by the generation machine). A Gemini function call with no signature
+//!   gets Gemini's documented validator-skip value.
 //! * **Structured output to Anthropic** is a forced tool named
 //!   [`anthropic::STRUCTURED_OUTPUT_TOOL`]; its input comes back as text.
 //! * **Reasoning effort** ↔ budgets: see [`reasoning`].
@@ -86,6 +87,7 @@ pub mod media;
 mod normalize;
 pub mod reasoning;
 pub mod schema_sanitize;
+pub mod signature_vault;
 pub mod stream;
 
 pub mod anthropic;
@@ -95,6 +97,7 @@ mod openai_responses;
 
 pub use canonical::{CanonicalRequest, CanonicalResponse, ContentPart, FinishReason, StreamEvent};
 pub use openai_chat::{FORBIDDEN_CLIENT_FIELDS, MAX_OUTPUT_TOKENS_ACCEPTED};
+pub use signature_vault::{preserved_reasoning, restore_reasoning, PreservedReasoning};
 pub use stream::{StreamOptions, StreamOutcome, StreamTranslator};
 
 use crate::error::{
@@ -102,7 +105,7 @@ use crate::error::{
 };
 use crate::provider::ProviderDialect;
 use crate::usage::{estimate_tokens, TokenUsage};
-use canonical::{Message, Role, ToolResultPart};
+use canonical::ToolResultPart;
 use serde_json::json;
 
 /// The API a client speaks to the gateway.
@@ -307,10 +310,21 @@ pub fn parse_upstream_response(
     dialect: UpstreamDialect,
     body: &[u8],
 ) -> Result<CanonicalResponse, GatewayError> {
+    parse_upstream_response_seeded(dialect, body, "")
+}
+
+/// [`parse_upstream_response`], with ids made for Gemini function calls
+/// (which come without any) derived from `id_seed` (the request's id), so
+/// they are unique across requests: the vault keeps state under them.
+pub fn parse_upstream_response_seeded(
+    dialect: UpstreamDialect,
+    body: &[u8],
+    id_seed: &str,
+) -> Result<CanonicalResponse, GatewayError> {
     match dialect {
         UpstreamDialect::OpenAiChat => openai_chat::parse_response(body),
         UpstreamDialect::Anthropic => anthropic::parse_response(body),
-        UpstreamDialect::Gemini => gemini::parse_response(body, ""),
+        UpstreamDialect::Gemini => gemini::parse_response(body, id_seed),
     }
 }
 
@@ -569,89 +583,6 @@ pub fn parse_upstream_count_tokens(dialect: UpstreamDialect, body: &[u8]) -> Opt
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let key = if dialect == UpstreamDialect::Gemini { "totalTokens" } else { "input_tokens" };
     value.get(key).and_then(serde_json::Value::as_u64)
-}
-
-/// Reasoning that must come back with a tool call in the next turn, for
-/// clients (OpenAI chat) that cannot carry it: the thinking blocks and
-/// signatures of a response, keyed by its first tool call id.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PreservedReasoning {
-    /// The first tool call id of the response.
-    pub tool_call_id: String,
-    /// Thinking / redacted thinking parts, in order.
-    pub reasoning: Vec<ContentPart>,
-    /// Gemini signatures on tool calls: (tool call id, signature).
-    pub tool_call_signatures: Vec<(String, String)>,
-}
-
-/// What of `resp` to keep server-side, if anything (only responses that call
-/// tools and carry signatures need it).
-pub fn preserved_reasoning(resp: &CanonicalResponse) -> Option<PreservedReasoning> {
-    let tool_call_id = resp.content.iter().find_map(|p| match p {
-        ContentPart::ToolCall { id, .. } => Some(id.clone()),
-        _ => None,
-    })?;
-    let reasoning: Vec<ContentPart> = resp
-        .content
-        .iter()
-        .filter(|p| {
-            matches!(
-                p,
-                ContentPart::RedactedThinking { .. } | ContentPart::Thinking { signature: Some(_), .. }
-            )
-        })
-        .cloned()
-        .collect();
-    let tool_call_signatures: Vec<(String, String)> = resp
-        .content
-        .iter()
-        .filter_map(|p| match p {
-            ContentPart::ToolCall { id, signature: Some(sig), .. } => Some((id.clone(), sig.clone())),
-            _ => None,
-        })
-        .collect();
-    if reasoning.is_empty() && tool_call_signatures.is_empty() {
-        return None;
-    }
-    Some(PreservedReasoning { tool_call_id, reasoning, tool_call_signatures })
-}
-
-/// Puts preserved reasoning back: for each assistant turn that calls tools
-/// but carries no signed reasoning, `lookup(first tool call id)` may return
-/// what [`preserved_reasoning`] kept.
-pub fn restore_reasoning(req: &mut CanonicalRequest, lookup: impl Fn(&str) -> Option<PreservedReasoning>) {
-    for message in req.messages.iter_mut().filter(|m| m.role == Role::Assistant) {
-        restore_in_message(message, &lookup);
-    }
-}
-
-fn restore_in_message(message: &mut Message, lookup: &impl Fn(&str) -> Option<PreservedReasoning>) {
-    let has_signed = message.content.iter().any(|p| {
-        matches!(p, ContentPart::RedactedThinking { .. } | ContentPart::Thinking { signature: Some(_), .. })
-            || matches!(p, ContentPart::ToolCall { signature: Some(_), .. })
-    });
-    if has_signed {
-        return;
-    }
-    let Some(first_id) = message.content.iter().find_map(|p| match p {
-        ContentPart::ToolCall { id, .. } => Some(id.clone()),
-        _ => None,
-    }) else {
-        return;
-    };
-    let Some(kept) = lookup(&first_id) else { return };
-    for part in message.content.iter_mut() {
-        if let ContentPart::ToolCall { id, signature, .. } = part {
-            if let Some((_, sig)) = kept.tool_call_signatures.iter().find(|(k, _)| k == id) {
-                *signature = Some(sig.clone());
-            }
-        }
-    }
-    // Unsigned reasoning text the client sent back is replaced by the signed original.
-    message.content.retain(|p| !matches!(p, ContentPart::Thinking { signature: None, .. }));
-    let mut content = kept.reasoning;
-    content.append(&mut message.content);
-    message.content = content;
 }
 
 /// Marks Anthropic `redacted_thinking` data carried in a signature field by

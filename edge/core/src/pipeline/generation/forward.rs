@@ -17,6 +17,7 @@ use crate::pipeline::route::{AttemptVerdict, Plan, Route, MAX_ATTEMPTS};
 use crate::provider::{AuthScheme, ProviderDialect};
 use crate::sse::encode_event;
 use crate::stream_shaper::StreamShaper;
+use crate::translate::signature_vault::REASONING_STATE_HEADER;
 use crate::translate::{self, StreamOptions, StreamTranslator};
 use crate::usage::{estimated_usage, TokenUsage, UsageEvent};
 use std::collections::VecDeque;
@@ -176,6 +177,10 @@ impl Generation {
                 (inbound.family.openai_path().to_string(), body)
             }
             Plan::Translate(dialect) => {
+                if let Some(lookup) = self.state_lookup(dialect, now) {
+                    return Ok(lookup);
+                }
+                let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
                 let built = inbound.for_translation().and_then(|canonical| {
                     translate::build_upstream_request(dialect, canonical, &target.upstream_model)
                 });
@@ -219,7 +224,8 @@ impl Generation {
         self.attempt_started = now;
         let headers_timeout = target.timeout_ms.unwrap_or(isolate.config.upstream_timeout_ms);
         self.deadline = Some((now + headers_timeout as i64, TimeoutPhase::Headers));
-        if inbound.stream && self.keepalive_at.is_none() && isolate.config.keepalive_ms > 0 {
+        let stream = self.inbound.as_ref().is_some_and(|i| i.stream);
+        if stream && self.keepalive_at.is_none() && isolate.config.keepalive_ms > 0 {
             self.keepalive_at = Some(self.started_ms + isolate.config.keepalive_ms as i64);
         }
         Ok(Effect::Fetch(UpstreamRequest {
@@ -284,13 +290,17 @@ impl Generation {
 
     pub(super) fn response_headers(&self) -> Vec<(&'static str, String)> {
         let id = self.start.request_id.clone();
-        vec![
+        let mut headers = vec![
             ("x-request-id", id.clone()),
             ("request-id", id),
             (SERVED_CHANNEL_HEADER, self.served.channel.clone()),
             ("access-control-allow-origin", "*".into()),
             ("access-control-expose-headers", "x-request-id, request-id, x-edgeway-channel".into()),
-        ]
+        ];
+        if let Some(state) = self.reasoning_state() {
+            headers.push((REASONING_STATE_HEADER, state.into()));
+        }
+        headers
     }
 
     /// An upstream accepted the request: answer from it.
@@ -364,6 +374,7 @@ impl Generation {
         let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
         let plan = self.current.as_ref().map(|(_, plan, _)| *plan).ok_or(GatewayError::Internal)?;
         let prompt_estimate = inbound.prompt.estimate;
+        let mut kept = Vec::new();
         let (out, reported, content_bytes) = match plan {
             Plan::Relay => {
                 let usage = response_usage(&body).map(|u| TokenUsage::from_openai(&u));
@@ -389,7 +400,9 @@ impl Generation {
                 (out, usage, content)
             }
             Plan::Translate(upstream) => {
-                let mut resp = translate::parse_upstream_response(upstream, &body)?;
+                let mut resp =
+                    translate::parse_upstream_response_seeded(upstream, &body, &self.start.request_id)?;
+                kept = self.vault_entries(upstream, &resp);
                 if resp.created == 0 {
                     resp.created = self.started_ms / 1000;
                 }
@@ -426,6 +439,7 @@ impl Generation {
         }
         self.phase = Phase::AwaitErrorRespond;
         self.responded = true;
-        Ok(Effect::Respond(ResponseHead { status: 200, headers }, out))
+        let respond = Effect::Respond(ResponseHead { status: 200, headers }, out);
+        Ok(self.keep_then(kept, respond, now))
     }
 }

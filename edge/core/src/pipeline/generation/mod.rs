@@ -61,6 +61,7 @@ mod admission;
 mod forward;
 mod pinning;
 mod settle;
+mod state;
 mod stream;
 
 pub use stream::keepalive_bytes;
@@ -149,6 +150,9 @@ pub enum Input {
     ClientGone,
     /// `PublishUsage` finished (false: the queue refused).
     Published(bool),
+    /// `StoreCall` answered with this status and body; a transport failure
+    /// is status 0 with the error text.
+    StoreReply { status: u16, body: String },
 }
 
 /// Why a fetch got no response.
@@ -233,6 +237,10 @@ pub enum Effect {
     /// Send these events (JSON text of an array of [`UsageEvent`]) to the
     /// usage queue; answer [`Input::Published`].
     PublishUsage { events_json: String, count: usize },
+    /// Call the key's conversation store (`https://conversation-store{path}`,
+    /// POST, JSON `body`; [`crate::conversation_store`]); answer
+    /// [`Input::StoreReply`].
+    StoreCall { digest: String, path: &'static str, body: String },
     /// Nothing more to do.
     Finished,
 }
@@ -325,6 +333,10 @@ enum Phase {
     },
     /// An error response was handed over; settle or finish next.
     AwaitErrorRespond,
+    /// The conversation store is asked for state this request needs.
+    AwaitStateLookup,
+    /// The conversation store is given state before the answer goes out.
+    AwaitStateWrite,
     Finished,
 }
 
@@ -421,6 +433,8 @@ pub struct Generation {
     fallback_events: VecDeque<UsageEvent>,
     /// The client has its response (head sent).
     responded: bool,
+    /// Conversation state: the vault's lookups and writes.
+    state: state::StateCalls,
     logs: Vec<LogLine>,
 }
 
@@ -469,6 +483,7 @@ impl Generation {
             publishing: Vec::new(),
             fallback_events: VecDeque::new(),
             responded: false,
+            state: state::StateCalls::default(),
             logs: Vec::new(),
         }
     }
@@ -666,6 +681,12 @@ impl Generation {
             }
             (Phase::AwaitErrorRespond, Input::Done) => {
                 Ok(self.settle_or_finish(isolate, AfterSettle::Finish, now))
+            }
+            (Phase::AwaitStateLookup, Input::StoreReply { status, body }) => {
+                self.after_state_lookup(isolate, status, &body, now)
+            }
+            (Phase::AwaitStateWrite, Input::StoreReply { status, body }) => {
+                self.after_state_write(isolate, status, &body, now)
             }
             (Phase::Finished, _) => Ok(Effect::Finished),
             (phase, input) => {
