@@ -212,6 +212,70 @@ pub struct Config {
     pub usage_source: UsageSource,
     /// Users, sessions, sign-up and alerts.
     pub accounts: AccountsConfig,
+    /// `/metrics` access and the log format.
+    pub observability: ObservabilityConfig,
+}
+
+/// Who may scrape `/metrics`, and how logs are written.
+#[derive(Clone, Default)]
+pub struct ObservabilityConfig {
+    /// `METRICS_TOKEN`: when set, a scrape must send `Authorization: Bearer
+    /// <token>` (from any address).
+    pub metrics_token: Option<String>,
+    /// `METRICS_ALLOW`: without a token, the addresses (IPs or CIDR ranges,
+    /// comma-separated) that may scrape; default loopback only.
+    pub metrics_allow: Vec<edgeway_core::ip_allow::IpRange>,
+    /// `LOG_FORMAT=json`: one JSON object per line instead of text.
+    pub json_logs: bool,
+    /// `GATEWAY_PUBLIC_URL`: the gateway's URL as clients reach it, shown in
+    /// the console's SDK snippets (default: `EDGE_URL`).
+    pub gateway_url: Option<String>,
+}
+
+impl fmt::Debug for ObservabilityConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObservabilityConfig")
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<redacted>"))
+            .field("metrics_allow", &self.metrics_allow)
+            .field("json_logs", &self.json_logs)
+            .field("gateway_url", &self.gateway_url)
+            .finish()
+    }
+}
+
+/// Shortest accepted `METRICS_TOKEN`.
+pub const MIN_METRICS_TOKEN_LEN: usize = 16;
+
+/// `METRICS_TOKEN`, `METRICS_ALLOW`, `LOG_FORMAT`.
+pub fn observability(
+    non_empty: &impl Fn(&str) -> Option<String>,
+) -> Result<ObservabilityConfig, ConfigError> {
+    let metrics_token = non_empty("METRICS_TOKEN");
+    if metrics_token.as_ref().is_some_and(|t| t.len() < MIN_METRICS_TOKEN_LEN) {
+        return Err(ConfigError(format!(
+            "METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_LEN} characters"
+        )));
+    }
+    let allow_text = non_empty("METRICS_ALLOW").unwrap_or_else(|| "127.0.0.0/8,::1".into());
+    let mut metrics_allow = Vec::new();
+    for entry in allow_text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let range = edgeway_core::ip_allow::IpRange::parse(entry).ok_or_else(|| {
+            ConfigError(format!("METRICS_ALLOW: `{entry}` is not an IP address or CIDR range"))
+        })?;
+        metrics_allow.push(range);
+    }
+    let json_logs = match non_empty("LOG_FORMAT").map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ConfigError(format!("LOG_FORMAT must be `text` or `json`, not `{other}`")))
+        }
+    };
+    let gateway_url = non_empty("GATEWAY_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_string());
+    if gateway_url.as_deref().is_some_and(|u| reqwest::Url::parse(u).is_err()) {
+        return Err(ConfigError("GATEWAY_PUBLIC_URL is not a valid URL".into()));
+    }
+    Ok(ObservabilityConfig { metrics_token, metrics_allow, json_logs, gateway_url })
 }
 
 impl fmt::Debug for Config {
@@ -224,6 +288,7 @@ impl fmt::Debug for Config {
             .field("internal_secret", &self.internal_secret.as_ref().map(|_| "<redacted>"))
             .field("usage_source", &self.usage_source)
             .field("accounts", &self.accounts)
+            .field("observability", &self.observability)
             .finish()
     }
 }
@@ -291,7 +356,17 @@ impl Config {
         let usage_source = usage_source(&non_empty)?;
         let accounts = accounts(&non_empty)?;
 
-        Ok(Self { database_url, listen, admin_token, edge, internal_secret, usage_source, accounts })
+        let observability = observability(&non_empty)?;
+        Ok(Self {
+            database_url,
+            listen,
+            admin_token,
+            edge,
+            internal_secret,
+            usage_source,
+            accounts,
+            observability,
+        })
     }
 }
 

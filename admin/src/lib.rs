@@ -24,6 +24,7 @@ pub mod budgets;
 pub mod channels;
 pub mod codes;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod edge_sync;
 pub mod error;
@@ -34,6 +35,7 @@ pub mod keys;
 pub mod login;
 pub mod mail;
 pub mod me;
+pub mod metrics;
 pub mod oidc;
 pub mod passwords;
 pub mod usage;
@@ -76,6 +78,10 @@ struct Inner {
     /// Held while reading state and pushing it to the edge, so pushes leave in
     /// commit order and the last one to land carries the newest state.
     push_lock: tokio::sync::Mutex<()>,
+    /// The web console's state (the channel test's key).
+    console: console::channel_test::ConsoleState,
+    /// Who may scrape `/metrics`, and the request counters.
+    metrics: metrics::Metrics,
 }
 
 impl std::fmt::Debug for Inner {
@@ -107,6 +113,8 @@ impl AppState {
                 .build()?,
             oidc_discovery: tokio::sync::RwLock::new(std::collections::HashMap::new()),
             push_lock: tokio::sync::Mutex::new(()),
+            console: console::channel_test::ConsoleState { edge: config.edge.clone(), ..Default::default() },
+            metrics: metrics::Metrics::new(config.observability.clone()),
         })))
     }
 
@@ -142,6 +150,14 @@ impl AppState {
         &self.0.oidc_discovery
     }
 
+    pub fn console(&self) -> &console::channel_test::ConsoleState {
+        &self.0.console
+    }
+
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.0.metrics
+    }
+
     /// Serialises edge pushes (see [`edge_sync`]).
     pub async fn lock_pushes(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.0.push_lock.lock().await
@@ -157,7 +173,7 @@ pub struct Route {
     pub handler: MethodRouter<AppState>,
 }
 
-fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
+pub(crate) fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
 where
     H: axum::handler::Handler<T, AppState>,
     T: 'static,
@@ -172,7 +188,7 @@ where
 pub fn route_table() -> Vec<Route> {
     use Access::{Admin, Public, Signed, User};
     let (get, post, patch, delete) = (Method::GET, Method::POST, Method::PATCH, Method::DELETE);
-    vec![
+    let mut routes = vec![
         route(get.clone(), "/health", Public, health),
         route(get.clone(), "/api/openapi.json", Public, openapi),
         // Authenticated by the internal HMAC signature instead.
@@ -231,7 +247,9 @@ pub fn route_table() -> Vec<Route> {
         route(post.clone(), "/api/codes", Admin, codes::generate),
         route(patch, "/api/codes/{id}", Admin, codes::update),
         route(get, "/api/audit", Admin, audit::list),
-    ]
+    ];
+    routes.extend(console::routes());
+    routes
 }
 
 /// Every route path the router serves (tests check them against the OpenAPI document).
@@ -241,7 +259,10 @@ pub fn route_paths() -> Vec<&'static str> {
     paths
 }
 
-/// The whole HTTP application.
+/// The whole HTTP application: the route table's API, plus two routes
+/// outside it that are no API: the console's files (public, they hold no
+/// data) and `/metrics` (its own scrape token or address allow-list, see
+/// [`metrics`]).
 pub async fn app(state: AppState) -> Router {
     route_table()
         .into_iter()
@@ -249,26 +270,13 @@ pub async fn app(state: AppState) -> Router {
             let guard = axum::middleware::from_fn_with_state((state.clone(), r.access), auth::authorize);
             router.route(r.path, r.handler.route_layer(guard))
         })
+        .merge(console::router())
+        .route("/metrics", axum::routing::get(metrics::scrape))
+        .route_layer(axum::middleware::from_fn(metrics::tag_route))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn(log_request))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::log_request))
         .with_state(state)
-}
-
-/// Logs method, matched path and status of each request (never bodies or headers).
-async fn log_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    tracing::info!(
-        %method,
-        path,
-        status = response.status().as_u16(),
-        ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
-    response
 }
 
 /// `GET /health`: liveness plus a database round trip.

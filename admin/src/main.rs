@@ -9,7 +9,10 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
+    // LOG_FORMAT is read before the rest of the configuration so that a
+    // configuration error is itself logged in the chosen format.
+    let json_logs = std::env::var("LOG_FORMAT").is_ok_and(|v| v.trim().eq_ignore_ascii_case("json"));
+    init_tracing(json_logs);
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -53,18 +56,21 @@ async fn run() -> Result<(), String> {
         .map_err(|e| format!("server: {e}"))
 }
 
-/// Log level from `RUST_LOG` when it is a plain level name, else `info`.
-fn init_tracing() {
+/// Log level from `RUST_LOG` when it is a plain level name, else `info`;
+/// with `LOG_FORMAT=json` one JSON object per line (fields flattened:
+/// `{"timestamp","level","message","method","route",...}`).
+fn init_tracing(json: bool) {
     let level = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.trim().parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    let builder = tracing_subscriber::fmt().with_max_level(level).with_target(false);
+    if json {
+        builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init();
+    } else {
+        builder.with_ansi(std::io::stdout().is_terminal()).init();
+    }
 }
 
 async fn shutdown_signal() {

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod ledger;
 pub mod routing;
 pub mod sessions;
+pub mod stats;
 pub mod usage;
 pub mod users;
 

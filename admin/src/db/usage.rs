@@ -46,7 +46,7 @@ fn u64_col(row: &AnyRow, column: &str) -> ApiResult<u64> {
     u64::try_from(v).map_err(|_| ApiError::internal(format_args!("negative `{column}` in ledger")))
 }
 
-fn entry_from_row(row: &AnyRow) -> ApiResult<LedgerEntry> {
+pub(crate) fn entry_from_row(row: &AnyRow) -> ApiResult<LedgerEntry> {
     let text_enum = |column: &str| row.text(column);
     let outcome = text_enum("outcome")?;
     let source = text_enum("usage_source")?;

@@ -137,6 +137,11 @@ fn sample(w: &World, method: &Method, path: &str, caller: &str) -> Option<(Strin
         ("DELETE", "/api/groups/{id}") => (id("vip"), None, false),
         ("POST", "/api/codes") => (path.into(), Some(json!({"count": 1, "value_micros": 1})), false),
         ("PATCH", "/api/codes/{id}") => (id(&w.code_id), Some(json!({"status": "disabled"})), false),
+        // The console's routes.
+        ("GET", "/api/public/info") | ("GET", "/api/public/pricing") => (path.into(), None, false),
+        ("GET", "/api/stats") | ("GET", "/api/me/stats") => (path.into(), None, false),
+        ("GET", "/api/logs") | ("GET", "/api/me/logs") => (path.into(), None, false),
+        ("POST", "/api/channels/{id}/test") => (id("mock-1"), None, false),
         _ => return None,
     })
 }

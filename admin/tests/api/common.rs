@@ -78,6 +78,8 @@ pub struct Options {
     pub edge_secret: Option<String>,
     /// Sign-up, sessions, rewards and alerts.
     pub accounts: Option<AccountsConfig>,
+    /// `/metrics` access (default: loopback only, no token).
+    pub observability: Option<edgeway_admin::config::ObservabilityConfig>,
 }
 
 fn random_suffix() -> String {
@@ -99,6 +101,7 @@ impl TestApp {
             internal_secret: (!options.no_secret).then(|| SECRET.to_string()),
             usage_source: Default::default(),
             accounts: options.accounts.clone().unwrap_or_default(),
+            observability: options.observability.clone().unwrap_or_default(),
         };
         let (database, dir, sqlite_path) = match db {
             DbKind::Sqlite => {

@@ -9,6 +9,7 @@
 mod accounts;
 mod authz;
 mod common;
+mod console;
 mod edge;
 mod hardening;
 mod keys;
