@@ -4,7 +4,9 @@
 //! holds channels, models and prices, keeps the usage ledger, and pushes key
 //! records and the routing configuration to the edge worker over a signed
 //! internal API. It is an axum service over one `sqlx::Any` pool: SQLite by
-//! default, Postgres when `DATABASE_URL` says so.
+//! default, Postgres when `DATABASE_URL` says so. It also serves the web
+//! console ([`console`], a client of this same API) and Prometheus
+//! `/metrics` with one log line per request ([`metrics`]).
 //!
 //! **Key design decision:** the database here is the source of truth and the
 //! edge is a replica that is allowed to lag. Every change is committed first

@@ -261,12 +261,12 @@ async function codesPage(params) {
         expires_at: f.expires ? Math.floor(Date.parse(`${f.expires}T23:59:59Z`) / 1000) : undefined,
       };
       const batch = await api('POST', '/api/codes', body);
+      await refresh();
       const csv = `code,value_micros,expires_at,batch_id,id\n${batch.data.map((c) => [c.code, c.value_micros, c.expires_at ?? '', batch.batch_id, c.id].join(',')).join('\n')}\n`;
       fresh.replaceChildren(h('section', { class: 'card new-key', role: 'alert' },
         h('h2', {}, t('codes.generated', { count: batch.data.length })), h('p', { class: 'notice warn' }, t('codes.once')),
         h('button', { type: 'button', onclick: () => download(`codes-${batch.batch_id}.csv`, csv) }, t('codes.download')),
         h('pre', { class: 'codes', 'data-testid': 'new-codes' }, batch.data.map((c) => c.code).join('\n'))));
-      await refresh();
     } catch (err) { status.fail(err); }
   });
   const filters = h('div', { class: 'row', role: 'group', 'aria-label': t('codes.filter') },

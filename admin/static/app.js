@@ -51,8 +51,7 @@ export async function api(method, path, body) {
 /** Micro-units as a decimal amount (1 unit = 1,000,000 micros). */
 export function money(micros) {
   const n = Number(micros || 0) / 1e6;
-  const digits = Math.abs(n) >= 100 ? 2 : Math.abs(n) >= 1 ? 4 : 6;
-  return n.toLocaleString(lang() === 'zh' ? 'zh-CN' : 'en-US', { minimumFractionDigits: 2, maximumFractionDigits: digits });
+  return n.toLocaleString(lang() === 'zh' ? 'zh-CN' : 'en-US', { minimumFractionDigits: 2, maximumFractionDigits: 6 });
 }
 /** A price in micros per million tokens, per million tokens. */
 export const perMillion = (micros) => (micros === null || micros === undefined ? '—' : money(micros));
@@ -215,13 +214,15 @@ export async function render() {
   const { name, params } = currentRoute();
   const page = pages[name] || pages.notfound;
   const root = document.getElementById('app');
-  const main = h('main', { id: 'main', tabindex: '-1' });
+  // data-page / data-ready say which page is shown and when it has loaded.
+  const main = h('main', { id: 'main', tabindex: '-1', 'data-page': name });
   if (page.auth && !state.session) { go('login'); return; }
   if (!page.auth && state.session && (name === 'login' || name === 'signup')) { go('dashboard'); return; }
   root.replaceChildren(header(name), main);
   document.title = `${t(page.title)} · edgeway`;
   if (page.admin && !isAdmin()) {
     main.append(h('h1', {}, t('forbidden.title')), h('p', { class: 'notice error', role: 'alert' }, t('forbidden.text')));
+    main.dataset.ready = 'true';
     return;
   }
   try {
@@ -232,8 +233,12 @@ export async function render() {
     if (err.status === 401) { state.session = null; go('login'); return; }
     main.append(h('p', { class: 'notice error', role: 'alert' }, err.message));
   }
-  // Move focus to the new page for keyboard and screen-reader users.
-  if (document.activeElement === document.body || !root.contains(document.activeElement)) main.focus({ preventScroll: true });
+  main.dataset.ready = 'true';
+  // Move focus to the new page (its first field when it asks for one) for
+  // keyboard and screen-reader users.
+  if (document.activeElement === document.body || !root.contains(document.activeElement)) {
+    (main.querySelector('[autofocus]') || main).focus({ preventScroll: true });
+  }
 }
 
 /** After a login: the session is the API's answer. */

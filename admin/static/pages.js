@@ -88,25 +88,41 @@ const DAY = 86_400_000;
 
 function isoDate(ms) { return new Date(ms).toISOString().slice(0, 10); }
 
-function chart(title, series, points, pick) {
+/** Every bucket of the range, zeros where no request fell (so lines are honest). */
+export function dense(stats) {
+  const byT = new Map(stats.series.map((p) => [p.t_ms, p]));
+  const out = [];
+  const first = Math.floor(stats.from_ms / stats.bucket_ms) * stats.bucket_ms;
+  for (let tms = first; tms < stats.to_ms; tms += stats.bucket_ms) {
+    out.push(byT.get(tms) || { t_ms: tms, requests: 0, tokens: 0, cost_micros: 0, errors: 0 });
+  }
+  return out;
+}
+
+function chart(title, series, points, pick, format = num) {
   const box = h('figure', { class: 'chart' }, h('figcaption', {}, title));
+  const plot = h('div', { class: 'plot' });
+  box.append(plot);
   const xs = points.map((p) => p.t_ms / 1000);
   if (window.uPlot && xs.length) {
-    const width = Math.max(260, Math.min(560, (document.getElementById('main')?.clientWidth || 600) - 48));
-    const opts = {
-      width, height: 200, legend: { show: true },
-      scales: { x: { time: true } },
-      series: [{}, ...series.map(([label, color]) => ({ label, stroke: color, width: 2, fill: `${color}22` }))],
-      axes: [{}, { size: 60 }],
-    };
     const data = [xs, ...series.map((_, i) => points.map((p) => pick(p)[i]))];
-    requestAnimationFrame(() => { new window.uPlot(opts, data, box); });
+    requestAnimationFrame(() => {
+      const opts = {
+        width: Math.max(240, plot.clientWidth), height: 200, legend: { show: false },
+        scales: { x: { time: true } },
+        series: [{}, ...series.map(([label, color]) => ({ label, stroke: color, width: 2, fill: `${color}22`, points: { show: xs.length < 60 } }))],
+        axes: [{}, { size: 70, values: (u, vals) => vals.map((v) => format(v)) }],
+      };
+      new window.uPlot(opts, data, plot);
+    });
+    box.append(h('p', { class: 'legend' }, series.map(([label, color]) => h('span', {}, h('i', { class: 'swatch', 'data-color': color }), label))));
   } else if (!xs.length) {
     box.append(h('p', { class: 'empty' }, t('dash.no_data')));
   }
   // The same numbers as a table, for screen readers and without charts.
   box.append(h('details', {}, h('summary', {}, t('dash.as_table')), table(
-    [[t('dash.time'), (p) => when(p.t_ms)], ...series.map(([label], i) => [label, (p) => num(pick(p)[i])])], points)));
+    [[t('dash.time'), (p) => when(p.t_ms)], ...series.map(([label], i) => [label, (p) => format(pick(p)[i])])],
+    points.filter((p) => p.requests))));
   return box;
 }
 
@@ -136,10 +152,11 @@ async function dashboardPage(params) {
   const cards = h('div', { class: 'cards' },
     [['dash.requests', num(tot.requests)], ['dash.tokens', num(tot.tokens)], ['dash.spend', money(tot.cost_micros)], ['dash.error_rate', `${rate}%`]]
       .map(([k, v]) => h('div', { class: 'stat', 'data-stat': k.split('.')[1] }, h('span', { class: 'stat-label' }, t(k)), h('strong', {}, v))));
+  const points = dense(s);
   const charts = h('div', { class: 'charts' },
-    chart(t('dash.requests_errors'), [[t('dash.requests'), '#2563eb'], [t('dash.errors'), '#dc2626']], s.series, (p) => [p.requests, p.errors]),
-    chart(t('dash.tokens'), [[t('dash.tokens'), '#059669']], s.series, (p) => [p.tokens]),
-    chart(t('dash.spend'), [[t('dash.spend'), '#d97706']], s.series, (p) => [p.cost_micros / 1e6]));
+    chart(t('dash.requests_errors'), [[t('dash.requests'), '#2563eb'], [t('dash.errors'), '#dc2626']], points, (p) => [p.requests, p.errors]),
+    chart(t('dash.tokens'), [[t('dash.tokens'), '#059669']], points, (p) => [p.tokens]),
+    chart(t('dash.spend'), [[t('dash.spend'), '#d97706']], points, (p) => [p.cost_micros], money));
   const breakdowns = Object.entries(s.by).map(([dim, groups]) => section(t(`dash.by_${dim}`), table([
     [t(`dash.dim_${dim}`), (g) => g.name || '—'], [t('dash.requests'), (g) => num(g.requests)], [t('dash.tokens'), (g) => num(g.tokens)],
     [t('dash.spend'), (g) => money(g.cost_micros)], [t('dash.errors'), (g) => num(g.errors)],

@@ -60,7 +60,8 @@ export function keyDigest(key) {
 // Options (all optional; the defaults are what every suite used first):
 //   vars         extra worker vars, e.g. { RATE_WINDOW_MS: '6000' }
 //   adminIngest  set ADMIN_INGEST_URL so the queue consumer also posts usage to the admin
-export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs = 1500, vars = {}, adminIngest = false } = {}) {
+//   adminEnv     extra environment of the admin service, e.g. { LOG_FORMAT: 'json' }
+export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs = 1500, vars = {}, adminIngest = false, adminEnv = {} } = {}) {
   const state = mkdtempSync(path.join(tmpdir(), 'edgeway-e2e-'));
   const mock = createMockUpstream();
   const mockPort = await freePort();
@@ -98,6 +99,7 @@ export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs
     EDGE_URL: gatewayUrl,
     EDGE_ADMIN_SECRET: secret,
     RUST_LOG: 'warn',
+    ...adminEnv,
   });
   const admin = launchAdmin();
 

@@ -1,0 +1,328 @@
+// The web console in a real browser (headless Chromium), against the real
+// stack: the worker under `wrangler dev`, the admin binary serving the
+// console, the mock upstream. A user signs in, creates a key and uses it
+// with the official openai SDK, finds the request in the logs and on the
+// dashboard, redeems a code; the user cannot reach admin pages; an admin
+// adds a channel and presses "test" (a pinned request through the edge);
+// Chinese and phone width; /metrics parsed with a Prometheus text-format
+// parser, moving with traffic; the admin's JSON log lines carry no secret.
+// Screenshots: target/browser-screenshots/ (SCREENSHOTS_DIR=docs/screenshots
+// refreshes the README's).
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+import parsePrometheusTextFormat from 'parse-prometheus-text-format';
+import { startStack } from '../e2e/stack.mjs';
+import { launchBrowser, screenshot } from './browser.mjs';
+
+const OPS_PASSWORD = 'ops-password-0123';
+const ALICE_PASSWORD = 'alice-password-0123';
+const secrets = [OPS_PASSWORD, ALICE_PASSWORD];
+
+let stack;
+let browser;
+let page;
+let alice;
+let aliceKey;
+let code;
+let requestId;
+
+async function waitUntil(what, fn, timeoutMs = 30_000) {
+  const start = Date.now();
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 300));
+  }
+}
+
+/** Shows a console page (reloading it when it is the current one) and waits until it has loaded. */
+async function open(route) {
+  const url = `${stack.adminUrl}/#/${route}`;
+  if (page.url() === url) await page.reload();
+  else await page.goto(url);
+  const name = route.split('?')[0];
+  await page.waitForSelector(`main[data-page="${name}"][data-ready="true"]`);
+}
+
+async function signIn(username, password) {
+  await open('login');
+  await page.getByLabel('Username').fill(username);
+  await page.getByLabel('Password').fill(password);
+  await page.getByLabel('Password').press('Enter');
+  await page.getByRole('heading', { name: 'Dashboard' }).waitFor();
+}
+
+const amount = (text) => Number.parseFloat(text.replace(/,/g, ''));
+
+describe('the web console in Chromium', () => {
+  before(async () => {
+    stack = await startStack({ adminIngest: true, adminEnv: { LOG_FORMAT: 'json', RUST_LOG: 'info' } });
+    secrets.push(stack.adminToken, stack.secret);
+    await stack.adminApi('POST', '/api/users', { username: 'ops', password: OPS_PASSWORD, role: 'admin' });
+    alice = await stack.adminApi('POST', '/api/users', { username: 'alice', password: ALICE_PASSWORD });
+    alice = alice.user ?? alice;
+    await stack.adminApi('POST', `/api/users/${alice.id}/ledger`, { kind: 'topup', amount_micros: 5_000_000, reason: 'e2e' });
+    code = (await stack.adminApi('POST', '/api/codes', { count: 1, value_micros: 2_000_000 })).data[0].code;
+    secrets.push(code);
+    browser = await launchBrowser();
+    page = await browser.newPage();
+    page.setDefaultTimeout(10_000);
+    page.on('pageerror', (err) => console.error('page error:', err.message));
+    page.on('console', (msg) => { if (msg.type() === 'error') console.error('console error:', msg.text()); });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await stack?.stop();
+  });
+
+  it('shows the public pricing page without signing in', async () => {
+    await open('pricing');
+    await page.getByRole('cell', { name: 'mock-1', exact: true }).waitFor();
+    const text = await page.locator('main').innerText();
+    assert.match(text, /gpt-test/);
+    assert.doesNotMatch(text, /mock-upstream/, 'no channel names on the public page');
+    await screenshot(page, 'pricing');
+  });
+
+  it('signs a user in with the keyboard only, focus visible', async () => {
+    await open('login');
+    // The username field has focus; Tab moves to the password field, with a visible outline.
+    await page.keyboard.type('alice');
+    await page.keyboard.press('Tab');
+    const outline = await page.evaluate(() => {
+      const s = getComputedStyle(document.activeElement);
+      return { name: document.activeElement.name, style: s.outlineStyle, width: Number.parseFloat(s.outlineWidth) };
+    });
+    assert.equal(outline.name, 'password');
+    assert.notEqual(outline.style, 'none', 'keyboard focus is visible');
+    assert.ok(outline.width >= 2, `outline ${outline.width}px`);
+    await screenshot(page, 'login');
+    await page.keyboard.type(ALICE_PASSWORD);
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Dashboard' }).waitFor();
+  });
+
+  it('creates a key shown once, with copy and SDK snippets, that works with the openai SDK', async () => {
+    await browser.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: stack.adminUrl });
+    await open('keys');
+    await page.getByLabel('Name', { exact: true }).fill('sdk key');
+    await page.getByRole('button', { name: 'Create a key' }).click();
+    const shown = page.getByTestId('new-key');
+    await shown.waitFor();
+    aliceKey = (await shown.innerText()).trim();
+    secrets.push(aliceKey);
+    assert.match(aliceKey, /^sk-/);
+    await page.locator('.new-key').getByRole('button', { name: 'Copy' }).first().click();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), aliceKey, 'the copy button copies the key');
+    assert.deepEqual(
+      await page.locator('.snippet summary').allInnerTexts(),
+      ['OpenAI (Python)', 'OpenAI (Node)', 'Anthropic (Python)', 'Gemini (Python)', 'curl'],
+    );
+    await page.locator('.snippet summary', { hasText: 'OpenAI (Node)' }).click();
+    const node = await page.locator('.snippet', { hasText: 'OpenAI (Node)' }).locator('pre').innerText();
+    assert.ok(node.includes(aliceKey) && node.includes(`${stack.gatewayUrl}/v1`), node);
+    await screenshot(page, 'keys');
+
+    const client = new OpenAI({ baseURL: `${stack.gatewayUrl}/v1`, apiKey: aliceKey, maxRetries: 0 });
+    const reply = await client.chat.completions.create({ model: 'mock-1', messages: [{ role: 'user', content: 'hello from the console test' }] });
+    assert.equal(typeof reply.choices[0].message.content, 'string');
+
+    // Listed afterwards without the key itself.
+    await open('keys');
+    await page.getByRole('cell', { name: 'sdk key', exact: true }).waitFor();
+    assert.ok(!(await page.locator('main').innerText()).includes(aliceKey), 'the key is shown only once');
+  });
+
+  it('finds the request in the logs; a row opens its attempts and usage; the CSV export has it', async () => {
+    await waitUntil('the request in the logs', async () => {
+      await open('logs');
+      return (await page.locator('main tbody tr').count()) > 0;
+    });
+    const row = page.locator('main tbody tr').first();
+    assert.match(await row.innerText(), /mock-1/);
+    requestId = (await row.locator('.rid').innerText()).trim();
+    await row.click();
+    await page.getByRole('heading', { name: 'Usage buckets' }).waitFor();
+    await page.getByRole('heading', { name: 'Attempts' }).waitFor();
+    // Filters: a model that was not used finds nothing.
+    await page.getByLabel('Model').fill('no-such-model');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.getByText('No requests match.').waitFor();
+    await open('logs?model=mock-1');
+    await page.locator('main tbody tr').first().waitFor();
+    await screenshot(page, 'logs');
+    const csv = await page.evaluate(async () => {
+      const r = await fetch(document.querySelector('[data-testid=csv-export]').href);
+      return { type: r.headers.get('content-type'), text: await r.text() };
+    });
+    assert.match(csv.type, /^text\/csv/);
+    const lines = csv.text.trim().split('\n');
+    assert.match(lines[0], /^created_at_ms,request_id,/);
+    assert.equal(lines.length, 2, csv.text);
+    assert.ok(lines[1].includes(requestId) && lines[1].includes('mock-1'));
+  });
+
+  it('counts the request on the dashboard, with charts', async () => {
+    await open('dashboard');
+    const requests = page.locator('[data-stat=requests] strong');
+    assert.equal(await requests.innerText(), '1');
+    await page.locator('.chart canvas').first().waitFor();
+    assert.ok((await page.locator('.chart canvas').count()) >= 3, 'three uPlot charts');
+    assert.match(await page.locator('main').innerText(), /By model[\s\S]*mock-1/);
+    await screenshot(page, 'dashboard');
+  });
+
+  it('redeems a code and the balance rises by its value', async () => {
+    await open('account');
+    const before = amount(await page.getByTestId('balance').innerText());
+    assert.ok(before > 4.99 && before < 5, `5 minus one tiny request: ${before}`);
+    await page.getByLabel('Code', { exact: true }).fill(code);
+    await page.getByRole('button', { name: 'Redeem a code' }).click();
+    await page.getByText(/Redeemed: 2\.00 added/).waitFor();
+    const after = amount(await page.getByTestId('balance').innerText());
+    assert.ok(Math.abs(after - before - 2) < 1e-6, `${before} + 2 = ${after}`);
+    assert.match(await page.locator('main').innerText(), /redemption/);
+    // The same code again is refused with the reason.
+    await page.getByLabel('Code', { exact: true }).fill(code);
+    await page.getByRole('button', { name: 'Redeem a code' }).click();
+    await page.getByText('this code has already been redeemed').waitFor();
+    await screenshot(page, 'account');
+  });
+
+  it('keeps a user out of admin pages, in the console and in the API', async () => {
+    const nav = await page.locator('nav').innerText();
+    for (const admin of ['Channels', 'Users', 'Redemption codes']) assert.ok(!nav.includes(admin), `no ${admin} link for a user`);
+    for (const route of ['users', 'channels', 'codes']) {
+      await open(route);
+      await page.getByRole('heading', { name: 'Not allowed' }).waitFor();
+      assert.equal(await page.locator('main table').count(), 0);
+    }
+    const statuses = await page.evaluate(async () => {
+      const s = await (await fetch('/api/auth/session')).json();
+      const post = (path) => fetch(path, { method: 'POST', headers: { 'content-type': 'application/json', 'x-csrf-token': s.csrf_token }, body: '{}' });
+      return [
+        (await fetch('/api/users')).status, (await fetch('/api/codes')).status, (await fetch('/api/logs')).status,
+        (await fetch('/api/stats')).status, (await post('/api/channels/mock-upstream/test')).status,
+      ];
+    });
+    assert.deepEqual(statuses, [403, 403, 403, 403, 403]);
+  });
+
+  it('switches to Chinese and back', async () => {
+    await open('dashboard');
+    await page.locator('[data-lang=zh]').click();
+    await page.getByRole('heading', { name: '仪表盘' }).waitFor();
+    assert.equal(await page.evaluate(() => document.documentElement.lang), 'zh-CN');
+    assert.match(await page.locator('nav').innerText(), /令牌[\s\S]*请求日志/);
+    await screenshot(page, 'dashboard-zh');
+    await page.reload();
+    await page.getByRole('heading', { name: '仪表盘' }).waitFor();
+    await page.locator('[data-lang=en]').click();
+    await page.getByRole('heading', { name: 'Dashboard' }).waitFor();
+  });
+
+  it('works at phone width: the menu collapses and opens', async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await open('dashboard');
+    assert.equal(await page.locator('nav').isVisible(), false);
+    const toggle = page.getByRole('button', { name: 'Menu' });
+    await toggle.click();
+    assert.equal(await toggle.getAttribute('aria-expanded'), 'true');
+    await page.getByRole('link', { name: 'Keys' }).waitFor();
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `no horizontal scrolling (${overflow}px)`);
+    await screenshot(page, 'phone');
+    await page.setViewportSize({ width: 1280, height: 900 });
+  });
+
+  it('lets an admin add a channel and test it through the edge, pinned', async () => {
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.waitForSelector('main[data-page="login"][data-ready="true"]');
+    await signIn('ops', OPS_PASSWORD);
+    await open('channels');
+    await page.getByLabel('Id', { exact: true }).fill('console-mock');
+    await page.getByLabel('Provider').selectOption('mock');
+    await page.getByText('The built-in mock answers deterministically').waitFor();
+    await page.getByLabel('Model', { exact: true }).fill('console-model');
+    await page.getByLabel('Input / 1M').fill('0.5');
+    await page.getByLabel('Output / 1M').fill('1.5');
+    await page.getByRole('button', { name: 'Add channel' }).click();
+    await page.getByText('Channel added and pushed to the edge.').waitFor();
+    for (const channel of ['console-mock', 'mock-upstream']) {
+      await page.getByRole('button', { name: `Test ${channel}` }).click();
+      const result = page.locator(`.test-result[data-channel="${channel}"]`);
+      await page.waitForFunction((c) => /^\d{3} · /.test(document.querySelector(`.test-result[data-channel="${c}"]`)?.textContent || ''), channel);
+      assert.match(await result.innerText(), /^200 · \d+ ms/);
+      assert.equal(await result.getAttribute('class'), 'test-result ok');
+    }
+    await screenshot(page, 'channels');
+    // The test was pinned: the edge says which channel served it.
+    const direct = await stack.adminApi('POST', '/api/channels/console-mock/test');
+    assert.equal(direct.served_channel, 'console-mock');
+    assert.equal(direct.status, 200);
+  });
+
+  it('shows an admin the codes (which were used), users, models and groups', async () => {
+    await open('codes');
+    await page.locator('[data-code-status=redeemed]').first().waitFor();
+    await page.getByLabel('How many').fill('3');
+    await page.getByLabel('Value each').fill('1');
+    await page.getByRole('button', { name: 'Generate a batch' }).click();
+    const fresh = await page.getByTestId('new-codes').innerText();
+    assert.equal(fresh.trim().split('\n').length, 3);
+    assert.equal(await page.locator('[data-code-status=active]').count(), 3);
+    await screenshot(page, 'codes');
+    await open('users');
+    await page.getByRole('cell', { name: 'alice', exact: true }).waitFor();
+    await screenshot(page, 'users');
+    await open('models');
+    await page.getByRole('cell', { name: 'console-model', exact: true }).waitFor();
+    await screenshot(page, 'models');
+    await open('groups');
+    await page.locator('form[aria-label="Add group"]').getByLabel('Group').fill('vip');
+    await page.locator('form[aria-label="Add group"]').getByLabel('Price ratio').fill('1.5');
+    await page.getByRole('button', { name: 'Add group' }).click();
+    await page.getByRole('cell', { name: 'vip', exact: true }).waitFor();
+    await open('dashboard');
+    assert.match(await page.locator('main').innerText(), /By channel[\s\S]*console-mock/);
+  });
+
+  it('exports /metrics that parse and move with traffic', async () => {
+    const requestsFor = async (model) => {
+      const r = await fetch(`${stack.adminUrl}/metrics`);
+      assert.equal(r.status, 200);
+      assert.match(r.headers.get('content-type'), /^text\/plain; version=0\.0\.4/);
+      const families = parsePrometheusTextFormat(await r.text());
+      const family = families.find((f) => f.name === 'edgeway_usage_requests_total');
+      assert.equal(family.type, 'COUNTER');
+      assert.ok(families.some((f) => f.name === 'edgeway_db_pool_connections'));
+      assert.ok(families.some((f) => f.name === 'edgeway_admin_http_requests_total'));
+      return family.metrics.filter((m) => m.labels.model === model).reduce((s, m) => s + Number(m.value), 0);
+    };
+    const before = await requestsFor('mock-1');
+    assert.ok(before >= 1);
+    const client = new OpenAI({ baseURL: `${stack.gatewayUrl}/v1`, apiKey: aliceKey, maxRetries: 0 });
+    await client.chat.completions.create({ model: 'mock-1', messages: [{ role: 'user', content: 'one more' }] });
+    await waitUntil('the metric to move', async () => (await requestsFor('mock-1')) === before + 1);
+  });
+
+  it('writes one JSON log line per admin request, with no secret in any line', async () => {
+    const text = stack.admin.logs.join('');
+    const lines = text.split('\n').filter((l) => l.trim());
+    const parsed = lines.map((l) => JSON.parse(l));
+    const requests = parsed.filter((l) => l.message === 'request');
+    assert.ok(requests.length > 20, `${requests.length} request lines`);
+    for (const r of requests) {
+      assert.equal(typeof r.route, 'string');
+      assert.equal(typeof r.status, 'number');
+      assert.match(r.request_id, /^[A-Za-z0-9]{16}$/);
+    }
+    assert.ok(requests.some((r) => r.route === '/api/auth/login' && r.status === 200));
+    for (const s of secrets) assert.ok(!text.includes(s), 'a secret reached the log');
+    const logged = requests.filter((r) => r.route === '/api/logs' || r.route === '/api/me/logs');
+    assert.ok(logged.length > 0 && logged.every((r) => !r.path.includes('?')), 'paths without their query strings');
+  });
+});
