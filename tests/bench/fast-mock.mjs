@@ -8,6 +8,10 @@
 //   POST .../chat/completions, stream       role chunk, 8 content deltas, finish chunk,
 //                                           usage chunk when stream_options.include_usage,
 //                                           [DONE]; chunked transfer encoding
+//   POST .../messages (Anthropic Messages)  the same answer in Anthropic's shape, stream and not
+//                                           (message_start, content block, 8 text deltas,
+//                                           message_delta with usage, message_stop): the
+//                                           upstream of the benchmark's translated path
 //   model `paced-<ms>`                      the deltas are sent <ms> apart (each its own write)
 //   GET .../models                          a one-model list
 //   GET /__stats                            {"requests": n}
@@ -48,12 +52,39 @@ function jsonReply(status, body, close) {
   ]);
 }
 
-// Precomputed replies, per (model, stream, usage).
+// Anthropic Messages shapes of the same answer.
+const ANTHROPIC_USAGE = { input_tokens: 11, output_tokens: 8, cache_read_input_tokens: 3, cache_creation_input_tokens: 0 };
+const message = (model) => JSON.stringify({
+  id: 'msg_upstream_1', type: 'message', role: 'assistant', model,
+  content: [{ type: 'text', text: WORDS.join('') }], stop_reason: 'end_turn', stop_sequence: null, usage: ANTHROPIC_USAGE,
+});
+const namedEvent = (name, data) => `event: ${name}\ndata: ${JSON.stringify(data)}\n\n`;
+function anthropicReplies(model) {
+  const head = Buffer.from('HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n');
+  const first = httpChunk(
+    namedEvent('message_start', { type: 'message_start', message: { id: 'msg_upstream_1', type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, usage: { ...ANTHROPIC_USAGE, output_tokens: 1 } } })
+    + namedEvent('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }),
+  );
+  const deltas = WORDS.map((w) => httpChunk(namedEvent('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: w } })));
+  const tailText = namedEvent('content_block_stop', { type: 'content_block_stop', index: 0 })
+    + namedEvent('message_delta', { type: 'message_delta', delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: 8 } })
+    + namedEvent('message_stop', { type: 'message_stop' });
+  const tail = Buffer.concat([httpChunk(tailText), Buffer.from('0\r\n\r\n')]);
+  return { json: jsonReply(200, message(model), false), head, first, deltas, tail, whole: Buffer.concat([head, first, ...deltas, tail]) };
+}
+
+// Precomputed replies, per (dialect, model, stream, usage).
 const cache = new Map();
-function replies(model, wantsUsage) {
-  const k = `${model}\u0000${wantsUsage}`;
+function replies(model, wantsUsage, anthropic) {
+  const k = `${anthropic}\u0000${model}\u0000${wantsUsage}`;
   let r = cache.get(k);
   if (r) return r;
+  if (anthropic) {
+    r = anthropicReplies(model);
+    if (cache.size > 1000) cache.clear();
+    cache.set(k, r);
+    return r;
+  }
   const head = Buffer.from('HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n');
   const first = httpChunk(sseEvent(chunk(model, { role: 'assistant', content: '' }, null, wantsUsage)));
   const deltas = WORDS.map((w) => httpChunk(sseEvent(chunk(model, { content: w }, null, wantsUsage))));
@@ -118,7 +149,8 @@ export function createFastMock() {
         socket.write(jsonReply(200, '{"object":"list","data":[{"id":"mock-upstream","object":"model","owned_by":"mock"}]}', close));
         return finish();
       }
-      if (method !== 'POST' || !path.endsWith('/chat/completions')) {
+      const anthropic = path.endsWith('/messages');
+      if (method !== 'POST' || !(anthropic || path.endsWith('/chat/completions'))) {
         socket.write(jsonReply(404, '{"error":{"message":"not found"}}', close));
         return finish();
       }
@@ -126,7 +158,7 @@ export function createFastMock() {
       const model = /"model"\s*:\s*"([^"\\]{0,200})"/.exec(body)?.[1] ?? '';
       const stream = /"stream"\s*:\s*true/.test(body);
       const wantsUsage = /"include_usage"\s*:\s*true/.test(body);
-      const r = replies(model, wantsUsage);
+      const r = replies(model, wantsUsage, anthropic);
       if (!stream) {
         socket.write(r.json);
         return finish();

@@ -1,7 +1,7 @@
 // Hosts one benchmark target in workerd through the Miniflare API (no
 // `wrangler dev`, so no Node proxy on the data path). The harness starts one
 // host per target under `taskset -c 1`, so workerd (a child of this process)
-// runs on that core. Prints one JSON line {url, pid, workerdPids} when the
+// runs on that core. Prints one JSON line {url, pid, workerdPids, seedMs} when the
 // target answers, then waits until its stdin closes (or SIGTERM) and disposes.
 //
 //   node host.mjs --target edgeway --mock http://127.0.0.1:P --key K [--limited-key L] --state DIR
@@ -11,7 +11,8 @@
 // Durable Object, D1 with d1-migrations/ applied, the Queue producer and
 // consumer, vars), read by wrangler's own config loader, and is seeded
 // through Miniflare's KV binding with a routing table that points at the mock
-// and two key records: K without limits (edgeway's fast path, no per-request
+// (its OpenAI dialect, and its Anthropic dialect for the translated path) and
+// two key records: K without limits (edgeway's fast path, no per-request
 // Durable Object admission) and, if given, L with limits that never bind (its
 // Durable Object admits and settles every request).
 import { Log, LogLevel, Miniflare, convertV4MiniflareOptions } from 'miniflare';
@@ -44,6 +45,12 @@ function buildModules(entry) {
 }
 
 export const BENCH_MODELS = ['gpt-bench', 'paced-10', 'paced-20'];
+/** Public models served by the mock's Anthropic Messages dialect: an OpenAI client's
+ * request is translated to Anthropic and the answer back (the translated path). */
+export const TRANSLATED_MODELS = [
+  { name: 'claude-bench', upstream_model: 'gpt-bench' },
+  { name: 'claude-paced-10', upstream_model: 'paced-10' },
+];
 
 export async function edgewayOptions(opts) {
   const { unstable_getMiniflareWorkerOptions: getOptions } = await import('wrangler');
@@ -81,8 +88,16 @@ export async function seedEdgeway(mf, opts) {
   }
   await kv.put('config:routing', JSON.stringify({
     version: 1,
-    channels: [{ id: 'up', provider: 'openai-compatible', base_url: `${opts.mock}/v1`, api_key: 'sk-bench' }],
-    models: BENCH_MODELS.map((name) => ({ name, price: { input: 1_000_000, output: 2_000_000 }, targets: [{ channel: 'up' }] })),
+    channels: [
+      { id: 'up', provider: 'openai-compatible', base_url: `${opts.mock}/v1`, api_key: 'sk-bench' },
+      { id: 'up-anthropic', provider: 'anthropic', base_url: `${opts.mock}/v1`, api_key: 'sk-bench' },
+    ],
+    models: [
+      ...BENCH_MODELS.map((name) => ({ name, price: { input: 1_000_000, output: 2_000_000 }, targets: [{ channel: 'up' }] })),
+      ...TRANSLATED_MODELS.map(({ name, upstream_model }) => ({
+        name, price: { input: 1_000_000, output: 2_000_000 }, targets: [{ channel: 'up-anthropic', upstream_model }],
+      })),
+    ],
   }));
 }
 
@@ -143,7 +158,9 @@ async function main() {
   // wrangler's loader speaks Miniflare's v4 option shape; Miniflare 5 converts it.
   const mf = new Miniflare(convertV4MiniflareOptions({ ...shared, workers: [{ compatibilityDate: '2025-09-01', ...workerOptions }] }));
   const url = await mf.ready;
+  const seedStart = performance.now();
   if (opts.target === 'edgeway') await seedEdgeway(mf, opts);
+  const seedMs = performance.now() - seedStart;
   let stopping = false;
   const stop = async () => {
     if (stopping) return;
@@ -177,7 +194,7 @@ async function main() {
     }
   });
   const workerdPids = descendants(process.pid);
-  process.stdout.write(`${JSON.stringify({ url: url.href.replace(/\/$/, ''), pid: process.pid, workerdPids })}\n`);
+  process.stdout.write(`${JSON.stringify({ url: url.href.replace(/\/$/, ''), pid: process.pid, workerdPids, seedMs })}\n`);
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === import.meta.filename) {

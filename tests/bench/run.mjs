@@ -11,14 +11,20 @@
 //               called with a key without limits (the fast path: no per-request
 //               Durable Object admission, usage events batched per isolate)
 //   edgeway-limits  the same workerd, called with a second key whose limits
-//               never bind (max_concurrency, rpm, quota_micros): admitted by its
-//               Durable Object on every request (admit before the upstream
-//               call, settle after); the difference prices admission + settle
+//               never bind (max_concurrency, rpm, quota_micros): admitted from
+//               its isolate's slice of the key's account (docs/key-accounts.md);
+//               the difference prices exact limits
+//   edgeway-translated  the same workerd and the first key, a model served by
+//               the mock's Anthropic dialect: the request is translated to
+//               Anthropic Messages and the answer back (the translated path)
 // plus edgeway's GET /health and GET /v1/models at concurrency 1 (no upstream,
 // no Durable Object), to split its added latency.
 // Each workerd is loaded through the Miniflare API by its own host process
 // pinned to core 1; this process, the mock and the load generator are pinned
 // to core 0. Rounds are interleaved (the target order rotates every round).
+// After the rounds: a soak of edgeway's fast path (100,000 requests at 16
+// concurrent; RSS and added p50 before and after) and cold starts (a fresh
+// workerd per try: process start to the first 200, and the first request alone).
 //
 //   node tests/bench/run.mjs [--quick] [--out DIR] [--doc FILE] [--rounds N] [--state-dir DIR] [--node-load]
 // Writes DIR/latest.json and DIR/latest.md (DIR defaults to bench-out/), and
@@ -46,15 +52,16 @@ const QUICK = flag('--quick');
 const OUT = path.resolve(ROOT, option('--out', 'bench-out'));
 const DOC = option('--doc', null);
 const P = QUICK
-  ? { rounds: 3, latencyN: 50, streamN: 3, tputSecs: 1, settleMs: 300, warmN: 40, warmLoad: false, budgetMs: 150_000 }
-  : { rounds: 7, latencyN: 300, streamN: 15, tputSecs: 4, settleMs: 1200, warmN: 300, warmLoad: true, budgetMs: 900_000 };
+  ? { rounds: 3, latencyN: 50, streamN: 3, tputSecs: 1, settleMs: 300, warmN: 40, warmLoad: false, budgetMs: 240_000, soakN: 5_000, coldTries: 1 }
+  : { rounds: 7, latencyN: 300, streamN: 15, tputSecs: 4, settleMs: 1200, warmN: 300, warmLoad: true, budgetMs: 1_500_000, soakN: 100_000, coldTries: 3 };
 P.rounds = Math.max(3, Number(option('--rounds', P.rounds)));
 const CONCURRENCY = 16;
 const PACED_MODEL = 'paced-10'; // the mock sends one content delta every 10 ms
-const TARGETS = ['direct', 'null-js', 'null-js-do', 'null-rs', 'edgeway', 'edgeway-limits'];
+const TARGETS = ['direct', 'null-js', 'null-js-do', 'null-rs', 'edgeway', 'edgeway-limits', 'edgeway-translated'];
 const GATEWAYS = TARGETS.slice(1);
-// edgeway-limits is not a process of its own: the edgeway workerd, another key.
-const hostOf = (t) => (t === 'edgeway-limits' ? 'edgeway' : t);
+// edgeway-limits and edgeway-translated are not processes of their own: the
+// edgeway workerd, another key or another model.
+const hostOf = (t) => (t.startsWith('edgeway') ? 'edgeway' : t);
 const HOSTS = GATEWAYS.filter((t) => hostOf(t) === t);
 
 const log = (...a) => console.error('[bench]', ...a);
@@ -159,13 +166,18 @@ const MESSAGES = [
 ];
 const BODY = JSON.stringify({ model: 'gpt-bench', messages: MESSAGES, max_tokens: 32 });
 const STREAM_BODY = JSON.stringify({ model: PACED_MODEL, messages: MESSAGES, max_tokens: 32, stream: true });
+// The translated path: public models whose channel speaks Anthropic (host.mjs TRANSLATED_MODELS).
+const TRANSLATED_BODY = JSON.stringify({ model: 'claude-bench', messages: MESSAGES, max_tokens: 32 });
+const TRANSLATED_STREAM_BODY = JSON.stringify({ model: `claude-${PACED_MODEL}`, messages: MESSAGES, max_tokens: 32, stream: true });
+const bodyFor = (target) => (target === 'edgeway-translated' ? TRANSLATED_BODY : BODY);
+const streamBodyFor = (target) => (target === 'edgeway-translated' ? TRANSLATED_STREAM_BODY : STREAM_BODY);
 const headersFor = (target) => ({ 'content-type': 'application/json', authorization: `Bearer ${keyFor(target)}` });
 const CHAT_PATH = '/v1/chat/completions';
 const sent = Object.fromEntries(TARGETS.map((t) => [t, 0]));
 
 async function timedRequest(client, target) {
   const t0 = performance.now();
-  const { statusCode, body } = await client.request({ method: 'POST', path: CHAT_PATH, headers: headersFor(target), body: BODY });
+  const { statusCode, body } = await client.request({ method: 'POST', path: CHAT_PATH, headers: headersFor(target), body: bodyFor(target) });
   const text = await body.text();
   const ms = performance.now() - t0;
   sent[target] += 1;
@@ -196,7 +208,7 @@ const PROBES = [
 /** One streamed request: ms to the first non-empty content delta, mean gap between deltas, total ms. */
 async function timedStream(client, target) {
   const t0 = performance.now();
-  const { statusCode, body } = await client.request({ method: 'POST', path: CHAT_PATH, headers: headersFor(target), body: STREAM_BODY });
+  const { statusCode, body } = await client.request({ method: 'POST', path: CHAT_PATH, headers: headersFor(target), body: streamBodyFor(target) });
   sent[target] += 1;
   if (statusCode !== 200) throw new Error(`${target}: stream HTTP ${statusCode}: ${(await body.text()).slice(0, 300)}`);
   const arrivals = [];
@@ -243,10 +255,10 @@ const busyShare = (a, b, core) => {
 };
 
 const useWrk = hasCommand('wrk') && !flag('--node-load');
-async function loadWithWrk(url, secs, key) {
+async function loadWithWrk(url, secs, key, body) {
   const [c, a] = onCore(0, 'wrk', ['-t1', `-c${CONCURRENCY}`, `-d${secs}s`, '--timeout', '5s', '-s', path.join(HERE, 'wrk-post.lua'), url + CHAT_PATH]);
   const out = await new Promise((resolve, reject) => {
-    const p = spawn(c, a, { env: { ...process.env, BENCH_BODY: BODY, BENCH_AUTH: key }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(c, a, { env: { ...process.env, BENCH_BODY: body, BENCH_AUTH: key }, stdio: ['ignore', 'pipe', 'pipe'] });
     let text = '';
     p.stdout.on('data', (d) => { text += d; });
     p.stderr.on('data', (d) => { text += d; });
@@ -260,7 +272,7 @@ async function loadWithWrk(url, secs, key) {
   if (!Number.isFinite(requests)) throw new Error(`unreadable wrk output: ${out}`);
   return { requests, seconds, rps: requests / seconds, errors: non2xx, socketErrors };
 }
-async function loadWithNode(url, secs, key) {
+async function loadWithNode(url, secs, key, body) {
   const headers = { 'content-type': 'application/json', authorization: `Bearer ${key}` };
   const pool = new Pool(url, { connections: CONCURRENCY, pipelining: 1, keepAliveTimeout: 60_000 });
   const stopAt = performance.now() + secs * 1000;
@@ -269,10 +281,10 @@ async function loadWithNode(url, secs, key) {
   const t0 = performance.now();
   await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
     while (performance.now() < stopAt) {
-      const { statusCode, body } = await pool.request({ method: 'POST', path: CHAT_PATH, headers, body: BODY });
-      await body.dump({ limit: 1 << 20 });
+      const res = await pool.request({ method: 'POST', path: CHAT_PATH, headers, body });
+      await res.body.dump({ limit: 1 << 20 });
       requests += 1;
-      if (statusCode !== 200) errors += 1;
+      if (res.statusCode !== 200) errors += 1;
     }
   }));
   const seconds = (performance.now() - t0) / 1000;
@@ -280,6 +292,56 @@ async function loadWithNode(url, secs, key) {
   return { requests, seconds, rps: requests / seconds, errors, socketErrors: null };
 }
 const load = useWrk ? loadWithWrk : loadWithNode;
+
+/** Exactly `count` requests at CONCURRENCY (the soak: a count, not a duration). */
+async function loadCount(url, count, key, body) {
+  const headers = { 'content-type': 'application/json', authorization: `Bearer ${key}` };
+  const pool = new Pool(url, { connections: CONCURRENCY, pipelining: 1, keepAliveTimeout: 60_000 });
+  let issued = 0;
+  let errors = 0;
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
+    while (issued < count) {
+      issued += 1;
+      const res = await pool.request({ method: 'POST', path: CHAT_PATH, headers, body });
+      await res.body.dump({ limit: 1 << 20 });
+      if (res.statusCode !== 200) errors += 1;
+    }
+  }));
+  const seconds = (performance.now() - t0) / 1000;
+  await pool.close();
+  return { requests: count, seconds, rps: count / seconds, errors };
+}
+
+/** Median added latency of `n` sequential requests (target minus direct, interleaved pairwise). */
+async function addedP50(clients, target, n) {
+  const diffs = [];
+  for (let i = 0; i < n; i += 1) {
+    const d = await timedRequest(clients.direct, 'direct');
+    diffs.push((await timedRequest(clients[target], target)) - d);
+  }
+  return median(diffs);
+}
+
+// ---------------------------------------------------------------- cold start
+/** Starts a fresh host for `target` and times process start → first 200 of a chat
+ * request, less the host's own seeding of KV and D1 (edgeway), and the first
+ * request alone (isolate start, script or wasm instantiation, the request). */
+async function coldStart(target, mockUrl, stateDir) {
+  const args = [path.join(HERE, 'host.mjs'), '--target', target, '--mock', mockUrl, '--state', stateDir];
+  if (target === 'edgeway') args.push('--key', API_KEY);
+  const t0 = performance.now();
+  const proc = startChild(`cold ${target}`, 1, process.execPath, args);
+  const info = JSON.parse(await nextLine(proc, 180_000));
+  const client = new Client(info.url, { pipelining: 1 });
+  const t1 = performance.now();
+  const firstRequestMs = await timedRequest(client, target === 'edgeway' ? 'edgeway' : target);
+  const t2 = performance.now();
+  await client.close();
+  proc.stdin.end();
+  await new Promise((r) => { proc.once('exit', r); setTimeout(() => { try { proc.kill('SIGKILL'); } catch {} r(); }, 5000); });
+  return { toFirst200Ms: t2 - t0 - (info.seedMs ?? 0), firstRequestMs, readyMs: t1 - t0 };
+}
 
 // ---------------------------------------------------------------- main
 async function main() {
@@ -339,7 +401,7 @@ async function main() {
     for (const t of TARGETS) {
       for (let i = 0; i < P.warmN; i += 1) await timedRequest(clients[t], t);
       for (let i = 0; i < 3; i += 1) await timedStream(clients[t], t);
-      if (P.warmLoad) sent[t] += (await load(urls[t], 1, keyFor(t))).requests;
+      if (P.warmLoad) sent[t] += (await load(urls[t], 1, keyFor(t), bodyFor(t))).requests;
     }
     checkBudget();
 
@@ -383,7 +445,7 @@ async function main() {
         const h0 = gateway ? cpuMs([trees[t].host]) : 0;
         const m0 = mockPid ? cpuMs([mockPid]) : 0;
         const k0 = coreTimes();
-        const res = await load(urls[t], P.tputSecs, keyFor(t));
+        const res = await load(urls[t], P.tputSecs, keyFor(t), bodyFor(t));
         const k1 = coreTimes();
         const m1 = mockPid ? cpuMs([mockPid]) : 0;
         if (res.errors) throw new Error(`${t}: ${res.errors} non-200 answers under load`);
@@ -403,8 +465,21 @@ async function main() {
       }
     }
 
-    // Did the usage pipeline keep up? Every edgeway request (both keys) should be one D1 row.
-    const edgewaySent = sent.edgeway + sent['edgeway-limits'];
+    // Soak: edgeway's fast path under a long run; RSS and added p50 before and after
+    // (after 2 s of idle, so deferred work is done).
+    checkBudget();
+    const soakPids = trees.edgeway.workerd;
+    const soakBefore = { addedP50Ms: await addedP50(clients, 'edgeway', P.latencyN), rssMiB: memKiB(soakPids, 'VmRSS') / 1024 };
+    log(`soak: ${P.soakN} requests at ${CONCURRENCY} concurrent`);
+    const soakLoad = await loadCount(urls.edgeway, P.soakN, API_KEY, BODY);
+    if (soakLoad.errors) throw new Error(`soak: ${soakLoad.errors} non-200 answers`);
+    sent.edgeway += soakLoad.requests;
+    await new Promise((s) => setTimeout(s, 2000));
+    const soakAfter = { addedP50Ms: await addedP50(clients, 'edgeway', P.latencyN), rssMiB: memKiB(soakPids, 'VmRSS') / 1024 };
+    result.soak = { requests: P.soakN, rps: soakLoad.rps, seconds: soakLoad.seconds, before: soakBefore, after: soakAfter };
+
+    // Did the usage pipeline keep up? Every edgeway request (all keys and models) should be one D1 row.
+    const edgewaySent = sent.edgeway + sent['edgeway-limits'] + sent['edgeway-translated'];
     let d1Rows = null;
     let queue = null;
     for (let i = 0; i < 20; i += 1) {
@@ -415,6 +490,21 @@ async function main() {
     }
     const peakRss = Object.fromEntries(GATEWAYS.map((t) => [t, memKiB(trees[t].workerd, 'VmHWM')]));
     for (const c of Object.values(clients)) await c.close();
+
+    // Cold start: a fresh workerd per try, on core 1 like the others.
+    result.coldStart = {};
+    for (const target of ['null-js', 'null-rs', 'edgeway']) {
+      const tries = [];
+      for (let i = 0; i < P.coldTries; i += 1) {
+        checkBudget();
+        tries.push(await coldStart(target, mockUrl, path.join(state, `cold-${target}-${i}`)));
+      }
+      result.coldStart[target] = {
+        toFirst200Ms: median(tries.map((x) => x.toFirst200Ms)),
+        firstRequestMs: median(tries.map((x) => x.firstRequestMs)),
+        tries: tries.length,
+      };
+    }
 
     // ------------------------------------------------------------ figures
     const direct = {
@@ -489,6 +579,12 @@ async function main() {
         rps: ratioRounds('edgeway-limits', 'edgeway'),
         cpuMsPerReq: fig['edgeway-limits'].cpuMsPerReq - fig.edgeway.cpuMsPerReq,
       },
+      // The translated path (OpenAI client, Anthropic-dialect upstream) against the null JS relay.
+      translatedVsNullJs: {
+        addedP50: fig['edgeway-translated'].addedP50Ms / fig['null-js'].addedP50Ms,
+        addedTtftOverMs: fig['edgeway-translated'].addedTtftMs - fig['null-js'].addedTtftMs,
+        rps: ratioRounds('edgeway-translated', 'null-js'),
+      },
       directVsBestGateway: median(tput.direct.map((x, i) => x.rps / Math.max(...GATEWAYS.map((g) => tput[g][i].rps)))),
     };
     result.wasm = {
@@ -531,31 +627,30 @@ function gitCommit() {
   }
 }
 
-// The targets of DEVELOPERS.md, judged on this run.
+// The bars of the hot-path issue (#7), judged on this run: ratios within the run.
 function verdicts(r) {
   const f = r.figures;
+  const js = f['null-js'];
   const gz = r.wasm.edgeway?.gzip ?? Infinity;
-  const portkeyOverNullJs = 1.3 / 1.75; // peers.md: Portkey 1.3k vs null JS 1.5–2.0k req/s on workerd
+  const rj = r.ratios.edgewayVsNullJs;
+  const a = r.ratios.admission;
+  const tr = r.ratios.translatedVsNullJs;
+  const soak = r.soak;
+  const within10 = (x, y) => Math.abs(y - x) <= 0.1 * Math.abs(x);
   return [
+    { target: 'key without limits: added p50 ≤ 1.25× the null JS relay', value: `+${fmt(f.edgeway.addedP50Ms)} ms vs +${fmt(js.addedP50Ms)} ms (×${fmt(rj.addedP50)})`, met: rj.addedP50 <= 1.25 },
+    { target: 'key without limits: req/s @16 ≥ 0.9× the null JS relay', value: `${fmt(f.edgeway.rps, 0)} vs ${fmt(js.rps, 0)} (×${fmt(rj.rps)})`, met: rj.rps >= 0.9 },
+    { target: 'key without limits: CPU per request ≤ 1.25× the null JS relay', value: `${fmt(f.edgeway.cpuMsPerReq)} vs ${fmt(js.cpuMsPerReq)} ms (×${fmt(rj.cpu)})`, met: rj.cpu <= 1.25 },
+    { target: 'key without limits: SSE added first delta ≤ the null JS relay + 0.3 ms', value: `+${fmt(f.edgeway.addedTtftMs)} vs +${fmt(js.addedTtftMs)} ms`, met: f.edgeway.addedTtftMs <= js.addedTtftMs + 0.3 },
+    { target: 'key with limits: added p50 ≤ the fast path + 1.0 ms', value: `${a.addedP50Ms >= 0 ? '+' : ''}${fmt(a.addedP50Ms)} ms`, met: a.addedP50Ms <= 1.0 },
+    { target: 'key with limits: req/s ≥ 0.6× the fast path', value: `×${fmt(a.rps)}`, met: a.rps >= 0.6 },
+    { target: 'translated path: added p50 ≤ 1.6× the null JS relay', value: `+${fmt(f['edgeway-translated'].addedP50Ms)} ms (×${fmt(tr.addedP50)})`, met: tr.addedP50 <= 1.6 },
+    { target: 'translated path: SSE added first delta ≤ the null JS relay + 0.5 ms', value: `+${fmt(f['edgeway-translated'].addedTtftMs)} ms (${tr.addedTtftOverMs >= 0 ? '+' : ''}${fmt(tr.addedTtftOverMs)} ms over)`, met: tr.addedTtftOverMs <= 0.5 },
+    { target: 'wasm ≤ 350 KB gzipped', value: `${fmt(gz / 1000, 0)} KB gzipped`, met: gz <= 350_000 },
     {
-      target: 'added p50 latency within 25% of the null JS relay',
-      value: `${fmt(f.edgeway.addedP50Ms, 2)} ms vs ${fmt(f['null-js'].addedP50Ms, 2)} ms (×${fmt(r.ratios.edgewayVsNullJs.addedP50, 2)})`,
-      met: f.edgeway.addedP50Ms <= 1.25 * f['null-js'].addedP50Ms,
-    },
-    {
-      target: 'SSE added time to first content delta ≤ 1.5 ms',
-      value: `${fmt(f.edgeway.addedTtftMs, 2)} ms`,
-      met: f.edgeway.addedTtftMs <= 1.5,
-    },
-    {
-      target: "throughput ≥ Portkey's on workerd (≈1.3k req/s; ≈0.74× the null JS relay in peers.md)",
-      value: `${fmt(f.edgeway.rps, 0)} req/s, ×${fmt(r.ratios.edgewayVsNullJs.rps, 2)} the null JS relay`,
-      met: f.edgeway.rps >= 1300 && r.ratios.edgewayVsNullJs.rps >= portkeyOverNullJs,
-    },
-    {
-      target: 'wasm ≤ 1 MB gzipped',
-      value: `${fmt(gz / 1024, 0)} KiB gzipped`,
-      met: gz <= 1024 * 1024,
+      target: `soak (${soak.requests} requests): RSS and added p50 at the end within 10% of the start`,
+      value: `RSS ${fmt(soak.before.rssMiB, 0)} → ${fmt(soak.after.rssMiB, 0)} MiB, added p50 +${fmt(soak.before.addedP50Ms)} → +${fmt(soak.after.addedP50Ms)} ms`,
+      met: within10(soak.before.rssMiB, soak.after.rssMiB) && within10(soak.before.addedP50Ms, soak.after.addedP50Ms),
     },
   ];
 }
@@ -573,7 +668,8 @@ function table(r) {
     'null-js-do': '↳ + Durable Object admission (diagnostic)',
     'null-rs': 'null Rust relay (workers-rs)',
     edgeway: '**edgeway**, key without limits (fast path)',
-    'edgeway-limits': '**edgeway**, key with limits (per-request admission + settle)',
+    'edgeway-limits': '**edgeway**, key with limits (admitted from its isolate slice)',
+    'edgeway-translated': '**edgeway**, translated (OpenAI client → Anthropic upstream), key without limits',
   };
   for (const t of TARGETS) {
     const x = f[t];
@@ -581,11 +677,11 @@ function table(r) {
     L.push(`| ${names[t]} | ${fmt(x.p50Ms)} ms | ${gw ? `+${fmt(x.addedP50Ms)} ms` : '—'} | ${gw ? `+${fmt(x.addedP99Ms)} ms` : '—'} | ${gw ? `+${fmt(x.addedTtftMs)} ms` : `(${fmt(x.ttftMs)} ms)`} | ${gw ? `${x.addedGapMs >= 0 ? '+' : ''}${fmt(x.addedGapMs)} ms` : '—'} | ${fmt(x.rps, 0)} (${fmt(x.rpsMin, 0)}–${fmt(x.rpsMax, 0)}) | ${gw ? fmt(x.cpuMsPerReq) : '—'} | ${gw ? `${fmt(x.rssIdleMiB, 0)}/${fmt(x.rssPeakMiB, 0)}` : '—'} |`);
   }
   L.push('');
-  L.push('Both edgeway rows are the same workerd (hence the same RSS); only the API key differs.');
+  L.push('The edgeway rows are the same workerd (hence the same RSS); only the API key or the model differs.');
   const a = r.ratios.admission;
   const sign = (x, d = 2) => `${x >= 0 ? '+' : ''}${fmt(x, d)}`;
   L.push('');
-  L.push('Admission + settle cost (edgeway, key with limits − key without, same run; p50 and TTFT per round then median over rounds, p99 over all samples):');
+  L.push('Cost of exact limits (edgeway, key with limits − key without, same run; p50 and TTFT per round then median over rounds, p99 over all samples):');
   L.push('');
   L.push('| added p50 | added p99 | SSE added TTFT | req/s @16 ratio (with ÷ without) | CPU ms/req |');
   L.push('|---|---|---|---|---|');
@@ -597,6 +693,15 @@ function table(r) {
   L.push('|---|---|---|---|---|');
   L.push(`| null JS relay | ×${fmt(rj.addedP50)} | ×${fmt(rj.addedTtft)} | ×${fmt(rj.rps)} | ×${fmt(rj.cpu)} |`);
   L.push(`| null Rust relay | ×${fmt(rr.addedP50)} | ×${fmt(rr.addedTtft)} | ×${fmt(rr.rps)} | ×${fmt(rr.cpu)} |`);
+  L.push('');
+  const so = r.soak;
+  L.push(`Soak (edgeway, key without limits): ${so.requests} requests at ${CONCURRENCY} concurrent in ${fmt(so.seconds, 0)} s (${fmt(so.rps, 0)} req/s); workerd RSS ${fmt(so.before.rssMiB, 0)} → ${fmt(so.after.rssMiB, 0)} MiB, added p50 +${fmt(so.before.addedP50Ms)} → +${fmt(so.after.addedP50Ms)} ms (before, and after 2 s idle).`);
+  L.push('');
+  L.push('Cold start (a fresh workerd per try, median of tries; process start to the first 200 of a chat request, less edgeway\'s KV/D1 seeding; and the first request alone):');
+  L.push('');
+  L.push('| target | process start → first 200 | first request |');
+  L.push('|---|---|---|');
+  for (const [t, c] of Object.entries(r.coldStart)) L.push(`| ${t} | ${fmt(c.toFirst200Ms, 0)} ms | ${fmt(c.firstRequestMs, 1)} ms |`);
   L.push('');
   const w = (x) => (x ? `${fmt(x.raw / 1024, 0)} KiB raw, ${fmt(x.gzip / 1024, 0)} KiB gzipped` : 'not built');
   L.push(`wasm: edgeway ${w(r.wasm.edgeway)}; null Rust relay ${w(r.wasm['null-rs'])}.`);
@@ -613,8 +718,9 @@ function table(r) {
   L.push(`| null Rust relay, chat | one upstream fetch relayed through workers-rs | +${fmt(f['null-rs'].addedP50Ms)} ms |`);
   L.push(`| edgeway, chat, key without limits | + body parse, routing, upstream fetch, relay, usage event batched per isolate (no per-request DO) | +${fmt(f.edgeway.addedP50Ms)} ms |`);
   L.push(`| edgeway, chat, key without limits, 5 ms idle before each | the same, with the previous request's waitUntil work (usage batch) out of the way | +${fmt(pr['edgeway chat, 5 ms idle before each'].addedP50Ms)} ms |`);
-  L.push(`| edgeway, chat, key with limits | + DO admission before the upstream call and settle after (lease, windows, quota reservation, outbox publish) | +${fmt(f['edgeway-limits'].addedP50Ms)} ms |`);
-  L.push(`| edgeway, chat, key with limits, 5 ms idle before each | the same, with the previous request's settle out of the way | +${fmt(pr['edgeway chat, key with limits, 5 ms idle before each'].addedP50Ms)} ms |`);
+  L.push(`| edgeway, chat, key with limits | + admission from the isolate's slice of the key's account and local settle (renewals and reports to the Durable Object off the request path) | +${fmt(f['edgeway-limits'].addedP50Ms)} ms |`);
+  L.push(`| edgeway, chat, key with limits, 5 ms idle before each | the same, with the previous request's deferred work out of the way | +${fmt(pr['edgeway chat, key with limits, 5 ms idle before each'].addedP50Ms)} ms |`);
+  L.push(`| edgeway, chat, translated | + the request translated to Anthropic Messages and the answer back | +${fmt(f['edgeway-translated'].addedP50Ms)} ms |`);
   L.push('');
   L.push('| target (DEVELOPERS.md) | this run | met |');
   L.push('|---|---|---|');
@@ -671,7 +777,9 @@ ${table(r)}
 ## Method
 
 - **Targets**, all in one run against one mock upstream: *direct* (the mock itself: the baseline), a *null JS relay* (\`tests/bench/null-relay.js\`: forwards the body, streams the answer back) and a *null Rust relay* (\`tests/bench/null-relay-rs\`: workers-rs 0.8.7, bytes in, response streamed back through Rust; same toolchain and release profile as edgeway) — the floors — and *edgeway* (\`edge/worker/build\`), called with two keys (below). A diagnostic fifth, the null JS relay plus a per-key Durable Object admission before the upstream call and a release in \`waitUntil\` (\`tests/bench/null-relay-do.js\`, the same storage work as edgeway's \`KeyAccount\`), prices the platform round trip that edgeway makes for a key with limits; edgeway's \`GET /health\` and \`GET /v1/models\` (no upstream, no Durable Object) split the rest.
-- **Runtime:** each workerd target is loaded in its own workerd through the Miniflare API (\`tests/bench/host.mjs\`), not \`wrangler dev\` (whose Node proxy adds milliseconds). edgeway gets the bindings of \`wrangler.toml\` through wrangler's own config loader: KV, the SQLite-backed Durable Object, D1 (with \`d1-migrations/\` applied), the Queue producer and consumer, vars; state is persisted to a temporary directory on ${r.params.stateDir === 'tmpfs' ? 'tmpfs' : 'disk (as under `wrangler dev`)'}. The routing table and two key records are seeded in KV. One key has no limits, so edgeway takes its fast path: no per-request Durable Object admission (the key's account is consulted at most every 2 s per isolate) and usage events batched per isolate into one Queue \`sendBatch\`; the edgeway row and the verdicts below use it. The other key has limits that never bind (\`max_concurrency\` 100000, \`rpm\` 100000000, \`quota_micros\` 9·10¹⁵), so its Durable Object admits every request before the upstream call and settles it after (lease, windows, quota reservation, outbox publish); both keys are measured the same way on the same workerd, and their difference is the admission + settle cost.
+- **Runtime:** each workerd target is loaded in its own workerd through the Miniflare API (\`tests/bench/host.mjs\`), not \`wrangler dev\` (whose Node proxy adds milliseconds). edgeway gets the bindings of \`wrangler.toml\` through wrangler's own config loader: KV, the SQLite-backed Durable Object, D1 (with \`d1-migrations/\` applied), the Queue producer and consumer, vars; state is persisted to a temporary directory on ${r.params.stateDir === 'tmpfs' ? 'tmpfs' : 'disk (as under `wrangler dev`)'}. The routing table and two key records are seeded in KV. One key has no limits, so edgeway takes its fast path: no per-request Durable Object admission (the key's account is consulted at most every 2 s per isolate) and usage events batched per isolate into one Queue \`sendBatch\`; the edgeway row and the verdicts below use it. The other key has limits that never bind (\`max_concurrency\` 100000, \`rpm\` 100000000, \`quota_micros\` 9·10¹⁵): each request is admitted exactly against its isolate's slice of the key's account and settled locally, and the isolate renews and reports to the account's Durable Object in batches off the request path (docs/key-accounts.md); both keys are measured the same way on the same workerd, and their difference is the cost of exact limits. The *translated* row is the first key with a model whose channel speaks Anthropic Messages (the fast mock answers in that dialect): the request is translated and the answer, stream and not, translated back.
+- **Soak:** after the rounds, ${r.soak.requests} requests at 16 concurrent against edgeway's fast path; added p50 (${r.params.latencyN} requests, each paired with one to the mock) and the workerd's RSS before, and after 2 s of idle.
+- **Cold start:** after the soak, a fresh host per try (new workerd, new state) for the null JS relay, the null Rust relay and edgeway: time from spawning the host process to the first 200 of a chat request, less the time edgeway's host spends seeding KV and D1, and the time of that first request alone (isolate start, script or wasm compile and instantiation, the request).
 - **Pinning:** the workerd processes are pinned to core 1 (\`taskset -c 1\` on the Node process that hosts them); the harness, the mock (\`tests/bench/fast-mock.mjs\`, raw HTTP/1.1 on \`node:net\` with TCP_NODELAY and precomputed replies) and the load generator to core 0.
 - **Added latency:** keep-alive undici client, one connection, non-stream chat completion; per round the median of each target minus the direct median of the same round, then the median over rounds. p99 is over all rounds' samples, minus direct's p99.
 - **SSE:** time from sending the request to the first chunk carrying non-empty \`delta.content\`, and the mean gap between content deltas; added = target − direct, per round, median over rounds. A gateway that buffers shows up in both.
