@@ -466,17 +466,22 @@ async function main() {
     }
 
     // Soak: edgeway's fast path under a long run; RSS and added p50 before and after
-    // (after 2 s of idle, so deferred work is done).
-    checkBudget();
-    const soakPids = trees.edgeway.workerd;
-    const soakBefore = { addedP50Ms: await addedP50(clients, 'edgeway', P.latencyN), rssMiB: memKiB(soakPids, 'VmRSS') / 1024 };
-    log(`soak: ${P.soakN} requests at ${CONCURRENCY} concurrent`);
-    const soakLoad = await loadCount(urls.edgeway, P.soakN, API_KEY, BODY);
-    if (soakLoad.errors) throw new Error(`soak: ${soakLoad.errors} non-200 answers`);
-    sent.edgeway += soakLoad.requests;
-    await new Promise((s) => setTimeout(s, 2000));
-    const soakAfter = { addedP50Ms: await addedP50(clients, 'edgeway', P.latencyN), rssMiB: memKiB(soakPids, 'VmRSS') / 1024 };
-    result.soak = { requests: P.soakN, rps: soakLoad.rps, seconds: soakLoad.seconds, before: soakBefore, after: soakAfter };
+    // (after 2 s of idle, so deferred work is done). The null JS relay takes the same
+    // soak as the control: what workerd itself (under Miniflare) grows by.
+    const soakOne = async (t) => {
+      checkBudget();
+      const pids = trees[t].workerd;
+      const before = { addedP50Ms: await addedP50(clients, t, P.latencyN), rssMiB: memKiB(pids, 'VmRSS') / 1024 };
+      log(`soak ${t}: ${P.soakN} requests at ${CONCURRENCY} concurrent`);
+      const res = await loadCount(urls[t], P.soakN, keyFor(t), bodyFor(t));
+      if (res.errors) throw new Error(`soak ${t}: ${res.errors} non-200 answers`);
+      sent[t] += res.requests;
+      await new Promise((s) => setTimeout(s, 2000));
+      const after = { addedP50Ms: await addedP50(clients, t, P.latencyN), rssMiB: memKiB(pids, 'VmRSS') / 1024 };
+      return { requests: P.soakN, rps: res.rps, seconds: res.seconds, before, after };
+    };
+    result.soak = await soakOne('edgeway');
+    result.soakControl = await soakOne('null-js');
 
     // Did the usage pipeline keep up? Every edgeway request (all keys and models) should be one D1 row.
     const edgewaySent = sent.edgeway + sent['edgeway-limits'] + sent['edgeway-translated'];
@@ -695,7 +700,8 @@ function table(r) {
   L.push(`| null Rust relay | ×${fmt(rr.addedP50)} | ×${fmt(rr.addedTtft)} | ×${fmt(rr.rps)} | ×${fmt(rr.cpu)} |`);
   L.push('');
   const so = r.soak;
-  L.push(`Soak (edgeway, key without limits): ${so.requests} requests at ${CONCURRENCY} concurrent in ${fmt(so.seconds, 0)} s (${fmt(so.rps, 0)} req/s); workerd RSS ${fmt(so.before.rssMiB, 0)} → ${fmt(so.after.rssMiB, 0)} MiB, added p50 +${fmt(so.before.addedP50Ms)} → +${fmt(so.after.addedP50Ms)} ms (before, and after 2 s idle).`);
+  const sc = r.soakControl;
+  L.push(`Soak (edgeway, key without limits): ${so.requests} requests at ${CONCURRENCY} concurrent in ${fmt(so.seconds, 0)} s (${fmt(so.rps, 0)} req/s); workerd RSS ${fmt(so.before.rssMiB, 0)} → ${fmt(so.after.rssMiB, 0)} MiB, added p50 +${fmt(so.before.addedP50Ms)} → +${fmt(so.after.addedP50Ms)} ms (before, and after 2 s idle). The same soak of the null JS relay (control): RSS ${fmt(sc.before.rssMiB, 0)} → ${fmt(sc.after.rssMiB, 0)} MiB, added p50 +${fmt(sc.before.addedP50Ms)} → +${fmt(sc.after.addedP50Ms)} ms.`);
   L.push('');
   L.push('Cold start (a fresh workerd per try, median of tries; process start to the first 200 of a chat request, less edgeway\'s KV/D1 seeding; and the first request alone):');
   L.push('');
