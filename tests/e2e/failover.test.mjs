@@ -135,9 +135,12 @@ describe('failure before the first content byte: the next channel serves', () =>
         }
         const serve = performance.now() - t0;
         assert.equal(text, TEXT);
-        // A stream's head that went out with a keepalive (a slow failure)
-        // could not name the channel yet.
-        if (!(stream && c.slow)) assert.equal(channel, 'fo-good');
+        // A stream's head that went out with a keepalive could not name the
+        // channel yet: a slow failure always, a quick one when the machine is
+        // slow enough that it took longer than the keepalive interval. It
+        // never names the failed channel.
+        if (!stream) assert.equal(channel, 'fo-good');
+        else assert.ok(channel === null || channel === 'fo-good', `stream head names ${channel}`);
         const row = await usageRow(requestId);
         assert.equal(row.channel, 'fo-good');
         assert.equal(row.cost_micros, 27, 'only the serving attempt is billed');
@@ -145,7 +148,7 @@ describe('failure before the first content byte: the next channel serves', () =>
           [[c.channel ?? 'fo-bad', c.kind, c.status], ['fo-good', null, 200]]);
         figures.push(`${c.kind.padEnd(22)} ${stream ? 'stream' : 'whole '} serve ${serve.toFixed(0).padStart(5)}  overhead ${(serve - base).toFixed(0).padStart(5)}  failed attempt ${row.attempts[0].latency_ms} ms`);
         if (c.slow) assert.ok(serve >= LIMIT_MS - 50, `waited for the limit: ${serve}`);
-        else assert.ok(serve - base < 1000, `quick failover: ${serve - base} ms`);
+        else assert.ok(serve - base < LIMIT_MS - 50, `quick failover did not wait for the time limit: ${serve - base} ms`);
       });
     }
   }
