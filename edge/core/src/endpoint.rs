@@ -19,6 +19,9 @@ pub enum Endpoint {
     ListModels,
     /// `GET /v1beta/models` (Gemini's list shape).
     ListGeminiModels,
+    /// `GET` or `DELETE /v1/responses/{id}`: a response stored with
+    /// `store: true` ([`crate::translate::responses_state`]).
+    StoredResponse { id: String, delete: bool },
     /// `GET /health`.
     Health,
     /// `/internal/*`, the admin's signed API.
@@ -98,6 +101,15 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, NoEndpoint> {
         "/v1beta/models" => only(get, Endpoint::ListGeminiModels),
         "/health" | "" => only(get || method.eq_ignore_ascii_case("HEAD"), Endpoint::Health),
         other => {
+            if let Some(id) =
+                other.strip_prefix("/v1/responses/").or_else(|| other.strip_prefix("/responses/"))
+            {
+                if id.is_empty() || id.contains('/') {
+                    return Err(NoEndpoint::NotFound);
+                }
+                let delete = method.eq_ignore_ascii_case("DELETE");
+                return only(get || delete, Endpoint::StoredResponse { id: decode_segment(id), delete });
+            }
             let Some(rest) =
                 other.strip_prefix("/v1beta/models/").or_else(|| other.strip_prefix("/v1/models/"))
             else {
@@ -184,6 +196,17 @@ mod tests {
             classify("POST", "/v1/messages/count_tokens"),
             Ok(Endpoint::CountTokens { client: ClientDialect::Anthropic, .. })
         ));
+        assert_eq!(
+            classify("GET", "/v1/responses/resp_1"),
+            Ok(Endpoint::StoredResponse { id: "resp_1".into(), delete: false })
+        );
+        assert_eq!(
+            classify("DELETE", "/v1/responses/resp_1"),
+            Ok(Endpoint::StoredResponse { id: "resp_1".into(), delete: true })
+        );
+        assert_eq!(classify("POST", "/v1/responses/resp_1"), Err(NoEndpoint::MethodNotAllowed));
+        assert_eq!(classify("GET", "/v1/responses/a/input_items"), Err(NoEndpoint::NotFound));
+        assert_eq!(classify("OPTIONS", "/v1/responses/resp_1"), Ok(Endpoint::Preflight));
         assert_eq!(classify("GET", "/v1/chat/completions"), Err(NoEndpoint::MethodNotAllowed));
         assert_eq!(classify("GET", "/v1/models"), Ok(Endpoint::ListModels));
         assert_eq!(classify("GET", "/nope"), Err(NoEndpoint::NotFound));

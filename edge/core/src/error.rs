@@ -42,6 +42,9 @@ pub enum GatewayError {
     ContentTooLarge { message: String },
     /// No such route.
     NotFound,
+    /// `GET`/`DELETE /v1/responses/{id}`: no response of that id is stored
+    /// for this key.
+    ResponseNotFound { id: String },
     /// Route exists, method does not.
     MethodNotAllowed,
     /// Too many requests in the rate window or too many in flight.
@@ -67,7 +70,7 @@ impl GatewayError {
         match self {
             Self::MissingApiKey | Self::InvalidApiKey | Self::PinRefused => 401,
             Self::ModelNotAllowed { .. } | Self::IpNotAllowed => 403,
-            Self::ModelNotFound { .. } | Self::NotFound => 404,
+            Self::ModelNotFound { .. } | Self::NotFound | Self::ResponseNotFound { .. } => 404,
             Self::InvalidJson { .. } | Self::InvalidRequest { .. } => 400,
             Self::PayloadTooLarge { .. } | Self::ContentTooLarge { .. } => 413,
             Self::MethodNotAllowed => 405,
@@ -106,6 +109,10 @@ impl GatewayError {
             }
             Self::PayloadTooLarge { limit_bytes } => format!("Request body is too large: the limit is {limit_bytes} bytes."),
             Self::NotFound => "Unknown request URL. Check the path and the HTTP method.".into(),
+            Self::ResponseNotFound { id } => format!(
+                "No response with id '{}' found: it was not stored (`store: true`), has expired or was deleted.",
+                truncate_chars(id, MAX_ECHOED_NAME_CHARS)
+            ),
             Self::MethodNotAllowed => "Method not allowed for this URL.".into(),
             Self::RateLimited { message, .. } => message.clone(),
             Self::InsufficientQuota => "You exceeded your current quota. Ask the administrator to raise it.".into(),
@@ -134,6 +141,7 @@ impl GatewayError {
             | Self::PayloadTooLarge { .. }
             | Self::ContentTooLarge { .. }
             | Self::NotFound
+            | Self::ResponseNotFound { .. }
             | Self::MethodNotAllowed => "invalid_request_error",
             Self::RateLimited { .. } => "rate_limit_error",
             Self::InsufficientQuota => "insufficient_quota",

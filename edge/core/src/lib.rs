@@ -4,7 +4,8 @@
 //! (who the caller is, which channel serves a model, how one API dialect is
 //! translated into another, what a request costs, what a key's account admits,
 //! how an upstream SSE stream is tapped for usage, how an error is shown to the
-//! caller) lives here as plain Rust, with no dependency on the Cloudflare
+//! caller, what conversation state is kept between turns and which answers
+//! are cached) lives here as plain Rust, with no dependency on the Cloudflare
 //! `worker` crate.
 //!
 //! **Key design decision:** the worker crate is a thin shell that converts
@@ -55,6 +56,7 @@ pub mod pipeline;
 pub mod pricing;
 pub mod provider;
 pub mod rate_window;
+pub mod response_cache;
 pub mod routing;
 pub mod sse;
 pub mod stream_shaper;

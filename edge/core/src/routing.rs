@@ -118,6 +118,10 @@ pub struct ModelOptions {
     /// `</think>`, for clients that cannot show `reasoning_content`.
     #[serde(default)]
     pub fold_thinking: bool,
+    /// Deterministic requests are answered from the exact-match response
+    /// cache ([`crate::response_cache`]) for this long, billed as it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::response_cache::CacheOption>,
 }
 
 impl ModelOptions {

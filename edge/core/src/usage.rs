@@ -111,21 +111,25 @@ pub enum UsageSource {
     Estimated,
     /// No tokens were used (request refused or failed before the upstream).
     None,
+    /// A response-cache hit: the usage of the answer it replayed
+    /// ([`crate::response_cache`]), billed as the model's cache option says.
+    Cache,
 }
 
 impl UsageSource {
-    /// The wire and column text (`provider`, `estimated`, `none`).
+    /// The wire and column text (`provider`, `estimated`, `none`, `cache`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Provider => "provider",
             Self::Estimated => "estimated",
             Self::None => "none",
+            Self::Cache => "cache",
         }
     }
 
     /// The inverse of [`Self::as_str`].
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Provider, Self::Estimated, Self::None].into_iter().find(|v| v.as_str() == text)
+        [Self::Provider, Self::Estimated, Self::None, Self::Cache].into_iter().find(|v| v.as_str() == text)
     }
 }
 

@@ -125,6 +125,10 @@ struct World {
     store_calls: Vec<String>,
     /// The key the next requests present.
     key: String,
+    /// The response cache: URL → (value, expiry ms).
+    cache: HashMap<String, (String, i64)>,
+    /// Cache calls made: `get` / `put`.
+    cache_calls: Vec<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -222,6 +226,8 @@ impl World {
             stores: HashMap::new(),
             store_calls: Vec::new(),
             key: KEY.to_string(),
+            cache: HashMap::new(),
+            cache_calls: Vec::new(),
         }
     }
 
@@ -474,6 +480,18 @@ impl World {
                         other => panic!("unexpected store path {other}"),
                     };
                     Input::StoreReply { status: 200, body: reply }
+                }
+                Effect::CacheGet { url } => {
+                    self.cache_calls.push("get");
+                    let now = self.now;
+                    Input::CacheValue(
+                        self.cache.get(&url).filter(|(_, exp)| *exp > now).map(|(v, _)| v.clone()),
+                    )
+                }
+                Effect::CachePut { url, value, ttl_secs } => {
+                    self.cache_calls.push("put");
+                    self.cache.insert(url, (value, self.now + i64::from(ttl_secs) * 1000));
+                    Input::Done
                 }
                 Effect::Finished => return out,
             };
@@ -1350,4 +1368,193 @@ fn requests_that_need_no_state_make_no_store_call() {
     assert_eq!(out.status, 200);
     assert!(w.store_calls.is_empty());
     assert_eq!(out.header("x-edgeway-reasoning-state"), None);
+}
+
+/// The `response` object of a Responses answer (whole, or the stream's
+/// `response.completed`).
+fn responses_object(out: &Outcome, stream: bool) -> Value {
+    if !stream {
+        return out.json();
+    }
+    let text = out.text();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|e| e["type"] == "response.completed")
+        .map(|e| e["response"].clone())
+        .unwrap_or_else(|| panic!("no response.completed: {text}"))
+}
+
+#[test]
+fn responses_previous_response_id_expands_the_stored_conversation_for_any_upstream() {
+    let tools = json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
+    for stream in [false, true] {
+        let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
+        let file = if stream { "stream.anthropic.sse" } else { "response.anthropic.json" };
+        w.upstream(
+            ANTHROPIC,
+            vec![
+                Reply::Status { status: 200, chunks: vec![fixture(file)], broken: false },
+                ok_json(json!({"type": "message", "id": "m2", "role": "assistant",
+                    "content": [{"type": "text", "text": "21C in Paris."}], "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 3}})),
+            ],
+        );
+        let first = w.run_as(
+            ClientDialect::OpenAiResponses,
+            json!({"model": "m", "store": true, "stream": stream, "reasoning": {"effort": "low"},
+                "max_output_tokens": 4000, "tools": tools, "input": "Weather in Paris?"}),
+        );
+        assert_eq!(first.status, 200);
+        let response = responses_object(&first, stream);
+        let id = response["id"].as_str().unwrap_or_default().to_string();
+        assert!(id.starts_with("resp_"), "named by the gateway: {id}");
+        assert_eq!(w.store_calls, ["/put"], "stored before the answer's end (stream: {stream})");
+        let stored = &w.stores[&key_digest(KEY)].1[&format!("r:{id}")];
+        assert!(stored.contains("Weather in Paris?") && stored.contains("toolu_x1"), "{stored}");
+        let call_id = response["output"]
+            .as_array()
+            .and_then(|o| o.iter().find(|i| i["type"] == "function_call"))
+            .map(|c| c["call_id"].clone())
+            .unwrap_or_default();
+        w.now += 1_000;
+        let second = w.run_as(
+            ClientDialect::OpenAiResponses,
+            json!({"model": "m", "previous_response_id": id, "reasoning": {"effort": "low"}, "max_output_tokens": 4000,
+                "tools": tools, "input": [{"type": "function_call_output", "call_id": call_id, "output": "21C"}]}),
+        );
+        assert_eq!(second.status, 200, "{}", String::from_utf8_lossy(&second.body));
+        assert_eq!(w.store_calls, ["/put", "/get"], "no store: the second answer is not kept");
+        let sent = &second.fetched_bodies[0];
+        let roles: Vec<&str> =
+            sent["messages"].as_array().into_iter().flatten().filter_map(|m| m["role"].as_str()).collect();
+        assert_eq!(roles, ["user", "assistant", "user"]);
+        assert_eq!(
+            sent["messages"][1]["content"][0],
+            json!({"type": "thinking", "thinking": "The user wants weather; call the tool.", "signature": "EqQBCkYIBxgCKkBanthropic-sig=="}),
+            "signed reasoning as issued (stream: {stream})"
+        );
+        assert_eq!(
+            sent["messages"][1]["content"][1],
+            json!({"type": "redacted_thinking", "data": "EmwKAhgBEgy3redacted=="})
+        );
+        assert_eq!(sent["messages"][2]["content"][0]["tool_use_id"], call_id);
+    }
+}
+
+#[test]
+fn an_unknown_previous_response_is_a_400_and_without_store_nothing_is_kept() {
+    let mut w = World::new(unlimited(), routing(&[("c", ANTHROPIC)]));
+    let out = w.run_as(
+        ClientDialect::OpenAiResponses,
+        json!({"model": "m", "previous_response_id": "resp_nothing", "input": "hi"}),
+    );
+    assert_eq!((out.status, out.fetched.len()), (400, 0));
+    assert_eq!(out.json()["error"]["param"], "previous_response_id");
+    assert_eq!(w.store_calls, ["/get"]);
+    w.upstream(ANTHROPIC, vec![ok_json(json!({"type": "message", "id": "m2", "role": "assistant",
+        "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 3}}))]);
+    let out = w.run_as(ClientDialect::OpenAiResponses, json!({"model": "m", "input": "hi"}));
+    assert_eq!(out.status, 200);
+    assert_eq!(w.store_calls, ["/get"], "no store: no call");
+}
+
+fn caching(billing: &str) -> Value {
+    let mut r = routing(&[("a", A)]);
+    r["models"][0]["options"] = json!({"cache": {"ttl_secs": 60, "billing": billing}});
+    r
+}
+
+#[test]
+fn deterministic_requests_are_answered_from_the_cache_of_their_own_key() {
+    let mut w = World::new(unlimited(), caching("free"));
+    w.upstream(A, vec![ok_json(completion())]);
+    let body = json!({"model": "m", "messages": user("hi"), "temperature": 0});
+    let miss = w.run(body.clone());
+    assert_eq!((miss.status, miss.fetched.len()), (200, 1));
+    assert_eq!(miss.header("x-edgeway-cache"), Some("miss"));
+    assert_eq!(w.cache_calls, ["get", "put"], "stored after the answer");
+    let hit = w.run(body.clone());
+    assert_eq!((hit.status, hit.fetched.len()), (200, 0), "no upstream call");
+    assert_eq!(hit.header("x-edgeway-cache"), Some("hit"));
+    assert_eq!(hit.header("content-type"), Some("application/json"));
+    assert_eq!(hit.body, miss.body, "the same answer, byte for byte");
+    let (first, again) = (&miss.events()[0], &hit.events()[0]);
+    assert_eq!((again.usage, again.usage_source, again.cost_micros), (first.usage, UsageSource::Cache, 0));
+    assert_eq!(again.channel, "a");
+    assert_eq!(w.cache_calls, ["get", "put", "get"]);
+
+    // Another key: its own cache, so a miss.
+    let other = "sk-ew-test-key-222222222222222222";
+    let mut record = unlimited();
+    record["digest"] = json!(key_digest(other));
+    w.kv.insert(format!("key:{}", key_digest(other)), record.to_string());
+    w.key = other.to_string();
+    w.upstream(A, vec![ok_json(completion())]);
+    let foreign = w.run(body.clone());
+    assert_eq!((foreign.header("x-edgeway-cache"), foreign.fetched.len()), (Some("miss"), 1));
+
+    // Expired: a miss again.
+    w.key = KEY.to_string();
+    w.now += 61_000;
+    w.upstream(A, vec![ok_json(completion())]);
+    assert_eq!(w.run(body).header("x-edgeway-cache"), Some("miss"));
+}
+
+#[test]
+fn requests_that_are_not_deterministic_bypass_the_cache() {
+    let mut w = World::new(unlimited(), caching("free"));
+    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    for body in [
+        json!({"model": "m", "messages": user("hi")}),
+        json!({"model": "m", "messages": user("hi"), "temperature": 0.7}),
+        json!({"model": "m", "messages": user("hi"), "temperature": 0, "tools": tools}),
+        json!({"model": "m", "messages": user("hi"), "temperature": 0, "n": 2}),
+    ] {
+        w.upstream(A, vec![ok_json(completion())]);
+        let out = w.run(body.clone());
+        assert_eq!((out.status, out.header("x-edgeway-cache")), (200, Some("bypass")), "{body}");
+    }
+    assert!(w.cache_calls.is_empty());
+    // A model without the option says nothing.
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    w.upstream(A, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi"), "temperature": 0}));
+    assert_eq!(out.header("x-edgeway-cache"), None);
+    assert!(w.cache_calls.is_empty());
+}
+
+#[test]
+fn a_stream_hit_is_replayed_as_the_same_stream_and_billed_as_configured() {
+    for (billing, cost) in [("free", 0), ("full", 11 + 16), ("cache_read", 11)] {
+        let mut w = World::new(limited(), caching(billing));
+        w.upstream(A, vec![Reply::Status { status: 200, chunks: chat_stream(true), broken: false }]);
+        let body = json!({"model": "m", "messages": user("hi"), "seed": 7, "stream": true});
+        let miss = w.run(body.clone());
+        assert_eq!(miss.header("x-edgeway-cache"), Some("miss"), "{:?} {:?}", w.cache_calls, miss.trace);
+        let hit = w.run(body.clone());
+        assert_eq!((hit.status, hit.fetched.len()), (200, 0), "{:?} {:?}", w.cache_calls, miss.trace);
+        assert_eq!(hit.header("x-edgeway-cache"), Some("hit"));
+        assert_eq!(hit.header("content-type"), Some("text/event-stream; charset=utf-8"));
+        assert_eq!(hit.text(), miss.text(), "the same events");
+        let e = &hit.events()[0];
+        assert_eq!((e.usage_source, e.cost_micros, e.stream), (UsageSource::Cache, cost, true), "{billing}");
+        assert_eq!(hit.settled.len(), 1, "an admitted hit is settled like any request");
+        // A whole answer is another entry.
+        w.upstream(A, vec![ok_json(completion())]);
+        let whole = w.run(json!({"model": "m", "messages": user("hi"), "seed": 7}));
+        assert_eq!(whole.header("x-edgeway-cache"), Some("miss"));
+    }
+}
+
+#[test]
+fn failed_answers_are_not_cached() {
+    let mut w = World::new(unlimited(), caching("free"));
+    w.upstream(A, vec![status(500, "{}")]);
+    let body = json!({"model": "m", "messages": user("hi"), "temperature": 0});
+    assert_eq!(w.run(body.clone()).status, 502);
+    assert_eq!(w.cache_calls, ["get"]);
+    w.upstream(A, vec![Reply::Status { status: 200, chunks: chat_stream(true)[..2].to_vec(), broken: true }]);
+    let cut = w.run(json!({"model": "m", "messages": user("hi"), "temperature": 0, "stream": true}));
+    assert_eq!(cut.status, 200);
+    assert_eq!(w.cache_calls, ["get", "get"], "a stream cut short is not kept");
 }

@@ -71,8 +71,14 @@ fn routing_schema_matches_the_types() {
         keys(&schema["$defs"]["model"]["properties"]["targets"]["items"]["properties"]),
         keys(&v["models"][0]["targets"][0])
     );
-    assert_eq!(
-        keys(&schema["$defs"]["model"]["properties"]["options"]["properties"]),
-        keys(&serde_json::to_value(edgeway_core::routing::ModelOptions::default()).unwrap())
-    );
+    // Every option set (an absent `cache` is not serialized).
+    let cache = edgeway_core::response_cache::CacheOption {
+        ttl_secs: 60,
+        billing: edgeway_core::response_cache::CacheBilling::Free,
+    };
+    let options = edgeway_core::routing::ModelOptions { cache: Some(cache), ..Default::default() };
+    let options = serde_json::to_value(options).unwrap();
+    let schema_options = &schema["$defs"]["model"]["properties"]["options"]["properties"];
+    assert_eq!(keys(schema_options), keys(&options));
+    assert_eq!(keys(&schema_options["cache"]["properties"]), keys(&options["cache"]));
 }

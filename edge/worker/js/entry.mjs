@@ -38,7 +38,8 @@ function configure(env) {
 // Effect codes of driver.rs (EffectCode).
 const KV_GET = 1, READ_SECRET = 2, ACCOUNT_CALL = 3, READ_REQUEST_BODY = 4, FETCH = 5,
   READ_UPSTREAM_BODY = 6, SLEEP = 7, RESPOND = 8, READ_CHUNK = 9, EMIT = 10, CLOSE_STREAM = 11,
-  PUBLISH_USAGE = 12, FINISHED = 13, WAIT = 14, CANCEL_UPSTREAM = 15, STORE_CALL = 16;
+  PUBLISH_USAGE = 12, FINISHED = 13, WAIT = 14, CANCEL_UPSTREAM = 15, STORE_CALL = 16,
+  CACHE_GET = 17, CACHE_PUT = 18;
 const IDLE = Symbol('idle');
 
 const EMPTY = new Uint8Array(0);
@@ -146,6 +147,28 @@ async function drive(d, request, env, respond) {
           text = String(e);
         }
         effect = store ? d.store_reply(status, text, Date.now()) : d.account_reply(status, text, Date.now());
+        break;
+      }
+      case CACHE_GET: {
+        // The response cache (edgeway_core::response_cache): this location's Cache API.
+        let text;
+        try {
+          const hit = await caches.default.match(d.target());
+          text = hit ? await hit.text() : undefined;
+        } catch (e) {
+          console.error(`response cache read failed: ${e}`);
+        }
+        effect = d.cache_value(text, Date.now());
+        break;
+      }
+      case CACHE_PUT: {
+        try {
+          const headers = { 'content-type': 'application/json', 'cache-control': `max-age=${d.number()}` };
+          await caches.default.put(d.target(), new Response(d.text(), { headers }));
+        } catch (e) {
+          console.error(`response cache write failed: ${e}`);
+        }
+        effect = d.done(Date.now());
         break;
       }
       case READ_REQUEST_BODY: {

@@ -10,6 +10,9 @@ pub const KV: &str = "EDGEWAY_KV";
 pub const KEY_ACCOUNT: &str = "KEY_ACCOUNT";
 /// Durable Object namespace of the internal API's guard (one object: nonces, versions).
 pub const INTERNAL_GUARD: &str = "INTERNAL_GUARD";
+/// Durable Object namespace of per-key conversation stores (signature
+/// vault, stored Responses).
+pub const CONVERSATION_STORE: &str = "CONVERSATION_STORE";
 /// D1 database with usage rows.
 pub const USAGE_DB: &str = "USAGE_DB";
 /// Queue carrying usage events.

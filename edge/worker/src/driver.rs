@@ -45,6 +45,8 @@ pub enum EffectCode {
     Wait = 14,
     CancelUpstream = 15,
     StoreCall = 16,
+    CacheGet = 17,
+    CachePut = 18,
 }
 
 /// Whether `method path` is a generation request (served by the driver);
@@ -128,6 +130,8 @@ fn code(effect: &Effect) -> EffectCode {
         Effect::Wait { .. } => EffectCode::Wait,
         Effect::CancelUpstream => EffectCode::CancelUpstream,
         Effect::StoreCall { .. } => EffectCode::StoreCall,
+        Effect::CacheGet { .. } => EffectCode::CacheGet,
+        Effect::CachePut { .. } => EffectCode::CachePut,
     }
 }
 
@@ -231,9 +235,16 @@ impl Driver {
         self.feed(Input::StoreReply { status, body }, now)
     }
 
-    /// `KvGet` key, `ReadSecret` name, `AccountCall`/`StoreCall` digest, `Fetch` URL.
+    /// `CacheGet` answered (`undefined`: not cached).
+    pub fn cache_value(&mut self, value: Option<String>, now: f64) -> EffectCode {
+        self.feed(Input::CacheValue(value), now)
+    }
+
+    /// `KvGet` key, `ReadSecret` name, `AccountCall`/`StoreCall` digest, `Fetch`
+    /// URL, `CacheGet`/`CachePut` cache URL.
     pub fn target(&self) -> String {
         match &self.effect {
+            Effect::CacheGet { url } | Effect::CachePut { url, .. } => url.clone(),
             Effect::KvGet { key } => key.clone(),
             Effect::ReadSecret { name } => name.clone(),
             Effect::AccountCall { digest, .. } | Effect::StoreCall { digest, .. } => digest.clone(),
@@ -251,18 +262,21 @@ impl Driver {
         }
     }
 
-    /// `AccountCall`/`StoreCall` body, `PublishUsage` events (JSON text).
+    /// `AccountCall`/`StoreCall` body, `PublishUsage` events (JSON text),
+    /// `CachePut` value.
     pub fn text(&self) -> Option<String> {
         match &self.effect {
             Effect::AccountCall { body, .. } => body.clone(),
             Effect::PublishUsage { events_json, .. } => Some(events_json.clone()),
             Effect::StoreCall { body, .. } => Some(body.clone()),
+            Effect::CachePut { value, .. } => Some(value.clone()),
             _ => None,
         }
     }
 
     /// `ReadRequestBody`/`ReadUpstreamBody` limit, `Sleep` ms, `Fetch`,
-    /// `ReadChunk` and `Wait` wake time (ms, or -1 for none), `Respond` status.
+    /// `ReadChunk` and `Wait` wake time (ms, or -1 for none), `Respond`
+    /// status, `CachePut` TTL (s).
     pub fn number(&self) -> f64 {
         match &self.effect {
             Effect::ReadRequestBody { limit } | Effect::ReadUpstreamBody { limit } => *limit as f64,
@@ -271,6 +285,7 @@ impl Driver {
             Effect::ReadChunk { wake_ms } | Effect::Wait { wake_ms } => wake_ms.map_or(-1.0, |w| w as f64),
             Effect::Respond(head, _) => f64::from(head.status),
             Effect::PublishUsage { count, .. } => *count as f64,
+            Effect::CachePut { ttl_secs, .. } => f64::from(*ttl_secs),
             _ => 0.0,
         }
     }

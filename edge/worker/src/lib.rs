@@ -9,8 +9,9 @@
 //! performs I/O with the runtime's own promises and streams and asks the
 //! synchronous request machine of `edgeway-core`
 //! ([`edgeway_core::pipeline::generation`]) what to do next, through
-//! [`driver`]. Everything off the hot path (model lists, token counts, the
-//! internal API, the per-key Durable Object, the usage queue consumer) is
+//! [`driver`]. Everything off the hot path (model lists, token counts, stored
+//! Responses, the internal API, the per-key Durable Objects, the usage queue
+//! consumer) is
 //! Rust over `workers-rs`. No gateway rule lives here: this crate converts
 //! platform values into `edgeway-core` types and back.
 
@@ -23,6 +24,7 @@ mod internal_guard;
 mod isolate;
 mod key_account_object;
 mod models_api;
+mod responses_api;
 mod runtime;
 mod usage_pipeline;
 
@@ -69,6 +71,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         }
         Ok(Endpoint::CountTokens { client, path_model }) => {
             models_api::count_tokens(req, &env, client, path_model).await
+        }
+        Ok(Endpoint::StoredResponse { id, delete }) => {
+            responses_api::stored_response(&req, &env, &id, delete).await
         }
         Ok(Endpoint::ListModels) => models_api::list_models(&req, &env, false).await,
         Ok(Endpoint::ListGeminiModels) => models_api::list_models(&req, &env, true).await,

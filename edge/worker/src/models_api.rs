@@ -15,7 +15,7 @@ use std::rc::Rc;
 use worker::{Env, Request, Response};
 
 /// Resolves the caller's key record from the request's credentials.
-async fn authenticate(req: &Request, env: &Env) -> Result<Rc<KeyRecord>, GatewayError> {
+pub(crate) async fn authenticate(req: &Request, env: &Env) -> Result<Rc<KeyRecord>, GatewayError> {
     let header = |name: &str| req.headers().get(name).ok().flatten();
     let authorization = header("authorization");
     let x_api_key = header("x-api-key");

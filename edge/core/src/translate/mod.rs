@@ -7,7 +7,7 @@
 //! | `openai_chat` | `/v1/chat/completions` | `/chat/completions` |
 //! | `anthropic` | `/v1/messages`, `/v1/messages/count_tokens` | `/messages` |
 //! | `gemini` | `/v1beta/models/{m}:generateContent`, `:streamGenerateContent`, `:countTokens` | `/models/{m}:generateContent`, `:streamGenerateContent?alt=sse` |
-//! | `openai_responses` | `/v1/responses` (stateless) | — |
+//! | `openai_responses` | `/v1/responses` (state: [`responses_state`]) | — |
 //!
 //! OpenAI → OpenAI-compatible traffic keeps using [`crate::openai_relay`]
 //! (no rebuild); this module is for every other pair.
@@ -86,6 +86,7 @@ pub(crate) mod json_fields;
 pub mod media;
 mod normalize;
 pub mod reasoning;
+pub mod responses_state;
 pub mod schema_sanitize;
 pub mod signature_vault;
 pub mod stream;

@@ -1,5 +1,7 @@
-//! OpenAI Responses (`/v1/responses`) as a client dialect, stateless: the
-//! conversation comes whole in `input` (no `previous_response_id`).
+//! OpenAI Responses (`/v1/responses`) as a client dialect. The parser is
+//! stateless: the conversation comes whole in `input`; a request with
+//! `previous_response_id` is expanded with its stored conversation before it
+//! gets here ([`super::responses_state`]).
 //!
 //! Reasoning travels as `reasoning` items: the summary text is the thinking
 //! text and `encrypted_content` carries the provider signature (Anthropic

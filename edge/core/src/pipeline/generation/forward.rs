@@ -126,6 +126,9 @@ impl Generation {
     /// Starts (or continues, after a secret was read) the attempt at the
     /// next candidate.
     pub(super) fn attempt(&mut self, isolate: &mut IsolateState, now: i64) -> Result<Effect, GatewayError> {
+        if let Some(lookup) = self.cache_lookup() {
+            return Ok(lookup);
+        }
         let target = match &self.current {
             Some((target, _, _)) => target.clone(),
             None => {
@@ -300,6 +303,9 @@ impl Generation {
         if let Some(state) = self.reasoning_state() {
             headers.push((REASONING_STATE_HEADER, state.into()));
         }
+        if let Some(verdict) = self.cache_verdict() {
+            headers.push((crate::response_cache::CACHE_HEADER, verdict.into()));
+        }
         headers
     }
 
@@ -406,7 +412,8 @@ impl Generation {
                 if resp.created == 0 {
                     resp.created = self.started_ms / 1000;
                 }
-                if resp.id.is_empty() {
+                if resp.id.is_empty() || self.storing_response() {
+                    // A stored response is named by the gateway: unique per request.
                     resp.id = client_response_id(self.start.client, &self.start.request_id);
                 }
                 resp.model = inbound.model.clone();
@@ -419,11 +426,9 @@ impl Generation {
                 if self.model_options.fold_thinking && self.start.client == ClientDialect::OpenAiChat {
                     translate::fold_thinking(&mut resp);
                 }
-                (
-                    ResponseBody::Bytes(translate::render_client_response(self.start.client, &resp)),
-                    usage,
-                    content,
-                )
+                let rendered = translate::render_client_response(self.start.client, &resp);
+                kept.extend(self.response_entries(&rendered));
+                (ResponseBody::Bytes(rendered), usage, content)
             }
         };
         let out = match (out, &self.upstream) {
@@ -432,6 +437,7 @@ impl Generation {
             (out, _) => out,
         };
         self.event = self.usage_event(Ending::completed(reported, content_bytes), now);
+        self.cache_note_event();
         let mut headers = self.response_headers();
         headers.push(("content-type", "application/json".into()));
         if reported.is_none() {

@@ -58,6 +58,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 mod admission;
+mod cache;
 mod forward;
 mod pinning;
 mod settle;
@@ -153,6 +154,8 @@ pub enum Input {
     /// `StoreCall` answered with this status and body; a transport failure
     /// is status 0 with the error text.
     StoreReply { status: u16, body: String },
+    /// `CacheGet` answered (`None`: not cached, or the cache failed).
+    CacheValue(Option<String>),
 }
 
 /// Why a fetch got no response.
@@ -241,6 +244,12 @@ pub enum Effect {
     /// POST, JSON `body`; [`crate::conversation_store`]); answer
     /// [`Input::StoreReply`].
     StoreCall { digest: String, path: &'static str, body: String },
+    /// Read the response cache (the Workers Cache API) at `url`; answer
+    /// [`Input::CacheValue`].
+    CacheGet { url: String },
+    /// Store `value` in the response cache at `url` for `ttl_secs`; answer
+    /// [`Input::Done`] (a failure is only logged).
+    CachePut { url: String, value: String, ttl_secs: u32 },
     /// Nothing more to do.
     Finished,
 }
@@ -335,8 +344,17 @@ enum Phase {
     AwaitErrorRespond,
     /// The conversation store is asked for state this request needs.
     AwaitStateLookup,
+    /// The conversation store is asked for the response a Responses
+    /// request continues (`previous_response_id`).
+    AwaitPreviousResponse,
     /// The conversation store is given state before the answer goes out.
     AwaitStateWrite,
+    /// The response cache is asked for this request's answer.
+    AwaitCacheGet,
+    /// A completed answer is being stored in the response cache.
+    AwaitCachePut {
+        then: AfterCachePut,
+    },
     Finished,
 }
 
@@ -356,6 +374,15 @@ enum AfterCancel {
     EndOfStream,
     /// Content had started and the upstream went quiet: an in-stream timeout.
     IdleTimeout,
+}
+
+/// What follows a response cache write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterCachePut {
+    /// A whole answer's settle (or usage batch).
+    Settle,
+    /// The rest of a stream's end.
+    StreamEnd,
 }
 
 /// What follows an emit.
@@ -435,6 +462,8 @@ pub struct Generation {
     responded: bool,
     /// Conversation state: the vault's lookups and writes.
     state: state::StateCalls,
+    /// The response cache's lookup and store.
+    cache: cache::CacheCalls,
     logs: Vec<LogLine>,
 }
 
@@ -484,6 +513,7 @@ impl Generation {
             fallback_events: VecDeque::new(),
             responded: false,
             state: state::StateCalls::default(),
+            cache: cache::CacheCalls::default(),
             logs: Vec::new(),
         }
     }
@@ -509,10 +539,12 @@ impl Generation {
 
     /// Advances the request by one input.
     pub fn next(&mut self, isolate: &mut IsolateState, input: Input, now_ms: i64) -> Effect {
-        match self.step(isolate, input, now_ms) {
+        self.cache_see_input(&input);
+        let effect = match self.step(isolate, input, now_ms) {
             Ok(effect) => effect,
             Err(error) => self.fail(error, now_ms),
-        }
+        };
+        self.cache_see_effect(effect)
     }
 
     fn step(&mut self, isolate: &mut IsolateState, input: Input, now: i64) -> Result<Effect, GatewayError> {
@@ -531,18 +563,13 @@ impl Generation {
                 Err(self.internal(format!("kv read failed: {why}")))
             }
             (Phase::AwaitBody, Input::RequestBody(body)) => {
-                let inbound = Inbound::read_family(
-                    self.start.family,
-                    self.start.client,
-                    &body,
-                    self.start.path_model.as_deref(),
-                    self.start.path_stream,
-                )?;
-                self.inbound = Some(inbound);
-                if self.start.pin.is_some() {
-                    return self.check_pin(isolate, &body, now);
+                if self.start.client == ClientDialect::OpenAiResponses {
+                    return self.responses_body(isolate, body, now);
                 }
-                self.read_routing(isolate, now)
+                self.after_body(isolate, &body, &body, now)
+            }
+            (Phase::AwaitPreviousResponse, Input::StoreReply { status, body }) => {
+                self.after_previous_response(isolate, status, &body, now)
             }
             (Phase::AwaitPinSecret, Input::Secret(value)) => self.after_pin_secret(isolate, value, now),
             (Phase::AwaitBody, Input::RequestBodyTooLarge) => {
@@ -680,6 +707,9 @@ impl Generation {
                 Ok(self.after_usage_sent(isolate, now))
             }
             (Phase::AwaitErrorRespond, Input::Done) => {
+                if let Some(put) = self.cache_put_after_answer() {
+                    return Ok(put);
+                }
                 Ok(self.settle_or_finish(isolate, AfterSettle::Finish, now))
             }
             (Phase::AwaitStateLookup, Input::StoreReply { status, body }) => {
@@ -688,12 +718,42 @@ impl Generation {
             (Phase::AwaitStateWrite, Input::StoreReply { status, body }) => {
                 self.after_state_write(isolate, status, &body, now)
             }
+            (Phase::AwaitCacheGet, Input::CacheValue(value)) => self.after_cache_get(isolate, value, now),
+            (Phase::AwaitCachePut { then }, Input::Done) => match then {
+                AfterCachePut::Settle => Ok(self.settle_or_finish(isolate, AfterSettle::Finish, now)),
+                AfterCachePut::StreamEnd => self.stream_end_tail(isolate, now),
+            },
             (Phase::Finished, _) => Ok(Effect::Finished),
             (phase, input) => {
                 let message = format!("generation: unexpected input {input:?} in phase {phase:?}");
                 Err(self.internal(message))
             }
         }
+    }
+
+    /// The request body is read (and, for a Responses client, expanded
+    /// with its stored conversation: `original` is the body as sent, which a
+    /// pin signs): parse it, then the pin or routing.
+    pub(super) fn after_body(
+        &mut self,
+        isolate: &mut IsolateState,
+        body: &[u8],
+        original: &[u8],
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
+        let inbound = Inbound::read_family(
+            self.start.family,
+            self.start.client,
+            body,
+            self.start.path_model.as_deref(),
+            self.start.path_stream,
+        )?;
+        self.inbound = Some(inbound);
+        self.cache_note_body(body);
+        if self.start.pin.is_some() {
+            return self.check_pin(isolate, original, now);
+        }
+        self.read_routing(isolate, now)
     }
 
     /// Routing from the isolate's table, or read from KV first.

@@ -7,14 +7,25 @@
 //! Gemini upstream needs, the write only for an answer that carries them.
 //! A store that fails is logged and the documented fallback applies; the
 //! request itself never fails for it.
+//!
+//! Responses state ([`crate::translate::responses_state`]) uses the same
+//! store: a request with `previous_response_id` reads its conversation
+//! before it is parsed (a store failure is a 500 then: the request cannot be
+//! understood without it), and an answer to a request with `store: true` is
+//! kept with the vault's write, before it reaches the client.
 
 use super::*;
 use crate::conversation_store::{GetReply, GetRequest, PutEntry, PutReply, PutRequest};
+use crate::pipeline::metering::client_response_id;
+use crate::translate::responses_state::{
+    expand, not_found, read_state_fields, response_name, stored, StoredResponse, RESPONSE_TTL_MS,
+};
 use crate::translate::signature_vault::{
     client_needs_vault, preserved_reasoning, restore_reasoning, vault_name, wanted_names, Restored,
     VAULT_TTL_MS,
 };
 use crate::translate::{CanonicalResponse, UpstreamDialect};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// What comes after a store write.
@@ -33,6 +44,21 @@ pub(super) struct StateCalls {
     looked_up: bool,
     restored: Restored,
     then: Option<Then>,
+    /// A Responses request's state fields, and what it keeps.
+    responses: Option<ResponsesCall>,
+}
+
+/// The Responses state of one request.
+#[derive(Debug, Default)]
+struct ResponsesCall {
+    /// `previous_response_id`.
+    previous: Option<String>,
+    /// `store: true`.
+    store: bool,
+    /// The body as sent (held while the previous response is read).
+    original: Vec<u8>,
+    /// The conversation's input items (kept with the answer when storing).
+    items: Vec<Value>,
 }
 
 fn reply_of<T: serde::de::DeserializeOwned>(status: u16, body: &str) -> Result<T, String> {
@@ -44,6 +70,90 @@ fn reply_of<T: serde::de::DeserializeOwned>(status: u16, body: &str) -> Result<T
 }
 
 impl Generation {
+    /// A Responses request's body: read its conversation first when it
+    /// continues one, keep its input items when it is to be stored.
+    pub(super) fn responses_body(
+        &mut self,
+        isolate: &mut IsolateState,
+        body: Vec<u8>,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
+        let mentions = |word: &[u8]| body.windows(word.len()).any(|w| w == word);
+        if !mentions(b"\"store\"") && !mentions(b"previous_response_id") {
+            // Neither field: no second parse.
+            return self.after_body(isolate, &body, &body, now);
+        }
+        let fields = read_state_fields(&body)?;
+        if let Some(id) = &fields.previous_response_id {
+            let names = vec![response_name(id)];
+            let request = serde_json::to_string(&GetRequest { names, now_ms: now }).unwrap_or_default();
+            self.state.responses = Some(ResponsesCall {
+                previous: fields.previous_response_id,
+                store: fields.store,
+                original: body,
+                items: Vec::new(),
+            });
+            self.phase = Phase::AwaitPreviousResponse;
+            return Ok(Effect::StoreCall { digest: self.digest.clone(), path: "/get", body: request });
+        }
+        if fields.store {
+            let (_, items) = expand(&body, None)?;
+            self.state.responses =
+                Some(ResponsesCall { previous: None, store: true, original: Vec::new(), items });
+        }
+        self.after_body(isolate, &body, &body, now)
+    }
+
+    /// The conversation a Responses request continues: the request is
+    /// expanded with it, or refused when there is none.
+    pub(super) fn after_previous_response(
+        &mut self,
+        isolate: &mut IsolateState,
+        status: u16,
+        body: &str,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
+        let Some(call) = self.state.responses.as_mut() else {
+            return Err(self.internal("a previous response read without a request".into()));
+        };
+        let id = call.previous.clone().unwrap_or_default();
+        let original = std::mem::take(&mut call.original);
+        let found = match reply_of::<GetReply>(status, body) {
+            Ok(reply) => reply.found,
+            Err(why) => return Err(self.internal(format!("conversation store read failed: {why}"))),
+        };
+        let Some(text) = found.get(&response_name(&id)) else { return Err(not_found(&id)) };
+        let previous: StoredResponse = match serde_json::from_str(text) {
+            Ok(previous) => previous,
+            Err(e) => return Err(self.internal(format!("stored response {id} unreadable: {e}"))),
+        };
+        let (expanded, items) = expand(&original, Some(&previous))?;
+        if let Some(call) = self.state.responses.as_mut() {
+            call.items = items;
+        }
+        self.after_body(isolate, &expanded, &original, now)
+    }
+
+    /// The answer to a Responses client is to be stored (`store: true`).
+    pub(super) fn storing_response(&self) -> bool {
+        self.state.responses.as_ref().is_some_and(|r| r.store)
+    }
+
+    /// The store entry of an answer to a Responses client, when storing:
+    /// `rendered` is the response object the client gets.
+    pub(super) fn response_entries(&self, rendered: &[u8]) -> Vec<PutEntry> {
+        let Some(call) = self.state.responses.as_ref().filter(|r| r.store) else { return Vec::new() };
+        let Ok(response) = serde_json::from_slice::<Value>(rendered) else { return Vec::new() };
+        let Some(id) = response.get("id").and_then(Value::as_str).map(str::to_string) else {
+            return Vec::new();
+        };
+        let kept = stored(call.items.clone(), response, call.previous.as_deref());
+        match serde_json::to_string(&kept) {
+            Ok(data) => vec![PutEntry { name: response_name(&id), data, ttl_ms: RESPONSE_TTL_MS }],
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Before a translated attempt at `upstream`: the vault lookup this
     /// request needs, if any (asked once).
     pub(super) fn state_lookup(&mut self, upstream: UpstreamDialect, now: i64) -> Option<Effect> {
@@ -126,8 +236,16 @@ impl Generation {
             return None;
         }
         let upstream = self.current.as_ref().map(|(_, plan, _)| plan.upstream_dialect())?;
-        let snapshot = self.shaper.as_ref().filter(|s| s.completed())?.snapshot()?;
-        let entries = self.vault_entries(upstream, &snapshot);
+        let mut snapshot = self.shaper.as_ref().filter(|s| s.completed())?.snapshot()?;
+        let mut entries = self.vault_entries(upstream, &snapshot);
+        if self.storing_response() {
+            snapshot.id = client_response_id(self.start.client, &self.start.request_id);
+            if let Some(usage) = self.event.as_ref().map(|e| e.usage) {
+                snapshot.usage = usage;
+            }
+            let rendered = translate::render_client_response(self.start.client, &snapshot);
+            entries.extend(self.response_entries(&rendered));
+        }
         if entries.is_empty() {
             return None;
         }

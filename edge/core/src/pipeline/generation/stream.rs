@@ -288,19 +288,23 @@ impl Generation {
             ttft_ms: self.ttft_ms,
         };
         self.event = self.usage_event(ending, now);
+        self.cache_note_event();
         if let Some(keep) = self.keep_stream_state(now) {
             return Ok(keep);
         }
         self.stream_end_tail(isolate, now)
     }
 
-    /// The rest of a stream's end: an admitted request is settled before
-    /// the client sees it.
+    /// The rest of a stream's end: a miss to keep is stored in the response
+    /// cache, and an admitted request is settled, before the client sees it.
     pub(super) fn stream_end_tail(
         &mut self,
         isolate: &mut IsolateState,
         now: i64,
     ) -> Result<Effect, GatewayError> {
+        if let Some(put) = self.cache_put_at_stream_end() {
+            return Ok(put);
+        }
         if self.ticket.is_some() {
             return Ok(self.settle_or_finish(isolate, AfterSettle::EmitFinal, now));
         }
