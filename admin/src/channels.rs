@@ -91,6 +91,10 @@ pub struct CreateChannel {
     /// Groups this channel serves; empty or absent = every group.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Non-public hosts whose media URLs this channel may receive (a
+    /// self-hosted server fetching from the operator's network).
+    #[serde(default)]
+    pub media_hosts: Vec<String>,
     #[serde(default)]
     pub models: Vec<ChannelModel>,
 }
@@ -203,6 +207,20 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
             groups.push(g);
         }
     }
+    if body.media_hosts.len() > 100 {
+        return Err(ApiError::bad_request("`media_hosts` may hold at most 100 entries"));
+    }
+    let mut media_hosts: Vec<String> = Vec::new();
+    for (i, h) in body.media_hosts.iter().enumerate() {
+        let host = edgeway_core::url_policy::normalize_host(h).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`media_hosts[{i}]` is not a host name or address (no scheme, port or path)"
+            ))
+        })?;
+        if !media_hosts.contains(&host) {
+            media_hosts.push(host);
+        }
+    }
     let channel = Channel {
         id,
         provider: provider.id.to_string(),
@@ -215,6 +233,7 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
         enabled: body.enabled.unwrap_or(true),
         mock: body.mock,
         groups,
+        media_hosts,
     };
     Ok((channel, models))
 }
@@ -238,6 +257,8 @@ pub struct ChannelView {
     pub mock: Option<MockOptions>,
     /// Groups served; empty = every group.
     pub groups: Vec<String>,
+    /// Non-public media hosts this channel may receive URLs of.
+    pub media_hosts: Vec<String>,
     /// The models this channel serves and how.
     pub models: Vec<ChannelTargetView>,
 }
@@ -267,6 +288,7 @@ fn channel_views(config: &RoutingConfig) -> Vec<ChannelView> {
             enabled: ch.enabled,
             mock: ch.mock,
             groups: ch.groups.clone(),
+            media_hosts: ch.media_hosts.clone(),
             models: config
                 .models
                 .iter()

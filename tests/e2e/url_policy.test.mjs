@@ -131,3 +131,48 @@ test('a public URL passes, normalized, on the relay and to Anthropic', async () 
   sent = (await (await fetch(`${mockUrl}/__requests`)).json()).at(-1);
   assert.equal(sent.body.messages[0].content[0].source.url, 'https://example.com/cat.png');
 });
+
+test('a channel that lists a private media host gets its URLs; every other channel refuses them', async () => {
+  const price = { input: 1_000_000, output: 2_000_000 };
+  // Higher priority, no allowance: it must be skipped for the private URL.
+  await stack.adminApi('POST', '/api/channels', {
+    id: 'url-ch-plain', provider: 'openai-compatible', base_url: `${mockUrl}/openai/v1`, api_key: 'sk-plain-secret-0000000000',
+    models: [{ name: 'url-lan', upstream_model: 'plain-model', priority: 10, price }],
+  });
+  const created = await stack.adminApi('POST', '/api/channels', {
+    id: 'url-ch-lan', provider: 'openai-compatible', base_url: `${mockUrl}/openai/v1`, api_key: 'sk-lan-secret-0000000000',
+    media_hosts: ['MinIO.LAN', '10.0.0.9'],
+    models: [{ name: 'url-lan', upstream_model: 'lan-model', priority: 1, price }],
+  });
+  assert.deepEqual(created.channel.media_hosts, ['minio.lan', '10.0.0.9'], 'stored normalized');
+  await assert.rejects(stack.adminApi('POST', '/api/channels', {
+    id: 'url-ch-bad', provider: 'openai-compatible', base_url: `${mockUrl}/openai/v1`, media_hosts: ['http://minio.lan:9000/'],
+  }), /→ 400: .*media_hosts\[0\]/);
+  for (let i = 0; i < 40; i++) {
+    const m = await fetch(`${stack.gatewayUrl}/v1/models`, { headers: { authorization: `Bearer ${stack.keys.main}` } });
+    if ((await m.text()).includes('url-lan')) break;
+    await new Promise((res) => setTimeout(res, 250));
+  }
+  const image = (url) => ({ model: 'url-lan', messages: [{ role: 'user', content: [{ type: 'text', text: 'what is it?' }, { type: 'image_url', image_url: { url } }] }] });
+
+  let r = await send('/v1/chat/completions', image('http://MINIO.lan:9000/bucket/../cat.png'));
+  assert.equal(r.status, 200, JSON.stringify(r.json));
+  let sent = (await (await fetch(`${mockUrl}/__requests`)).json()).at(-1);
+  assert.equal(sent.body.model, 'lan-model', 'only the channel that lists the host');
+  assert.equal(sent.body.messages[0].content[1].image_url.url, 'http://minio.lan:9000/cat.png');
+
+  r = await send('/v1/chat/completions', image('https://example.com/cat.png'));
+  sent = (await (await fetch(`${mockUrl}/__requests`)).json()).at(-1);
+  assert.equal(sent.body.model, 'plain-model', 'public URLs keep the usual priority');
+
+  const before = await upstreamRequests();
+  for (const url of ['http://10.0.0.10/cat.png', 'http://169.254.169.254/latest', 'file:///etc/passwd', 'http://u:p@minio.lan/x.png']) {
+    r = await send('/v1/chat/completions', image(url));
+    assert.equal(r.status, 400, `${url}: ${JSON.stringify(r.json)}`);
+    assert.equal(r.json.error.param, 'messages[0].content[1].image_url.url');
+  }
+  // Translated dialects never carry it, whatever the channel lists.
+  r = await send('/v1/messages', { model: 'url-lan', max_tokens: 16, messages: [{ role: 'user', content: [{ type: 'image', source: { type: 'url', url: 'http://minio.lan/cat.png' } }] }] });
+  assert.equal(r.status, 400, JSON.stringify(r.json));
+  assert.equal(await upstreamRequests(), before, 'no refused request reached an upstream');
+});

@@ -20,6 +20,8 @@ pub struct ChannelSettings {
     pub first_content_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media_hosts: Vec<String>,
 }
 
 impl ChannelSettings {
@@ -27,6 +29,7 @@ impl ChannelSettings {
         Self {
             first_content_timeout_ms: channel.first_content_timeout_ms,
             idle_timeout_ms: channel.idle_timeout_ms,
+            media_hosts: channel.media_hosts.clone(),
         }
     }
 }
@@ -85,6 +88,7 @@ pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingC
             groups: serde_json::from_str(&row.text("groups")?)?,
             first_content_timeout_ms: settings.first_content_timeout_ms,
             idle_timeout_ms: settings.idle_timeout_ms,
+            media_hosts: settings.media_hosts,
         });
     }
     let model_rows = sqlx::query(

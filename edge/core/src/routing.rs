@@ -58,6 +58,12 @@ pub struct Channel {
     /// Groups this channel serves; empty = every group.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Non-public hosts (as `url_policy::normalize_host` writes them) whose
+    /// media URLs this channel may receive in a request passed through as
+    /// sent: a self-hosted model server that fetches images from the
+    /// operator's own network. Empty: only public media URLs.
+    #[serde(default)]
+    pub media_hosts: Vec<String>,
 }
 
 impl Channel {
@@ -201,6 +207,16 @@ impl RoutingTable {
                 if let Some(reason) = crate::url_policy::base_url_refusal(base) {
                     return Err(InvalidRouting(format!("channel `{}`: base_url {reason}", ch.id)));
                 }
+            }
+            if let Some(host) = ch
+                .media_hosts
+                .iter()
+                .find(|h| crate::url_policy::normalize_host(h).as_deref() != Some(h.as_str()))
+            {
+                return Err(InvalidRouting(format!(
+                    "channel `{}`: media host `{host}` is not a host in normal form (lower case, no port, IPv6 in brackets)",
+                    ch.id
+                )));
             }
             if channel_index.insert(ch.id.clone(), (i, provider)).is_some() {
                 return Err(InvalidRouting(format!("duplicate channel id `{}`", ch.id)));
@@ -478,5 +494,20 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&c).unwrap_or_default()).unwrap_or_default();
         assert_eq!(round, c);
         assert!(RoutingTable::new(c).is_ok());
+    }
+
+    #[test]
+    fn media_hosts_must_be_written_as_hosts() {
+        let config = |hosts: serde_json::Value| -> RoutingConfig {
+            serde_json::from_value(serde_json::json!({"version": 1,
+                "channels": [{"id": "c", "provider": "openai-compatible", "base_url": "http://10.0.0.2/v1", "media_hosts": hosts}],
+                "models": [{"name": "m", "price": {"input": 1, "output": 1}, "targets": [{"channel": "c"}]}]}))
+            .unwrap()
+        };
+        assert!(RoutingTable::new(config(serde_json::json!(["10.0.0.9", "minio.lan", "[fd00::1]"]))).is_ok());
+        for bad in ["Minio.LAN", "minio.lan:9000", "http://minio.lan", "[FD00::0001]", ""] {
+            let err = RoutingTable::new(config(serde_json::json!([bad]))).err();
+            assert!(err.is_some_and(|e| e.0.contains("media host")), "{bad}");
+        }
     }
 }

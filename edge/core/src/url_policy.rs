@@ -106,6 +106,18 @@ pub struct CheckedUrl {
 /// hosts an operator listed) passing even when not public. Pure: the
 /// function every other check here is built on.
 pub fn check_url(url: &str, allowed_hosts: &[String]) -> Result<CheckedUrl, UrlRefusal> {
+    let (normalized, host, public) = parse_media_url(url)?;
+    let by_allowance = !public && allowed_hosts.iter().any(|h| h == &host);
+    if !public && !by_allowance {
+        return Err(UrlRefusal::NonPublicHost);
+    }
+    Ok(CheckedUrl { normalized, host, by_allowance })
+}
+
+/// Parses a media URL by the policy's rules except the host's: its
+/// normalized serialization, its host as an operator lists it, and whether
+/// that host is public.
+fn parse_media_url(url: &str) -> Result<(String, String, bool), UrlRefusal> {
     if url.len() > MAX_MEDIA_URL_BYTES {
         return Err(UrlRefusal::TooLong);
     }
@@ -122,11 +134,13 @@ pub fn check_url(url: &str, allowed_hosts: &[String]) -> Result<CheckedUrl, UrlR
     let host = parsed.host().ok_or(UrlRefusal::Malformed)?;
     let host_text = host_text(&host);
     let public = host_is_public(&host);
-    let by_allowance = !public && allowed_hosts.iter().any(|h| h == &host_text);
-    if !public && !by_allowance {
-        return Err(UrlRefusal::NonPublicHost);
-    }
-    Ok(CheckedUrl { normalized: parsed.into(), host: host_text, by_allowance })
+    Ok((parsed.into(), host_text, public))
+}
+
+/// Whether `url` is refused only because its host is not public (a well-formed
+/// http(s) URL an operator could allow for a channel).
+pub fn only_host_is_private(url: &str) -> bool {
+    matches!(parse_media_url(url), Ok((_, _, false)))
 }
 
 fn host_text(host: &Host<&str>) -> String {
@@ -234,30 +248,67 @@ fn is_url_key(key: &str) -> bool {
     key == "url" || key == "uri" || key.ends_with("_url") || key.ends_with("_uri")
 }
 
+/// Media URLs of an OpenAI Chat request whose hosts are not public. Only a
+/// channel whose operator listed every one of these hosts
+/// ([`crate::routing::Channel::media_hosts`]) may receive the request; for
+/// every other channel it is `refusal`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrivateMedia {
+    /// Normalized hosts, each once, in order of first appearance.
+    pub hosts: Vec<String>,
+    /// The 400 of the first such URL (set when `hosts` is not empty).
+    pub refusal: Option<GatewayError>,
+}
+
+impl PrivateMedia {
+    /// Whether a channel listing `media_hosts` may receive the request.
+    pub fn allowed_by(&self, media_hosts: &[String]) -> bool {
+        self.hosts.iter().all(|h| media_hosts.contains(h))
+    }
+
+    fn add(&mut self, host: String, param: &str) {
+        if self.refusal.is_none() {
+            self.refusal = Some(UrlRefusal::NonPublicHost.to_error(param));
+        }
+        if !self.hosts.contains(&host) {
+            self.hosts.push(host);
+        }
+    }
+}
+
 /// Checks every media URL in the `messages` of an OpenAI Chat request, in
 /// place: `image_url` (string or `{url}`), `file` (`file_data`, `file_url`),
 /// `input_audio` and the other non-text parts OpenAI-compatible servers take
 /// (`audio_url`, `video_url`, …). Inside a non-text part, every string under
 /// a URL-named key, and every string that starts with a URL scheme (other than
-/// inline `data:`), must pass [`check_media_url`] and is replaced by its
-/// normalized form. Text is never inspected.
-pub fn check_openai_chat_media(messages: &mut [Value]) -> Result<(), GatewayError> {
+/// inline `data:`), must pass the policy and is replaced by its normalized
+/// form. A URL refused only for its non-public host is not an error here: it
+/// is listed in the returned [`PrivateMedia`], for routing to decide. Text is
+/// never inspected.
+pub fn check_openai_chat_media(messages: &mut [Value]) -> Result<PrivateMedia, GatewayError> {
+    let mut private = PrivateMedia::default();
     for (i, message) in messages.iter_mut().enumerate() {
         let Some(Value::Array(parts)) = message.get_mut("content") else { continue };
         for (j, part) in parts.iter_mut().enumerate() {
             if part.get("type").and_then(Value::as_str) == Some("text") {
                 continue;
             }
-            check_part_value(part, &format!("messages[{i}].content[{j}]"), false, 0)?;
+            check_part_value(part, &format!("messages[{i}].content[{j}]"), false, 0, &mut private)?;
         }
     }
-    Ok(())
+    Ok(private)
 }
 
 /// Deepest nesting inside a content part that is inspected; deeper is refused.
 const MAX_PART_DEPTH: usize = 8;
 
-fn check_part_value(value: &mut Value, path: &str, url_key: bool, depth: usize) -> Result<(), GatewayError> {
+fn check_part_value(
+    value: &mut Value,
+    path: &str,
+    url_key: bool,
+    depth: usize,
+    private: &mut PrivateMedia,
+) -> Result<(), GatewayError> {
     if depth > MAX_PART_DEPTH {
         return Err(GatewayError::InvalidRequest {
             message: format!("`{path}` nests too deep."),
@@ -270,19 +321,23 @@ fn check_part_value(value: &mut Value, path: &str, url_key: bool, depth: usize) 
                 return Ok(());
             }
             if url_key || has_scheme(s) {
-                *s = check_media_url(s, path)?;
+                let (normalized, host, public) = parse_media_url(s).map_err(|r| r.to_error(path))?;
+                if !public {
+                    private.add(host, path);
+                }
+                *s = normalized;
             }
             Ok(())
         }
         Value::Object(map) => {
             for (key, v) in map.iter_mut() {
-                check_part_value(v, &format!("{path}.{key}"), is_url_key(key), depth + 1)?;
+                check_part_value(v, &format!("{path}.{key}"), is_url_key(key), depth + 1, private)?;
             }
             Ok(())
         }
         Value::Array(items) => {
             for (k, v) in items.iter_mut().enumerate() {
-                check_part_value(v, &format!("{path}[{k}]"), url_key, depth + 1)?;
+                check_part_value(v, &format!("{path}[{k}]"), url_key, depth + 1, private)?;
             }
             Ok(())
         }
@@ -473,9 +528,29 @@ mod tests {
         ] {
             let mut messages: Vec<Value> =
                 serde_json::from_str(&format!(r#"[{{"role":"user","content":[{part}]}}]"#)).unwrap();
-            let err = check_openai_chat_media(&mut messages).unwrap_err();
+            // A refusal, or (for a well-formed URL on a non-public host) the
+            // refusal routing gives every channel that does not list the host.
+            let err = match check_openai_chat_media(&mut messages) {
+                Err(err) => err,
+                Ok(private) => {
+                    assert!(!private.hosts.is_empty() && !private.allowed_by(&[]), "{part}");
+                    private.refusal.unwrap()
+                }
+            };
             assert_eq!(err.to_json(crate::error::Dialect::OpenAi)["error"]["param"], param, "{part}");
         }
+        let mut messages: Vec<Value> = serde_json::from_str(
+            r#"[{"role":"user","content":[
+                {"type":"image_url","image_url":{"url":"http://MinIO.lan:9000/a/../b.png"}},
+                {"type":"audio_url","audio_url":{"url":"http://10.0.0.9/c.wav"}},
+                {"type":"image_url","image_url":"http://minio.lan/d.png"}]}]"#,
+        )
+        .unwrap();
+        let private = check_openai_chat_media(&mut messages).unwrap();
+        assert_eq!(private.hosts, vec!["minio.lan".to_string(), "10.0.0.9".to_string()]);
+        assert_eq!(messages[0]["content"][0]["image_url"]["url"], "http://minio.lan:9000/b.png", "normalized");
+        assert!(private.allowed_by(&["10.0.0.9".into(), "minio.lan".into(), "x.lan".into()]));
+        assert!(!private.allowed_by(&["minio.lan".into()]), "every host must be listed");
     }
 
     #[test]

@@ -1103,6 +1103,56 @@ fn only_providers_that_serve_a_family_are_candidates() {
 }
 
 #[test]
+fn private_media_hosts_reach_only_the_channels_that_list_them() {
+    let image = |url: &str| {
+        json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": url}}]}]})
+    };
+    // No channel lists the host: a 400 before any upstream, nothing billed.
+    let mut w = World::new(unlimited(), routing(&[("a", A)]));
+    let out = w.run(image("http://10.0.0.9/cat.png"));
+    assert_eq!(out.status, 400);
+    assert_eq!(out.json()["error"]["param"], "messages[0].content[1].image_url.url");
+    assert!(out.fetched.is_empty() && out.events().is_empty());
+
+    // `b` lists it, the higher-priority `a` does not: only `b` is tried, and
+    // it gets the URL normalized.
+    let mut r = routing(&[("a", A), ("b", B)]);
+    r["channels"][1]["media_hosts"] = json!(["10.0.0.9", "minio.lan"]);
+    let mut w = World::new(unlimited(), r);
+    w.upstream(B, vec![ok_json(completion())]);
+    let out = w.run(image("http://10.0.0.9:9000/a/../cat.png"));
+    assert_eq!(out.status, 200);
+    assert_eq!(out.fetched, vec![format!("{B}/chat/completions")]);
+    assert_eq!(
+        out.fetched_bodies[0]["messages"][0]["content"][1]["image_url"]["url"],
+        "http://10.0.0.9:9000/cat.png"
+    );
+    w.upstream(B, vec![ok_json(completion())]);
+    assert_eq!(w.run(image("http://MINIO.lan./b/c.png")).status, 200, "names compare normalized");
+
+    // A host it does not list, and what the policy refuses for other reasons.
+    for url in
+        ["http://10.0.0.10/cat.png", "http://127.0.0.1/x.png", "file:///etc/passwd", "http://u:p@10.0.0.9/x"]
+    {
+        let out = w.run(image(url));
+        assert_eq!((out.status, out.fetched.len(), out.events().len()), (400, 0, 0), "{url}");
+    }
+    // Public URLs still take the usual order.
+    w.upstream(A, vec![ok_json(completion())]);
+    let out = w.run(image("https://example.com/cat.png"));
+    assert_eq!(out.fetched, vec![format!("{A}/chat/completions")]);
+    // Translated dialects never carry a non-public URL, allowance or not.
+    let out = w.run_as(
+        ClientDialect::Anthropic,
+        json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": "http://10.0.0.9/cat.png"}}]}]}),
+    );
+    assert_eq!((out.status, out.fetched.len()), (400, 0));
+}
+
+#[test]
 fn after_the_first_content_failures_are_in_stream_errors_billed_for_what_was_received() {
     for (what, end) in [("stall", End::Stall), ("death", End::Broken)] {
         let mut w = World::new(limited(), routing(&[("a", A), ("b", B)]));

@@ -1,7 +1,9 @@
 //! The URL policy on every request parser: each URL of the shared bypass list
 //! (`tests/fixtures/url_bypasses.json`) is refused with a 400 by the OpenAI
-//! relay parser (`image_url`, `file`, `input_audio`, `audio_url` parts) and by
-//! every translated client dialect (OpenAI Chat, Anthropic, Gemini, Responses).
+//! relay (`image_url`, `file`, `input_audio`, `audio_url` parts; a URL refused
+//! only for its non-public host is refused at routing, by every channel that
+//! does not list the host in `media_hosts`) and by every translated client
+//! dialect (OpenAI Chat, Anthropic, Gemini, Responses).
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
@@ -72,7 +74,15 @@ fn requests(url: &str) -> Vec<(&'static str, Option<ClientDialect>, Vec<u8>)> {
 
 fn parse(dialect: Option<ClientDialect>, body: &[u8]) -> Result<(), GatewayError> {
     match dialect {
-        None => Inbound::read(ClientDialect::OpenAiChat, body, None, false).map(|_| ()),
+        // The relay refuses a non-public host at routing, for every channel
+        // that does not list it (none here): the refusal it will give.
+        None => Inbound::read(ClientDialect::OpenAiChat, body, None, false).and_then(|inbound| match inbound
+            .private_media()
+            .and_then(|p| p.refusal.clone())
+        {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
+        }),
         Some(d) => parse_client_request(d, body, Some("m"), false).map(|_| ()),
     }
 }

@@ -25,6 +25,8 @@ enum Request {
         body: Box<Map<String, Value>>,
         canonical: Box<CanonicalRequest>,
         untranslatable: Option<GatewayError>,
+        /// Media URLs on non-public hosts, for routing to allow or refuse.
+        private_media: crate::url_policy::PrivateMedia,
     },
     /// Every other dialect: the canonical form.
     Canonical(Box<CanonicalRequest>),
@@ -95,6 +97,7 @@ impl Inbound {
                     body: Box::new(parsed.body),
                     canonical: Box::new(parsed.canonical),
                     untranslatable: parsed.untranslatable,
+                    private_media: parsed.private_media,
                 }
             }
             _ => Request::Canonical(Box::new(translate::parse_client_request(
@@ -137,6 +140,18 @@ impl Inbound {
         match &mut self.request {
             Request::OpenAiChat { canonical, .. } | Request::Canonical(canonical) => Some(canonical),
             Request::OpenAiFamily { .. } => None,
+        }
+    }
+
+    /// Media URLs on non-public hosts in the request: only a channel listing
+    /// all their hosts may receive it (nothing for other dialects, whose
+    /// parsers refuse such URLs).
+    pub fn private_media(&self) -> Option<&crate::url_policy::PrivateMedia> {
+        match &self.request {
+            Request::OpenAiChat { private_media, .. } if private_media.refusal.is_some() => {
+                Some(private_media)
+            }
+            _ => None,
         }
     }
 

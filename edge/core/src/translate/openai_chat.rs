@@ -71,6 +71,8 @@ pub(crate) struct ParsedChat {
     pub body: Map<String, Value>,
     pub canonical: CanonicalRequest,
     pub untranslatable: Option<GatewayError>,
+    /// Media URLs on non-public hosts (already checked otherwise).
+    pub private_media: crate::url_policy::PrivateMedia,
 }
 
 /// Parses a `/v1/chat/completions` body for translation.
@@ -110,14 +112,21 @@ impl Deferred {
 pub(crate) fn parse_chat(body: &[u8], mode: ChatMode) -> Result<ParsedChat, GatewayError> {
     let mut obj = parse_object(body)?;
     // Media URLs pass the one URL policy, and the passthrough body carries
-    // them normalized.
+    // them normalized. URLs on non-public hosts are routing's to decide on a
+    // passthrough (a channel may list them); a translation refuses them.
+    let mut private_media = crate::url_policy::PrivateMedia::default();
     if let Some(Value::Array(messages)) = obj.get_mut("messages") {
-        crate::url_policy::check_openai_chat_media(messages)?;
+        private_media = crate::url_policy::check_openai_chat_media(messages)?;
+    }
+    if let (ChatMode::Translate, Some(refusal)) = (mode, &private_media.refusal) {
+        return Err(refusal.clone());
     }
     let mut deferred = Deferred { mode, first: None };
     let result = read_chat(&obj, &mut deferred);
     match result {
-        Ok(canonical) => Ok(ParsedChat { body: obj, canonical, untranslatable: deferred.first }),
+        Ok(canonical) => {
+            Ok(ParsedChat { body: obj, canonical, untranslatable: deferred.first, private_media })
+        }
         Err(error) => Err(error),
     }
 }
@@ -479,10 +488,17 @@ fn parse_user_part(
                     ))
                 }
             };
-            ContentPart::Image {
-                source: source_from_url_or_data(url, &format!("{path}.image_url.url"))?,
-                cache_control: None,
-            }
+            let param = format!("{path}.image_url.url");
+            let source = match source_from_url_or_data(url, &param) {
+                // A passthrough may carry it to a channel that lists the
+                // host (see `ParsedChat::private_media`); a translation cannot.
+                Err(error) if deferred.passthrough() && crate::url_policy::only_host_is_private(url) => {
+                    deferred.refuse(error)?;
+                    MediaSource::Url { url: url.to_string() }
+                }
+                other => other?,
+            };
+            ContentPart::Image { source, cache_control: None }
         }
         "input_audio" => {
             let audio = opt_object(obj, "input_audio", path)?.ok_or_else(|| {

@@ -86,6 +86,14 @@ impl Generation {
                 param: Some("model".into()),
             });
         }
+        if let Some(private) = inbound.private_media() {
+            // Non-public media hosts go only to channels whose operator
+            // listed them (a self-hosted server fetching from its own network).
+            route.candidates.retain(|c| private.allowed_by(&c.channel.media_hosts));
+            if route.candidates.is_empty() {
+                return Err(private.refusal.clone().unwrap_or(GatewayError::Internal));
+            }
+        }
         self.model_options = table.model(route.model).map(|m| m.options).unwrap_or_default();
         self.targets = Target::list(&route);
         if record.quota_micros.is_some() {
