@@ -147,6 +147,7 @@ test('a channel that lists a private media host gets its URLs; every other chann
   assert.deepEqual(created.channel.media_hosts, ['minio.lan', '10.0.0.9'], 'stored normalized');
   await assert.rejects(stack.adminApi('POST', '/api/channels', {
     id: 'url-ch-bad', provider: 'openai-compatible', base_url: `${mockUrl}/openai/v1`, media_hosts: ['http://minio.lan:9000/'],
+    models: [{ name: 'url-lan', price }],
   }), /→ 400: .*media_hosts\[0\]/);
   for (let i = 0; i < 40; i++) {
     const m = await fetch(`${stack.gatewayUrl}/v1/models`, { headers: { authorization: `Bearer ${stack.keys.main}` } });
