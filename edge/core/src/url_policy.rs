@@ -548,7 +548,10 @@ mod tests {
         .unwrap();
         let private = check_openai_chat_media(&mut messages).unwrap();
         assert_eq!(private.hosts, vec!["minio.lan".to_string(), "10.0.0.9".to_string()]);
-        assert_eq!(messages[0]["content"][0]["image_url"]["url"], "http://minio.lan:9000/b.png", "normalized");
+        assert_eq!(
+            messages[0]["content"][0]["image_url"]["url"], "http://minio.lan:9000/b.png",
+            "normalized"
+        );
         assert!(private.allowed_by(&["10.0.0.9".into(), "minio.lan".into(), "x.lan".into()]));
         assert!(!private.allowed_by(&["minio.lan".into()]), "every host must be listed");
     }
