@@ -51,6 +51,8 @@ pub enum GatewayError {
     RateLimited { message: String, retry_after_secs: u64 },
     /// The key's quota cannot cover this request.
     InsufficientQuota,
+    /// The balance of the key's user cannot cover this request.
+    InsufficientBalance,
     /// Upstream answered with an error status; `message` is already redacted.
     Upstream { status: u16, message: String },
     /// Upstream could not be reached, reset the connection or sent garbage.
@@ -74,7 +76,7 @@ impl GatewayError {
             Self::InvalidJson { .. } | Self::InvalidRequest { .. } => 400,
             Self::PayloadTooLarge { .. } | Self::ContentTooLarge { .. } => 413,
             Self::MethodNotAllowed => 405,
-            Self::RateLimited { .. } | Self::InsufficientQuota => 429,
+            Self::RateLimited { .. } | Self::InsufficientQuota | Self::InsufficientBalance => 429,
             Self::Upstream { status, .. } => upstream_status_to_client(*status),
             Self::UpstreamUnavailable => 502,
             Self::UpstreamTimeout => 504,
@@ -116,6 +118,7 @@ impl GatewayError {
             Self::MethodNotAllowed => "Method not allowed for this URL.".into(),
             Self::RateLimited { message, .. } => message.clone(),
             Self::InsufficientQuota => "You exceeded your current quota. Ask the administrator to raise it.".into(),
+            Self::InsufficientBalance => "Your account balance is too low for this request. Top up or redeem a code to continue.".into(),
             Self::Upstream { status, message } => {
                 if message.is_empty() {
                     format!("The upstream provider returned HTTP {status}.")
@@ -144,7 +147,7 @@ impl GatewayError {
             | Self::ResponseNotFound { .. }
             | Self::MethodNotAllowed => "invalid_request_error",
             Self::RateLimited { .. } => "rate_limit_error",
-            Self::InsufficientQuota => "insufficient_quota",
+            Self::InsufficientQuota | Self::InsufficientBalance => "insufficient_quota",
             Self::Upstream { status, .. } if *status < 500 && *status != 429 => "invalid_request_error",
             Self::Upstream { status: 429, .. } => "rate_limit_error",
             Self::Upstream { .. } | Self::UpstreamUnavailable | Self::UpstreamTimeout => "upstream_error",
@@ -162,7 +165,7 @@ impl GatewayError {
             Self::InvalidJson { .. } => Some("invalid_json"),
             Self::PayloadTooLarge { .. } | Self::ContentTooLarge { .. } => Some("request_too_large"),
             Self::RateLimited { .. } => Some("rate_limit_exceeded"),
-            Self::InsufficientQuota => Some("insufficient_quota"),
+            Self::InsufficientQuota | Self::InsufficientBalance => Some("insufficient_quota"),
             Self::UpstreamTimeout => Some("upstream_timeout"),
             Self::PinRefused => Some("pin_refused"),
             Self::UpstreamUnavailable => Some("upstream_unavailable"),

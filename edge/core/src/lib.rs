@@ -64,3 +64,4 @@ pub mod translate;
 pub mod url_policy;
 pub mod usage;
 pub mod usage_row;
+pub mod user_account;

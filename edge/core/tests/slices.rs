@@ -152,6 +152,7 @@ impl World {
             rpm: Some(RPM),
             tpm: None,
             quota_micros: Some(QUOTA),
+            user_id: None,
         };
         Self {
             account: KeyAccountState::new(WINDOW_MS),

@@ -381,3 +381,4 @@ export default {
 export const KeyAccount = glue.KeyAccount;
 export const InternalGuard = glue.InternalGuard;
 export const ConversationStore = glue.ConversationStore;
+export const UserAccount = glue.UserAccount;

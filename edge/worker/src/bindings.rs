@@ -8,6 +8,8 @@ use worker::Env;
 pub const KV: &str = "EDGEWAY_KV";
 /// Durable Object namespace of per-key accounts.
 pub const KEY_ACCOUNT: &str = "KEY_ACCOUNT";
+/// Durable Object namespace of per-user accounts (balances).
+pub const USER_ACCOUNT: &str = "USER_ACCOUNT";
 /// Durable Object namespace of the internal API's guard (one object: nonces, versions).
 pub const INTERNAL_GUARD: &str = "INTERNAL_GUARD";
 /// Durable Object namespace of per-key conversation stores (signature

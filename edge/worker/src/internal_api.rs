@@ -16,6 +16,8 @@
 //! | `DELETE /internal/keys/{digest}` | delete it from KV and disable the account for good |
 //! | `GET /internal/keys/{digest}/account` | the account's snapshot: spend, reservations, leases, windows, outbox, counters |
 //! | `POST /internal/keys/{digest}/account/probe?limit=n` | times `n` sequential admission + settle round trips (no billing) on that account: use a scratch digest, the admissions count in its windows |
+//! | `PUT /internal/users/{id}/account` | the user's account: `{user_id, credited_micros, version, disabled}` (cumulative credit; the edge keeps the spend); a newer version applies at once to every key of the user, the same version with the same body is accepted again, anything else is a 409 |
+//! | `GET /internal/users/{id}/account` | the user's balance at the edge: credited, spent, reserved (allowances held by the user's keys), available |
 //! | `PUT`/`GET /internal/routing` | the routing config |
 //! | `GET /internal/usage/stats?key_digest=&limit=` | D1 usage totals and rows (newest first), dead-letter counts |
 //! | `POST /internal/usage/requeue` | `{"events":[…]}` onto the usage queue again (every store is idempotent on request id) |
@@ -23,6 +25,7 @@
 //! | `POST /internal/usage/dead-letters/replay?limit=` | put unreplayed dead letters back on the usage queue |
 
 use crate::key_account_object::KeyAccountClient;
+use crate::user_account_object::{Configured, UserAccountClient};
 use crate::{bindings, http_io, internal_guard, isolate, runtime::now_ms, usage_pipeline};
 use edgeway_core::api_key::{is_valid_digest, kv_key_for_digest};
 use edgeway_core::error::GatewayError;
@@ -33,6 +36,7 @@ use edgeway_core::internal_auth::{
 use edgeway_core::key_record::KeyRecord;
 use edgeway_core::routing::{RoutingConfig, RoutingTable, ROUTING_KV_KEY};
 use edgeway_core::usage::UsageEvent;
+use edgeway_core::user_account::{is_valid_user_id, UserAccountPush};
 use serde::Deserialize;
 use serde_json::json;
 use worker::{Env, Method, Request, Response};
@@ -205,6 +209,38 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
                 isolate::with(|s| s.forget_key(digest));
                 account.configure(&deleted_record(digest)?).await?;
                 http_io::json_response(200, &json!({"deleted": true}))
+            }
+            _ => Err(GatewayError::MethodNotAllowed),
+        };
+    }
+    if let Some(user_id) = path.strip_prefix("/internal/users/").and_then(|r| r.strip_suffix("/account")) {
+        if !is_valid_user_id(user_id) {
+            return Err(bad("user id must be 1 to 128 letters, digits, `_` or `-`".into()));
+        }
+        let account = UserAccountClient::new(env, user_id).map_err(|e| internal("user account stub", e))?;
+        if internal_guard::claim(env, &claim(None)).await? == ClaimReply::Replayed {
+            return refused("replayed nonce");
+        }
+        return match method {
+            Method::Get => http_io::json_response(
+                200,
+                &serde_json::to_value(account.snapshot().await?).map_err(|_| GatewayError::Internal)?,
+            ),
+            Method::Put => {
+                let push: UserAccountPush =
+                    serde_json::from_slice(&body).map_err(|e| bad(format!("invalid user account: {e}")))?;
+                if push.user_id != user_id {
+                    return Err(bad("user_id does not match the URL".into()));
+                }
+                // The object is the one place the version is decided: a
+                // replayed or late push of an older account is refused there.
+                match account.configure(&push).await? {
+                    Configured::NotNewer { stored } => not_newer("user account", push.version, stored),
+                    Configured::Applied => http_io::json_response(
+                        200,
+                        &json!({"stored": true, "user_id": user_id, "version": push.version}),
+                    ),
+                }
             }
             _ => Err(GatewayError::MethodNotAllowed),
         };

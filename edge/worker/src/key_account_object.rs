@@ -15,13 +15,19 @@
 //! loaded in the constructor under `blockConcurrencyWhile`, so no request ever
 //! sees a half-loaded account.
 //!
-//! Storage: `core` (limits, spend, windows, counters) and `r:<request id>`
+//! A key with a user draws on the user's balance: before a decision its
+//! allowance cannot cover, the object asks the user's account
+//! ([`crate::user_account_object`]) for more, and once nothing of the key is
+//! held it gives back what it does not use (`edgeway_core::key_account::balance`).
+//!
+//! Storage: `core` (limits, spend, windows, counters, balance draw) and `r:<request id>`
 //! ([`RequestRecord`]), values as JSON text. An admission writes `core` and
 //! its lease; a settle writes `core` and the request's record, which carries
 //! the outbox copy of the usage event until the queue accepted it.
 
 use crate::bindings;
 use crate::runtime::now_ms;
+use crate::user_account_object::UserAccountClient;
 use edgeway_core::error::GatewayError;
 use edgeway_core::key_account::{
     AccountCore, AdmitDecision, AdmitRequest, KeyAccountState, ReleaseRequest, RequestRecord, SettleOutcome,
@@ -30,6 +36,7 @@ use edgeway_core::key_account::{
 use edgeway_core::key_record::KeyRecord;
 use edgeway_core::rate_window::MINUTE_MS;
 use edgeway_core::usage::UsageEvent;
+use edgeway_core::user_account::AllowanceRequest;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use worker::js_sys::{Array, Object, Reflect};
@@ -48,6 +55,9 @@ const MAX_OBJECT_BODY: usize = 256 * 1024;
 /// An outbox event is published at once after its settle; if that fails or
 /// the object is evicted first, the alarm retries this soon.
 const OUTBOX_SAFETY_MS: i64 = 5_000;
+/// A release of balance allowance that did not reach the user account is
+/// sent again by the alarm this soon.
+const RELEASE_RETRY_MS: i64 = 5_000;
 
 struct Inner {
     state: State,
@@ -201,6 +211,52 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Sends an allowance request (or release) to the key's user account
+    /// and applies the answer.
+    async fn draw_balance(&self, mut ask: AllowanceRequest) -> Result<()> {
+        let Some(user) = self.with_account(|a| a.balance_user().map(str::to_string)).flatten() else {
+            return Ok(());
+        };
+        ask.key_id = self.state.id().to_string();
+        let grant = UserAccountClient::new(&self.env, &user)?.draw(&ask).await?;
+        let writes = self.with_account(|a| a.apply_allowance(&grant)).unwrap_or_default();
+        self.persist(writes).await
+    }
+
+    /// When nothing of the key is held any more: gives the balance
+    /// allowance it does not use back to the user account, so the user's
+    /// other keys can have it (retried by alarm until the answer comes).
+    fn release_balance_soon(self: &Rc<Self>) {
+        let Some((release, writes)) = self.with_account(|a| a.allowance_release()).flatten() else { return };
+        let inner = self.clone();
+        self.state.wait_until(async move {
+            let sent = async {
+                inner.persist(writes).await?;
+                inner.draw_balance(release).await
+            };
+            if let Err(e) = sent.await {
+                worker::console_error!("key account: balance release not answered, retrying: {e}");
+                let now = now_ms();
+                if let Err(e) = inner.schedule(now, Some(now + RELEASE_RETRY_MS)).await {
+                    worker::console_error!("key account: alarm not set: {e}");
+                }
+            }
+        });
+    }
+
+    /// Before a decision: asks the user account for more allowance when
+    /// `ask` says the one counted on cannot cover it. An unreachable user
+    /// account fails the call (the request is refused, fail closed).
+    async fn ensure_balance(&self, ask: Option<AllowanceRequest>, writes: Writes) -> Result<()> {
+        self.persist(writes).await?;
+        match ask {
+            Some(ask) => self.draw_balance(ask).await,
+            None => Ok(()),
+        }
+    }
+}
+
 impl KeyAccount {
     /// After settled usage entered the outbox: publish it now (the alarm
     /// retries if this fails or the object is evicted first).
@@ -240,6 +296,13 @@ impl KeyAccount {
                 let Ok(admit) = serde_json::from_slice::<AdmitRequest>(&body) else {
                     return json_error(400, "invalid admission request");
                 };
+                let Some((ask, writes)) = inner.with_account(|a| a.balance_request_for_admit(&admit)) else {
+                    return json_error(503, "key account not loaded");
+                };
+                if let Err(e) = inner.ensure_balance(ask, writes).await {
+                    worker::console_error!("key account: the user account did not answer: {e}");
+                    return json_error(503, "user account unreachable");
+                }
                 let now = now_ms();
                 let Some((decision, writes)) = inner.with_account(|a| a.admit(&admit, now)) else {
                     return json_error(503, "key account not loaded");
@@ -262,6 +325,7 @@ impl KeyAccount {
                 };
                 inner.persist(writes).await?;
                 self.publish_soon(now).await?;
+                inner.release_balance_soon();
                 if outcome == SettleOutcome::Duplicate {
                     worker::console_warn!("key account: repeated settle of {} ignored", settle.request_id);
                 }
@@ -271,13 +335,34 @@ impl KeyAccount {
                 let Ok(renewal) = serde_json::from_slice::<SliceRenewal>(&body) else {
                     return json_error(400, "invalid slice renewal");
                 };
+                let Some((ask, writes)) = inner.with_account(|a| a.balance_request_for_slice(&renewal))
+                else {
+                    return json_error(503, "key account not loaded");
+                };
+                if let Err(e) = inner.ensure_balance(ask, writes).await {
+                    worker::console_error!("key account: the user account did not answer: {e}");
+                    return json_error(503, "user account unreachable");
+                }
                 let now = now_ms();
                 let Some((grant, writes)) = inner.with_account(|a| a.renew_slice(&renewal, now)) else {
                     return json_error(503, "key account not loaded");
                 };
                 inner.persist(writes).await?;
                 self.publish_soon(now).await?;
+                inner.release_balance_soon();
                 Response::from_json(&grant)
+            }
+            "/balance-notice" => {
+                #[derive(serde::Deserialize)]
+                struct Notice {
+                    disabled: bool,
+                }
+                let Ok(notice) = serde_json::from_slice::<Notice>(&body) else {
+                    return json_error(400, "invalid balance notice");
+                };
+                let writes = inner.with_account(|a| a.user_notice(notice.disabled)).unwrap_or_default();
+                inner.persist(writes).await?;
+                Response::from_json(&serde_json::json!({ "ok": true }))
             }
             "/configure" => {
                 let Ok(record) = serde_json::from_slice::<KeyRecord>(&body) else {
@@ -338,6 +423,7 @@ impl DurableObject for KeyAccount {
         if let Err(e) = inner.flush_outbox().await {
             worker::console_error!("key account: outbox flush failed: {e}");
         }
+        inner.release_balance_soon();
         inner.schedule(now_ms(), None).await?;
         Response::ok("ok")
     }

@@ -27,6 +27,7 @@ mod models_api;
 mod responses_api;
 mod runtime;
 mod usage_pipeline;
+mod user_account_object;
 
 use edgeway_core::cors::CorsPolicy;
 use edgeway_core::endpoint::{self, Endpoint, NoEndpoint};
@@ -36,6 +37,7 @@ use worker::{event, Context, Env, Request, Response, Result};
 pub use conversation_object::ConversationStore;
 pub use internal_guard::InternalGuard;
 pub use key_account_object::KeyAccount;
+pub use user_account_object::UserAccount;
 
 /// Logs an internal failure with its cause (never a secret) and returns the
 /// error the client sees.

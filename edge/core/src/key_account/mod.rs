@@ -37,7 +37,9 @@ use crate::usage::UsageEvent;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+pub mod balance;
 pub mod slice;
+pub use balance::BalanceDraw;
 pub use slice::{ClosedGrant, RateGrant, SliceGrant, SliceRecord, SliceRenewal, SliceSettle, SliceWant};
 
 /// Default lease lifetime: longer than any request the gateway lets run.
@@ -65,6 +67,10 @@ pub struct KeyLimits {
     /// Total spend allowed, micro-units; `None` = unlimited.
     #[serde(default)]
     pub quota_micros: Option<i64>,
+    /// The user whose balance the key draws on ([`balance`]); `None` = a
+    /// standalone key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// What the worker sends to admit a request.
@@ -100,8 +106,10 @@ pub enum Refusal {
     Tpm,
     /// The reservation would exceed the quota.
     Quota,
-    /// The key was disabled.
+    /// The key was disabled (or its user was).
     Revoked,
+    /// The key's user's balance cannot cover the reservation.
+    Balance,
 }
 
 /// The object's answer.
@@ -164,6 +172,7 @@ impl KeyLimits {
             rpm: record.rpm,
             tpm: record.tpm,
             quota_micros: record.quota_micros,
+            user_id: record.user_id.clone(),
         }
     }
 }
@@ -176,6 +185,7 @@ impl KeyLimits {
             || self.rpm.is_some()
             || self.tpm.is_some()
             || self.quota_micros.is_some()
+            || self.user_id.is_some()
     }
 }
 
@@ -212,6 +222,7 @@ impl Refusal {
                 retry_after_secs: retry_after_secs.unwrap_or(60).max(1),
             },
             Self::Quota => GatewayError::InsufficientQuota,
+            Self::Balance => GatewayError::InsufficientBalance,
             Self::Revoked => GatewayError::InvalidApiKey,
         }
     }
@@ -287,6 +298,8 @@ pub struct Counters {
     pub refused_tpm: u64,
     pub refused_quota: u64,
     pub refused_revoked: u64,
+    /// Refused because the user's balance could not cover the reservation.
+    pub refused_balance: u64,
     pub settled: u64,
     /// Settles that changed nothing because the request was already settled.
     pub duplicate_settles: u64,
@@ -315,6 +328,8 @@ pub struct AccountCore {
     pub rpm: SlidingWindow,
     pub tpm: SlidingWindow,
     pub counters: Counters,
+    /// The draw on the key's user's balance (keys with a user).
+    pub balance: Option<BalanceDraw>,
 }
 
 /// How a settle call ended.
@@ -363,6 +378,9 @@ pub struct AccountSnapshot {
     pub window_ms: i64,
     pub counters: Counters,
     pub next_wakeup_ms: Option<i64>,
+    /// The draw on the key's user's balance (keys with a user).
+    #[serde(default)]
+    pub balance: Option<BalanceDraw>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -491,6 +509,7 @@ impl KeyAccountState {
         };
         if newer {
             self.core.limits = Some(offered.clone());
+            self.bind_balance();
         }
         newer
     }
@@ -512,6 +531,7 @@ impl KeyAccountState {
                 Refusal::Tpm => c.refused_tpm += 1,
                 Refusal::Quota => c.refused_quota += 1,
                 Refusal::Revoked => c.refused_revoked += 1,
+                Refusal::Balance => c.refused_balance += 1,
             }
             AdmitDecision::Refused { reason, retry_after_secs: retry }
         };
@@ -528,7 +548,10 @@ impl KeyAccountState {
             };
             return (decision, writes);
         }
-        if limits.disabled || self.core.expires_at.is_some_and(|at| now_ms.div_euclid(1000) >= at) {
+        if limits.disabled
+            || self.user_disabled(&limits)
+            || self.core.expires_at.is_some_and(|at| now_ms.div_euclid(1000) >= at)
+        {
             return (refuse(self, Refusal::Revoked, None), writes);
         }
         if !record_key_ok(&req.request_id)
@@ -557,11 +580,12 @@ impl KeyAccountState {
             }
         }
         let reserve = req.reserve_micros.max(0);
-        if let Some(quota) = limits.quota_micros {
+        if let Some(quota) = self.quota_in_force(&limits) {
             let needed =
                 i128::from(self.core.spent_micros) + i128::from(self.reserved_micros) + i128::from(reserve);
             if needed > i128::from(quota) {
-                return (refuse(self, Refusal::Quota, None), writes);
+                let reason = self.quota_refusal(&limits, needed);
+                return (refuse(self, reason, None), writes);
             }
         }
 
@@ -669,6 +693,7 @@ impl KeyAccountState {
         {
             self.core.limits = Some(offered);
             self.core.expires_at = record.expires_at;
+            self.bind_balance();
             return Writes { core: true, ..Writes::default() };
         }
         Writes::default()
@@ -834,7 +859,8 @@ impl KeyAccountState {
         leases.sort_by_key(|l| l.expires_at_ms);
         leases.truncate(100);
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let quota = self.core.limits.as_ref().and_then(|l| l.quota_micros);
+        let limits = self.core.limits.clone().unwrap_or_default();
+        let quota = self.quota_in_force(&limits);
         AccountSnapshot {
             limits: self.core.limits.clone(),
             expires_at: self.core.expires_at,
@@ -860,6 +886,7 @@ impl KeyAccountState {
             window_ms: self.core.rpm.window_ms(),
             counters: self.core.counters.clone(),
             next_wakeup_ms: self.next_wakeup(now_ms),
+            balance: self.core.balance.clone(),
         }
     }
 }

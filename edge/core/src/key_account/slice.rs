@@ -234,7 +234,9 @@ impl KeyAccountState {
         }
 
         // 3. What the slice may hold from now on.
-        let revoked = limits.disabled || self.core.expires_at.is_some_and(|at| now_ms.div_euclid(1000) >= at);
+        let revoked = limits.disabled
+            || self.user_disabled(&limits)
+            || self.core.expires_at.is_some_and(|at| now_ms.div_euclid(1000) >= at);
         let want = if revoked { SliceWant::default() } else { req.want };
         let in_use_slots = req.in_use_slots;
         let in_use_micros = req.in_use_micros.max(0).min(slice.hold_micros.max(0));
@@ -242,7 +244,8 @@ impl KeyAccountState {
         let others_slots = self.in_flight();
         let old_slots = slice.slots;
         let old_hold = slice.hold_micros.max(0);
-        let free_micros = match limits.quota_micros {
+        let quota_in_force = self.quota_in_force(&limits);
+        let free_micros = match quota_in_force {
             Some(quota) => quota.saturating_sub(self.core.spent_micros).saturating_sub(self.reserved_micros),
             None => i64::MAX,
         };
@@ -255,10 +258,14 @@ impl KeyAccountState {
                 Some(limit) => want.slots.min(limit.saturating_sub(others_slots)),
                 None => want.slots,
             };
-            (
-                slots.max(old_slots).max(in_use_slots),
-                want.quota_micros.max(0).min(free_micros.max(0)).max(old_hold),
-            )
+            let mut hold = want.quota_micros.max(0).min(free_micros.max(0)).max(old_hold);
+            if req.need.is_some_and(|need| hold < in_use_micros.saturating_add(need.quota_micros)) {
+                // The waiting request will not fit: a hold too small for it
+                // would only keep from the key's other isolates (and the
+                // user's other keys) what they could use.
+                hold = old_hold;
+            }
+            (slots.max(old_slots).max(in_use_slots), hold)
         };
         slice.slots = slots;
         slice.hold_micros = hold.max(in_use_micros);
@@ -319,7 +326,7 @@ impl KeyAccountState {
             limits: limits.clone(),
             revoked,
             slots: limits.max_concurrency.map(|_| slice.slots),
-            quota_micros: limits.quota_micros.map(|_| slice.hold_micros),
+            quota_micros: quota_in_force.map(|_| slice.hold_micros),
             requests: limits.rpm.map(|_| requests),
             tokens: limits.tpm.map(|_| tokens),
             granted_at_ms: now_ms,
@@ -372,10 +379,14 @@ impl KeyAccountState {
                 return Some((Refusal::Tpm, wait.err().flatten().map(retry_after_secs)));
             }
         }
-        if limits.quota_micros.is_some()
+        if self.quota_in_force(limits).is_some()
             && slice.hold_micros < in_use_micros.saturating_add(need.quota_micros)
         {
-            return Some((Refusal::Quota, None));
+            let needed = i128::from(self.core.spent_micros)
+                + i128::from(self.reserved_micros)
+                + i128::from(in_use_micros)
+                + i128::from(need.quota_micros);
+            return Some((self.quota_refusal(limits, needed), None));
         }
         None
     }
@@ -388,6 +399,7 @@ impl KeyAccountState {
             Some(Refusal::Tpm) => c.refused_tpm += 1,
             Some(Refusal::Quota) => c.refused_quota += 1,
             Some(Refusal::Revoked) => c.refused_revoked += 1,
+            Some(Refusal::Balance) => c.refused_balance += 1,
             None => {}
         }
     }
@@ -415,7 +427,7 @@ impl KeyAccountState {
             limits: limits.clone(),
             revoked: false,
             slots: limits.max_concurrency.map(|_| 0),
-            quota_micros: limits.quota_micros.map(|_| 0),
+            quota_micros: self.quota_in_force(limits).map(|_| 0),
             requests: limits.rpm.map(|_| 0),
             tokens: limits.tpm.map(|_| 0),
             granted_at_ms: now_ms,

@@ -6,7 +6,15 @@ use proptest::prelude::*;
 const MIN: i64 = MINUTE_MS;
 
 fn limits(quota: Option<i64>, conc: Option<u32>, rpm: Option<u32>, tpm: Option<u64>) -> KeyLimits {
-    KeyLimits { version: 1, disabled: false, max_concurrency: conc, rpm, tpm, quota_micros: quota }
+    KeyLimits {
+        version: 1,
+        disabled: false,
+        max_concurrency: conc,
+        rpm,
+        tpm,
+        quota_micros: quota,
+        user_id: None,
+    }
 }
 
 fn admit_req(id: &str, limits: &KeyLimits, reserve: i64, tokens: u64) -> AdmitRequest {
@@ -335,6 +343,7 @@ fn from_record_copies_the_limits() {
             rpm: Some(1),
             tpm: Some(2),
             quota_micros: Some(9),
+            user_id: None,
         }
     );
 }

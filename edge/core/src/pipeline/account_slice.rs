@@ -272,7 +272,10 @@ impl IsolateSlices {
         slice.closing.clear();
         let refused = reply.refusal;
         let admit_until_ms = sent_at_ms.saturating_add(reply.admit_for_ms);
-        slice.refused_until_ms = if refused.is_some() { admit_until_ms } else { 0 };
+        // A refusal stands until the grant's horizon, except the balance's:
+        // a top-up must let the next request in at once.
+        let stands = refused.is_some_and(|(reason, _)| reason != crate::key_account::Refusal::Balance);
+        slice.refused_until_ms = if stands { admit_until_ms } else { 0 };
         let fresh = !reply.revoked
             && reply.admit_for_ms > 0
             && (reply.requests.is_none_or(|n| n > 0) || reply.tokens.is_some_and(|n| n > 0));

@@ -96,7 +96,7 @@ impl Generation {
         }
         self.model_options = table.model(route.model).map(|m| m.options).unwrap_or_default();
         self.targets = Target::list(&route);
-        if record.quota_micros.is_some() {
+        if record.quota_micros.is_some() || record.user_id.is_some() {
             inbound.cap_output(DEFAULT_RESERVED_OUTPUT_TOKENS);
         }
         self.meter = Some(Meter {

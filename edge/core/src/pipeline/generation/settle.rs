@@ -38,6 +38,13 @@ impl Generation {
             };
         }
         let Some(event) = self.event.take() else {
+            if isolate.slices.idle(&self.digest) {
+                // Refused by the key's slice, which holds nothing in use:
+                // give it back if the key stays idle, so what it holds goes
+                // back to the key's account (and the user's balance).
+                self.phase = Phase::AwaitIdleRelease;
+                return Effect::Sleep { ms: SLICE_IDLE_RELEASE_MS };
+            }
             self.phase = Phase::Finished;
             return Effect::Finished;
         };
