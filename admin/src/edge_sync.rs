@@ -4,7 +4,7 @@
 //! (`PUT /internal/keys/{digest}`), the whole routing config
 //! (`PUT /internal/routing`), or a user's account (`PUT
 //! /internal/users/{id}/account`: cumulative credit, version, disabled; see
-//! `shared/agents/CONTRACT-accounts-edge.md`). Each request is signed with
+//! `docs/key-accounts.md` ("User balances")). Each request is signed with
 //! [`edgeway_core::internal_auth::signed_headers`] over method, URL path and
 //! query, timestamp, a fresh random nonce and the body; the edge refuses a
 //! replayed nonce and a version that is not newer than the one it holds (409;

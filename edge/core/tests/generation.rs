@@ -1608,3 +1608,16 @@ fn failed_answers_are_not_cached() {
     assert_eq!(cut.status, 200);
     assert_eq!(w.cache_calls, ["get", "get"], "a stream cut short is not kept");
 }
+
+#[test]
+fn a_request_its_slice_refuses_gives_the_idle_slice_back() {
+    // Quota 100: the first request's worst case (well above 100) cannot fit.
+    let mut w = World::new(json!({"quota_micros": 100}), routing(&[("a", A)]));
+    w.upstream(A, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hello there")}));
+    assert_eq!(out.status, 429);
+    assert_eq!(out.fetched.len(), 0);
+    assert_eq!(out.renewals, 2, "the refused renewal, then the release 1 s later: {:?}", out.trace);
+    let snapshot = w.account.snapshot(w.now);
+    assert_eq!((snapshot.slices, snapshot.reserved_micros, snapshot.in_flight), (0, 0, 0), "nothing held");
+}

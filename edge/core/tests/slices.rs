@@ -406,3 +406,27 @@ fn a_quota_refusal_is_a_quota_refusal_while_rate_grants_are_plenty() {
         Renewed::Refused(edgeway_core::key_account::Refusal::Quota, _)
     ));
 }
+
+#[test]
+fn a_renewal_whose_waiting_request_cannot_fit_takes_no_hold() {
+    use edgeway_core::key_account::{Refusal, SliceWant};
+    let mut account = KeyAccountState::new(WINDOW_MS);
+    let mut limits = World::new().limits;
+    limits.quota_micros = Some(100);
+    let renewal = SliceRenewal {
+        slice_id: "s_b_1".into(),
+        seq: 1,
+        limits,
+        settled: Vec::new(),
+        closed: Vec::new(),
+        release: false,
+        in_use_slots: 0,
+        in_use_micros: 0,
+        want: SliceWant { slots: 5, quota_micros: 1_000, requests: 1, tokens: 0 },
+        need: Some(SliceWant { slots: 1, quota_micros: 500, requests: 1, tokens: 0 }),
+    };
+    let (g, _) = account.renew_slice(&renewal, 1_000_000);
+    assert!(matches!(g.refusal, Some((Refusal::Quota, _))), "{g:?}");
+    assert_eq!(g.quota_micros, Some(0), "a hold too small for the waiting request is not taken");
+    assert_eq!(account.reserved_micros(), 0);
+}
