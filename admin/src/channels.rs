@@ -21,6 +21,7 @@ use crate::{now_secs, validate, AppState};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use edgeway_core::channel_health::breaker::{BreakerPolicy, MAX_OPEN_MS};
 use edgeway_core::pricing::ModelPrice;
 use edgeway_core::provider::{provider_by_id, ProviderDialect, PROVIDERS};
 use edgeway_core::routing::{Channel, MockOptions, ModelOptions, ModelRoute, RoutingConfig, RoutingTable};
@@ -95,6 +96,10 @@ pub struct CreateChannel {
     /// self-hosted server fetching from the operator's network).
     #[serde(default)]
     pub media_hosts: Vec<String>,
+    /// When the channel's circuits open (default: 5 failures within 30 s
+    /// open for 15 s).
+    #[serde(default)]
+    pub breaker: Option<BreakerPolicy>,
     #[serde(default)]
     pub models: Vec<ChannelModel>,
 }
@@ -221,6 +226,13 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
             media_hosts.push(host);
         }
     }
+    if let Some(b) = &body.breaker {
+        if b.failures > 10_000 || b.window_ms > 86_400_000 || b.open_ms > MAX_OPEN_MS {
+            return Err(ApiError::bad_request(format!(
+                "`breaker`: `failures` at most 10000, `window_ms` at most 86400000, `open_ms` at most {MAX_OPEN_MS}"
+            )));
+        }
+    }
     let channel = Channel {
         id,
         provider: provider.id.to_string(),
@@ -234,6 +246,7 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
         mock: body.mock,
         groups,
         media_hosts,
+        breaker: body.breaker,
     };
     Ok((channel, models))
 }
@@ -259,6 +272,8 @@ pub struct ChannelView {
     pub groups: Vec<String>,
     /// Non-public media hosts this channel may receive URLs of.
     pub media_hosts: Vec<String>,
+    /// The channel's breaker policy (`None`: the default).
+    pub breaker: Option<BreakerPolicy>,
     /// The models this channel serves and how.
     pub models: Vec<ChannelTargetView>,
 }
@@ -289,6 +304,7 @@ fn channel_views(config: &RoutingConfig) -> Vec<ChannelView> {
             mock: ch.mock,
             groups: ch.groups.clone(),
             media_hosts: ch.media_hosts.clone(),
+            breaker: ch.breaker,
             models: config
                 .models
                 .iter()

@@ -41,12 +41,14 @@ before(async () => {
   const mockV1 = `${stack.mockUrl}/v1`;
   const limits = { timeout_ms: LIMIT_MS, first_content_timeout_ms: LIMIT_MS, idle_timeout_ms: LIMIT_MS };
   await stack.adminApi('POST', '/api/channels', {
-    id: 'fo-bad', provider: 'openai-compatible', base_url: mockV1, api_key: 'sk-fo-bad-0000000000', ...limits,
+    // The matrix measures failover itself: the breaker is off for the failing
+    // channels (tests/e2e/breaker.test.mjs measures the breaker).
+    id: 'fo-bad', provider: 'openai-compatible', base_url: mockV1, api_key: 'sk-fo-bad-0000000000', ...limits, breaker: { failures: 0 },
     models: Object.entries(FAILING).map(([name, upstream]) => ({ name, upstream_model: upstream, priority: 10, price })),
   });
   const refusedPort = await freePort(); // nobody listens there
   await stack.adminApi('POST', '/api/channels', {
-    id: 'fo-refused', provider: 'openai-compatible', base_url: `http://127.0.0.1:${refusedPort}/v1`, ...limits,
+    id: 'fo-refused', provider: 'openai-compatible', base_url: `http://127.0.0.1:${refusedPort}/v1`, ...limits, breaker: { failures: 0 },
     models: [{ name: 'fo-refused', upstream_model: 'gpt-test', priority: 10, price }],
   });
   await stack.adminApi('POST', '/api/channels', {

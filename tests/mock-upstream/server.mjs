@@ -25,7 +25,8 @@
 //   die-mid-stream      streams: headers and two deltas, then the connection is reset
 //   think-<ms>          streams: headers at once, the first delta after <ms> (a long thinking phase)
 // Control endpoints: GET /__stats (requests, in-flight, max in-flight), GET /__last (last
-// request body and headers minus credentials), POST /__reset.
+// request body and headers minus credentials), POST /__reset, POST /__switch?model=switch-x&status=500
+// (a `switch-*` model answers that status from then on; status=200 heals it).
 import http from 'node:http';
 
 export function createMockUpstream() {
@@ -82,6 +83,7 @@ export function createMockUpstream() {
     res.end('data: [DONE]\n\n');
   };
 
+  const switches = {};
   const server = http.createServer(async (req, res) => {
     if (req.method === 'GET' && req.url === '/__stats') {
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -90,6 +92,12 @@ export function createMockUpstream() {
     if (req.method === 'GET' && req.url === '/__last') {
       res.writeHead(200, { 'content-type': 'application/json' });
       return res.end(JSON.stringify(last));
+    }
+    if (req.method === 'POST' && req.url.startsWith('/__switch?')) {
+      const q = new URL(req.url, 'http://mock').searchParams;
+      switches[q.get('model')] = Number(q.get('status'));
+      res.writeHead(204);
+      return res.end();
     }
     if (req.method === 'POST' && req.url === '/__reset') {
       Object.assign(stats, { requests: 0, inFlight: 0, maxInFlight: 0, byModel: {} });
@@ -131,6 +139,10 @@ export function createMockUpstream() {
     res.on('close', release);
 
     if (model === 'hang') return; // never answer
+    if (model.startsWith('switch-') && (switches[model] ?? 200) !== 200) {
+      res.writeHead(switches[model], { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ error: { message: `switched to ${switches[model]}`, type: 'server_error' } }));
+    }
     const retryAfter = /^retry-after-(\d+)$/.exec(model);
     if (retryAfter) {
       res.writeHead(429, { 'content-type': 'application/json', 'retry-after': retryAfter[1] });

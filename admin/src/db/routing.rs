@@ -7,6 +7,7 @@
 use crate::db::{is_unique_violation, Db, RowExt};
 use crate::error::{ApiError, ApiResult};
 use crate::now_ms;
+use edgeway_core::channel_health::breaker::BreakerPolicy;
 use edgeway_core::pricing::ModelPrice;
 use edgeway_core::routing::{Channel, GroupConfig, ModelOptions, ModelRoute, RouteTarget, RoutingConfig};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,8 @@ pub struct ChannelSettings {
     pub idle_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub media_hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerPolicy>,
 }
 
 impl ChannelSettings {
@@ -30,6 +33,7 @@ impl ChannelSettings {
             first_content_timeout_ms: channel.first_content_timeout_ms,
             idle_timeout_ms: channel.idle_timeout_ms,
             media_hosts: channel.media_hosts.clone(),
+            breaker: channel.breaker,
         }
     }
 }
@@ -89,6 +93,7 @@ pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingC
             first_content_timeout_ms: settings.first_content_timeout_ms,
             idle_timeout_ms: settings.idle_timeout_ms,
             media_hosts: settings.media_hosts,
+            breaker: settings.breaker,
         });
     }
     let model_rows = sqlx::query(

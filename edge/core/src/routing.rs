@@ -64,6 +64,10 @@ pub struct Channel {
     /// operator's own network. Empty: only public media URLs.
     #[serde(default)]
     pub media_hosts: Vec<String>,
+    /// When this channel's circuits open
+    /// ([`crate::channel_health::breaker`]); `None`: the default policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<crate::channel_health::breaker::BreakerPolicy>,
 }
 
 impl Channel {

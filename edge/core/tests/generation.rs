@@ -1621,3 +1621,63 @@ fn a_request_its_slice_refuses_gives_the_idle_slice_back() {
     let snapshot = w.account.snapshot(w.now);
     assert_eq!((snapshot.slices, snapshot.reserved_micros, snapshot.in_flight), (0, 0, 0), "nothing held");
 }
+
+/// Routing with a breaker policy on every channel.
+fn routing_with_breaker(targets: &[(&str, &str)], failures: u32, open_ms: u64) -> Value {
+    let mut r = routing(targets);
+    for ch in r["channels"].as_array_mut().unwrap() {
+        ch["breaker"] = json!({"failures": failures, "window_ms": 10_000, "open_ms": open_ms});
+    }
+    r
+}
+
+#[test]
+fn an_open_circuit_is_skipped_then_probed_once_and_closed_by_the_probe() {
+    let mut w = World::new(unlimited(), routing_with_breaker(&[("a", A), ("b", B)], 2, 5_000));
+    // Two failures of a (each request failing over to b) open a's circuit.
+    for _ in 0..2 {
+        w.upstream(A, vec![status(500, r#"{"error":{"message":"boom"}}"#)]);
+        w.upstream(B, vec![ok_json(completion())]);
+        let out = w.run(json!({"model": "m", "messages": user("hi")}));
+        assert_eq!((out.status, out.fetched.len()), (200, 2));
+    }
+    // Open: a is not tried at all.
+    w.upstream(B, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.status, 200);
+    assert_eq!(out.fetched.len(), 1, "a skipped");
+    assert!(out.fetched[0].starts_with(B));
+    let e = &out.events()[0];
+    assert_eq!(e.attempts.len(), 1, "a skipped circuit is no attempt");
+    assert!(out.logs.iter().any(|l| l.contains("channel a skipped: its circuit is open")), "{:?}", out.logs);
+    // After the cool-down one request probes a; its success closes the circuit.
+    w.now += 5_000;
+    w.upstream(A, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!((out.status, out.fetched.len()), (200, 1));
+    assert!(out.fetched[0].starts_with(A), "the probe went to a");
+    w.upstream(A, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert!(out.fetched[0].starts_with(A), "closed again");
+    assert!(w.isolate.breakers.view(w.now).is_empty());
+}
+
+#[test]
+fn when_every_circuit_is_open_they_are_tried_anyway_and_a_clients_400_opens_none() {
+    let mut w = World::new(unlimited(), routing_with_breaker(&[("a", A), ("b", B)], 1, 1_000));
+    w.upstream(A, vec![status(503, "{}")]);
+    w.upstream(B, vec![status(503, "{}")]);
+    assert_eq!(w.run(json!({"model": "m", "messages": user("hi")})).status, 503);
+    // Both open: rather than refuse unseen, both are tried in order.
+    w.upstream(A, vec![status(503, "{}")]);
+    w.upstream(B, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!((out.status, out.fetched.len()), (200, 2), "{:?}", out.fetched);
+    // A client's own 400 never opens a circuit.
+    let mut w = World::new(unlimited(), routing_with_breaker(&[("a", A), ("b", B)], 1, 60_000));
+    w.upstream(A, vec![status(400, r#"{"error":{"message":"bad"}}"#)]);
+    assert_eq!(w.run(json!({"model": "m", "messages": user("hi")})).status, 400);
+    w.upstream(A, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert!(out.fetched[0].starts_with(A));
+}

@@ -19,6 +19,7 @@
 //! | `PUT /internal/users/{id}/account` | the user's account: `{user_id, credited_micros, version, disabled}` (cumulative credit; the edge keeps the spend); a newer version applies at once to every key of the user, the same version with the same body is accepted again, anything else is a 409 |
 //! | `GET /internal/users/{id}/account` | the user's balance at the edge: credited, spent, reserved (allowances held by the user's keys), available |
 //! | `PUT`/`GET /internal/routing` | the routing config |
+//! | `GET /internal/health` | the circuits the isolate that answers has opened, or that have recent failures (channel, upstream model, state, last failure) |
 //! | `GET /internal/usage/stats?key_digest=&limit=` | D1 usage totals and rows (newest first), dead-letter counts |
 //! | `POST /internal/usage/requeue` | `{"events":[…]}` onto the usage queue again (every store is idempotent on request id) |
 //! | `GET /internal/usage/dead-letters?limit=` | dead letters kept in D1 |
@@ -309,6 +310,11 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
                 .await
                 .map_err(|e| internal("dead-letter replay", e))?;
             http_io::json_response(200, &replayed)
+        }
+        (Method::Get, "/internal/health") => {
+            // This isolate's circuits (each isolate keeps its own).
+            let circuits = isolate::with(|s| s.breakers.view(now_ms()));
+            http_io::json_response(200, &json!({ "circuits": circuits }))
         }
         (Method::Get, "/internal/routing") => {
             let table = isolate::routing_table(env).await?;

@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod breaker;
+
 /// Cool-down of a circuit opened by an exhausted upstream quota (billing),
 /// when the upstream gave no `Retry-After`: it will not come back soon.
 pub const QUOTA_COOL_DOWN_MS: u64 = 10 * 60_000;

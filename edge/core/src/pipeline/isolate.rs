@@ -63,6 +63,8 @@ pub struct IsolateState {
     pub config: IsolateConfig,
     /// Slices of the accounts of keys with limits ([`super::account_slice`]).
     pub slices: IsolateSlices,
+    /// The channels' circuits as this isolate has seen them fail.
+    pub breakers: crate::channel_health::breaker::Breakers,
     keys: HashMap<String, (Rc<KeyRecord>, i64)>,
     account_checks: HashMap<String, (bool, i64)>,
     routing: Option<(Rc<RoutingTable>, i64)>,

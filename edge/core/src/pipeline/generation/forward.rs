@@ -1,4 +1,5 @@
 use super::*;
+use crate::channel_health::breaker::Admission;
 use crate::channel_health::{Attempt, Failure, TimeoutPhase};
 use crate::error::GatewayError;
 use crate::family::{self, Family, MockAnswer};
@@ -28,7 +29,6 @@ impl Target {
         route
             .candidates
             .iter()
-            .take(MAX_ATTEMPTS)
             .map(|c| Target {
                 channel: c.channel.id.clone(),
                 provider: c.provider,
@@ -43,6 +43,7 @@ impl Target {
                     .unwrap_or(DEFAULT_FIRST_CONTENT_TIMEOUT_MS),
                 idle_timeout_ms: c.channel.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
                 mock: c.channel.mock.unwrap_or_default(),
+                breaker: c.channel.breaker.unwrap_or_default(),
             })
             .collect()
     }
@@ -61,11 +62,50 @@ impl Generation {
         self.shaper = None;
         self.held.clear();
         self.deadline = None;
-        if self.next_target >= self.targets.len() || self.disconnected_at.is_some() {
+        if !self.more_targets() || self.disconnected_at.is_some() {
             let error = self.last_error.clone().unwrap_or(GatewayError::UpstreamUnavailable);
             return self.no_more_candidates(isolate, error, now);
         }
         self.attempt(isolate, now)
+    }
+
+    /// Whether another candidate may still be tried.
+    pub(super) fn more_targets(&self) -> bool {
+        self.tried < MAX_ATTEMPTS
+            && (self.next_target < self.targets.len()
+                || (!self.deferred.is_empty() && (self.tried == 0 || self.all_open)))
+    }
+
+    /// The next candidate to try: in order, skipping those whose circuit is
+    /// open (a pinned request is never skipped); when every candidate's
+    /// circuit is open, those, in order.
+    fn pick_target(&mut self, isolate: &mut IsolateState, now: i64) -> Option<Target> {
+        if self.tried >= MAX_ATTEMPTS {
+            return None;
+        }
+        while let Some(target) = self.targets.get(self.next_target).cloned() {
+            self.next_target += 1;
+            let admission = if self.pinned.is_some() {
+                Admission::Try
+            } else {
+                isolate.breakers.admit(&target.channel, &target.upstream_model, now)
+            };
+            if admission != Admission::Skip {
+                if admission == Admission::Probe {
+                    self.log(false, format!("channel {}: half-open, this request probes it", target.channel));
+                }
+                self.tried += 1;
+                return Some(target);
+            }
+            self.log(false, format!("channel {} skipped: its circuit is open", target.channel));
+            self.deferred.push(target);
+        }
+        if (self.tried == 0 || self.all_open) && !self.deferred.is_empty() {
+            self.all_open = true;
+            self.tried += 1;
+            return Some(self.deferred.remove(0));
+        }
+        None
     }
 
     /// Ends a request no upstream served with `error`: an error response,
@@ -91,6 +131,9 @@ impl Generation {
     /// Records a failed attempt (and logs it); `status` 0 = no answer.
     pub(super) fn attempt_failed(&mut self, failure: Failure, status: u16, error: GatewayError, now: i64) {
         let channel = self.served.channel.clone();
+        if let Some((target, _, _)) = &self.current {
+            self.health.push((channel.clone(), target.upstream_model.clone(), target.breaker, Some(failure)));
+        }
         self.log(false, format!("channel {channel} failed ({}): {error}", failure.kind()));
         self.attempts.push(Attempt {
             channel,
@@ -104,6 +147,9 @@ impl Generation {
 
     /// Records the attempt that serves the request.
     pub(super) fn attempt_served(&mut self, now: i64) {
+        if let Some((target, _, _)) = &self.current {
+            self.health.push((target.channel.clone(), target.upstream_model.clone(), target.breaker, None));
+        }
         self.attempts.push(Attempt {
             channel: self.served.channel.clone(),
             model: self.route_model.clone(),
@@ -132,10 +178,10 @@ impl Generation {
         let target = match &self.current {
             Some((target, _, _)) => target.clone(),
             None => {
-                let Some(target) = self.targets.get(self.next_target).cloned() else {
-                    return Err(self.last_error.clone().unwrap_or(GatewayError::UpstreamUnavailable));
+                let Some(target) = self.pick_target(isolate, now) else {
+                    let error = self.last_error.clone().unwrap_or(GatewayError::UpstreamUnavailable);
+                    return self.no_more_candidates(isolate, error, now);
                 };
-                self.next_target += 1;
                 self.served = Served {
                     channel: target.channel.clone(),
                     provider: target.provider.id.to_string(),

@@ -44,6 +44,7 @@ use super::inbound::Inbound;
 use super::isolate::{IsolateState, KeyReadError};
 use super::metering::{Meter, Served};
 use super::route::Plan;
+use crate::channel_health::breaker::BreakerPolicy;
 use crate::channel_health::Failure;
 use crate::error::GatewayError;
 use crate::family::Family;
@@ -277,6 +278,8 @@ struct Target {
     /// Stream: longest gap between chunks once content flows, ms.
     idle_timeout_ms: u64,
     mock: MockOptions,
+    /// When the channel's circuits open.
+    breaker: BreakerPolicy,
 }
 
 /// Where the upstream body comes from.
@@ -419,6 +422,16 @@ pub struct Generation {
     /// The routed model's operator options.
     model_options: ModelOptions,
     next_target: usize,
+    /// Candidates tried so far (at most `MAX_ATTEMPTS`).
+    tried: usize,
+    /// Candidates skipped because their circuit is open, in order: tried
+    /// only when every candidate's circuit is open.
+    deferred: Vec<Target>,
+    /// Every candidate's circuit was open: the deferred ones are tried.
+    all_open: bool,
+    /// Attempt outcomes not yet told to the isolate's breakers:
+    /// (channel, upstream model, policy, failure or `None` for served).
+    health: Vec<(String, String, BreakerPolicy, Option<Failure>)>,
     current: Option<(Target, Plan, Vec<String>)>,
     served: Served,
     last_error: Option<GatewayError>,
@@ -484,6 +497,10 @@ impl Generation {
             pin_body_digest: String::new(),
             model_options: ModelOptions::default(),
             next_target: 0,
+            tried: 0,
+            deferred: Vec::new(),
+            all_open: false,
+            health: Vec::new(),
             current: None,
             served: Served::default(),
             last_error: None,
@@ -544,6 +561,12 @@ impl Generation {
             Ok(effect) => effect,
             Err(error) => self.fail(error, now_ms),
         };
+        for (channel, model, policy, failure) in self.health.drain(..) {
+            match failure {
+                Some(failure) => isolate.breakers.record_failure(&channel, &model, &failure, &policy, now_ms),
+                None => isolate.breakers.record_success(&channel, &model, now_ms),
+            }
+        }
         self.cache_see_effect(effect)
     }
 

@@ -174,7 +174,7 @@ impl Generation {
     pub(super) fn fail(&mut self, error: GatewayError, now: i64) -> Effect {
         // Metered from the first attempt on (or once admitted): a request
         // refused before that (key, body, route, admission) leaves no row.
-        if self.event.is_none() && (self.ticket.is_some() || self.next_target > 0) {
+        if self.event.is_none() && (self.ticket.is_some() || self.tried > 0) {
             self.event = self.usage_event(Ending::failed(error.status()), now);
         }
         if self.responded {

@@ -243,7 +243,7 @@ impl Generation {
         now: i64,
     ) -> Result<Effect, GatewayError> {
         self.attempt_failed(Failure::StreamBroken, 200, GatewayError::UpstreamUnavailable, now);
-        let more = self.next_target < self.targets.len() && self.disconnected_at.is_none();
+        let more = self.more_targets() && self.disconnected_at.is_none();
         if more {
             return Ok(self.cancel(AfterCancel::NextCandidate));
         }

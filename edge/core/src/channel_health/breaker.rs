@@ -1,0 +1,317 @@
+//! The circuit breaker: one circuit per (channel, upstream model), fed the
+//! classified outcome of every attempt ([`super::Failure`]), consulted by
+//! the request machine before it tries a candidate.
+//!
+//! - **Closed**: failures that count against the channel
+//!   ([`super::Failure::counts_against_channel`]; a client's own 400 never
+//!   does) are remembered for `window_ms`; `failures` of them within the
+//!   window open the circuit for `open_ms`. A failure that names its own
+//!   cool-down (an upstream `Retry-After` on a 429, an exhausted quota)
+//!   opens it at once for that long.
+//! - **Open**: routing skips the channel until the cool-down ends.
+//! - **Half-open**: then exactly one request is let through as a probe (the
+//!   others keep skipping the channel); its success closes the circuit, its
+//!   failure opens it again for twice as long (up to [`MAX_OPEN_MS`]). A
+//!   probe whose outcome never comes (its request vanished) gives way to a
+//!   new probe after [`PROBE_TIMEOUT_MS`].
+//!
+//! Time is an argument; the state is plain data (so it can be shown, and
+//! kept anywhere).
+
+use super::Failure;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+
+/// Longest a circuit stays open after repeated failed probes.
+pub const MAX_OPEN_MS: u64 = 5 * 60_000;
+/// A probe that has not reported after this long is replaced.
+pub const PROBE_TIMEOUT_MS: i64 = 120_000;
+/// Most circuits remembered (the least recently failed closed ones go first).
+pub const MAX_CIRCUITS: usize = 4_096;
+
+/// When a channel's circuit opens (a field of its routing row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerPolicy {
+    /// Failures within `window_ms` that open the circuit (0 = the breaker is
+    /// off for the channel: nothing opens it, not even a `Retry-After`).
+    pub failures: u32,
+    pub window_ms: u64,
+    /// First cool-down; doubled after each failed probe.
+    pub open_ms: u64,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        Self { failures: 5, window_ms: 30_000, open_ms: 15_000 }
+    }
+}
+
+/// A circuit's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum CircuitState {
+    Closed,
+    Open {
+        until_ms: i64,
+    },
+    /// A probe was let through at `probe_since_ms`.
+    HalfOpen {
+        probe_since_ms: i64,
+    },
+}
+
+/// What routing may do with a candidate now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Closed: try it.
+    Try,
+    /// Half-open: this request is the one probe.
+    Probe,
+    /// Open, or a probe is out: skip it.
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Circuit {
+    state: CircuitState,
+    /// Times of the failures counted in the window.
+    failures: VecDeque<i64>,
+    /// Cool-down of the last opening (doubles after a failed probe).
+    open_ms: u64,
+    last_failure: Option<&'static str>,
+    last_change_ms: i64,
+    /// The policy's window, for the view.
+    window_ms: i64,
+}
+
+/// A circuit as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CircuitView {
+    pub channel: String,
+    pub model: String,
+    #[serde(flatten)]
+    pub state: CircuitState,
+    pub recent_failures: u32,
+    pub last_failure: Option<String>,
+    pub since_ms: i64,
+}
+
+/// Every circuit an isolate knows of.
+#[derive(Debug, Clone, Default)]
+pub struct Breakers {
+    circuits: HashMap<(String, String), Circuit>,
+}
+
+impl Breakers {
+    /// Whether the candidate (`channel`, `model`) may be tried at `now_ms`;
+    /// a [`Admission::Probe`] answer makes this request the probe.
+    pub fn admit(&mut self, channel: &str, model: &str, now_ms: i64) -> Admission {
+        let Some(circuit) = self.circuits.get_mut(&(channel.to_string(), model.to_string())) else {
+            return Admission::Try;
+        };
+        match circuit.state {
+            CircuitState::Closed => Admission::Try,
+            CircuitState::Open { until_ms } if now_ms < until_ms => Admission::Skip,
+            CircuitState::HalfOpen { probe_since_ms } if now_ms - probe_since_ms < PROBE_TIMEOUT_MS => {
+                Admission::Skip
+            }
+            CircuitState::Open { .. } | CircuitState::HalfOpen { .. } => {
+                circuit.state = CircuitState::HalfOpen { probe_since_ms: now_ms };
+                circuit.last_change_ms = now_ms;
+                Admission::Probe
+            }
+        }
+    }
+
+    /// The attempt at (`channel`, `model`) was served.
+    pub fn record_success(&mut self, channel: &str, model: &str, now_ms: i64) {
+        if let Some(circuit) = self.circuits.get_mut(&(channel.to_string(), model.to_string())) {
+            if circuit.state != CircuitState::Closed {
+                circuit.state = CircuitState::Closed;
+                circuit.last_change_ms = now_ms;
+                circuit.failures.clear();
+            }
+        }
+    }
+
+    /// The attempt at (`channel`, `model`) failed with `failure`.
+    pub fn record_failure(
+        &mut self,
+        channel: &str,
+        model: &str,
+        failure: &Failure,
+        policy: &BreakerPolicy,
+        now_ms: i64,
+    ) {
+        if !failure.counts_against_channel() || policy.failures == 0 {
+            return;
+        }
+        if self.circuits.len() >= MAX_CIRCUITS {
+            self.forget_one();
+        }
+        let circuit = self.circuits.entry((channel.to_string(), model.to_string())).or_insert(Circuit {
+            state: CircuitState::Closed,
+            failures: VecDeque::new(),
+            open_ms: policy.open_ms,
+            last_failure: None,
+            last_change_ms: now_ms,
+            window_ms: 0,
+        });
+        circuit.last_failure = Some(failure.kind());
+        let window = i64::try_from(policy.window_ms).unwrap_or(i64::MAX);
+        circuit.window_ms = window;
+        let open_for = |circuit: &mut Circuit, ms: u64, now_ms: i64| {
+            circuit.state = CircuitState::Open {
+                until_ms: now_ms.saturating_add(i64::try_from(ms.min(MAX_OPEN_MS)).unwrap_or(i64::MAX)),
+            };
+            circuit.last_change_ms = now_ms;
+            circuit.failures.clear();
+        };
+        match circuit.state {
+            CircuitState::HalfOpen { .. } => {
+                // The probe failed: open again, for longer.
+                let ms = failure
+                    .cool_down_ms()
+                    .unwrap_or_else(|| circuit.open_ms.saturating_mul(2).min(MAX_OPEN_MS));
+                circuit.open_ms = ms.max(policy.open_ms).min(MAX_OPEN_MS);
+                open_for(circuit, ms, now_ms);
+            }
+            CircuitState::Open { .. } => {}
+            CircuitState::Closed => {
+                if let Some(ms) = failure.cool_down_ms() {
+                    open_for(circuit, ms, now_ms);
+                    return;
+                }
+                while circuit.failures.front().is_some_and(|&at| now_ms - at >= window) {
+                    circuit.failures.pop_front();
+                }
+                circuit.failures.push_back(now_ms);
+                if circuit.failures.len() >= policy.failures as usize {
+                    circuit.open_ms = policy.open_ms;
+                    open_for(circuit, policy.open_ms, now_ms);
+                }
+            }
+        }
+    }
+
+    /// Forgets the closed circuit that changed longest ago (or any).
+    fn forget_one(&mut self) {
+        let oldest = self
+            .circuits
+            .iter()
+            .min_by_key(|(_, c)| (c.state != CircuitState::Closed, c.last_change_ms))
+            .map(|(k, _)| k.clone());
+        if let Some(key) = oldest {
+            self.circuits.remove(&key);
+        }
+    }
+
+    /// Every circuit that is not closed or has recent failures.
+    pub fn view(&self, now_ms: i64) -> Vec<CircuitView> {
+        let mut views: Vec<CircuitView> = self
+            .circuits
+            .iter()
+            .map(|((channel, model), c)| CircuitView {
+                channel: channel.clone(),
+                model: model.clone(),
+                state: c.state,
+                recent_failures: u32::try_from(
+                    c.failures.iter().filter(|&&at| now_ms - at < c.window_ms).count(),
+                )
+                .unwrap_or(u32::MAX),
+                last_failure: c.last_failure.map(str::to_string),
+                since_ms: c.last_change_ms,
+            })
+            .filter(|v| v.state != CircuitState::Closed || v.recent_failures > 0)
+            .collect();
+        views.sort_by(|a, b| (&a.channel, &a.model).cmp(&(&b.channel, &b.model)));
+        views
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: BreakerPolicy = BreakerPolicy { failures: 3, window_ms: 10_000, open_ms: 5_000 };
+    const SERVER: Failure = Failure::Server { status: 500 };
+
+    #[test]
+    fn failures_within_the_window_open_and_the_open_circuit_is_skipped() {
+        let mut b = Breakers::default();
+        b.record_failure("a", "m", &SERVER, &POLICY, 0);
+        b.record_failure("a", "m", &SERVER, &POLICY, 1_000);
+        assert_eq!(b.admit("a", "m", 1_500), Admission::Try, "two of three");
+        // The first failure leaves the window before the third comes.
+        b.record_failure("a", "m", &SERVER, &POLICY, 10_500);
+        assert_eq!(b.admit("a", "m", 10_600), Admission::Try);
+        b.record_failure("a", "m", &SERVER, &POLICY, 10_700);
+        assert_eq!(b.admit("a", "m", 10_800), Admission::Skip, "three within 10 s");
+        assert_eq!(b.admit("b", "m", 10_800), Admission::Try, "other channels are untouched");
+        assert_eq!(b.admit("a", "other", 10_800), Admission::Try, "and other models of the channel");
+        assert_eq!(b.admit("a", "m", 15_699), Admission::Skip);
+    }
+
+    #[test]
+    fn half_open_lets_exactly_one_probe_through_and_its_outcome_decides() {
+        let mut b = Breakers::default();
+        for t in 0..3 {
+            b.record_failure("a", "m", &SERVER, &POLICY, t);
+        }
+        assert_eq!(b.admit("a", "m", 5_002), Admission::Probe);
+        for t in 5_003..5_100 {
+            assert_eq!(b.admit("a", "m", t), Admission::Skip, "one probe at a time");
+        }
+        // The probe fails: open again for twice as long.
+        b.record_failure("a", "m", &SERVER, &POLICY, 5_100);
+        assert_eq!(b.admit("a", "m", 15_099), Admission::Skip);
+        assert_eq!(b.admit("a", "m", 15_100), Admission::Probe);
+        b.record_success("a", "m", 15_200);
+        assert_eq!(b.admit("a", "m", 15_201), Admission::Try, "closed by the probe's success");
+        assert!(b.view(15_201).is_empty());
+    }
+
+    #[test]
+    fn a_vanished_probe_is_replaced_and_retry_after_sets_the_cool_down() {
+        let mut b = Breakers::default();
+        let rate = Failure::RateLimited { retry_after_ms: Some(30_000) };
+        b.record_failure("a", "m", &rate, &POLICY, 0);
+        assert_eq!(b.admit("a", "m", 29_999), Admission::Skip, "opened at once for the Retry-After");
+        assert_eq!(b.admit("a", "m", 30_000), Admission::Probe);
+        assert_eq!(b.admit("a", "m", 30_000 + PROBE_TIMEOUT_MS - 1), Admission::Skip);
+        assert_eq!(
+            b.admit("a", "m", 30_000 + PROBE_TIMEOUT_MS),
+            Admission::Probe,
+            "the lost probe is replaced"
+        );
+    }
+
+    #[test]
+    fn the_clients_own_faults_never_open_and_a_zero_policy_never_opens() {
+        let mut b = Breakers::default();
+        for t in 0..50 {
+            b.record_failure("a", "m", &Failure::ClientFault { status: 400 }, &POLICY, t);
+            b.record_failure("b", "m", &SERVER, &BreakerPolicy { failures: 0, ..POLICY }, t);
+        }
+        assert_eq!(b.admit("a", "m", 60), Admission::Try);
+        assert_eq!(b.admit("b", "m", 60), Admission::Try);
+    }
+
+    #[test]
+    fn the_view_names_open_circuits_and_their_last_failure() {
+        let mut b = Breakers::default();
+        for t in 0..3 {
+            b.record_failure("a", "m", &Failure::Connect, &POLICY, t);
+        }
+        b.record_failure("b", "m", &SERVER, &POLICY, 5);
+        let v = b.view(10);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].state, CircuitState::Open { until_ms: 5_002 });
+        assert_eq!(v[0].last_failure.as_deref(), Some("connect"));
+        assert_eq!((v[1].state, v[1].recent_failures), (CircuitState::Closed, 1));
+        let json = serde_json::to_value(&v[0]).unwrap();
+        assert_eq!(json["state"], "open");
+        assert_eq!(json["until_ms"], 5_002);
+    }
+}
