@@ -16,6 +16,7 @@ const LIMIT_MS = 1500; // every time limit of the failing channel
 const KEEPALIVE_MS = 400;
 const price = { input: 1_000_000, output: 2_000_000 };
 const TEXT = 'Hello from the mock upstream over SSE.';
+const FALLBACK_PRICE = { input: 3_000_000, output: 5_000_000 };
 
 // Public model → how its first target fails (the mock's upstream model).
 const FAILING = {
@@ -54,13 +55,19 @@ before(async () => {
   await stack.adminApi('POST', '/api/channels', {
     id: 'fo-good', provider: 'openai-compatible', base_url: mockV1, api_key: 'sk-fo-good-0000000000',
     models: [...Object.keys(FAILING), 'fo-refused', 'fo-direct'].map((name) => ({ name, upstream_model: 'gpt-test', priority: 0, price }))
-      .concat([{ name: 'fo-think', upstream_model: 'think-1500', price }, { name: 'fo-think-long', upstream_model: 'think-2500', price }]),
+      .concat([{ name: 'fo-think', upstream_model: 'think-1500', price }, { name: 'fo-think-long', upstream_model: 'think-2500', price }])
+      .concat([{ name: 'fo-fallback-to', upstream_model: 'gpt-test', price: FALLBACK_PRICE }]),
+  });
+  // A model whose only channel fails, falling back to another model.
+  await stack.adminApi('POST', '/api/channels', {
+    id: 'fo-bad-only', provider: 'openai-compatible', base_url: mockV1, api_key: 'sk-fo-bad-only-00000', ...limits, breaker: { failures: 0 },
+    models: [{ name: 'fo-fb', upstream_model: 'fail-500', price, options: { fallbacks: ['fo-fallback-to'] } }],
   });
   key = (await stack.adminApi('POST', '/api/keys', { name: 'failover matrix' })).key;
   openai = new OpenAI({ baseURL: `${stack.gatewayUrl}/v1`, apiKey: key, maxRetries: 0, timeout: 30_000 });
   for (let i = 0; i < 80; i++) {
     const r = await fetch(`${stack.gatewayUrl}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
-    if ((await r.text()).includes('"fo-think-long"')) break;
+    if ((await r.text()).includes('"fo-fb"')) break;
     await new Promise((r) => setTimeout(r, 250));
   }
 });
@@ -160,6 +167,40 @@ describe('failure before the first content byte: the next channel serves', () =>
     const stats = await stack.mockStats();
     assert.equal(stats.byModel['fail-400'], 1);
   });
+});
+
+describe('fallback models: every channel of the model failed, the next model serves', () => {
+  for (const stream of [false, true]) {
+    test(`fo-fb → fo-fallback-to (${stream ? 'stream' : 'whole'})`, { timeout: 60_000 }, async () => {
+      const t0 = performance.now();
+      let text = '';
+      let shown;
+      const { data, response } = await openai.chat.completions
+        .create({ model: 'fo-fb', messages: user('x'), stream, ...(stream ? { stream_options: { include_usage: true } } : {}) })
+        .withResponse();
+      if (stream) {
+        for await (const chunk of data) {
+          text += chunk.choices[0]?.delta?.content ?? '';
+          shown = chunk.model;
+        }
+      } else {
+        text = data.choices[0].message.content;
+        shown = data.model;
+      }
+      const serve = performance.now() - t0;
+      assert.equal(text, TEXT);
+      assert.equal(shown, 'fo-fallback-to', 'the response names the model that served');
+      if (!stream) assert.equal(response.headers.get('x-edgeway-model'), 'fo-fallback-to');
+      const row = await usageRow(response.headers.get('x-request-id'));
+      assert.equal(row.model, 'fo-fb');
+      assert.equal(row.served_model, 'fo-fallback-to');
+      assert.deepEqual(row.attempts.map((a) => [a.channel, a.model, a.failure ?? null]),
+        [['fo-bad-only', 'fo-fb', 'server_error'], ['fo-good', 'fo-fallback-to', null]]);
+      // Billed at the price of the model that served (the mock reports 11 + 8 tokens).
+      assert.equal(row.cost_micros, 11 * 3 + 8 * 5);
+      figures.push(`fallback after a 500 (${stream ? 'stream' : 'whole'}): serve ${serve.toFixed(1)} ms`);
+    });
+  }
 });
 
 describe('failure after the first content byte: an in-stream error, billed for what was received', () => {

@@ -23,6 +23,9 @@ pub const PIN_TIMESTAMP_HEADER: &str = "x-edgeway-pin-timestamp";
 pub const PIN_SIGNATURE_HEADER: &str = "x-edgeway-pin-signature";
 /// Response header naming the channel that served (or last failed) a request.
 pub const SERVED_CHANNEL_HEADER: &str = "x-edgeway-channel";
+/// Response header naming the public model that served (the asked one, or
+/// the fallback that served it).
+pub const SERVED_MODEL_HEADER: &str = "x-edgeway-model";
 /// Name of the worker secret that signs pins.
 pub const PIN_SECRET_NAME: &str = "EDGE_ADMIN_SECRET";
 

@@ -41,6 +41,22 @@ pub struct ModelPrice {
 }
 
 impl ModelPrice {
+    /// Each part the dearer of the two: a price whose worst case covers a
+    /// request that either model may serve (a model and its fallbacks).
+    pub fn dearest_of(&self, other: &ModelPrice) -> ModelPrice {
+        let part = |a: Option<i64>, a_default: i64, b: Option<i64>, b_default: i64| {
+            Some(a.unwrap_or(a_default).max(b.unwrap_or(b_default)))
+        };
+        ModelPrice {
+            input: self.input.max(other.input),
+            output: self.output.max(other.output),
+            cache_read: part(self.cache_read, self.input, other.cache_read, other.input),
+            cache_write_5m: part(self.cache_write_5m, self.input, other.cache_write_5m, other.input),
+            cache_write_1h: part(self.cache_write_1h, self.input, other.cache_write_1h, other.input),
+            per_request: self.per_request.max(other.per_request),
+        }
+    }
+
     /// Cost of `usage` in micro-units, rounded up. Never negative for
     /// non-negative prices. The same as [`Self::cost_micros_at_ratio`] at ×1.
     pub fn cost_micros(&self, usage: &TokenUsage) -> i64 {
@@ -99,6 +115,27 @@ impl ModelPrice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dearest_of_two_prices_covers_both_worst_cases() {
+        let a = ModelPrice { input: 5, output: 1, cache_read: Some(1), per_request: 0, ..Default::default() };
+        let b = ModelPrice {
+            input: 2,
+            output: 9,
+            cache_write_1h: Some(20),
+            per_request: 3,
+            ..Default::default()
+        };
+        let d = a.dearest_of(&b);
+        assert_eq!((d.input, d.output, d.per_request), (5, 9, 3));
+        assert_eq!((d.cache_read, d.cache_write_5m, d.cache_write_1h), (Some(2), Some(5), Some(20)));
+        for p in [a, b] {
+            assert!(
+                d.worst_case_micros_at_ratio(1_000, 500, 1_000_000)
+                    >= p.worst_case_micros_at_ratio(1_000, 500, 1_000_000)
+            );
+        }
+    }
 
     #[test]
     fn cost_is_integer_and_rounded_up_once() {

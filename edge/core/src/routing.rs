@@ -116,8 +116,11 @@ pub struct ModelRoute {
     pub options: ModelOptions,
 }
 
+/// Most fallback models a model may name.
+pub const MAX_FALLBACKS: usize = 3;
+
 /// A model's operator options (all off by default).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelOptions {
     /// A completed reply with no content (no text, reasoning or tool call)
@@ -132,6 +135,11 @@ pub struct ModelOptions {
     /// cache ([`crate::response_cache`]) for this long, billed as it says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::response_cache::CacheOption>,
+    /// Models tried, in order, when every channel of this one failed before
+    /// the first content byte or has its circuit open; the client is billed
+    /// at the model that served, and told which one did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
 
 impl ModelOptions {
@@ -246,6 +254,26 @@ impl RoutingTable {
             }
             if model_index.insert(model.name.clone(), i).is_some() {
                 return Err(InvalidRouting(format!("duplicate model `{}`", model.name)));
+            }
+        }
+        for model in &config.models {
+            let fallbacks = &model.options.fallbacks;
+            if fallbacks.len() > MAX_FALLBACKS {
+                return Err(InvalidRouting(format!(
+                    "model `{}`: at most {MAX_FALLBACKS} fallbacks",
+                    model.name
+                )));
+            }
+            for (i, name) in fallbacks.iter().enumerate() {
+                if name == &model.name || fallbacks[..i].contains(name) {
+                    return Err(InvalidRouting(format!(
+                        "model `{}`: fallback `{name}` is the model itself or named twice",
+                        model.name
+                    )));
+                }
+                if !model_index.contains_key(name) {
+                    return Err(InvalidRouting(format!("model `{}`: unknown fallback `{name}`", model.name)));
+                }
             }
         }
         Ok(Self { config, model_index, channel_index })
@@ -481,6 +509,21 @@ mod tests {
         assert!(table.pinned_candidate("mock-1", "a").is_none(), "a does not serve mock-1");
         assert!(table.pinned_candidate("nope", "a").is_none());
         assert!(table.pinned_candidate("gpt", "zzz").is_none());
+    }
+
+    #[test]
+    fn fallbacks_must_name_other_known_models() {
+        let with = |fallbacks: &[&str]| {
+            let mut c = config();
+            c.models[0].options.fallbacks = fallbacks.iter().map(|s| s.to_string()).collect();
+            RoutingTable::new(c).map(|_| ()).map_err(|e| e.0)
+        };
+        assert_eq!(with(&["mock-1", "dead"]), Ok(()));
+        assert!(with(&["nope"]).unwrap_err().contains("unknown fallback `nope`"));
+        assert!(with(&["gpt"]).unwrap_err().contains("the model itself"));
+        assert!(with(&["mock-1", "mock-1"]).unwrap_err().contains("named twice"));
+        let many = with(&["mock-1", "dead", "mock-1", "dead"]);
+        assert!(many.unwrap_err().contains("at most 3 fallbacks"));
     }
 
     #[test]

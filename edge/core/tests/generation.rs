@@ -1681,3 +1681,75 @@ fn when_every_circuit_is_open_they_are_tried_anyway_and_a_clients_400_opens_none
     let out = w.run(json!({"model": "m", "messages": user("hi")}));
     assert!(out.fetched[0].starts_with(A));
 }
+
+/// Model `m` (channel a, 1/2 µ per token) falls back to `m2` (channel b, 3/4 µ per token).
+fn routing_with_fallback() -> Value {
+    json!({"version": 1,
+        "channels": [
+            {"id": "a", "provider": "openai-compatible", "base_url": A, "api_key": "sk-up-secret-a", "breaker": {"failures": 0}},
+            {"id": "b", "provider": "openai-compatible", "base_url": B, "api_key": "sk-up-secret-b"}],
+        "models": [
+            {"name": "m", "price": {"input": 1_000_000, "output": 2_000_000},
+             "targets": [{"channel": "a", "upstream_model": "up-a"}], "options": {"fallbacks": ["m2"]}},
+            {"name": "m2", "price": {"input": 3_000_000, "output": 4_000_000},
+             "targets": [{"channel": "b", "upstream_model": "up-b"}]}]})
+}
+
+#[test]
+fn a_model_whose_channels_all_fail_falls_back_and_bills_the_model_that_served() {
+    let mut w = World::new(unlimited(), routing_with_fallback());
+    w.upstream(A, vec![status(500, r#"{"error":{"message":"boom"}}"#)]);
+    w.upstream(B, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.status, 200);
+    assert_eq!(out.header("x-edgeway-model"), Some("m2"), "the response says which model served");
+    assert_eq!(out.header("x-edgeway-channel"), Some("b"));
+    let body: Value = serde_json::from_slice(&out.body).unwrap();
+    assert_eq!(body["model"], "m2");
+    assert_eq!(out.fetched_bodies[1]["model"], "up-b");
+    let e = &out.events()[0];
+    assert_eq!((e.model.as_str(), e.served_model.as_str()), ("m", "m2"));
+    assert_eq!(e.cost_micros, 11 * 3 + 8 * 4, "billed at m2's price");
+    let attempts: Vec<(&str, &str, bool)> =
+        e.attempts.iter().map(|a| (a.channel.as_str(), a.model.as_str(), a.failure.is_none())).collect();
+    assert_eq!(attempts, vec![("a", "m", false), ("b", "m2", true)]);
+    assert!(out.logs.iter().any(|l| l.contains("falling back from `m` to `m2`")), "{:?}", out.logs);
+
+    // Healthy: m serves itself, under its own name and price.
+    w.upstream(A, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.header("x-edgeway-model"), Some("m"));
+    let e = &out.events()[0];
+    assert_eq!((e.served_model.as_str(), e.cost_micros), ("", 11 + 16));
+
+    // A client's own fault is not retried on a fallback.
+    w.upstream(A, vec![status(400, r#"{"error":{"message":"bad"}}"#)]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!((out.status, out.fetched.len()), (400, 1));
+}
+
+#[test]
+fn a_fallback_the_key_may_not_use_is_not_tried() {
+    let mut w = World::new(json!({"allowed_models": ["m"]}), routing_with_fallback());
+    w.upstream(A, vec![status(500, r#"{"error":{"message":"boom"}}"#)]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!((out.status, out.fetched.len()), (502, 1), "{:?}", out.fetched);
+}
+
+#[test]
+fn a_stream_falls_back_invisibly_and_names_the_model_that_served() {
+    let mut w = World::new(unlimited(), routing_with_fallback());
+    w.upstream(A, vec![Reply::Unreachable]);
+    let chunks = sse(&[
+        json!({"id":"c","model":"up-b","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}),
+        json!({"id":"c","model":"up-b","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}),
+        json!({"id":"c","model":"up-b","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}),
+    ]);
+    w.upstream(B, vec![Reply::Status { status: 200, chunks, broken: false }]);
+    let out = w.run(json!({"model": "m", "messages": user("hi"), "stream": true}));
+    assert_eq!(out.status, 200);
+    let text = out.text();
+    assert_eq!(text.matches(r#""model":"m2""#).count(), 2, "every chunk names m2: {text}");
+    assert!(!text.contains("up-b") && !text.contains(r#""model":"m""#), "{text}");
+    assert_eq!(out.events()[0].served_model, "m2");
+}

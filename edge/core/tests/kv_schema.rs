@@ -76,7 +76,11 @@ fn routing_schema_matches_the_types() {
         ttl_secs: 60,
         billing: edgeway_core::response_cache::CacheBilling::Free,
     };
-    let options = edgeway_core::routing::ModelOptions { cache: Some(cache), ..Default::default() };
+    let options = edgeway_core::routing::ModelOptions {
+        cache: Some(cache),
+        fallbacks: vec!["m2".into()],
+        ..Default::default()
+    };
     let options = serde_json::to_value(options).unwrap();
     let schema_options = &schema["$defs"]["model"]["properties"]["options"]["properties"];
     assert_eq!(keys(schema_options), keys(&options));

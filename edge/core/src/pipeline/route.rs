@@ -28,6 +28,17 @@ pub struct Route<'t> {
     pub price: ModelPrice,
     /// The key's group's price ratio, parts per million (x1 = 1,000,000).
     pub price_ratio_ppm: u32,
+    /// The model's fallbacks the key may use, in order, each with its
+    /// candidates (none for a pinned request).
+    pub fallbacks: Vec<Fallback<'t>>,
+}
+
+/// A fallback model and where it is served.
+#[derive(Debug, Clone)]
+pub struct Fallback<'t> {
+    pub model: &'t str,
+    pub candidates: Vec<Candidate<'t>>,
+    pub price: ModelPrice,
 }
 
 /// Resolves `asked` for `record`. A name routed as is wins; otherwise a
@@ -69,12 +80,33 @@ pub fn resolve<'t>(
     if candidates.is_empty() {
         return Err(GatewayError::ModelNotFound { model: asked.to_string() });
     }
+    let fallbacks = if pinned.is_some() {
+        Vec::new()
+    } else {
+        model
+            .options
+            .fallbacks
+            .iter()
+            .filter(|name| record.check_model(name).is_ok())
+            .filter_map(|name| {
+                let route = table.model(name)?;
+                let mut candidates = table.candidates(name, seed).ok()?;
+                candidates.retain(|c| c.channel.serves_group(&record.group));
+                (!candidates.is_empty()).then_some(Fallback {
+                    model: &route.name,
+                    candidates,
+                    price: route.price,
+                })
+            })
+            .collect()
+    };
     Ok(Route {
         model: &model.name,
         suffix_stripped,
         candidates,
         price: model.price,
         price_ratio_ppm: table.config().price_ratio_ppm(&record.group),
+        fallbacks,
     })
 }
 

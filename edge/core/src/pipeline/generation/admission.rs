@@ -73,9 +73,13 @@ impl Generation {
         let mut route =
             resolve(table, &record, &inbound.model, self.start.routing_seed, self.pinned.as_deref())?;
         self.route_model = route.model.to_string();
+        self.primary_model = route.model.to_string();
         self.suffix_stripped = route.suffix_stripped;
         let family = inbound.family;
         route.candidates.retain(|c| c.provider.families.contains(family));
+        for fallback in &mut route.fallbacks {
+            fallback.candidates.retain(|c| c.provider.families.contains(family));
+        }
         if route.candidates.is_empty() {
             return Err(GatewayError::InvalidRequest {
                 message: format!(
@@ -90,11 +94,14 @@ impl Generation {
             // Non-public media hosts go only to channels whose operator
             // listed them (a self-hosted server fetching from its own network).
             route.candidates.retain(|c| private.allowed_by(&c.channel.media_hosts));
+            for fallback in &mut route.fallbacks {
+                fallback.candidates.retain(|c| private.allowed_by(&c.channel.media_hosts));
+            }
             if route.candidates.is_empty() {
                 return Err(private.refusal.clone().unwrap_or(GatewayError::Internal));
             }
         }
-        self.model_options = table.model(route.model).map(|m| m.options).unwrap_or_default();
+        self.model_options = table.model(route.model).map(|m| m.options.clone()).unwrap_or_default();
         self.targets = Target::list(&route);
         if record.quota_micros.is_some() || record.user_id.is_some() {
             inbound.cap_output(DEFAULT_RESERVED_OUTPUT_TOKENS);
@@ -111,7 +118,9 @@ impl Generation {
             stream: inbound.stream,
             started_ms: self.started_ms,
             prompt_estimate: inbound.prompt.estimate,
-            price: route.price,
+            // Reserved at the dearest model of the chain (a true worst case
+            // whichever serves); billed at the one that serves.
+            price: route.fallbacks.iter().fold(route.price, |p, f| p.dearest_of(&f.price)),
             empty_reply_free: self.model_options.empty_reply_free,
         });
         // Keys with limits are admitted against the isolate's slice of their

@@ -9,13 +9,15 @@ use crate::mock_provider::MockReply;
 use crate::openai_relay::{
     replace_model_name, response_content_bytes as relay_content_bytes, response_usage, ChatStreamTap,
 };
-use crate::pin::SERVED_CHANNEL_HEADER;
+use crate::pin::{SERVED_CHANNEL_HEADER, SERVED_MODEL_HEADER};
 use crate::pipeline::isolate::IsolateState;
 use crate::pipeline::metering::{
     client_response_id, relay_body_with_usage, response_content_bytes, Ending, Served, USAGE_HEADER,
 };
 use crate::pipeline::route::{AttemptVerdict, Plan, Route, MAX_ATTEMPTS};
+use crate::pricing::ModelPrice;
 use crate::provider::{AuthScheme, ProviderDialect};
+use crate::routing::Candidate;
 use crate::sse::encode_event;
 use crate::stream_shaper::StreamShaper;
 use crate::translate::signature_vault::REASONING_STATE_HEADER;
@@ -24,28 +26,36 @@ use crate::usage::{estimated_usage, TokenUsage, UsageEvent};
 use std::collections::VecDeque;
 
 impl Target {
-    /// The targets a route's candidates are tried at, in order.
+    /// The targets a route's candidates are tried at, in order: the
+    /// model's, then each fallback's.
     pub(super) fn list(route: &Route<'_>) -> Vec<Self> {
-        route
-            .candidates
+        let primary = route.candidates.iter().map(|c| Self::of(route.model, route.price, c));
+        let fallbacks = route
+            .fallbacks
             .iter()
-            .map(|c| Target {
-                channel: c.channel.id.clone(),
-                provider: c.provider,
-                upstream_model: c.upstream_model.to_string(),
-                base_url: c.base_url.trim_end_matches('/').to_string(),
-                api_key: c.channel.api_key.clone().filter(|k| !k.is_empty()),
-                api_key_secret: c.channel.api_key_secret.clone(),
-                timeout_ms: c.channel.timeout_ms,
-                first_content_timeout_ms: c
-                    .channel
-                    .first_content_timeout_ms
-                    .unwrap_or(DEFAULT_FIRST_CONTENT_TIMEOUT_MS),
-                idle_timeout_ms: c.channel.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
-                mock: c.channel.mock.unwrap_or_default(),
-                breaker: c.channel.breaker.unwrap_or_default(),
-            })
-            .collect()
+            .flat_map(|f| f.candidates.iter().map(move |c| Self::of(f.model, f.price, c)));
+        primary.chain(fallbacks).collect()
+    }
+
+    fn of(model: &str, price: ModelPrice, c: &Candidate<'_>) -> Self {
+        Target {
+            model: model.to_string(),
+            price,
+            channel: c.channel.id.clone(),
+            provider: c.provider,
+            upstream_model: c.upstream_model.to_string(),
+            base_url: c.base_url.trim_end_matches('/').to_string(),
+            api_key: c.channel.api_key.clone().filter(|k| !k.is_empty()),
+            api_key_secret: c.channel.api_key_secret.clone(),
+            timeout_ms: c.channel.timeout_ms,
+            first_content_timeout_ms: c
+                .channel
+                .first_content_timeout_ms
+                .unwrap_or(DEFAULT_FIRST_CONTENT_TIMEOUT_MS),
+            idle_timeout_ms: c.channel.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+            mock: c.channel.mock.unwrap_or_default(),
+            breaker: c.channel.breaker.unwrap_or_default(),
+        }
     }
 }
 
@@ -71,20 +81,39 @@ impl Generation {
 
     /// Whether another candidate may still be tried.
     pub(super) fn more_targets(&self) -> bool {
-        self.tried < MAX_ATTEMPTS
-            && (self.next_target < self.targets.len()
-                || (!self.deferred.is_empty() && (self.tried == 0 || self.all_open)))
+        self.targets[self.next_target.min(self.targets.len())..]
+            .iter()
+            .any(|t| t.model != self.route_model || self.tried_for_model < MAX_ATTEMPTS)
+            || (!self.deferred.is_empty() && (self.tried == 0 || self.all_open) && self.tried < MAX_ATTEMPTS)
     }
 
     /// The next candidate to try: in order, skipping those whose circuit is
     /// open (a pinned request is never skipped); when every candidate's
     /// circuit is open, those, in order.
     fn pick_target(&mut self, isolate: &mut IsolateState, now: i64) -> Option<Target> {
-        if self.tried >= MAX_ATTEMPTS {
-            return None;
+        let target = self.pick_in_order(isolate, now)?;
+        if target.model != self.route_model {
+            // The next model of the chain: its own attempts, its own price.
+            self.route_model = target.model.clone();
+            self.tried_for_model = 0;
+            if self.route_model != self.primary_model {
+                let from = self.attempts.last().map_or(self.primary_model.as_str(), |a| a.model.as_str());
+                self.log(false, format!("falling back from `{from}` to `{}`", self.route_model));
+            }
         }
+        self.tried_for_model += 1;
+        if let Some(meter) = &mut self.meter {
+            meter.price = target.price;
+        }
+        Some(target)
+    }
+
+    fn pick_in_order(&mut self, isolate: &mut IsolateState, now: i64) -> Option<Target> {
         while let Some(target) = self.targets.get(self.next_target).cloned() {
             self.next_target += 1;
+            if target.model == self.route_model && self.tried_for_model >= MAX_ATTEMPTS {
+                continue;
+            }
             let admission = if self.pinned.is_some() {
                 Admission::Try
             } else {
@@ -100,7 +129,7 @@ impl Generation {
             self.log(false, format!("channel {} skipped: its circuit is open", target.channel));
             self.deferred.push(target);
         }
-        if (self.tried == 0 || self.all_open) && !self.deferred.is_empty() {
+        if (self.tried == 0 || self.all_open) && !self.deferred.is_empty() && self.tried < MAX_ATTEMPTS {
             self.all_open = true;
             self.tried += 1;
             return Some(self.deferred.remove(0));
@@ -337,14 +366,27 @@ impl Generation {
         }
     }
 
+    /// The model name the client is shown: the one it asked for, or the
+    /// fallback that serves it.
+    pub(super) fn shown_model(&self) -> String {
+        match &self.inbound {
+            Some(inbound) if self.route_model == self.primary_model => inbound.model.clone(),
+            _ => self.route_model.clone(),
+        }
+    }
+
     pub(super) fn response_headers(&self) -> Vec<(&'static str, String)> {
         let id = self.start.request_id.clone();
         let mut headers = vec![
             ("x-request-id", id.clone()),
             ("request-id", id),
             (SERVED_CHANNEL_HEADER, self.served.channel.clone()),
+            (SERVED_MODEL_HEADER, self.shown_model()),
             ("access-control-allow-origin", "*".into()),
-            ("access-control-expose-headers", "x-request-id, request-id, x-edgeway-channel".into()),
+            (
+                "access-control-expose-headers",
+                "x-request-id, request-id, x-edgeway-channel, x-edgeway-model".into(),
+            ),
         ];
         if let Some(state) = self.reasoning_state() {
             headers.push((REASONING_STATE_HEADER, state.into()));
@@ -361,6 +403,7 @@ impl Generation {
         isolate: &mut IsolateState,
         now: i64,
     ) -> Result<Effect, GatewayError> {
+        let shown_model = self.shown_model();
         let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
         let (plan, secrets) = match &self.current {
             Some((_, plan, secrets)) => (*plan, secrets.clone()),
@@ -385,7 +428,7 @@ impl Generation {
         self.shaper = Some(match plan {
             Plan::Relay => StreamShaper::Relay(Box::new(
                 ChatStreamTap::new(inbound.client_wants_usage, secrets)
-                    .with_public_model(&inbound.model)
+                    .with_public_model(&shown_model)
                     .estimating(inbound.prompt.estimate),
             )),
             Plan::Translate(upstream) => StreamShaper::Translate(Box::new(StreamTranslator::new(
@@ -393,7 +436,7 @@ impl Generation {
                 client,
                 StreamOptions {
                     response_id: client_response_id(client, &self.start.request_id),
-                    model: inbound.model.clone(),
+                    model: shown_model.clone(),
                     created: self.started_ms / 1000,
                     include_usage: inbound.client_wants_usage,
                     secrets,
@@ -413,8 +456,8 @@ impl Generation {
     pub(super) fn stream_head(&self, name_channel: bool) -> ResponseHead {
         let mut headers = self.response_headers();
         if !name_channel {
-            // Sent with a keepalive, before the serving channel is known.
-            headers.retain(|(name, _)| *name != SERVED_CHANNEL_HEADER);
+            // Sent with a keepalive, before the serving channel (and model) is known.
+            headers.retain(|(name, _)| *name != SERVED_CHANNEL_HEADER && *name != SERVED_MODEL_HEADER);
         }
         headers.push(("content-type", "text/event-stream; charset=utf-8".into()));
         headers.push(("cache-control", "no-cache".into()));
@@ -423,6 +466,7 @@ impl Generation {
     }
 
     pub(super) fn whole_body(&mut self, body: Vec<u8>, now: i64) -> Result<Effect, GatewayError> {
+        let shown_model = self.shown_model();
         let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
         let plan = self.current.as_ref().map(|(_, plan, _)| *plan).ok_or(GatewayError::Internal)?;
         let prompt_estimate = inbound.prompt.estimate;
@@ -435,7 +479,7 @@ impl Generation {
                     if inbound.family == Family::Embeddings { 0 } else { relay_content_bytes(&body) };
                 // The client sees the public model name, not the upstream's.
                 let renamed =
-                    std::str::from_utf8(&body).ok().and_then(|text| replace_model_name(text, &inbound.model));
+                    std::str::from_utf8(&body).ok().and_then(|text| replace_model_name(text, &shown_model));
                 // And the usage it is billed, when the upstream reported none.
                 let with_usage = match usage {
                     Some(_) => None,
@@ -462,7 +506,7 @@ impl Generation {
                     // A stored response is named by the gateway: unique per request.
                     resp.id = client_response_id(self.start.client, &self.start.request_id);
                 }
-                resp.model = inbound.model.clone();
+                resp.model = shown_model.clone();
                 let usage = resp.usage_reported.then_some(resp.usage);
                 let content = response_content_bytes(&resp);
                 if usage.is_none() {

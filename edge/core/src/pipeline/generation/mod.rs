@@ -50,6 +50,7 @@ use crate::error::GatewayError;
 use crate::family::Family;
 use crate::key_record::KeyRecord;
 use crate::pin::PinRequest;
+use crate::pricing::ModelPrice;
 use crate::provider::Provider;
 use crate::routing::{MockOptions, ModelOptions, ROUTING_KV_KEY};
 use crate::stream_shaper::StreamShaper;
@@ -265,6 +266,9 @@ pub struct LogLine {
 /// A candidate, owned (the routing table may be replaced while the request runs).
 #[derive(Debug, Clone)]
 struct Target {
+    /// The public model this target serves (the asked one, or a fallback).
+    model: String,
+    price: ModelPrice,
     channel: String,
     provider: &'static Provider,
     upstream_model: String,
@@ -413,7 +417,10 @@ pub struct Generation {
     record: Option<Rc<KeyRecord>>,
     inbound: Option<Inbound>,
     targets: Vec<Target>,
+    /// The public model being tried (the routed one, or a fallback).
     route_model: String,
+    /// The routed model (before any fallback).
+    primary_model: String,
     suffix_stripped: bool,
     /// The channel a checked pin names.
     pinned: Option<String>,
@@ -422,8 +429,10 @@ pub struct Generation {
     /// The routed model's operator options.
     model_options: ModelOptions,
     next_target: usize,
-    /// Candidates tried so far (at most `MAX_ATTEMPTS`).
+    /// Candidates tried so far.
     tried: usize,
+    /// Candidates of `route_model` tried so far (at most `MAX_ATTEMPTS`).
+    tried_for_model: usize,
     /// Candidates skipped because their circuit is open, in order: tried
     /// only when every candidate's circuit is open.
     deferred: Vec<Target>,
@@ -492,12 +501,14 @@ impl Generation {
             inbound: None,
             targets: Vec::new(),
             route_model: String::new(),
+            primary_model: String::new(),
             suffix_stripped: false,
             pinned: None,
             pin_body_digest: String::new(),
             model_options: ModelOptions::default(),
             next_target: 0,
             tried: 0,
+            tried_for_model: 0,
             deferred: Vec::new(),
             all_open: false,
             health: Vec::new(),
