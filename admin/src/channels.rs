@@ -361,7 +361,7 @@ pub async fn create(
             weight: m.weight.unwrap_or(1),
             price: m.price,
             owned_by: m.owned_by.clone(),
-            options: m.options,
+            options: m.options.clone(),
         })
         .collect();
     routing::insert_channel(&mut tx, &channel, &targets, now_secs()).await?;
