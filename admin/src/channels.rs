@@ -24,7 +24,7 @@ use axum::Json;
 use edgeway_core::channel_health::breaker::{BreakerPolicy, MAX_OPEN_MS};
 use edgeway_core::pricing::ModelPrice;
 use edgeway_core::provider::{provider_by_id, ProviderDialect, PROVIDERS};
-use edgeway_core::routing::{Channel, MockOptions, ModelOptions, ModelRoute, RoutingConfig, RoutingTable};
+use edgeway_core::routing::{Channel, KeyRotation, MockOptions, ModelOptions, ModelRoute, RoutingConfig, RoutingTable};
 use serde::{Deserialize, Serialize};
 
 /// Longest upstream time limit accepted, ms.
@@ -100,6 +100,12 @@ pub struct CreateChannel {
     /// open for 15 s).
     #[serde(default)]
     pub breaker: Option<BreakerPolicy>,
+    /// More inline credentials: with `api_key`, the channel's rotation.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// `round_robin` (default) or `random`.
+    #[serde(default)]
+    pub key_rotation: KeyRotation,
     #[serde(default)]
     pub models: Vec<ChannelModel>,
 }
@@ -138,6 +144,20 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
         }
         Some(k) => Some(k.to_string()),
     };
+    if body.api_keys.len() > 100 {
+        return Err(ApiError::bad_request("`api_keys` may hold at most 100 credentials"));
+    }
+    let mut api_keys: Vec<String> = Vec::new();
+    for (i, k) in body.api_keys.iter().map(|k| k.trim()).enumerate() {
+        if k.is_empty() || k.len() > 4096 || k.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ApiError::bad_request(format!(
+                "`api_keys[{i}]` must be 1 to 4096 characters without spaces"
+            )));
+        }
+        if !api_keys.iter().any(|x| x == k) && api_key.as_deref() != Some(k) {
+            api_keys.push(k.to_string());
+        }
+    }
     let api_key_secret = match body.api_key_secret.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(name) if name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
@@ -247,6 +267,8 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
         groups,
         media_hosts,
         breaker: body.breaker,
+        api_keys,
+        key_rotation: body.key_rotation,
     };
     Ok((channel, models))
 }
@@ -261,6 +283,9 @@ pub struct ChannelView {
     pub base_url: Option<String>,
     /// Whether an inline `api_key` is stored (it is never returned).
     pub has_api_key: bool,
+    /// How many inline credentials are in rotation (never returned either).
+    pub credentials: usize,
+    pub key_rotation: KeyRotation,
     /// Name of the worker secret holding the credential.
     pub api_key_secret: Option<String>,
     pub timeout_ms: Option<u64>,
@@ -296,6 +321,8 @@ fn channel_views(config: &RoutingConfig) -> Vec<ChannelView> {
             provider: ch.provider.clone(),
             base_url: ch.base_url.clone(),
             has_api_key: ch.api_key.is_some(),
+            credentials: ch.credentials().len(),
+            key_rotation: ch.key_rotation,
             api_key_secret: ch.api_key_secret.clone(),
             timeout_ms: ch.timeout_ms,
             first_content_timeout_ms: ch.first_content_timeout_ms,
@@ -390,6 +417,41 @@ pub async fn create(
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<List<ChannelView>>> {
     let config = load_routing_config_consistent(state.db()).await?;
     Ok(Json(List { data: channel_views(&config) }))
+}
+
+/// `GET /api/channels/{id}/health` (admin): the channel's circuits at the
+/// edge (per upstream model and per credential) and how many of its
+/// credentials are usable; none usable means routing skips the channel.
+pub async fn health(
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let config = routing::load_routing_config_consistent(state.db()).await?;
+    let channel = config
+        .channels
+        .iter()
+        .find(|c| c.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("no channel with id `{id}`")))?;
+    let edge = state.edge().ok_or_else(|| ApiError::NotConfigured("EDGE_URL is not set".into()))?;
+    let at_edge = edge
+        .get_health()
+        .await
+        .map_err(|e| ApiError::EdgeSyncFailed(format!("the edge did not answer with its circuits: {e}")))?;
+    let circuits: Vec<serde_json::Value> = at_edge["circuits"]
+        .as_array()
+        .map(|all| all.iter().filter(|c| c["channel"] == id.as_str()).cloned().collect())
+        .unwrap_or_default();
+    let credentials = channel.credentials().len().max(usize::from(channel.api_key_secret.is_some()));
+    let out_of_rotation = circuits
+        .iter()
+        .filter(|c| c["credential"].is_u64() && c["state"] != "closed")
+        .count();
+    Ok(Json(serde_json::json!({
+        "channel": id,
+        "credentials": credentials,
+        "usable_credentials": credentials.saturating_sub(out_of_rotation),
+        "circuits": circuits,
+    })))
 }
 
 /// `DELETE /api/channels/{id}`: removes the channel, its targets, and models

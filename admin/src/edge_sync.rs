@@ -116,6 +116,16 @@ impl EdgeClient {
         response.json().await.map_err(|_| PushError::Status(status.as_u16()))
     }
 
+    /// Reads the circuits of the edge isolate that answers (`GET /internal/health`).
+    pub async fn get_health(&self) -> Result<serde_json::Value, PushError> {
+        let response = self.send_signed(reqwest::Method::GET, "/internal/health", Vec::new()).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(PushError::Status(status.as_u16()));
+        }
+        response.json().await.map_err(|_| PushError::Status(status.as_u16()))
+    }
+
     /// Pushes one key record.
     pub async fn push_key(&self, record: &KeyRecord) -> Result<(), PushError> {
         let body = serde_json::to_vec(record).map_err(|e| PushError::Build(e.to_string()))?;

@@ -230,6 +230,7 @@ pub fn route_table() -> Vec<Route> {
         route(post.clone(), "/api/channels", Admin, channels::create),
         route(get.clone(), "/api/channels", Admin, channels::list),
         route(delete.clone(), "/api/channels/{id}", Admin, channels::remove),
+        route(get.clone(), "/api/channels/{id}/health", Admin, channels::health),
         route(get.clone(), "/api/models", Admin, channels::list_models),
         route(post.clone(), "/api/sync", Admin, edge_sync::sync_handler),
         route(get.clone(), "/api/usage", Admin, usage::list),

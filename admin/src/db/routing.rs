@@ -9,7 +9,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::now_ms;
 use edgeway_core::channel_health::breaker::BreakerPolicy;
 use edgeway_core::pricing::ModelPrice;
-use edgeway_core::routing::{Channel, GroupConfig, ModelOptions, ModelRoute, RouteTarget, RoutingConfig};
+use edgeway_core::routing::{Channel, GroupConfig, KeyRotation, ModelOptions, ModelRoute, RouteTarget, RoutingConfig};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
@@ -25,6 +25,10 @@ pub struct ChannelSettings {
     pub media_hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerPolicy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "KeyRotation::is_default")]
+    pub key_rotation: KeyRotation,
 }
 
 impl ChannelSettings {
@@ -34,6 +38,8 @@ impl ChannelSettings {
             idle_timeout_ms: channel.idle_timeout_ms,
             media_hosts: channel.media_hosts.clone(),
             breaker: channel.breaker,
+            api_keys: channel.api_keys.clone(),
+            key_rotation: channel.key_rotation,
         }
     }
 }
@@ -94,6 +100,8 @@ pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingC
             idle_timeout_ms: settings.idle_timeout_ms,
             media_hosts: settings.media_hosts,
             breaker: settings.breaker,
+            api_keys: settings.api_keys,
+            key_rotation: settings.key_rotation,
         });
     }
     let model_rows = sqlx::query(

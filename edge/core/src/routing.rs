@@ -68,9 +68,45 @@ pub struct Channel {
     /// ([`crate::channel_health::breaker`]); `None`: the default policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<crate::channel_health::breaker::BreakerPolicy>,
+    /// More inline credentials: with `api_key`, the channel's rotation, each
+    /// with its own health (a refused one is out of rotation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<String>,
+    /// How a request's credential is chosen when there are several.
+    #[serde(default, skip_serializing_if = "KeyRotation::is_default")]
+    pub key_rotation: KeyRotation,
+}
+
+/// How a channel's credentials take turns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRotation {
+    /// Each isolate takes them in turn.
+    #[default]
+    RoundRobin,
+    /// At random (by the request's routing seed).
+    Random,
+}
+
+impl KeyRotation {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Channel {
+    /// The inline credentials in rotation order: `api_key`, then `api_keys`
+    /// (empty ones and repeats left out).
+    pub fn credentials(&self) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::new();
+        for key in self.api_key.iter().chain(&self.api_keys) {
+            if !key.is_empty() && !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+        keys
+    }
+
     /// Whether a key of `group` may be routed to this channel.
     pub fn serves_group(&self, group: &str) -> bool {
         self.groups.is_empty() || self.groups.iter().any(|g| g == group)

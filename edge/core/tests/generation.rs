@@ -142,6 +142,8 @@ struct Outcome {
     fetched: Vec<String>,
     /// Upstream request bodies.
     fetched_bodies: Vec<Value>,
+    /// The `authorization` header of each upstream call.
+    auths: Vec<String>,
     published: Vec<UsageEvent>,
     /// Events reported to the account (settled against a slice).
     settled: Vec<UsageEvent>,
@@ -337,6 +339,13 @@ impl World {
                 Effect::Fetch(req) => {
                     out.fetched.push(req.url.clone());
                     out.fetched_bodies.push(serde_json::from_slice(&req.body).unwrap_or(Value::Null));
+                    out.auths.push(
+                        req.headers
+                            .iter()
+                            .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default(),
+                    );
                     out.wakes.push(req.wake_ms);
                     let base = self.upstreams.keys().find(|b| req.url.starts_with(b.as_str())).cloned();
                     let next = base.and_then(|b| self.upstreams.get_mut(&b).and_then(VecDeque::pop_front));
@@ -1752,4 +1761,72 @@ fn a_stream_falls_back_invisibly_and_names_the_model_that_served() {
     assert_eq!(text.matches(r#""model":"m2""#).count(), 2, "every chunk names m2: {text}");
     assert!(!text.contains("up-b") && !text.contains(r#""model":"m""#), "{text}");
     assert_eq!(out.events()[0].served_model, "m2");
+}
+
+/// Channel a with three credentials (b as a second channel).
+fn routing_with_keys(rotation: &str) -> Value {
+    let mut r = routing(&[("a", A), ("b", B)]);
+    r["channels"][0]["api_key"] = json!("sk-up-secret-k0");
+    r["channels"][0]["api_keys"] = json!(["sk-up-secret-k1", "sk-up-secret-k2"]);
+    r["channels"][0]["key_rotation"] = json!(rotation);
+    r
+}
+
+#[test]
+fn a_channels_credentials_take_turns_and_a_refused_one_leaves_the_rotation() {
+    let mut w = World::new(unlimited(), routing_with_keys("round_robin"));
+    let mut used = Vec::new();
+    for _ in 0..6 {
+        w.upstream(A, vec![ok_json(completion())]);
+        let out = w.run(json!({"model": "m", "messages": user("hi")}));
+        assert_eq!(out.status, 200);
+        used.push(out.auths[0].clone());
+    }
+    let k = |i: usize| format!("Bearer sk-up-secret-k{i}");
+    assert_eq!(used, vec![k(0), k(1), k(2), k(0), k(1), k(2)], "round robin");
+    // k0 is refused: the same channel retries at once with its next credential.
+    w.upstream(A, vec![status(401, r#"{"error":{"message":"invalid key sk-up-secret-k0"}}"#), ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.status, 200);
+    assert_eq!(out.auths, vec![k(0), k(1)]);
+    assert!(out.fetched.iter().all(|u| u.starts_with(A)), "served by a, not failed over to b");
+    let e = &out.events()[0];
+    assert_eq!(e.attempts.iter().map(|a| a.failure.as_deref()).collect::<Vec<_>>(), vec![Some("credential_refused"), None]);
+    // From then on k0 is out of rotation.
+    for _ in 0..4 {
+        w.upstream(A, vec![ok_json(completion())]);
+        let out = w.run(json!({"model": "m", "messages": user("hi")}));
+        assert_ne!(out.auths[0], k(0));
+    }
+    let view = w.isolate.breakers.view(w.now);
+    assert!(view.iter().any(|c| c.channel == "a" && c.credential == Some(0) && c.last_failure.as_deref() == Some("credential_refused")), "{view:?}");
+    // Past the cool-down one request tries k0 again; its success brings it back.
+    w.now += 5 * 60_000;
+    let mut probed = false;
+    for _ in 0..3 {
+        w.upstream(A, vec![ok_json(completion())]);
+        probed |= w.run(json!({"model": "m", "messages": user("hi")})).auths[0] == k(0);
+    }
+    assert!(probed, "k0 probed after its cool-down");
+    assert!(w.isolate.breakers.view(w.now).iter().all(|c| c.credential != Some(0)));
+}
+
+#[test]
+fn a_channel_with_no_usable_credential_is_skipped() {
+    let mut w = World::new(unlimited(), routing_with_keys("random"));
+    // Every credential of a is refused in turn; b serves.
+    w.upstream(A, (0..3).map(|_| status(403, r#"{"error":{"message":"forbidden"}}"#)).collect());
+    w.upstream(B, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.status, 200);
+    assert_eq!(out.fetched.iter().filter(|u| u.starts_with(A)).count(), 3, "each key once, then the next channel");
+    let mut sorted = out.auths[..3].to_vec();
+    sorted.sort();
+    assert_eq!(sorted, (0..3).map(|i| format!("Bearer sk-up-secret-k{i}")).collect::<Vec<_>>());
+    // Now a has no usable credential: skipped without a call.
+    w.upstream(B, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.fetched.len(), 1);
+    assert!(out.fetched[0].starts_with(B));
+    assert!(out.logs.iter().any(|l| l.contains("channel a skipped: no usable credential")), "{:?}", out.logs);
 }

@@ -22,7 +22,8 @@ use super::Failure;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 
-/// Longest a circuit stays open after repeated failed probes.
+/// Longest a circuit stays open (after repeated failed probes, or for a
+/// longer `Retry-After` or quota cool-down): a probe every 5 min at most.
 pub const MAX_OPEN_MS: u64 = 5 * 60_000;
 /// A probe that has not reported after this long is replaced.
 pub const PROBE_TIMEOUT_MS: i64 = 120_000;
@@ -89,7 +90,11 @@ struct Circuit {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CircuitView {
     pub channel: String,
+    /// The upstream model; empty for a credential's circuit.
     pub model: String,
+    /// The credential's index in the channel's rotation, for its circuit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<usize>,
     #[serde(flatten)]
     pub state: CircuitState,
     pub recent_failures: u32,
@@ -97,11 +102,28 @@ pub struct CircuitView {
     pub since_ms: i64,
 }
 
-/// Every circuit an isolate knows of.
+/// Every circuit an isolate knows of: per (channel, upstream model), and
+/// per (channel, credential) for the failures that are a credential's own
+/// (refused, or its quota exhausted), which take that key out of rotation.
 #[derive(Debug, Clone, Default)]
 pub struct Breakers {
     circuits: HashMap<(String, String), Circuit>,
 }
+
+/// The circuit name of a channel's credential `index` (never a model name:
+/// those have no NUL).
+fn credential_circuit(index: usize) -> String {
+    format!("\u{0}key{index}")
+}
+
+/// Whether a failure is the credential's own rather than the channel's.
+pub fn is_credential_failure(failure: &Failure) -> bool {
+    matches!(failure, Failure::CredentialRefused { .. } | Failure::QuotaExhausted { .. })
+}
+
+/// How long a refused credential stays out of rotation before one request
+/// tries it again.
+pub const REFUSED_CREDENTIAL_MS: u64 = MAX_OPEN_MS;
 
 impl Breakers {
     /// Whether the candidate (`channel`, `model`) may be tried at `now_ms`;
@@ -121,6 +143,35 @@ impl Breakers {
                 circuit.last_change_ms = now_ms;
                 Admission::Probe
             }
+        }
+    }
+
+    /// Whether the channel's credential `index` may be used now (a
+    /// [`Admission::Probe`] makes this request its probe).
+    pub fn admit_credential(&mut self, channel: &str, index: usize, now_ms: i64) -> Admission {
+        self.admit(channel, &credential_circuit(index), now_ms)
+    }
+
+    /// A request with the channel's credential `index` was served.
+    pub fn record_credential_success(&mut self, channel: &str, index: usize, now_ms: i64) {
+        self.record_success(channel, &credential_circuit(index), now_ms);
+    }
+
+    /// The credential was refused or its quota is exhausted: out of
+    /// rotation at once, for the upstream's `Retry-After` or
+    /// [`REFUSED_CREDENTIAL_MS`].
+    pub fn record_credential_failure(&mut self, channel: &str, index: usize, failure: &Failure, now_ms: i64) {
+        let policy = BreakerPolicy { failures: 1, window_ms: 1, open_ms: REFUSED_CREDENTIAL_MS };
+        let failure = match failure {
+            Failure::CredentialRefused { .. } => Failure::QuotaExhausted { retry_after_ms: Some(REFUSED_CREDENTIAL_MS) },
+            other => *other,
+        };
+        self.record_failure(channel, &credential_circuit(index), &failure, &policy, now_ms);
+        if let Some(c) = self.circuits.get_mut(&(channel.to_string(), credential_circuit(index))) {
+            c.last_failure = Some(match failure {
+                Failure::QuotaExhausted { retry_after_ms: Some(REFUSED_CREDENTIAL_MS) } => "credential_refused",
+                other => other.kind(),
+            });
         }
     }
 
@@ -214,7 +265,8 @@ impl Breakers {
             .iter()
             .map(|((channel, model), c)| CircuitView {
                 channel: channel.clone(),
-                model: model.clone(),
+                model: if model.starts_with('\u{0}') { String::new() } else { model.clone() },
+                credential: model.strip_prefix("\u{0}key").and_then(|i| i.parse().ok()),
                 state: c.state,
                 recent_failures: u32::try_from(
                     c.failures.iter().filter(|&&at| now_ms - at < c.window_ms).count(),
@@ -225,7 +277,7 @@ impl Breakers {
             })
             .filter(|v| v.state != CircuitState::Closed || v.recent_failures > 0)
             .collect();
-        views.sort_by(|a, b| (&a.channel, &a.model).cmp(&(&b.channel, &b.model)));
+        views.sort_by(|a, b| (&a.channel, &a.model, a.credential).cmp(&(&b.channel, &b.model, b.credential)));
         views
     }
 }
@@ -296,6 +348,28 @@ mod tests {
         }
         assert_eq!(b.admit("a", "m", 60), Admission::Try);
         assert_eq!(b.admit("b", "m", 60), Admission::Try);
+    }
+
+    #[test]
+    fn a_refused_credential_is_out_of_rotation_at_once_and_probed_later() {
+        let mut b = Breakers::default();
+        b.record_credential_failure("a", 1, &Failure::CredentialRefused { status: 401 }, 0);
+        assert_eq!(b.admit_credential("a", 1, 1), Admission::Skip);
+        assert_eq!(b.admit_credential("a", 0, 1), Admission::Try, "the channel's other keys are untouched");
+        assert_eq!(b.admit("a", "m", 1), Admission::Try, "and so are its models");
+        let view = b.view(1);
+        assert_eq!((view[0].credential, view[0].model.as_str()), (Some(1), ""));
+        assert_eq!(view[0].last_failure.as_deref(), Some("credential_refused"));
+        assert_eq!(b.admit_credential("a", 1, REFUSED_CREDENTIAL_MS as i64), Admission::Probe);
+        b.record_credential_success("a", 1, REFUSED_CREDENTIAL_MS as i64 + 5);
+        assert_eq!(b.admit_credential("a", 1, REFUSED_CREDENTIAL_MS as i64 + 6), Admission::Try);
+        // An exhausted quota without Retry-After: out for the quota cool-down
+        // (capped, so a probe comes every 5 min at most).
+        b.record_credential_failure("a", 0, &Failure::QuotaExhausted { retry_after_ms: None }, 0);
+        assert_eq!(b.admit_credential("a", 0, MAX_OPEN_MS as i64 - 1), Admission::Skip);
+        assert_eq!(b.admit_credential("a", 0, MAX_OPEN_MS as i64), Admission::Probe);
+        assert!(is_credential_failure(&Failure::CredentialRefused { status: 403 }));
+        assert!(!is_credential_failure(&Failure::Server { status: 500 }));
     }
 
     #[test]

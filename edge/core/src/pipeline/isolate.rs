@@ -65,6 +65,8 @@ pub struct IsolateState {
     pub slices: IsolateSlices,
     /// The channels' circuits as this isolate has seen them fail.
     pub breakers: crate::channel_health::breaker::Breakers,
+    /// Each channel's next credential in round-robin rotation.
+    rotation: HashMap<String, usize>,
     keys: HashMap<String, (Rc<KeyRecord>, i64)>,
     account_checks: HashMap<String, (bool, i64)>,
     routing: Option<(Rc<RoutingTable>, i64)>,
@@ -76,6 +78,15 @@ pub struct IsolateState {
 impl IsolateState {
     pub fn new(config: IsolateConfig) -> Self {
         Self { config, ..Self::default() }
+    }
+
+    /// The channel's next credential index in round-robin order (a counter;
+    /// the caller takes it modulo the number of credentials).
+    pub fn next_rotation(&mut self, channel: &str) -> usize {
+        let n = self.rotation.entry(channel.to_string()).or_insert(0);
+        let at = *n;
+        *n = n.wrapping_add(1);
+        at
     }
 
     /// The cached key record for `digest`, if fresh.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::channel_health::breaker::Admission;
+use crate::channel_health::breaker::{self, Admission};
 use crate::channel_health::{Attempt, Failure, TimeoutPhase};
 use crate::error::GatewayError;
 use crate::family::{self, Family, MockAnswer};
@@ -25,6 +25,9 @@ use crate::translate::{self, StreamOptions, StreamTranslator};
 use crate::usage::{estimated_usage, TokenUsage, UsageEvent};
 use std::collections::VecDeque;
 
+/// Most retries of a channel with another credential per request.
+const MAX_CREDENTIAL_RETRIES: usize = 3;
+
 impl Target {
     /// The targets a route's candidates are tried at, in order: the
     /// model's, then each fallback's.
@@ -45,7 +48,8 @@ impl Target {
             provider: c.provider,
             upstream_model: c.upstream_model.to_string(),
             base_url: c.base_url.trim_end_matches('/').to_string(),
-            api_key: c.channel.api_key.clone().filter(|k| !k.is_empty()),
+            api_keys: c.channel.credentials(),
+            key_rotation: c.channel.key_rotation,
             api_key_secret: c.channel.api_key_secret.clone(),
             timeout_ms: c.channel.timeout_ms,
             first_content_timeout_ms: c
@@ -55,6 +59,7 @@ impl Target {
             idle_timeout_ms: c.channel.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
             mock: c.channel.mock.unwrap_or_default(),
             breaker: c.channel.breaker.unwrap_or_default(),
+            credential_retry: false,
         }
     }
 }
@@ -101,7 +106,9 @@ impl Generation {
                 self.log(false, format!("falling back from `{from}` to `{}`", self.route_model));
             }
         }
-        self.tried_for_model += 1;
+        if !target.credential_retry {
+            self.tried_for_model += 1;
+        }
         if let Some(meter) = &mut self.meter {
             meter.price = target.price;
         }
@@ -111,7 +118,7 @@ impl Generation {
     fn pick_in_order(&mut self, isolate: &mut IsolateState, now: i64) -> Option<Target> {
         while let Some(target) = self.targets.get(self.next_target).cloned() {
             self.next_target += 1;
-            if target.model == self.route_model && self.tried_for_model >= MAX_ATTEMPTS {
+            if target.model == self.route_model && self.tried_for_model >= MAX_ATTEMPTS && !target.credential_retry {
                 continue;
             }
             let admission = if self.pinned.is_some() {
@@ -119,22 +126,60 @@ impl Generation {
             } else {
                 isolate.breakers.admit(&target.channel, &target.upstream_model, now)
             };
-            if admission != Admission::Skip {
+            let credential = match admission {
+                Admission::Skip => None,
+                _ => self.choose_credential(isolate, &target, now),
+            };
+            if let Some(credential) = credential {
+                self.credential = credential;
                 if admission == Admission::Probe {
                     self.log(false, format!("channel {}: half-open, this request probes it", target.channel));
                 }
                 self.tried += 1;
                 return Some(target);
             }
-            self.log(false, format!("channel {} skipped: its circuit is open", target.channel));
+            let why = if admission == Admission::Skip { "its circuit is open" } else { "no usable credential" };
+            self.log(false, format!("channel {} skipped: {why}", target.channel));
             self.deferred.push(target);
         }
         if (self.tried == 0 || self.all_open) && !self.deferred.is_empty() && self.tried < MAX_ATTEMPTS {
             self.all_open = true;
             self.tried += 1;
-            return Some(self.deferred.remove(0));
+            let target = self.deferred.remove(0);
+            self.credential = (!target.api_keys.is_empty() || target.api_key_secret.is_some()).then_some(0);
+            return Some(target);
         }
         None
+    }
+
+    /// The credential the attempt at `target` uses: the channel's next one
+    /// in rotation whose circuit lets it through and that this request has
+    /// not seen refused. `Some(None)`: the channel has no credential;
+    /// `None`: none of its credentials may be used now.
+    fn choose_credential(
+        &mut self,
+        isolate: &mut IsolateState,
+        target: &Target,
+        now: i64,
+    ) -> Option<Option<usize>> {
+        let n = target.api_keys.len().max(usize::from(target.api_key_secret.is_some()));
+        if n == 0 {
+            return Some(None);
+        }
+        let start = match target.key_rotation {
+            KeyRotation::RoundRobin => isolate.next_rotation(&target.channel),
+            KeyRotation::Random => {
+                usize::try_from(self.start.routing_seed.wrapping_add(self.tried as u64) % n as u64).unwrap_or(0)
+            }
+        };
+        (0..n).map(|i| (start + i) % n).find_map(|i| {
+            let refused = self.refused_credentials.iter().any(|(c, k)| c == &target.channel && *k == i);
+            let usable = !refused
+                && (self.pinned.is_some()
+                    || target.breaker.failures == 0
+                    || isolate.breakers.admit_credential(&target.channel, i, now) != Admission::Skip);
+            usable.then_some(Some(i))
+        })
     }
 
     /// Ends a request no upstream served with `error`: an error response,
@@ -161,7 +206,22 @@ impl Generation {
     pub(super) fn attempt_failed(&mut self, failure: Failure, status: u16, error: GatewayError, now: i64) {
         let channel = self.served.channel.clone();
         if let Some((target, _, _)) = &self.current {
-            self.health.push((channel.clone(), target.upstream_model.clone(), target.breaker, Some(failure)));
+            self.health.push(HealthReport {
+                channel: channel.clone(),
+                model: target.upstream_model.clone(),
+                credential: self.credential,
+                policy: target.breaker,
+                failure: Some(failure),
+            });
+            if let Some(key) = self.credential.filter(|_| breaker::is_credential_failure(&failure)) {
+                // The channel's next credential gets the next attempt.
+                self.refused_credentials.push((channel.clone(), key));
+                let others = (0..target.api_keys.len()).any(|i| !self.refused_credentials.contains(&(channel.clone(), i)));
+                if others && target.api_keys.len() > 1 && self.refused_credentials.len() <= MAX_CREDENTIAL_RETRIES {
+                    let retry = Target { credential_retry: true, ..target.clone() };
+                    self.targets.insert(self.next_target.min(self.targets.len()), retry);
+                }
+            }
         }
         self.log(false, format!("channel {channel} failed ({}): {error}", failure.kind()));
         self.attempts.push(Attempt {
@@ -177,7 +237,13 @@ impl Generation {
     /// Records the attempt that serves the request.
     pub(super) fn attempt_served(&mut self, now: i64) {
         if let Some((target, _, _)) = &self.current {
-            self.health.push((target.channel.clone(), target.upstream_model.clone(), target.breaker, None));
+            self.health.push(HealthReport {
+                channel: target.channel.clone(),
+                model: target.upstream_model.clone(),
+                credential: self.credential,
+                policy: target.breaker,
+                failure: None,
+            });
         }
         self.attempts.push(Attempt {
             channel: self.served.channel.clone(),
@@ -223,7 +289,8 @@ impl Generation {
                 target
             }
         };
-        let credential = match (&target.api_key, &target.api_key_secret) {
+        let inline = self.credential.and_then(|i| target.api_keys.get(i));
+        let credential = match (inline, &target.api_key_secret) {
             (Some(key), _) => Some(key.clone()),
             (None, Some(name)) => match isolate.secret(name) {
                 Some(value) => value.map(str::to_string),
@@ -236,7 +303,9 @@ impl Generation {
         };
         let plan = match &mut self.current {
             Some((_, plan, secrets)) => {
-                *secrets = credential.iter().cloned().collect();
+                // Every credential of the channel is redacted from what the
+                // upstream says, not only the one sent.
+                *secrets = credential.iter().chain(&target.api_keys).cloned().collect();
                 *plan
             }
             None => return Err(GatewayError::Internal),

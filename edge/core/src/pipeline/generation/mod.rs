@@ -44,13 +44,14 @@ use super::inbound::Inbound;
 use super::isolate::{IsolateState, KeyReadError};
 use super::metering::{Meter, Served};
 use super::route::Plan;
-use crate::channel_health::breaker::BreakerPolicy;
+use crate::channel_health::breaker::{self, BreakerPolicy};
 use crate::channel_health::Failure;
 use crate::error::GatewayError;
 use crate::family::Family;
 use crate::key_record::KeyRecord;
 use crate::pin::PinRequest;
 use crate::pricing::ModelPrice;
+use crate::routing::KeyRotation;
 use crate::provider::Provider;
 use crate::routing::{MockOptions, ModelOptions, ROUTING_KV_KEY};
 use crate::stream_shaper::StreamShaper;
@@ -273,7 +274,9 @@ struct Target {
     provider: &'static Provider,
     upstream_model: String,
     base_url: String,
-    api_key: Option<String>,
+    /// Inline credentials in rotation order (empty: the secret, or none).
+    api_keys: Vec<String>,
+    key_rotation: KeyRotation,
     api_key_secret: Option<String>,
     /// Connect and response headers, ms (`None`: the isolate's default).
     timeout_ms: Option<u64>,
@@ -284,6 +287,20 @@ struct Target {
     mock: MockOptions,
     /// When the channel's circuits open.
     breaker: BreakerPolicy,
+    /// This target retries its channel with another credential after one
+    /// was refused (not counted against the model's attempts).
+    credential_retry: bool,
+}
+
+/// An attempt's outcome for the isolate's breakers.
+#[derive(Debug, Clone)]
+struct HealthReport {
+    channel: String,
+    model: String,
+    credential: Option<usize>,
+    policy: BreakerPolicy,
+    /// `None`: served.
+    failure: Option<Failure>,
 }
 
 /// Where the upstream body comes from.
@@ -438,9 +455,12 @@ pub struct Generation {
     deferred: Vec<Target>,
     /// Every candidate's circuit was open: the deferred ones are tried.
     all_open: bool,
-    /// Attempt outcomes not yet told to the isolate's breakers:
-    /// (channel, upstream model, policy, failure or `None` for served).
-    health: Vec<(String, String, BreakerPolicy, Option<Failure>)>,
+    /// Attempt outcomes not yet told to the isolate's breakers.
+    health: Vec<HealthReport>,
+    /// The credential (index in the channel's rotation) of the current attempt.
+    credential: Option<usize>,
+    /// Credentials refused during this request: not chosen again by it.
+    refused_credentials: Vec<(String, usize)>,
     current: Option<(Target, Plan, Vec<String>)>,
     served: Served,
     last_error: Option<GatewayError>,
@@ -512,6 +532,8 @@ impl Generation {
             deferred: Vec::new(),
             all_open: false,
             health: Vec::new(),
+            credential: None,
+            refused_credentials: Vec::new(),
             current: None,
             served: Served::default(),
             last_error: None,
@@ -572,10 +594,21 @@ impl Generation {
             Ok(effect) => effect,
             Err(error) => self.fail(error, now_ms),
         };
-        for (channel, model, policy, failure) in self.health.drain(..) {
-            match failure {
-                Some(failure) => isolate.breakers.record_failure(&channel, &model, &failure, &policy, now_ms),
-                None => isolate.breakers.record_success(&channel, &model, now_ms),
+        for r in self.health.drain(..) {
+            let breakers = &mut isolate.breakers;
+            match (r.failure, r.credential) {
+                (Some(failure), Some(key))
+                    if breaker::is_credential_failure(&failure) && r.policy.failures > 0 =>
+                {
+                    breakers.record_credential_failure(&r.channel, key, &failure, now_ms)
+                }
+                (Some(failure), _) => breakers.record_failure(&r.channel, &r.model, &failure, &r.policy, now_ms),
+                (None, key) => {
+                    breakers.record_success(&r.channel, &r.model, now_ms);
+                    if let Some(key) = key {
+                        breakers.record_credential_success(&r.channel, key, now_ms);
+                    }
+                }
             }
         }
         self.cache_see_effect(effect)
