@@ -24,7 +24,9 @@ use axum::Json;
 use edgeway_core::channel_health::breaker::{BreakerPolicy, MAX_OPEN_MS};
 use edgeway_core::pricing::ModelPrice;
 use edgeway_core::provider::{provider_by_id, ProviderDialect, PROVIDERS};
-use edgeway_core::routing::{Channel, KeyRotation, MockOptions, ModelOptions, ModelRoute, RoutingConfig, RoutingTable};
+use edgeway_core::routing::{
+    Channel, KeyRotation, MockOptions, ModelOptions, ModelRoute, RoutingConfig, RoutingTable,
+};
 use serde::{Deserialize, Serialize};
 
 /// Longest upstream time limit accepted, ms.
@@ -442,10 +444,8 @@ pub async fn health(
         .map(|all| all.iter().filter(|c| c["channel"] == id.as_str()).cloned().collect())
         .unwrap_or_default();
     let credentials = channel.credentials().len().max(usize::from(channel.api_key_secret.is_some()));
-    let out_of_rotation = circuits
-        .iter()
-        .filter(|c| c["credential"].is_u64() && c["state"] != "closed")
-        .count();
+    let out_of_rotation =
+        circuits.iter().filter(|c| c["credential"].is_u64() && c["state"] != "closed").count();
     Ok(Json(serde_json::json!({
         "channel": id,
         "credentials": credentials,

@@ -110,3 +110,39 @@ test('failures open the circuit, one probe at a time under concurrency, a recove
   t.diagnostic(`breaker figures ${JSON.stringify(figures)}`);
   console.log('FIGURES breaker', JSON.stringify(figures));
 });
+
+test('a channel with three keys: they take turns, a refused one leaves the rotation, the admin shows it', { timeout: 60_000 }, async (t) => {
+  await stack.adminApi('POST', '/api/channels', {
+    id: 'br-keys', provider: 'openai-compatible', base_url: `${stack.mockUrl}/v1`,
+    api_key: 'sk-br-first-key-0000-aaaaaaaa',
+    api_keys: ['sk-br-revoked-key-1-bbbbbbbb', 'sk-br-third-key-2-cccccccc'],
+    models: [{ name: 'br-k', upstream_model: 'gpt-test', price }],
+  });
+  const view = (await stack.adminApi('GET', '/api/channels')).data.find((c) => c.id === 'br-keys');
+  assert.equal(view.credentials, 3);
+  assert.ok(!JSON.stringify(view).includes('sk-br-'), 'no key is ever returned');
+  for (let i = 0; i < 80; i++) {
+    const r = await fetch(`${stack.gatewayUrl}/v1/models`, { headers: { authorization: `Bearer ${stack.keys.main}` } });
+    if ((await r.json()).data?.some((m) => m.id === 'br-k')) break;
+    await sleep(250);
+  }
+  const before = { ...(await stack.mockStats()).byKey };
+  for (let i = 0; i < 9; i++) {
+    const { response } = await openai.chat.completions.create({ model: 'br-k', messages: [{ role: 'user', content: 'hi' }] }).withResponse();
+    assert.equal(response.headers.get('x-edgeway-channel'), 'br-keys', 'a refused key is retried on the same channel');
+  }
+  const after = (await stack.mockStats()).byKey;
+  const calls = (suffix) => (after[suffix] ?? 0) - (before[suffix] ?? 0);
+  const perKey = { k0: calls('aaaaaaaa'), k1: calls('bbbbbbbb'), k2: calls('cccccccc') };
+  assert.equal(perKey.k1, 1, `the refused key was tried once: ${JSON.stringify(perKey)}`);
+  assert.equal(perKey.k0 + perKey.k2, 9, 'every request served by a good key');
+  assert.ok(perKey.k0 >= 3 && perKey.k2 >= 3, `the good keys take turns: ${JSON.stringify(perKey)}`);
+  const health = await stack.adminApi('GET', '/api/channels/br-keys/health');
+  assert.equal(health.credentials, 3);
+  assert.equal(health.usable_credentials, 2);
+  const refused = health.circuits.find((c) => c.credential === 1);
+  assert.equal(refused?.state, 'open', JSON.stringify(health));
+  assert.equal(refused.last_failure, 'credential_refused');
+  t.diagnostic(`key rotation ${JSON.stringify(perKey)}`);
+  console.log('FIGURES key_rotation', JSON.stringify(perKey));
+});

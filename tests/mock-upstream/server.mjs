@@ -26,11 +26,12 @@
 //   think-<ms>          streams: headers at once, the first delta after <ms> (a long thinking phase)
 // Control endpoints: GET /__stats (requests, in-flight, max in-flight), GET /__last (last
 // request body and headers minus credentials), POST /__reset, POST /__switch?model=switch-x&status=500
-// (a `switch-*` model answers that status from then on; status=200 heals it).
+// (a `switch-*` model answers that status from then on; status=200 heals it). A key containing
+// `revoked` is refused with 401; stats.byKey counts calls by the key's last 8 characters.
 import http from 'node:http';
 
 export function createMockUpstream() {
-  const stats = { requests: 0, inFlight: 0, maxInFlight: 0, byModel: {} };
+  const stats = { requests: 0, inFlight: 0, maxInFlight: 0, byModel: {}, byKey: {} };
   let last = null;
 
   const completion = (model, text, usage) => ({
@@ -100,7 +101,7 @@ export function createMockUpstream() {
       return res.end();
     }
     if (req.method === 'POST' && req.url === '/__reset') {
-      Object.assign(stats, { requests: 0, inFlight: 0, maxInFlight: 0, byModel: {} });
+      Object.assign(stats, { requests: 0, inFlight: 0, maxInFlight: 0, byModel: {}, byKey: {} });
       last = null;
       res.writeHead(204);
       return res.end();
@@ -138,7 +139,12 @@ export function createMockUpstream() {
     const release = () => { if (!released) { released = true; stats.inFlight -= 1; } };
     res.on('close', release);
 
+    stats.byKey[(authorization ?? '').slice(-8)] = (stats.byKey[(authorization ?? '').slice(-8)] ?? 0) + 1;
     if (model === 'hang') return; // never answer
+    if ((authorization ?? '').includes('revoked')) {
+      res.writeHead(401, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ error: { message: 'Incorrect API key provided.', type: 'invalid_request_error', code: 'invalid_api_key' } }));
+    }
     if (model.startsWith('switch-') && (switches[model] ?? 200) !== 200) {
       res.writeHead(switches[model], { 'content-type': 'application/json' });
       return res.end(JSON.stringify({ error: { message: `switched to ${switches[model]}`, type: 'server_error' } }));

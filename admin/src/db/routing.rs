@@ -9,7 +9,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::now_ms;
 use edgeway_core::channel_health::breaker::BreakerPolicy;
 use edgeway_core::pricing::ModelPrice;
-use edgeway_core::routing::{Channel, GroupConfig, KeyRotation, ModelOptions, ModelRoute, RouteTarget, RoutingConfig};
+use edgeway_core::routing::{
+    Channel, GroupConfig, KeyRotation, ModelOptions, ModelRoute, RouteTarget, RoutingConfig,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 

@@ -1785,13 +1785,19 @@ fn a_channels_credentials_take_turns_and_a_refused_one_leaves_the_rotation() {
     let k = |i: usize| format!("Bearer sk-up-secret-k{i}");
     assert_eq!(used, vec![k(0), k(1), k(2), k(0), k(1), k(2)], "round robin");
     // k0 is refused: the same channel retries at once with its next credential.
-    w.upstream(A, vec![status(401, r#"{"error":{"message":"invalid key sk-up-secret-k0"}}"#), ok_json(completion())]);
+    w.upstream(
+        A,
+        vec![status(401, r#"{"error":{"message":"invalid key sk-up-secret-k0"}}"#), ok_json(completion())],
+    );
     let out = w.run(json!({"model": "m", "messages": user("hi")}));
     assert_eq!(out.status, 200);
     assert_eq!(out.auths, vec![k(0), k(1)]);
     assert!(out.fetched.iter().all(|u| u.starts_with(A)), "served by a, not failed over to b");
     let e = &out.events()[0];
-    assert_eq!(e.attempts.iter().map(|a| a.failure.as_deref()).collect::<Vec<_>>(), vec![Some("credential_refused"), None]);
+    assert_eq!(
+        e.attempts.iter().map(|a| a.failure.as_deref()).collect::<Vec<_>>(),
+        vec![Some("credential_refused"), None]
+    );
     // From then on k0 is out of rotation.
     for _ in 0..4 {
         w.upstream(A, vec![ok_json(completion())]);
@@ -1799,7 +1805,12 @@ fn a_channels_credentials_take_turns_and_a_refused_one_leaves_the_rotation() {
         assert_ne!(out.auths[0], k(0));
     }
     let view = w.isolate.breakers.view(w.now);
-    assert!(view.iter().any(|c| c.channel == "a" && c.credential == Some(0) && c.last_failure.as_deref() == Some("credential_refused")), "{view:?}");
+    assert!(
+        view.iter().any(|c| c.channel == "a"
+            && c.credential == Some(0)
+            && c.last_failure.as_deref() == Some("credential_refused")),
+        "{view:?}"
+    );
     // Past the cool-down one request tries k0 again; its success brings it back.
     w.now += 5 * 60_000;
     let mut probed = false;
@@ -1819,7 +1830,11 @@ fn a_channel_with_no_usable_credential_is_skipped() {
     w.upstream(B, vec![ok_json(completion())]);
     let out = w.run(json!({"model": "m", "messages": user("hi")}));
     assert_eq!(out.status, 200);
-    assert_eq!(out.fetched.iter().filter(|u| u.starts_with(A)).count(), 3, "each key once, then the next channel");
+    assert_eq!(
+        out.fetched.iter().filter(|u| u.starts_with(A)).count(),
+        3,
+        "each key once, then the next channel"
+    );
     let mut sorted = out.auths[..3].to_vec();
     sorted.sort();
     assert_eq!(sorted, (0..3).map(|i| format!("Bearer sk-up-secret-k{i}")).collect::<Vec<_>>());

@@ -163,13 +163,17 @@ impl Breakers {
     pub fn record_credential_failure(&mut self, channel: &str, index: usize, failure: &Failure, now_ms: i64) {
         let policy = BreakerPolicy { failures: 1, window_ms: 1, open_ms: REFUSED_CREDENTIAL_MS };
         let failure = match failure {
-            Failure::CredentialRefused { .. } => Failure::QuotaExhausted { retry_after_ms: Some(REFUSED_CREDENTIAL_MS) },
+            Failure::CredentialRefused { .. } => {
+                Failure::QuotaExhausted { retry_after_ms: Some(REFUSED_CREDENTIAL_MS) }
+            }
             other => *other,
         };
         self.record_failure(channel, &credential_circuit(index), &failure, &policy, now_ms);
         if let Some(c) = self.circuits.get_mut(&(channel.to_string(), credential_circuit(index))) {
             c.last_failure = Some(match failure {
-                Failure::QuotaExhausted { retry_after_ms: Some(REFUSED_CREDENTIAL_MS) } => "credential_refused",
+                Failure::QuotaExhausted { retry_after_ms: Some(REFUSED_CREDENTIAL_MS) } => {
+                    "credential_refused"
+                }
                 other => other.kind(),
             });
         }

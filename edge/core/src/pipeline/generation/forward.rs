@@ -118,7 +118,10 @@ impl Generation {
     fn pick_in_order(&mut self, isolate: &mut IsolateState, now: i64) -> Option<Target> {
         while let Some(target) = self.targets.get(self.next_target).cloned() {
             self.next_target += 1;
-            if target.model == self.route_model && self.tried_for_model >= MAX_ATTEMPTS && !target.credential_retry {
+            if target.model == self.route_model
+                && self.tried_for_model >= MAX_ATTEMPTS
+                && !target.credential_retry
+            {
                 continue;
             }
             let admission = if self.pinned.is_some() {
@@ -138,7 +141,8 @@ impl Generation {
                 self.tried += 1;
                 return Some(target);
             }
-            let why = if admission == Admission::Skip { "its circuit is open" } else { "no usable credential" };
+            let why =
+                if admission == Admission::Skip { "its circuit is open" } else { "no usable credential" };
             self.log(false, format!("channel {} skipped: {why}", target.channel));
             self.deferred.push(target);
         }
@@ -169,7 +173,8 @@ impl Generation {
         let start = match target.key_rotation {
             KeyRotation::RoundRobin => isolate.next_rotation(&target.channel),
             KeyRotation::Random => {
-                usize::try_from(self.start.routing_seed.wrapping_add(self.tried as u64) % n as u64).unwrap_or(0)
+                usize::try_from(self.start.routing_seed.wrapping_add(self.tried as u64) % n as u64)
+                    .unwrap_or(0)
             }
         };
         (0..n).map(|i| (start + i) % n).find_map(|i| {
@@ -216,8 +221,12 @@ impl Generation {
             if let Some(key) = self.credential.filter(|_| breaker::is_credential_failure(&failure)) {
                 // The channel's next credential gets the next attempt.
                 self.refused_credentials.push((channel.clone(), key));
-                let others = (0..target.api_keys.len()).any(|i| !self.refused_credentials.contains(&(channel.clone(), i)));
-                if others && target.api_keys.len() > 1 && self.refused_credentials.len() <= MAX_CREDENTIAL_RETRIES {
+                let others = (0..target.api_keys.len())
+                    .any(|i| !self.refused_credentials.contains(&(channel.clone(), i)));
+                if others
+                    && target.api_keys.len() > 1
+                    && self.refused_credentials.len() <= MAX_CREDENTIAL_RETRIES
+                {
                     let retry = Target { credential_retry: true, ..target.clone() };
                     self.targets.insert(self.next_target.min(self.targets.len()), retry);
                 }

@@ -51,8 +51,8 @@ use crate::family::Family;
 use crate::key_record::KeyRecord;
 use crate::pin::PinRequest;
 use crate::pricing::ModelPrice;
-use crate::routing::KeyRotation;
 use crate::provider::Provider;
+use crate::routing::KeyRotation;
 use crate::routing::{MockOptions, ModelOptions, ROUTING_KV_KEY};
 use crate::stream_shaper::StreamShaper;
 use crate::translate::{self, ClientDialect};
@@ -602,7 +602,9 @@ impl Generation {
                 {
                     breakers.record_credential_failure(&r.channel, key, &failure, now_ms)
                 }
-                (Some(failure), _) => breakers.record_failure(&r.channel, &r.model, &failure, &r.policy, now_ms),
+                (Some(failure), _) => {
+                    breakers.record_failure(&r.channel, &r.model, &failure, &r.policy, now_ms)
+                }
                 (None, key) => {
                     breakers.record_success(&r.channel, &r.model, now_ms);
                     if let Some(key) = key {
