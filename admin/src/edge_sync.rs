@@ -118,7 +118,17 @@ impl EdgeClient {
 
     /// Reads the circuits of the edge isolate that answers (`GET /internal/health`).
     pub async fn get_health(&self) -> Result<serde_json::Value, PushError> {
-        let response = self.send_signed(reqwest::Method::GET, "/internal/health", Vec::new()).await?;
+        self.get_json("/internal/health").await
+    }
+
+    /// Reads the edge's D1 usage totals and dead-letter counts
+    /// (`GET /internal/usage/stats?limit=1`).
+    pub async fn get_usage_stats(&self) -> Result<serde_json::Value, PushError> {
+        self.get_json("/internal/usage/stats?limit=1").await
+    }
+
+    async fn get_json(&self, path: &str) -> Result<serde_json::Value, PushError> {
+        let response = self.send_signed(reqwest::Method::GET, path, Vec::new()).await?;
         let status = response.status();
         if !status.is_success() {
             return Err(PushError::Status(status.as_u16()));

@@ -77,7 +77,22 @@ async function channelsPage() {
       [t('channels.provider'), (c) => c.provider],
       [t('channels.models'), (c) => c.models.map((m) => m.name).join(', ') || '—'],
       [t('channels.enabled'), (c) => h('span', { class: `badge ${c.enabled ? 'active' : 'disabled'}` }, c.enabled ? t('common.yes') : t('common.no'))],
-      [t('channels.credential'), (c) => (c.has_api_key ? t('channels.inline_key') : c.api_key_secret ? `secret ${c.api_key_secret}` : '—')],
+      [t('channels.credential'), (c) => (c.credentials > 1 ? t('channels.inline_keys', { n: c.credentials })
+        : c.has_api_key ? t('channels.inline_key') : c.api_key_secret ? `secret ${c.api_key_secret}` : '—')],
+      [t('channels.health'), (c) => {
+        // The channel's circuits at the edge: open ones and usable keys.
+        const out = h('span', { class: 'health', 'data-health': c.id, 'aria-live': 'polite' }, '…');
+        api('GET', `/api/channels/${encodeURIComponent(c.id)}/health`).then((r) => {
+          const open = r.circuits.filter((x) => x.state !== 'closed' && x.credential === undefined).length;
+          const parts = [open ? t('channels.circuits_open', { n: open }) : t('channels.healthy')];
+          if (r.credentials > 1 || r.usable_credentials < r.credentials) {
+            parts.push(t('channels.keys_usable', { usable: r.usable_credentials, n: r.credentials }));
+          }
+          out.textContent = parts.join(' · ');
+          out.className = `health ${open || r.usable_credentials < r.credentials ? 'error' : 'ok'}`;
+        }).catch(() => { out.textContent = t('channels.health_unknown'); });
+        return out;
+      }],
       [t('channels.test'), (c) => {
         const out = h('span', { class: 'test-result', 'data-channel': c.id, 'aria-live': 'polite' });
         const b = h('button', {

@@ -258,6 +258,8 @@ describe('the web console in Chromium', () => {
       assert.match(await result.innerText(), /^200 · \d+ ms/);
       assert.equal(await result.getAttribute('class'), 'test-result ok');
     }
+    // Each channel's health at the edge: no circuit open.
+    await page.waitForFunction(() => document.querySelector('[data-health="console-mock"]')?.textContent === 'healthy');
     await screenshot(page, 'channels');
     // The test was pinned: the edge says which channel served it.
     const direct = await stack.adminApi('POST', '/api/channels/console-mock/test');

@@ -10,6 +10,8 @@
 //     through to br-bad as the probe; its failure opens the circuit again for
 //     twice as long; everyone was served
 //   - once br-bad recovers, the next probe closes the circuit and br-bad serves again
+//   - a channel with three keys: they take turns, a refused one leaves the
+//     rotation (the admin's health view and /metrics show it)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
@@ -143,6 +145,12 @@ test('a channel with three keys: they take turns, a refused one leaves the rotat
   const refused = health.circuits.find((c) => c.credential === 1);
   assert.equal(refused?.state, 'open', JSON.stringify(health));
   assert.equal(refused.last_failure, 'credential_refused');
+  // The admin's /metrics exports the edge's figures, read over its signed internal API.
+  const metrics = await (await fetch(`${stack.adminUrl}/metrics`)).text();
+  assert.match(metrics, /^edgeway_edge_up 1$/m);
+  assert.match(metrics, /^edgeway_edge_circuit_open\{channel="br-keys",model="",credential="1",state="open"\} 1$/m);
+  assert.match(metrics, /^edgeway_edge_dead_letters\{state="pending"\} 0$/m);
+  assert.match(metrics, /^edgeway_edge_usage_rows \d+$/m);
   t.diagnostic(`key rotation ${JSON.stringify(perKey)}`);
   console.log('FIGURES key_rotation', JSON.stringify(perKey));
 });
