@@ -229,10 +229,16 @@ async fn render_edge(out: &mut String, edge: &crate::edge_sync::EdgeClient) {
         let _ = writeln!(out, "edgeway_edge_usage_rows {}", n("rows"));
         family(out, "edgeway_edge_usage_cost_micros", "gauge", "Spend in the edge's D1, micro-units.");
         let _ = writeln!(out, "edgeway_edge_usage_cost_micros {}", n("cost_micros"));
-        family(out, "edgeway_edge_dead_letters", "gauge", "Usage messages kept as dead letters at the edge, by state.");
+        family(
+            out,
+            "edgeway_edge_dead_letters",
+            "gauge",
+            "Usage messages kept as dead letters at the edge, by state.",
+        );
         let pending = n("dead_letters_pending");
         let _ = writeln!(out, "edgeway_edge_dead_letters{{state=\"pending\"}} {pending}");
-        let _ = writeln!(out, "edgeway_edge_dead_letters{{state=\"replayed\"}} {}", n("dead_letters") - pending);
+        let _ =
+            writeln!(out, "edgeway_edge_dead_letters{{state=\"replayed\"}} {}", n("dead_letters") - pending);
     }
     if let Ok(health) = health {
         family(
@@ -241,7 +247,12 @@ async fn render_edge(out: &mut String, edge: &crate::edge_sync::EdgeClient) {
             "gauge",
             "1 for each circuit the answering edge isolate has open or half-open (by channel, upstream model or credential).",
         );
-        family(out, "edgeway_edge_circuit_recent_failures", "gauge", "Failures a circuit counts in its window.");
+        family(
+            out,
+            "edgeway_edge_circuit_recent_failures",
+            "gauge",
+            "Failures a circuit counts in its window.",
+        );
         for c in health["circuits"].as_array().map(Vec::as_slice).unwrap_or_default() {
             let labels = format!(
                 "channel=\"{}\",model=\"{}\",credential=\"{}\",state=\"{}\"",
