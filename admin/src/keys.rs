@@ -54,6 +54,10 @@ pub struct CreateKey {
     pub tpm: Option<u64>,
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// A request over `max_concurrency` waits up to this long (ms, at most
+    /// 60000) for a slot, in arrival order, before it is refused.
+    #[serde(default)]
+    pub max_wait_ms: Option<u64>,
     #[serde(default)]
     pub allowed_ips: Option<Vec<String>>,
     /// A test key: may pin requests to one channel with the unsigned
@@ -92,6 +96,8 @@ pub struct UpdateKey {
     #[serde(default, deserialize_with = "present")]
     pub max_concurrency: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
+    pub max_wait_ms: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
     pub allowed_ips: Option<Option<Vec<String>>>,
     #[serde(default)]
     pub pin_allowed: Option<bool>,
@@ -109,6 +115,7 @@ impl UpdateKey {
             && self.rpm.is_none()
             && self.tpm.is_none()
             && self.max_concurrency.is_none()
+            && self.max_wait_ms.is_none()
             && self.allowed_ips.is_none()
             && self.pin_allowed.is_none()
     }
@@ -150,6 +157,15 @@ pub fn check_limits(
         return Err(ApiError::bad_request("`tpm` is too large"));
     }
     Ok(())
+}
+
+/// `max_wait_ms`: at most a minute.
+pub fn check_max_wait(max_wait_ms: Option<u64>) -> ApiResult<Option<u64>> {
+    let max = edgeway_core::pipeline::wait_queue::MAX_WAIT_MS;
+    match max_wait_ms {
+        Some(ms) if ms > max => Err(ApiError::bad_request(format!("`max_wait_ms` must be at most {max}"))),
+        other => Ok(other),
+    }
 }
 
 // ---- handlers ----
@@ -203,6 +219,7 @@ pub fn build_key(body: CreateKey, user: Option<&User>) -> ApiResult<(String, Sto
         rpm: body.rpm,
         tpm: body.tpm,
         max_concurrency: body.max_concurrency,
+        max_wait_ms: check_max_wait(body.max_wait_ms)?,
         allowed_ips: validate::ip_list(body.allowed_ips)?,
         pin_allowed: body.pin_allowed,
         version: 1,
@@ -315,6 +332,7 @@ pub async fn update(
         rpm: body.rpm,
         tpm: body.tpm,
         max_concurrency: body.max_concurrency,
+        max_wait_ms: body.max_wait_ms.map(check_max_wait).transpose()?,
         allowed_ips: body.allowed_ips.map(validate::ip_list).transpose()?,
         pin_allowed: body.pin_allowed,
     };

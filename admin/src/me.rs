@@ -89,6 +89,8 @@ pub struct CreateMyKey {
     #[serde(default)]
     pub max_concurrency: Option<u32>,
     #[serde(default)]
+    pub max_wait_ms: Option<u64>,
+    #[serde(default)]
     pub allowed_ips: Option<Vec<String>>,
 }
 
@@ -128,6 +130,7 @@ pub async fn create_key(
         rpm: body.rpm,
         tpm: body.tpm,
         max_concurrency: body.max_concurrency,
+        max_wait_ms: body.max_wait_ms,
         allowed_ips: body.allowed_ips,
         ..CreateKey::default()
     };

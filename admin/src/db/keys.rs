@@ -27,6 +27,8 @@ pub struct StoredKey {
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
     pub max_concurrency: Option<u32>,
+    /// How long a request over `max_concurrency` may wait for a slot, ms.
+    pub max_wait_ms: Option<u64>,
     pub allowed_ips: Option<Vec<String>>,
     /// A test key: may pin requests to a channel unsigned.
     pub pin_allowed: bool,
@@ -50,6 +52,7 @@ impl StoredKey {
             rpm: self.rpm,
             tpm: self.tpm,
             max_concurrency: self.max_concurrency,
+            max_wait_ms: self.max_wait_ms,
             allowed_ips: self.allowed_ips.clone(),
             pin_allowed: self.pin_allowed,
             version: self.version,
@@ -79,6 +82,7 @@ impl StoredKey {
             rpm: opt_number(row.opt_int("rpm")?)?,
             tpm: opt_number(row.opt_int("tpm")?)?,
             max_concurrency: opt_number(row.opt_int("max_concurrency")?)?,
+            max_wait_ms: opt_number(row.opt_int("max_wait_ms")?)?,
             allowed_ips: json_list(row.opt_text("allowed_ips")?)?,
             pin_allowed: row.int("pin_allowed")? != 0,
             version: number(row.int("version")?)?,
@@ -122,7 +126,7 @@ fn to_db_int<T: TryInto<i64> + Copy>(field: &str, value: Option<T>) -> Result<Op
 pub async fn find_key(db: &Db, id: &str) -> ApiResult<Option<StoredKey>> {
     let row = sqlx::query(
         "SELECT id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
-         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, pin_allowed, version, created_at, updated_at \
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, max_wait_ms, allowed_ips, pin_allowed, version, created_at, updated_at \
          FROM api_keys WHERE id = $1",
     )
     .bind(id)
@@ -135,7 +139,7 @@ pub async fn find_key(db: &Db, id: &str) -> ApiResult<Option<StoredKey>> {
 pub async fn all_keys(db: &Db) -> ApiResult<Vec<StoredKey>> {
     let rows = sqlx::query(
         "SELECT id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
-         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, pin_allowed, version, created_at, updated_at \
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, max_wait_ms, allowed_ips, pin_allowed, version, created_at, updated_at \
          FROM api_keys ORDER BY created_at DESC, id DESC",
     )
     .fetch_all(&db.pool)
@@ -152,7 +156,7 @@ pub async fn insert_key(db: &Db, key: &StoredKey) -> ApiResult<()> {
     sqlx::query(
         "INSERT INTO api_keys (id, name, owner, group_name, digest, key_prefix_label, status, expires_at, \
          allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, version, created_at, updated_at, user_id, \
-         pin_allowed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+         pin_allowed, max_wait_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
     )
     .bind(&key.id)
     .bind(&key.name)
@@ -173,6 +177,7 @@ pub async fn insert_key(db: &Db, key: &StoredKey) -> ApiResult<()> {
     .bind(key.updated_at)
     .bind(&key.user_id)
     .bind(i64::from(key.pin_allowed))
+    .bind(to_db_int("max_wait_ms", key.max_wait_ms)?)
     .execute(&db.pool)
     .await?;
     Ok(())
@@ -192,6 +197,7 @@ pub struct KeyChange {
     pub rpm: Option<Option<u32>>,
     pub tpm: Option<Option<u64>>,
     pub max_concurrency: Option<Option<u32>>,
+    pub max_wait_ms: Option<Option<u64>>,
     pub allowed_ips: Option<Option<Vec<String>>>,
     pub pin_allowed: Option<bool>,
 }
@@ -222,10 +228,11 @@ pub async fn apply_change(db: &Db, id: &str, change: &KeyChange, now: i64) -> Ap
          max_concurrency = CASE WHEN $19 = 1 THEN $20 ELSE max_concurrency END, \
          allowed_ips = CASE WHEN $21 = 1 THEN $22 ELSE allowed_ips END, \
          pin_allowed = CASE WHEN $25 = 1 THEN $26 ELSE pin_allowed END, \
+         max_wait_ms = CASE WHEN $27 = 1 THEN $28 ELSE max_wait_ms END, \
          version = version + 1, updated_at = $23 \
          WHERE id = $24 \
          RETURNING id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
-         allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, pin_allowed, version, created_at, updated_at",
+         allowed_models, quota_micros, rpm, tpm, max_concurrency, max_wait_ms, allowed_ips, pin_allowed, version, created_at, updated_at",
     )
     .bind(flag(&change.name))
     .bind(change.name.clone())
@@ -253,6 +260,8 @@ pub async fn apply_change(db: &Db, id: &str, change: &KeyChange, now: i64) -> Ap
     .bind(id)
     .bind(flag(&change.pin_allowed))
     .bind(change.pin_allowed.map(i64::from))
+    .bind(flag(&change.max_wait_ms))
+    .bind(to_db_int("max_wait_ms", change.max_wait_ms.flatten())?)
     .fetch_optional(&db.pool)
     .await?;
     row.as_ref().map(StoredKey::from_row).transpose()
@@ -261,7 +270,7 @@ pub async fn apply_change(db: &Db, id: &str, change: &KeyChange, now: i64) -> Ap
 /// Columns of every key query.
 const KEY_COLUMNS: &str =
     "id, name, owner, user_id, group_name, digest, key_prefix_label, status, expires_at, \
-    allowed_models, quota_micros, rpm, tpm, max_concurrency, allowed_ips, pin_allowed, version, created_at, updated_at";
+    allowed_models, quota_micros, rpm, tpm, max_concurrency, max_wait_ms, allowed_ips, pin_allowed, version, created_at, updated_at";
 
 /// The keys of one user, newest first.
 pub async fn user_keys(db: &Db, user_id: &str) -> ApiResult<Vec<StoredKey>> {

@@ -71,6 +71,7 @@ const SQLITE_MIGRATIONS: EmbeddedList = &[
     (8, "usage units", include_str!("../../migrations/sqlite/0008_usage_units.sql")),
     (9, "channel settings", include_str!("../../migrations/sqlite/0009_channel_settings.sql")),
     (10, "usage attempts", include_str!("../../migrations/sqlite/0010_usage_attempts.sql")),
+    (11, "key max wait", include_str!("../../migrations/sqlite/0011_key_max_wait.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: EmbeddedList = &[
@@ -84,6 +85,7 @@ const POSTGRES_MIGRATIONS: EmbeddedList = &[
     (8, "usage units", include_str!("../../migrations/postgres/0008_usage_units.sql")),
     (9, "channel settings", include_str!("../../migrations/postgres/0009_channel_settings.sql")),
     (10, "usage attempts", include_str!("../../migrations/postgres/0010_usage_attempts.sql")),
+    (11, "key max wait", include_str!("../../migrations/postgres/0011_key_max_wait.sql")),
 ];
 
 /// Migrations compiled into the binary, so the service needs no files at run

@@ -51,6 +51,11 @@ pub struct KeyRecord {
     /// Requests in flight at once; `None` = unlimited.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// A request over `max_concurrency` waits up to this long for a slot
+    /// (in arrival order, [`crate::pipeline::wait_queue`]) before it is
+    /// refused; `None` = refused at once.
+    #[serde(default)]
+    pub max_wait_ms: Option<u64>,
     /// Client IP ranges (CIDR) allowed to use the key; `None` or empty = any.
     #[serde(default)]
     pub allowed_ips: Option<Vec<String>>,

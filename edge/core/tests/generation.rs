@@ -129,6 +129,9 @@ struct World {
     cache: HashMap<String, (String, i64)>,
     /// Cache calls made: `get` / `put`.
     cache_calls: Vec<&'static str>,
+    /// A slot held outside the request under test, freed when the clock
+    /// passes this time (a concurrent request that ends).
+    release_at: Option<(i64, edgeway_core::pipeline::account_slice::Ticket)>,
 }
 
 #[derive(Debug, Default)]
@@ -230,6 +233,7 @@ impl World {
             key: KEY.to_string(),
             cache: HashMap::new(),
             cache_calls: Vec::new(),
+            release_at: None,
         }
     }
 
@@ -398,6 +402,11 @@ impl World {
                 }
                 Effect::Sleep { ms } => {
                     self.now += ms as i64;
+                    if self.release_at.as_ref().is_some_and(|(at, _)| self.now >= *at) {
+                        if let Some((_, ticket)) = self.release_at.take() {
+                            self.isolate.slices.release(&ticket);
+                        }
+                    }
                     Input::Done
                 }
                 Effect::Respond(head, body) => {
@@ -1844,4 +1853,56 @@ fn a_channel_with_no_usable_credential_is_skipped() {
     assert_eq!(out.fetched.len(), 1);
     assert!(out.fetched[0].starts_with(B));
     assert!(out.logs.iter().any(|l| l.contains("channel a skipped: no usable credential")), "{:?}", out.logs);
+}
+
+impl World {
+    /// Takes the key's one concurrency slot, as another request would.
+    fn hold_slot(&mut self, record: &Value) -> edgeway_core::pipeline::account_slice::Ticket {
+        use edgeway_core::pipeline::account_slice::{LocalAdmit, Need, Renewed};
+        let mut record = record.clone();
+        record["digest"] = json!(key_digest(KEY));
+        let record: edgeway_core::key_record::KeyRecord = serde_json::from_value(record).unwrap();
+        let limits = edgeway_core::key_account::KeyLimits::from_record(&record);
+        let need = Need { reserve_micros: 0, tokens: 1 };
+        let LocalAdmit::Renew(renewal) = self.isolate.slices.admit(&record.digest, &limits, need, self.now)
+        else {
+            panic!("first admission renews")
+        };
+        let (grant, _) = self.account.renew_slice(&renewal, self.now);
+        match self.isolate.slices.renewed(&record.digest, grant, self.now, Some(need)) {
+            Renewed::Admitted(ticket) => ticket,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_request_over_the_limit_waits_for_a_slot_up_to_the_keys_max_wait() {
+    let record = json!({"max_concurrency": 1, "max_wait_ms": 300});
+    let mut w = World::new(record.clone(), routing(&[("a", A)]));
+    let held = w.hold_slot(&record);
+    w.release_at = Some((w.now + 100, held));
+    w.upstream(A, vec![ok_json(completion())]);
+    let t0 = w.now;
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.status, 200, "served once the slot freed");
+    assert!(w.now - t0 >= 100, "it waited for the slot");
+    assert_eq!(w.isolate.waiters.waiting(&key_digest(KEY)), 0, "out of the queue");
+
+    // Never freed: refused when the wait is over, not before.
+    let held = w.hold_slot(&record);
+    let t0 = w.now;
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.status, 429);
+    assert!((300..400).contains(&(w.now - t0)), "refused after max_wait_ms: {} ms", w.now - t0);
+    assert_eq!(w.isolate.waiters.waiting(&key_digest(KEY)), 0);
+    w.isolate.slices.release(&held);
+
+    // Without max_wait_ms the refusal is immediate.
+    let record = json!({"max_concurrency": 1});
+    let mut w = World::new(record.clone(), routing(&[("a", A)]));
+    let _held = w.hold_slot(&record);
+    let t0 = w.now;
+    assert_eq!(w.run(json!({"model": "m", "messages": user("hi")})).status, 429);
+    assert!(w.now - t0 < 20);
 }

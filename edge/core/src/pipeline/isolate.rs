@@ -67,6 +67,8 @@ pub struct IsolateState {
     pub breakers: crate::channel_health::breaker::Breakers,
     /// Each channel's next credential in round-robin rotation.
     rotation: HashMap<String, usize>,
+    /// Requests waiting for a concurrency slot of their key.
+    pub waiters: super::wait_queue::WaitQueue,
     keys: HashMap<String, (Rc<KeyRecord>, i64)>,
     account_checks: HashMap<String, (bool, i64)>,
     routing: Option<(Rc<RoutingTable>, i64)>,

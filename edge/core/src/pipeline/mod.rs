@@ -18,3 +18,4 @@ pub mod inbound;
 pub mod isolate;
 pub mod metering;
 pub mod route;
+pub mod wait_queue;

@@ -2,6 +2,7 @@ use super::*;
 use crate::api_key::{key_digest, kv_key_for_digest, presented_key, CredentialHeaders};
 use crate::error::GatewayError;
 use crate::ip_allow::ip_allowed;
+use crate::key_account::Refusal;
 use crate::key_account::SliceGrant;
 use crate::key_account::{AccountSnapshot, KeyLimits};
 use crate::key_record::KeyRecord;
@@ -11,6 +12,7 @@ use crate::pipeline::admission::{may_skip_admission, slice_need};
 use crate::pipeline::isolate::IsolateState;
 use crate::pipeline::metering::Meter;
 use crate::pipeline::route::resolve;
+use crate::pipeline::wait_queue::{MAX_WAIT_MS, WAIT_POLL_MS};
 use crate::routing::RoutingTable;
 use std::rc::Rc;
 
@@ -179,12 +181,17 @@ impl Generation {
             }
             _ => return Err(self.internal("admission before routing".into())),
         };
+        if self.waiting_since.is_some() && !isolate.waiters.poll(&self.digest, &self.start.request_id, now) {
+            // Someone who came first is waiting for the next slot.
+            return self.wait_for_slot(isolate, now);
+        }
         match isolate.slices.admit(&self.digest, &limits, need, now) {
             LocalAdmit::Admitted(ticket) => {
                 self.ticket = Some(ticket);
+                self.stop_waiting(isolate);
                 self.attempt(isolate, now)
             }
-            LocalAdmit::Refused(reason, retry) => Err(reason.into_error(retry)),
+            LocalAdmit::Refused(reason, retry) => self.refused(isolate, reason, retry, now),
             LocalAdmit::Wait => {
                 self.phase = Phase::AwaitSlicePoll;
                 Ok(Effect::Sleep { ms: RENEWAL_POLL_MS })
@@ -200,6 +207,45 @@ impl Generation {
                     body: serde_json::to_string(&renewal).ok(),
                 })
             }
+        }
+    }
+
+    /// The key's slice refused the request: one over the concurrency limit
+    /// of a key with `max_wait_ms` waits for a slot, in arrival order, until
+    /// that long after it first waited; anything else is refused now.
+    fn refused(
+        &mut self,
+        isolate: &mut IsolateState,
+        reason: Refusal,
+        retry: Option<u64>,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
+        let max_wait = self.record.as_ref().and_then(|r| r.max_wait_ms).map_or(0, |w| w.min(MAX_WAIT_MS));
+        let since = *self.waiting_since.get_or_insert(now);
+        if reason == Refusal::Concurrency && now - since < i64::try_from(max_wait).unwrap_or(0) {
+            isolate.waiters.poll(&self.digest, &self.start.request_id, now);
+            return self.wait_for_slot(isolate, now);
+        }
+        self.stop_waiting(isolate);
+        Err(reason.into_error(retry))
+    }
+
+    /// Waits a poll interval, then asks for a slot again (refused once the
+    /// key's `max_wait_ms` has passed).
+    fn wait_for_slot(&mut self, isolate: &mut IsolateState, now: i64) -> Result<Effect, GatewayError> {
+        let max_wait = self.record.as_ref().and_then(|r| r.max_wait_ms).map_or(0, |w| w.min(MAX_WAIT_MS));
+        let since = self.waiting_since.unwrap_or(now);
+        if now - since >= i64::try_from(max_wait).unwrap_or(0) {
+            self.stop_waiting(isolate);
+            return Err(Refusal::Concurrency.into_error(None));
+        }
+        self.phase = Phase::AwaitSlicePoll;
+        Ok(Effect::Sleep { ms: WAIT_POLL_MS })
+    }
+
+    fn stop_waiting(&mut self, isolate: &mut IsolateState) {
+        if self.waiting_since.take().is_some() {
+            isolate.waiters.leave(&self.digest, &self.start.request_id);
         }
     }
 
@@ -225,9 +271,10 @@ impl Generation {
                 match isolate.slices.renewed(&self.digest, grant, self.renewal_sent_at, Some(need)) {
                     Renewed::Admitted(ticket) => {
                         self.ticket = Some(ticket);
+                        self.stop_waiting(isolate);
                         self.attempt(isolate, now)
                     }
-                    Renewed::Refused(reason, retry) => Err(reason.into_error(retry)),
+                    Renewed::Refused(reason, retry) => self.refused(isolate, reason, retry, now),
                     Renewed::Applied => self.slice_admission(isolate, now),
                 }
             }

@@ -472,6 +472,8 @@ pub struct Generation {
     /// When this request sent its renewal (isolate clock).
     renewal_sent_at: i64,
     admit_attempts: u32,
+    /// Waiting for a concurrency slot since (the key's `max_wait_ms`).
+    waiting_since: Option<i64>,
     upstream: Upstream,
     shaper: Option<StreamShaper>,
     disconnected_at: Option<i64>,
@@ -542,6 +544,7 @@ impl Generation {
             ack_number: None,
             renewal_sent_at: 0,
             admit_attempts: 0,
+            waiting_since: None,
             upstream: Upstream::Remote,
             shaper: None,
             disconnected_at: None,
