@@ -132,6 +132,9 @@ struct World {
     /// A slot held outside the request under test, freed when the clock
     /// passes this time (a concurrent request that ends).
     release_at: Option<(i64, edgeway_core::pipeline::account_slice::Ticket)>,
+    /// The client disconnects during the next sleep (the shell reads it off
+    /// `request.signal`).
+    gone_on_sleep: bool,
 }
 
 #[derive(Debug, Default)]
@@ -234,6 +237,7 @@ impl World {
             cache: HashMap::new(),
             cache_calls: Vec::new(),
             release_at: None,
+            gone_on_sleep: false,
         }
     }
 
@@ -407,7 +411,11 @@ impl World {
                             self.isolate.slices.release(&ticket);
                         }
                     }
-                    Input::Done
+                    if std::mem::take(&mut self.gone_on_sleep) {
+                        Input::ClientGone
+                    } else {
+                        Input::Done
+                    }
                 }
                 Effect::Respond(head, body) => {
                     out.head_at = Some(self.now - t0);
@@ -1864,9 +1872,10 @@ impl World {
         let record: edgeway_core::key_record::KeyRecord = serde_json::from_value(record).unwrap();
         let limits = edgeway_core::key_account::KeyLimits::from_record(&record);
         let need = Need { reserve_micros: 0, tokens: 1 };
-        let LocalAdmit::Renew(renewal) = self.isolate.slices.admit(&record.digest, &limits, need, self.now)
-        else {
-            panic!("first admission renews")
+        let renewal = match self.isolate.slices.admit(&record.digest, &limits, need, self.now) {
+            LocalAdmit::Admitted(ticket) => return ticket,
+            LocalAdmit::Renew(renewal) => renewal,
+            other => panic!("{other:?}"),
         };
         let (grant, _) = self.account.renew_slice(&renewal, self.now);
         match self.isolate.slices.renewed(&record.digest, grant, self.now, Some(need)) {
@@ -1896,6 +1905,15 @@ fn a_request_over_the_limit_waits_for_a_slot_up_to_the_keys_max_wait() {
     assert_eq!(out.status, 429);
     assert!((300..400).contains(&(w.now - t0)), "refused after max_wait_ms: {} ms", w.now - t0);
     assert_eq!(w.isolate.waiters.waiting(&key_digest(KEY)), 0);
+    w.isolate.slices.release(&held);
+
+    // A waiter whose client disconnects leaves the queue: nothing forwarded.
+    let held = w.hold_slot(&record);
+    w.gone_on_sleep = true;
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.fetched.len(), 0);
+    assert!(out.logs.iter().any(|l| l.contains("left while waiting")), "{:?}", out.logs);
+    assert_eq!(w.isolate.waiters.waiting(&key_digest(KEY)), 0, "out of the queue");
     w.isolate.slices.release(&held);
 
     // Without max_wait_ms the refusal is immediate.

@@ -232,7 +232,9 @@ async function drive(d, request, env, respond) {
       }
       case SLEEP:
         await sleep(d.number());
-        effect = d.done(Date.now());
+        // A client that disconnected while this request waited (for a
+        // concurrency slot, say) is told to the machine, which stops.
+        effect = request.signal?.aborted ? d.client_gone(Date.now()) : d.done(Date.now());
         break;
       case RESPOND: {
         const status = d.number();
@@ -362,6 +364,9 @@ export default {
           })
           .finally(() => {
             try { d.free(); } catch {}
+            // Finished without an answer: its client left before it was
+            // admitted (nobody reads this).
+            if (!responded) respond(new Response(null, { status: 499 }));
           }),
       );
     });

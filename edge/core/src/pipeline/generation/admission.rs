@@ -243,6 +243,16 @@ impl Generation {
         Ok(Effect::Sleep { ms: WAIT_POLL_MS })
     }
 
+    /// The client disconnected before it was admitted: out of the queue,
+    /// nothing forwarded, nothing billed.
+    pub(super) fn client_left_while_waiting(&mut self, isolate: &mut IsolateState) -> Effect {
+        self.stop_waiting(isolate);
+        let id = self.start.request_id.clone();
+        self.log(false, format!("{id}: the client left while waiting for a slot"));
+        self.phase = Phase::Finished;
+        Effect::Finished
+    }
+
     fn stop_waiting(&mut self, isolate: &mut IsolateState) {
         if self.waiting_since.take().is_some() {
             isolate.waiters.leave(&self.digest, &self.start.request_id);

@@ -662,6 +662,7 @@ impl Generation {
                 self.after_slice_grant(isolate, status, &body, now)
             }
             (Phase::AwaitSlicePoll, Input::Done) => self.slice_admission(isolate, now),
+            (Phase::AwaitSlicePoll, Input::ClientGone) => Ok(self.client_left_while_waiting(isolate)),
             (Phase::AwaitSecret, Input::Secret(value)) => {
                 if let Some((target, _, _)) = &self.current {
                     if let Some(name) = target.api_key_secret.clone() {
