@@ -592,6 +592,21 @@ impl Generation {
 
     /// Advances the request by one input.
     pub fn next(&mut self, isolate: &mut IsolateState, input: Input, now_ms: i64) -> Effect {
+        // The shell may answer a sleep with `ClientGone` (the client
+        // disconnected meanwhile); that matters only to a request still
+        // waiting for admission. Anywhere else a sleep's end is just done.
+        let input = match (self.phase, input) {
+            (
+                Phase::AwaitKeepaliveEmit { .. }
+                | Phase::AwaitEmit
+                | Phase::AwaitFinalEmit
+                | Phase::AwaitFinalHead
+                | Phase::AwaitSlicePoll,
+                input,
+            ) => input,
+            (_, Input::ClientGone) => Input::Done,
+            (_, input) => input,
+        };
         self.cache_see_input(&input);
         let effect = match self.step(isolate, input, now_ms) {
             Ok(effect) => effect,
