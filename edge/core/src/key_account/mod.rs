@@ -38,9 +38,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub mod balance;
+mod outbox;
 pub mod slice;
+mod snapshot;
 pub use balance::BalanceDraw;
 pub use slice::{ClosedGrant, RateGrant, SliceGrant, SliceRecord, SliceRenewal, SliceSettle, SliceWant};
+pub use snapshot::{AccountSnapshot, LeaseView};
 
 /// Default lease lifetime: longer than any request the gateway lets run.
 pub const DEFAULT_LEASE_MS: i64 = 10 * 60 * 1000;
@@ -351,43 +354,6 @@ pub enum SettleOutcome {
 enum Finished {
     Settled { at_ms: i64 },
     Expired { at_ms: i64, held_micros: i64, hold_until_ms: i64 },
-}
-
-/// A read-only view of the account (`GET /internal/keys/{digest}/account`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccountSnapshot {
-    pub limits: Option<KeyLimits>,
-    pub expires_at: Option<i64>,
-    pub spent_micros: i64,
-    /// Held by live reservations and stale holds.
-    pub reserved_micros: i64,
-    /// `quota - spent - reserved`; `None` without a quota.
-    pub available_micros: Option<i64>,
-    /// Requests in flight: single leases plus the slots slices hold.
-    pub in_flight: u32,
-    /// Isolates holding a slice of the account.
-    #[serde(default)]
-    pub slices: u32,
-    /// Live leases, soonest expiry first (at most 100 listed).
-    pub leases: Vec<LeaseView>,
-    pub stale_holds: u32,
-    pub outbox_pending: u32,
-    pub finished_tracked: u32,
-    pub rpm_used: u64,
-    pub tpm_used: u64,
-    pub window_ms: i64,
-    pub counters: Counters,
-    pub next_wakeup_ms: Option<i64>,
-    /// The draw on the key's user's balance (keys with a user).
-    #[serde(default)]
-    pub balance: Option<BalanceDraw>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseView {
-    pub request_id: String,
-    pub expires_at_ms: i64,
-    pub reserved_micros: i64,
 }
 
 /// The whole account of one key.
@@ -783,43 +749,6 @@ impl KeyAccountState {
         writes
     }
 
-    /// Up to `max` outbox events to publish now, or none while backing off.
-    pub fn outbox_batch(&self, now_ms: i64, max: usize) -> Vec<UsageEvent> {
-        if self.outbox_next_attempt_ms.is_some_and(|at| at > now_ms) {
-            return Vec::new();
-        }
-        self.outbox.values().take(max).cloned().collect()
-    }
-
-    /// The queue accepted these events: out of the outbox, remembered as settled.
-    pub fn mark_published(&mut self, request_ids: &[String], now_ms: i64) -> Writes {
-        let mut writes = Writes::default();
-        for id in request_ids {
-            if self.outbox.remove(id).is_some() {
-                self.remember_settled(id.clone(), now_ms);
-                writes.put.push((id.clone(), RequestRecord::Settled { at_ms: now_ms, pending: None }));
-                self.core.counters.events_published += 1;
-            }
-        }
-        if !writes.put.is_empty() {
-            writes.core = true;
-        }
-        self.outbox_failures = 0;
-        self.outbox_next_attempt_ms = None;
-        writes
-    }
-
-    /// The queue refused a batch: back off (1 s, 2 s, 4 s, … up to a minute).
-    pub fn publish_failed(&mut self, now_ms: i64) -> i64 {
-        self.outbox_failures = self.outbox_failures.saturating_add(1);
-        self.core.counters.publish_failures += 1;
-        let exponent = self.outbox_failures.saturating_sub(1).min(16);
-        let backoff = 1000i64.saturating_mul(1 << exponent).min(OUTBOX_MAX_BACKOFF_MS);
-        let at = now_ms.saturating_add(backoff);
-        self.outbox_next_attempt_ms = Some(at);
-        at
-    }
-
     /// When the object must wake up next (its alarm): a lease expiry, a hold
     /// release, a finished id to forget, or an outbox retry.
     pub fn next_wakeup(&self, now_ms: i64) -> Option<i64> {
@@ -843,51 +772,6 @@ impl KeyAccountState {
         let over_cap = (self.finished.len() > MAX_TRACKED_FINISHED).then_some(now_ms);
         let outbox = (!self.outbox.is_empty()).then(|| self.outbox_next_attempt_ms.unwrap_or(now_ms));
         leases.chain(settled).chain(expired).chain(over_cap).chain(outbox).min()
-    }
-
-    /// The read-only view.
-    pub fn snapshot(&self, now_ms: i64) -> AccountSnapshot {
-        let mut leases: Vec<LeaseView> = self
-            .in_flight
-            .iter()
-            .map(|(id, r)| LeaseView {
-                request_id: id.clone(),
-                expires_at_ms: r.lease_expires_at_ms,
-                reserved_micros: r.reserved_micros,
-            })
-            .collect();
-        leases.sort_by_key(|l| l.expires_at_ms);
-        leases.truncate(100);
-        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let limits = self.core.limits.clone().unwrap_or_default();
-        let quota = self.quota_in_force(&limits);
-        AccountSnapshot {
-            limits: self.core.limits.clone(),
-            expires_at: self.core.expires_at,
-            spent_micros: self.core.spent_micros,
-            reserved_micros: self.reserved_micros,
-            available_micros: quota
-                .map(|q| q.saturating_sub(self.core.spent_micros).saturating_sub(self.reserved_micros)),
-            in_flight: self.in_flight(),
-            slices: count(self.slices.len()),
-            leases,
-            stale_holds: count(
-                self.expired_ids
-                    .iter()
-                    .filter(|id| {
-                        matches!(self.finished.get(*id), Some(Finished::Expired { held_micros, .. }) if *held_micros > 0)
-                    })
-                    .count(),
-            ),
-            outbox_pending: count(self.outbox.len()),
-            finished_tracked: count(self.finished.len()),
-            rpm_used: self.core.rpm.used(now_ms),
-            tpm_used: self.core.tpm.used(now_ms),
-            window_ms: self.core.rpm.window_ms(),
-            counters: self.core.counters.clone(),
-            next_wakeup_ms: self.next_wakeup(now_ms),
-            balance: self.core.balance.clone(),
-        }
     }
 }
 
