@@ -116,9 +116,10 @@ fn credential_circuit(index: usize) -> String {
     format!("\u{0}key{index}")
 }
 
-/// Whether a failure is the credential's own rather than the channel's.
+/// Whether a failure is the credential's own rather than the channel's: it
+/// was refused ([`Failure::refuses_credential`]), or its quota is exhausted.
 pub fn is_credential_failure(failure: &Failure) -> bool {
-    matches!(failure, Failure::CredentialRefused { .. } | Failure::QuotaExhausted { .. })
+    failure.refuses_credential() || matches!(failure, Failure::QuotaExhausted { .. })
 }
 
 /// How long a refused credential stays out of rotation before one request
@@ -129,6 +130,10 @@ impl Breakers {
     /// Whether the candidate (`channel`, `model`) may be tried at `now_ms`;
     /// a [`Admission::Probe`] answer makes this request the probe.
     pub fn admit(&mut self, channel: &str, model: &str, now_ms: i64) -> Admission {
+        if self.circuits.is_empty() {
+            // Nothing has failed: no lookup (and no key to build) per request.
+            return Admission::Try;
+        }
         let Some(circuit) = self.circuits.get_mut(&(channel.to_string(), model.to_string())) else {
             return Admission::Try;
         };
@@ -149,38 +154,34 @@ impl Breakers {
     /// Whether the channel's credential `index` may be used now (a
     /// [`Admission::Probe`] makes this request its probe).
     pub fn admit_credential(&mut self, channel: &str, index: usize, now_ms: i64) -> Admission {
+        if self.circuits.is_empty() {
+            return Admission::Try;
+        }
         self.admit(channel, &credential_circuit(index), now_ms)
     }
 
     /// A request with the channel's credential `index` was served.
     pub fn record_credential_success(&mut self, channel: &str, index: usize, now_ms: i64) {
-        self.record_success(channel, &credential_circuit(index), now_ms);
+        if !self.circuits.is_empty() {
+            self.record_success(channel, &credential_circuit(index), now_ms);
+        }
     }
 
     /// The credential was refused or its quota is exhausted: out of
     /// rotation at once, for the upstream's `Retry-After` or
     /// [`REFUSED_CREDENTIAL_MS`].
     pub fn record_credential_failure(&mut self, channel: &str, index: usize, failure: &Failure, now_ms: i64) {
+        // Opened at once: a refused key will not work again soon.
+        let cool_down = failure.cool_down_ms().unwrap_or(REFUSED_CREDENTIAL_MS);
         let policy = BreakerPolicy { failures: 1, window_ms: 1, open_ms: REFUSED_CREDENTIAL_MS };
-        let failure = match failure {
-            Failure::CredentialRefused { .. } => {
-                Failure::QuotaExhausted { retry_after_ms: Some(REFUSED_CREDENTIAL_MS) }
-            }
-            other => *other,
-        };
-        self.record_failure(channel, &credential_circuit(index), &failure, &policy, now_ms);
-        if let Some(c) = self.circuits.get_mut(&(channel.to_string(), credential_circuit(index))) {
-            c.last_failure = Some(match failure {
-                Failure::QuotaExhausted { retry_after_ms: Some(REFUSED_CREDENTIAL_MS) } => {
-                    "credential_refused"
-                }
-                other => other.kind(),
-            });
-        }
+        self.record(channel, &credential_circuit(index), failure, Some(cool_down), &policy, now_ms);
     }
 
     /// The attempt at (`channel`, `model`) was served.
     pub fn record_success(&mut self, channel: &str, model: &str, now_ms: i64) {
+        if self.circuits.is_empty() {
+            return;
+        }
         if let Some(circuit) = self.circuits.get_mut(&(channel.to_string(), model.to_string())) {
             if circuit.state != CircuitState::Closed {
                 circuit.state = CircuitState::Closed;
@@ -196,6 +197,20 @@ impl Breakers {
         channel: &str,
         model: &str,
         failure: &Failure,
+        policy: &BreakerPolicy,
+        now_ms: i64,
+    ) {
+        self.record(channel, model, failure, failure.cool_down_ms(), policy, now_ms);
+    }
+
+    /// Counts `failure` against the circuit; `cool_down` (ms) opens it at
+    /// once for that long instead of counting towards the threshold.
+    fn record(
+        &mut self,
+        channel: &str,
+        model: &str,
+        failure: &Failure,
+        cool_down: Option<u64>,
         policy: &BreakerPolicy,
         now_ms: i64,
     ) {
@@ -226,15 +241,13 @@ impl Breakers {
         match circuit.state {
             CircuitState::HalfOpen { .. } => {
                 // The probe failed: open again, for longer.
-                let ms = failure
-                    .cool_down_ms()
-                    .unwrap_or_else(|| circuit.open_ms.saturating_mul(2).min(MAX_OPEN_MS));
+                let ms = cool_down.unwrap_or_else(|| circuit.open_ms.saturating_mul(2).min(MAX_OPEN_MS));
                 circuit.open_ms = ms.max(policy.open_ms).min(MAX_OPEN_MS);
                 open_for(circuit, ms, now_ms);
             }
             CircuitState::Open { .. } => {}
             CircuitState::Closed => {
-                if let Some(ms) = failure.cool_down_ms() {
+                if let Some(ms) = cool_down {
                     open_for(circuit, ms, now_ms);
                     return;
                 }

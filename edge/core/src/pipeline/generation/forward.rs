@@ -171,6 +171,8 @@ impl Generation {
             return Some(None);
         }
         let start = match target.key_rotation {
+            // One credential: nothing to rotate (and no counter to keep).
+            _ if n == 1 => 0,
             KeyRotation::RoundRobin => isolate.next_rotation(&target.channel),
             KeyRotation::Random => {
                 usize::try_from(self.start.routing_seed.wrapping_add(self.tried as u64) % n as u64)
