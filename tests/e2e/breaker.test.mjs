@@ -52,11 +52,7 @@ before(async () => {
   const channels = await stack.adminApi('GET', '/api/channels');
   assert.deepEqual(channels.data.find((c) => c.id === 'br-bad').breaker, { failures: 3, window_ms: 10_000, open_ms: OPEN_MS });
   openai = new OpenAI({ baseURL: `${stack.gatewayUrl}/v1`, apiKey: stack.keys.main, maxRetries: 0, timeout: 30_000 });
-  for (let i = 0; i < 80; i++) {
-    const r = await fetch(`${stack.gatewayUrl}/v1/models`, { headers: { authorization: `Bearer ${stack.keys.main}` } });
-    if ((await r.json()).data?.some((m) => m.id === 'br-m')) break;
-    await sleep(250);
-  }
+  await stack.waitForModel('br-m');
 });
 
 after(async () => {
@@ -123,11 +119,7 @@ test('a channel with three keys: they take turns, a refused one leaves the rotat
   const view = (await stack.adminApi('GET', '/api/channels')).data.find((c) => c.id === 'br-keys');
   assert.equal(view.credentials, 3);
   assert.ok(!JSON.stringify(view).includes('sk-br-'), 'no key is ever returned');
-  for (let i = 0; i < 80; i++) {
-    const r = await fetch(`${stack.gatewayUrl}/v1/models`, { headers: { authorization: `Bearer ${stack.keys.main}` } });
-    if ((await r.json()).data?.some((m) => m.id === 'br-k')) break;
-    await sleep(250);
-  }
+  await stack.waitForModel('br-k');
   const before = { ...(await stack.mockStats()).byKey };
   for (let i = 0; i < 9; i++) {
     const { response } = await openai.chat.completions.create({ model: 'br-k', messages: [{ role: 'user', content: 'hi' }] }).withResponse();

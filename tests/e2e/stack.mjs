@@ -160,6 +160,16 @@ export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs
       return json;
     },
     async mockStats() { return (await fetch(`${mockUrl}/__stats`)).json(); },
+    /** Waits until the worker lists `model` (a routing push has reached it). */
+    async waitForModel(model, timeoutMs = 20_000) {
+      const started = Date.now();
+      while (Date.now() - started < timeoutMs) {
+        const r = await fetch(`${gatewayUrl}/v1/models`, { headers: { authorization: `Bearer ${stack.keys.main}` } });
+        if ((await r.json()).data?.some((m) => m.id === model)) return;
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+      throw new Error(`the worker did not list ${model} after ${timeoutMs} ms`);
+    },
     async mockLast() { return (await fetch(`${mockUrl}/__last`)).json(); },
     logs() { return worker.logs.join('') + stack.admin.logs.join(''); },
     async stop() {

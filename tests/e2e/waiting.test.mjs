@@ -45,11 +45,7 @@ before(async () => {
     id: 'wait-upstream', provider: 'openai-compatible', base_url: `${stack.mockUrl}/v1`, api_key: 'sk-wait-upstream-0000',
     models: [{ name: 'wait-paced', upstream_model: 'paced-40', price }],
   });
-  for (let i = 0; i < 80; i++) {
-    const r = await fetch(`${stack.gatewayUrl}/v1/models`, { headers: { authorization: `Bearer ${stack.keys.main}` } });
-    if ((await r.json()).data?.some((m) => m.id === 'wait-paced')) break;
-    await sleep(250);
-  }
+  await stack.waitForModel('wait-paced');
 });
 
 after(async () => {

@@ -42,8 +42,7 @@ use std::rc::Rc;
 use worker::js_sys::{Array, Object, Reflect};
 use worker::wasm_bindgen::JsValue;
 use worker::{
-    durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result,
-    ScheduledTime, State, Storage,
+    durable_object, DurableObject, Env, Method, Request, Response, Result, ScheduledTime, State, Storage,
 };
 
 const CORE_KEY: &str = "core";
@@ -450,21 +449,7 @@ impl KeyAccountClient {
         path: &str,
         body: Option<&T>,
     ) -> Result<R> {
-        let headers = Headers::new();
-        headers.set("content-type", "application/json")?;
-        let mut init = RequestInit::new();
-        init.with_method(method).with_headers(headers);
-        if let Some(body) = body {
-            init.with_body(Some(serde_json::to_string(body)?.into()));
-        }
-        let request = Request::new_with_init(&format!("https://key-account{path}"), &init)?;
-        let mut response = self.stub.fetch_with_request(request).await?;
-        let status = response.status_code();
-        if !(200..300).contains(&status) {
-            let text = response.text().await.unwrap_or_default();
-            return Err(worker::Error::RustError(format!("key account answered {status}: {text}")));
-        }
-        response.json().await
+        crate::object_call::json(&self.stub, "key-account", method, path, body).await
     }
 
     /// Ok(()) = admitted (lease held, reservation held, windows counted).

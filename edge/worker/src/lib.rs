@@ -24,6 +24,7 @@ mod internal_guard;
 mod isolate;
 mod key_account_object;
 mod models_api;
+mod object_call;
 mod responses_api;
 mod runtime;
 mod usage_pipeline;

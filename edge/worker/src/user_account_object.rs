@@ -21,9 +21,7 @@ use edgeway_core::user_account::{
 };
 use std::cell::RefCell;
 use std::rc::Rc;
-use worker::{
-    durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response, Result, State,
-};
+use worker::{durable_object, DurableObject, Env, Method, Request, Response, Result, State};
 
 const STATE_KEY: &str = "state";
 /// Largest body the object accepts.
@@ -71,18 +69,18 @@ impl Inner {
             .map(|a| a.key_ids().map(str::to_string).collect())
             .unwrap_or_default();
         let Ok(namespace) = self.env.durable_object(bindings::KEY_ACCOUNT) else { return };
-        let body = serde_json::json!({ "disabled": disabled }).to_string();
+        let body = serde_json::json!({ "disabled": disabled });
         for id in ids {
             let sent = async {
                 let stub = namespace.id_from_string(&id)?.get_stub()?;
-                let mut init = RequestInit::new();
-                init.with_method(Method::Post).with_body(Some(body.clone().into()));
-                let request = Request::new_with_init("https://key-account/balance-notice", &init)?;
-                let response = stub.fetch_with_request(request).await?;
-                match response.status_code() {
-                    200..=299 => Ok(()),
-                    status => Err(worker::Error::RustError(format!("key account answered {status}"))),
-                }
+                crate::object_call::json::<_, serde_json::Value>(
+                    &stub,
+                    "key-account",
+                    Method::Post,
+                    "/balance-notice",
+                    Some(&body),
+                )
+                .await
             };
             if let Err(e) = sent.await {
                 worker::console_error!("user account: key account {id} not told of the user's status: {e}");
@@ -197,21 +195,7 @@ impl UserAccountClient {
         path: &str,
         body: Option<&T>,
     ) -> Result<R> {
-        let headers = Headers::new();
-        headers.set("content-type", "application/json")?;
-        let mut init = RequestInit::new();
-        init.with_method(method).with_headers(headers);
-        if let Some(body) = body {
-            init.with_body(Some(serde_json::to_string(body)?.into()));
-        }
-        let request = Request::new_with_init(&format!("https://user-account{path}"), &init)?;
-        let mut response = self.stub.fetch_with_request(request).await?;
-        let status = response.status_code();
-        if !(200..300).contains(&status) {
-            let text = response.text().await.unwrap_or_default();
-            return Err(worker::Error::RustError(format!("user account answered {status}: {text}")));
-        }
-        response.json().await
+        crate::object_call::json(&self.stub, "user-account", method, path, body).await
     }
 
     /// A key account's allowance request or release.
