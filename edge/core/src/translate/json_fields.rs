@@ -1,7 +1,42 @@
-//! Small helpers for reading client JSON with errors that name the field.
+//! Small helpers for reading JSON: client fields with errors that name the
+//! field, and [`Lax`] fields of the dialects' upstream wire structs.
 
 use crate::error::GatewayError;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Number, Value};
+use std::ops::Deref;
+
+/// A field of an untrusted upstream body, read leniently: absent, `null` or
+/// a value of another type reads as `T::default()` instead of failing the
+/// whole body (providers and OpenAI-compatible servers differ in the
+/// details; a stray type must not lose a response or a stream chunk).
+///
+/// Only for structs read from an already parsed [`Value`] ([`read`]): there a
+/// field that fails leaves nothing half-read, which a byte-stream
+/// deserializer would not guarantee. Containers using it carry
+/// `#[serde(default)]` so that absent fields are defaults too.
+/// (Deliberately not `Clone`: `field.clone()` clones the value it holds.)
+#[derive(Debug, Default)]
+pub(crate) struct Lax<T>(pub T);
+
+impl<'de, T: Deserialize<'de> + Default> Deserialize<'de> for Lax<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Lax(T::deserialize(deserializer).unwrap_or_default()))
+    }
+}
+
+impl<T> Deref for Lax<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// An upstream wire struct read from a parsed value (see [`Lax`]); `None`
+/// when the value does not have the struct's shape at all (not an object).
+pub(crate) fn read<T: serde::de::DeserializeOwned>(value: &Value) -> Option<T> {
+    T::deserialize(value).ok()
+}
 
 /// A 400 naming `param`.
 pub(crate) fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
@@ -180,8 +215,14 @@ pub(crate) fn u64_at(value: &Value, key: &str) -> u64 {
     value.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
-/// Serializes a value built by the gateway. Serializing a `Value` cannot
-/// fail; an empty body would be the (unreachable) fallback.
-pub(crate) fn to_bytes(value: &Value) -> Vec<u8> {
+/// Serializes a body built by the gateway (a `Value` or a wire struct, whose
+/// maps all have string keys, so this cannot fail; an empty body would be
+/// the unreachable fallback).
+pub(crate) fn to_bytes<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// [`to_bytes`] as text, for an SSE `data:` line.
+pub(crate) fn to_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }

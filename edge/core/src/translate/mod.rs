@@ -332,7 +332,7 @@ pub fn parse_upstream_response_seeded(
 /// Renders a response body in the client's dialect.
 pub fn render_client_response(dialect: ClientDialect, resp: &CanonicalResponse) -> Vec<u8> {
     let value = match dialect {
-        ClientDialect::OpenAiChat => openai_chat::render_response(resp),
+        ClientDialect::OpenAiChat => return openai_chat::render_response(resp),
         ClientDialect::Anthropic => anthropic::render_response(resp),
         ClientDialect::Gemini => gemini::render_response(resp),
         ClientDialect::OpenAiResponses => openai_responses::render_response(resp),
