@@ -333,7 +333,7 @@ pub fn parse_upstream_response_seeded(
 pub fn render_client_response(dialect: ClientDialect, resp: &CanonicalResponse) -> Vec<u8> {
     let value = match dialect {
         ClientDialect::OpenAiChat => return openai_chat::render_response(resp),
-        ClientDialect::Anthropic => anthropic::render_response(resp),
+        ClientDialect::Anthropic => return anthropic::render_response(resp),
         ClientDialect::Gemini => gemini::render_response(resp),
         ClientDialect::OpenAiResponses => openai_responses::render_response(resp),
     };
