@@ -205,16 +205,6 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// A string field of an untrusted upstream JSON value, or "".
-pub(crate) fn str_at<'a>(value: &'a Value, key: &str) -> &'a str {
-    value.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-/// A non-negative integer field of an untrusted upstream JSON value, or 0.
-pub(crate) fn u64_at(value: &Value, key: &str) -> u64 {
-    value.get(key).and_then(Value::as_u64).unwrap_or(0)
-}
-
 /// Serializes a body built by the gateway (a `Value` or a wire struct, whose
 /// maps all have string keys, so this cannot fail; an empty body would be
 /// the unreachable fallback).

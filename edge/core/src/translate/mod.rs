@@ -334,7 +334,7 @@ pub fn render_client_response(dialect: ClientDialect, resp: &CanonicalResponse) 
     let value = match dialect {
         ClientDialect::OpenAiChat => return openai_chat::render_response(resp),
         ClientDialect::Anthropic => return anthropic::render_response(resp),
-        ClientDialect::Gemini => gemini::render_response(resp),
+        ClientDialect::Gemini => return gemini::render_response(resp),
         ClientDialect::OpenAiResponses => openai_responses::render_response(resp),
     };
     json_fields::to_bytes(&value)
