@@ -331,13 +331,12 @@ pub fn parse_upstream_response_seeded(
 
 /// Renders a response body in the client's dialect.
 pub fn render_client_response(dialect: ClientDialect, resp: &CanonicalResponse) -> Vec<u8> {
-    let value = match dialect {
-        ClientDialect::OpenAiChat => return openai_chat::render_response(resp),
-        ClientDialect::Anthropic => return anthropic::render_response(resp),
-        ClientDialect::Gemini => return gemini::render_response(resp),
+    match dialect {
+        ClientDialect::OpenAiChat => openai_chat::render_response(resp),
+        ClientDialect::Anthropic => anthropic::render_response(resp),
+        ClientDialect::Gemini => gemini::render_response(resp),
         ClientDialect::OpenAiResponses => openai_responses::render_response(resp),
-    };
-    json_fields::to_bytes(&value)
+    }
 }
 
 /// An error body in the client's dialect (status: [`GatewayError::status`]).
