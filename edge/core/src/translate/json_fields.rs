@@ -33,7 +33,9 @@ impl<T> Deref for Lax<T> {
 }
 
 /// An upstream wire struct read from a parsed value (see [`Lax`]); `None`
-/// when the value does not have the struct's shape at all (not an object).
+/// when the value is not an object. (Like any derived `Deserialize`, a
+/// struct also reads an array, by position: callers that must see an object
+/// check `is_object` themselves, as Gemini's response parser does.)
 pub(crate) fn read<T: serde::de::DeserializeOwned>(value: &Value) -> Option<T> {
     T::deserialize(value).ok()
 }
