@@ -35,6 +35,18 @@ pub enum AuthScheme {
     None,
 }
 
+impl AuthScheme {
+    /// The header that carries `key` in this scheme.
+    pub fn header(self, key: &str) -> Option<(String, String)> {
+        match self {
+            Self::Bearer => Some(("authorization".into(), format!("Bearer {key}"))),
+            Self::XApiKey => Some(("x-api-key".into(), key.to_string())),
+            Self::XGoogApiKey => Some(("x-goog-api-key".into(), key.to_string())),
+            Self::None => None,
+        }
+    }
+}
+
 /// One row of the provider table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Provider {
@@ -53,12 +65,32 @@ pub struct Provider {
     /// The endpoint families it serves (from its API reference); a channel
     /// of this provider is a candidate only for these.
     pub families: Families,
+    /// How the cron's health check asks whether a channel of this provider
+    /// is reachable with its credential.
+    pub health_check: HealthCheck,
+}
+
+/// The tiny request a health check sends ([`crate::channel_health::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// `GET {base}/models`: free, and it checks the credential.
+    ModelsList,
+    /// A one-token completion of the channel's first model (providers
+    /// without a models list).
+    Completion,
+    /// Nothing to check (the built-in mock).
+    None,
 }
 
 impl Provider {
     /// The same row serving `families`.
     const fn serving(self, families: Families) -> Self {
         Self { families, ..self }
+    }
+
+    /// The same row, checked with `health_check`.
+    const fn checked_by(self, health_check: HealthCheck) -> Self {
+        Self { health_check, ..self }
     }
 }
 
@@ -72,6 +104,7 @@ const fn openai_compatible(id: &'static str, name: &'static str, base_url: &'sta
         static_headers: &[],
         stream_usage_option: true,
         families: Families::CHAT,
+        health_check: HealthCheck::ModelsList,
     }
 }
 
@@ -86,6 +119,7 @@ pub const PROVIDERS: &[Provider] = &[
         static_headers: &[],
         stream_usage_option: true,
         families: Families::ALL,
+        health_check: HealthCheck::None,
     },
     openai_compatible("openai", "OpenAI", "https://api.openai.com/v1").serving(Families::ALL),
     Provider {
@@ -97,6 +131,7 @@ pub const PROVIDERS: &[Provider] = &[
         static_headers: &[("anthropic-version", "2023-06-01")],
         stream_usage_option: false,
         families: Families::CHAT,
+        health_check: HealthCheck::ModelsList,
     },
     Provider {
         id: "gemini",
@@ -107,6 +142,7 @@ pub const PROVIDERS: &[Provider] = &[
         static_headers: &[],
         stream_usage_option: false,
         families: Families::CHAT,
+        health_check: HealthCheck::ModelsList,
     },
     openai_compatible("deepseek", "DeepSeek", "https://api.deepseek.com/v1"),
     openai_compatible("groq", "Groq", "https://api.groq.com/openai/v1"),
@@ -122,7 +158,9 @@ pub const PROVIDERS: &[Provider] = &[
     openai_compatible("fireworks", "Fireworks AI", "https://api.fireworks.ai/inference/v1")
         .serving(Families::of(&[Chat, Completions, Embeddings])),
     openai_compatible("xai", "xAI", "https://api.x.ai/v1"),
-    openai_compatible("perplexity", "Perplexity", "https://api.perplexity.ai"),
+    // No models list in its API reference.
+    openai_compatible("perplexity", "Perplexity", "https://api.perplexity.ai")
+        .checked_by(HealthCheck::Completion),
     openai_compatible("moonshot", "Moonshot AI", "https://api.moonshot.ai/v1"),
     openai_compatible(
         "dashscope",
@@ -144,6 +182,7 @@ pub const PROVIDERS: &[Provider] = &[
         stream_usage_option: true,
         // The operator knows what their server serves.
         families: Families::ALL,
+        health_check: HealthCheck::ModelsList,
     },
     Provider {
         id: "ollama",
@@ -154,6 +193,7 @@ pub const PROVIDERS: &[Provider] = &[
         static_headers: &[],
         stream_usage_option: true,
         families: Families::of(&[Chat, Completions, Embeddings]),
+        health_check: HealthCheck::ModelsList,
     },
     Provider {
         id: "vllm",
@@ -164,6 +204,7 @@ pub const PROVIDERS: &[Provider] = &[
         static_headers: &[],
         stream_usage_option: true,
         families: Families::of(&[Chat, Completions, Embeddings]),
+        health_check: HealthCheck::ModelsList,
     },
 ];
 

@@ -7,6 +7,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use edgeway_core::api_key::key_digest;
+use edgeway_core::channel_health::shared::{ChannelBoard, SyncRequest, HEALTH_SYNC_MS};
 use edgeway_core::conversation_store::{GetReply, GetRequest, PutRequest, StoreIndex};
 use edgeway_core::family::Family;
 use edgeway_core::key_account::{KeyAccountState, SliceRenewal};
@@ -135,6 +136,12 @@ struct World {
     /// The client disconnects during the next sleep (the shell reads it off
     /// `request.signal`).
     gone_on_sleep: bool,
+    /// The channels' shared health records (`ChannelHealth` objects).
+    boards: HashMap<String, ChannelBoard>,
+    /// Probe claims made, by channel.
+    claims: Vec<String>,
+    /// The shared records cannot be reached.
+    health_unreachable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -238,7 +245,24 @@ impl World {
             cache_calls: Vec::new(),
             release_at: None,
             gone_on_sleep: false,
+            boards: HashMap::new(),
+            claims: Vec::new(),
+            health_unreachable: false,
         }
+    }
+
+    /// Performs the syncs the isolate owes the channels' shared records (as
+    /// the shell does after each request); how many.
+    fn sync_health(&mut self) -> usize {
+        let due = self.isolate.health_sync.due(self.now);
+        for (channel, sent) in &due {
+            let request: SyncRequest = serde_json::from_str(sent).unwrap();
+            let reply = self.boards.entry(channel.clone()).or_default().sync(channel, &request, self.now);
+            let reply = serde_json::to_string(&reply).unwrap();
+            let isolate = &mut self.isolate;
+            isolate.health_sync.answered(&mut isolate.breakers, channel, sent, 200, &reply, self.now);
+        }
+        due.len()
     }
 
     /// Answers a wait on `pending`: its result when it is ready within
@@ -475,6 +499,17 @@ impl World {
                     } else {
                         out.published.extend(events);
                         Input::Published(true)
+                    }
+                }
+                Effect::HealthCall { channel, body } => {
+                    self.claims.push(channel.clone());
+                    if self.health_unreachable {
+                        Input::HealthReply { status: 0, body: String::new() }
+                    } else {
+                        let request: SyncRequest = serde_json::from_str(&body).unwrap();
+                        let board = self.boards.entry(channel.clone()).or_default();
+                        let reply = board.sync(&channel, &request, self.now);
+                        Input::HealthReply { status: 200, body: serde_json::to_string(&reply).unwrap() }
                     }
                 }
                 Effect::StoreCall { digest, path, body } => {
@@ -1923,4 +1958,105 @@ fn a_request_over_the_limit_waits_for_a_slot_up_to_the_keys_max_wait() {
     let t0 = w.now;
     assert_eq!(w.run(json!({"model": "m", "messages": user("hi")})).status, 429);
     assert!(w.now - t0 < 20);
+}
+
+/// Two isolates (two `IsolateState`s taking turns in one world) sharing the
+/// channels' health records.
+fn shared_isolate() -> IsolateState {
+    let mut isolate = IsolateState::default();
+    isolate.config.shared_health = true;
+    isolate
+}
+
+#[test]
+fn failures_seen_by_two_isolates_open_the_circuit_for_both() {
+    let mut w = World::new(unlimited(), routing_with_breaker(&[("a", A), ("b", B)], 2, 5_000));
+    w.isolate = shared_isolate();
+    let mut other = shared_isolate();
+    // One failure of a in each isolate: neither opens its own copy.
+    for _ in 0..2 {
+        w.upstream(A, vec![status(500, r#"{"error":{"message":"boom"}}"#)]);
+        w.upstream(B, vec![ok_json(completion())]);
+        assert_eq!(w.run(json!({"model": "m", "messages": user("hi")})).fetched.len(), 2);
+        assert_eq!(w.sync_health(), 2, "a's failure and b's first use");
+        std::mem::swap(&mut w.isolate, &mut other);
+    }
+    // The record counted both: the second report opened it, and the first
+    // isolate learns it at its next refresh of a.
+    assert_eq!(w.boards["a"].view("a", w.now).circuits.len(), 1);
+    w.now += HEALTH_SYNC_MS;
+    w.upstream(B, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.fetched.len(), 2, "not yet known here: a tried once more");
+    w.sync_health();
+    w.upstream(B, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(out.fetched.len(), 1, "open in this isolate too: a skipped");
+    assert!(out.fetched[0].starts_with(B));
+    assert!(w.claims.is_empty(), "no round trip while the circuit is open");
+}
+
+#[test]
+fn after_the_cool_down_one_isolate_probes_and_the_other_skips_without_trying() {
+    let mut w = World::new(unlimited(), routing_with_breaker(&[("a", A), ("b", B)], 1, 5_000));
+    w.isolate = shared_isolate();
+    w.upstream(A, vec![status(500, "{}")]);
+    w.upstream(B, vec![ok_json(completion())]);
+    w.run(json!({"model": "m", "messages": user("hi")}));
+    w.sync_health();
+    let mut other = shared_isolate();
+    std::mem::swap(&mut w.isolate, &mut other);
+    w.upstream(B, vec![ok_json(completion())]);
+    w.run(json!({"model": "m", "messages": user("hi")}));
+    w.now += HEALTH_SYNC_MS;
+    w.sync_health();
+    // Both isolates' copies now say open; after the cool-down both would probe.
+    w.now += 5_000;
+    w.upstream(A, vec![ok_json(completion())]);
+    let first = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert!(first.fetched[0].starts_with(A), "this isolate's claim was granted: it probed a");
+    assert!(first.logs.iter().any(|l| l.contains("this request probes it")), "{:?}", first.logs);
+    std::mem::swap(&mut w.isolate, &mut other);
+    // The probe's success has not been reported yet: a is half-open at the record.
+    w.upstream(B, vec![ok_json(completion())]);
+    let second = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(second.fetched.len(), 1);
+    assert!(second.fetched[0].starts_with(B), "the other isolate's claim was refused: b served");
+    assert!(
+        second.logs.iter().any(|l| l.contains("channel a skipped: another request probes it")),
+        "{:?}",
+        second.logs
+    );
+    assert_eq!(second.events()[0].attempts.len(), 1, "a refused claim is no attempt");
+    assert_eq!(w.claims, ["a", "a"]);
+    // The prober reports its success; the other isolate, which skipped a,
+    // refreshes its copy of a too, and tries a again with no claim.
+    std::mem::swap(&mut w.isolate, &mut other);
+    w.sync_health();
+    std::mem::swap(&mut w.isolate, &mut other);
+    w.now += HEALTH_SYNC_MS;
+    assert_eq!(w.sync_health(), 2, "a (skipped) and b (served)");
+    assert!(w.isolate.breakers.view(w.now).is_empty(), "closed in this isolate's copy");
+    w.upstream(A, vec![ok_json(completion())]);
+    let third = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert!(third.fetched[0].starts_with(A), "a tried");
+    assert_eq!(w.claims.len(), 2, "no claim for a closed circuit");
+}
+
+#[test]
+fn an_unreachable_record_leaves_the_isolate_deciding_alone() {
+    let mut w = World::new(unlimited(), routing_with_breaker(&[("a", A), ("b", B)], 1, 5_000));
+    w.isolate = shared_isolate();
+    w.health_unreachable = true;
+    w.upstream(A, vec![status(500, "{}")]);
+    w.upstream(B, vec![ok_json(completion())]);
+    w.run(json!({"model": "m", "messages": user("hi")}));
+    w.upstream(B, vec![ok_json(completion())]);
+    assert_eq!(w.run(json!({"model": "m", "messages": user("hi")})).fetched.len(), 1, "open here");
+    w.now += 5_000;
+    w.upstream(A, vec![ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("hi")}));
+    assert_eq!(w.claims, ["a"], "the claim was sent");
+    assert!(out.fetched[0].starts_with(A), "and unanswered: probed on the isolate's own word");
+    assert!(out.logs.iter().any(|l| l.contains("did not answer")), "{:?}", out.logs);
 }

@@ -73,17 +73,30 @@ pub enum Admission {
     Skip,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Circuit {
+/// One circuit's whole state: plain data, so that a channel's circuits can
+/// be handed between an isolate and the channel's shared record
+/// ([`super::shared`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Circuit {
     state: CircuitState,
     /// Times of the failures counted in the window.
     failures: VecDeque<i64>,
     /// Cool-down of the last opening (doubles after a failed probe).
     open_ms: u64,
-    last_failure: Option<&'static str>,
+    last_failure: Option<String>,
     last_change_ms: i64,
     /// The policy's window, for the view.
     window_ms: i64,
+}
+
+/// Which circuit of a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitId {
+    /// The channel's upstream model.
+    Model(String),
+    /// The channel's credential at this index of its rotation.
+    Credential(usize),
 }
 
 /// A circuit as the operator sees it.
@@ -160,10 +173,88 @@ impl Breakers {
         self.admit(channel, &credential_circuit(index), now_ms)
     }
 
-    /// A request with the channel's credential `index` was served.
-    pub fn record_credential_success(&mut self, channel: &str, index: usize, now_ms: i64) {
-        if !self.circuits.is_empty() {
-            self.record_success(channel, &credential_circuit(index), now_ms);
+    /// A request with the channel's credential `index` was served; whether
+    /// its circuit was known.
+    pub fn record_credential_success(&mut self, channel: &str, index: usize, now_ms: i64) -> bool {
+        !self.circuits.is_empty() && self.record_success(channel, &credential_circuit(index), now_ms)
+    }
+
+    /// Records one attempt's outcome at `channel` (`failure` `None`:
+    /// served) with the model's `circuit` and the `credential` it used.
+    /// Whether the outcome is worth sharing with other isolates: every
+    /// failure that counts, and a success of a circuit that was known.
+    pub fn record_outcome(
+        &mut self,
+        channel: &str,
+        model: &str,
+        credential: Option<usize>,
+        policy: &BreakerPolicy,
+        failure: Option<&Failure>,
+        now_ms: i64,
+    ) -> bool {
+        match (failure, credential) {
+            (Some(failure), Some(key)) if is_credential_failure(failure) && policy.failures > 0 => {
+                self.record_credential_failure(channel, key, failure, now_ms);
+                true
+            }
+            (Some(failure), _) => {
+                self.record_failure(channel, model, failure, policy, now_ms);
+                failure.counts_against_channel() && policy.failures > 0
+            }
+            (None, key) => {
+                let model_known = self.record_success(channel, model, now_ms);
+                let key_known = key.is_some_and(|key| self.record_credential_success(channel, key, now_ms));
+                model_known || key_known
+            }
+        }
+    }
+
+    /// [`Self::admit`] or [`Self::admit_credential`], by id.
+    pub fn admit_id(&mut self, channel: &str, circuit: &CircuitId, now_ms: i64) -> Admission {
+        match circuit {
+            CircuitId::Model(model) => self.admit(channel, model, now_ms),
+            CircuitId::Credential(index) => self.admit_credential(channel, *index, now_ms),
+        }
+    }
+
+    /// Every circuit of `channel`, by name, in name order.
+    pub fn export(&self, channel: &str) -> Vec<(String, Circuit)> {
+        let mut out: Vec<(String, Circuit)> = self
+            .circuits
+            .iter()
+            .filter(|((c, _), _)| c == channel)
+            .map(|((_, name), circuit)| (name.clone(), circuit.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Replaces what is known of `channel`'s circuits with `circuits` (as
+    /// [`Self::export`] gave them elsewhere).
+    pub fn adopt(&mut self, channel: &str, circuits: Vec<(String, Circuit)>) {
+        self.circuits.retain(|(c, _), _| c != channel);
+        for (name, circuit) in circuits.into_iter().take(MAX_CIRCUITS) {
+            if self.circuits.len() >= MAX_CIRCUITS {
+                self.forget_one();
+            }
+            self.circuits.insert((channel.to_string(), name), circuit);
+        }
+    }
+
+    /// A check found the channel reachable with its credential `index`
+    /// (`None`: it has none): that credential is back in rotation, and every
+    /// open model circuit of the channel lets its probe through now instead
+    /// of at the end of its cool-down.
+    pub fn channel_recovered(&mut self, channel: &str, credential: Option<usize>, now_ms: i64) {
+        if let Some(index) = credential {
+            self.record_credential_success(channel, index, now_ms);
+        }
+        for ((c, name), circuit) in &mut self.circuits {
+            if c == channel && !name.starts_with('\u{0}') {
+                if let CircuitState::Open { until_ms } = &mut circuit.state {
+                    *until_ms = (*until_ms).min(now_ms);
+                }
+            }
         }
     }
 
@@ -177,18 +268,21 @@ impl Breakers {
         self.record(channel, &credential_circuit(index), failure, Some(cool_down), &policy, now_ms);
     }
 
-    /// The attempt at (`channel`, `model`) was served.
-    pub fn record_success(&mut self, channel: &str, model: &str, now_ms: i64) {
+    /// The attempt at (`channel`, `model`) was served. Whether the circuit
+    /// was known (its record has changed, or may have: worth sharing).
+    pub fn record_success(&mut self, channel: &str, model: &str, now_ms: i64) -> bool {
         if self.circuits.is_empty() {
-            return;
+            return false;
         }
-        if let Some(circuit) = self.circuits.get_mut(&(channel.to_string(), model.to_string())) {
-            if circuit.state != CircuitState::Closed {
-                circuit.state = CircuitState::Closed;
-                circuit.last_change_ms = now_ms;
-                circuit.failures.clear();
-            }
+        let Some(circuit) = self.circuits.get_mut(&(channel.to_string(), model.to_string())) else {
+            return false;
+        };
+        if circuit.state != CircuitState::Closed {
+            circuit.state = CircuitState::Closed;
+            circuit.last_change_ms = now_ms;
+            circuit.failures.clear();
         }
+        true
     }
 
     /// The attempt at (`channel`, `model`) failed with `failure`.
@@ -228,7 +322,7 @@ impl Breakers {
             last_change_ms: now_ms,
             window_ms: 0,
         });
-        circuit.last_failure = Some(failure.kind());
+        circuit.last_failure = Some(failure.kind().to_string());
         let window = i64::try_from(policy.window_ms).unwrap_or(i64::MAX);
         circuit.window_ms = window;
         let open_for = |circuit: &mut Circuit, ms: u64, now_ms: i64| {
@@ -289,7 +383,7 @@ impl Breakers {
                     c.failures.iter().filter(|&&at| now_ms - at < c.window_ms).count(),
                 )
                 .unwrap_or(u32::MAX),
-                last_failure: c.last_failure.map(str::to_string),
+                last_failure: c.last_failure.clone(),
                 since_ms: c.last_change_ms,
             })
             .filter(|v| v.state != CircuitState::Closed || v.recent_failures > 0)

@@ -13,6 +13,8 @@
 use serde::{Deserialize, Serialize};
 
 pub mod breaker;
+pub mod check;
+pub mod shared;
 
 /// Cool-down of a circuit opened by an exhausted upstream quota (billing),
 /// when the upstream gave no `Retry-After`: it will not come back soon.
@@ -21,7 +23,7 @@ pub const QUOTA_COOL_DOWN_MS: u64 = 10 * 60_000;
 pub const MAX_RETRY_AFTER_MS: u64 = 60 * 60_000;
 
 /// Which wait ran out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TimeoutPhase {
     /// No response headers in time (connect included).
     Headers,
@@ -32,7 +34,7 @@ pub enum TimeoutPhase {
 }
 
 /// Why an upstream attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Failure {
     /// Connection refused or reset, DNS, TLS: no HTTP answer at all.
     Connect,

@@ -33,6 +33,9 @@ pub struct IsolateConfig {
     pub upstream_timeout_ms: u64,
     /// SSE keepalive interval while a stream waits for content (0: none).
     pub keepalive_ms: u64,
+    /// The channels' circuits are shared through their health records
+    /// ([`crate::channel_health::shared`]); off: each isolate alone.
+    pub shared_health: bool,
 }
 
 impl Default for IsolateConfig {
@@ -41,6 +44,7 @@ impl Default for IsolateConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             upstream_timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
             keepalive_ms: DEFAULT_KEEPALIVE_MS,
+            shared_health: false,
         }
     }
 }
@@ -63,8 +67,12 @@ pub struct IsolateState {
     pub config: IsolateConfig,
     /// Slices of the accounts of keys with limits ([`super::account_slice`]).
     pub slices: IsolateSlices,
-    /// The channels' circuits as this isolate has seen them fail.
+    /// The channels' circuits as this isolate knows them: its copy of the
+    /// shared records, and its own outcomes since.
     pub breakers: crate::channel_health::breaker::Breakers,
+    /// What this isolate owes the channels' shared records, and how fresh
+    /// its copy of each is.
+    pub health_sync: crate::channel_health::shared::HealthSync,
     /// Each channel's next credential in round-robin rotation.
     rotation: HashMap<String, usize>,
     /// Requests waiting for a concurrency slot of their key.

@@ -1,5 +1,6 @@
 use super::*;
-use crate::channel_health::breaker::{self, Admission};
+use crate::channel_health::breaker::{self, Admission, CircuitId};
+use crate::channel_health::shared::{ClaimAnswer, HealthSync};
 use crate::channel_health::{Attempt, Failure, TimeoutPhase};
 use crate::error::GatewayError;
 use crate::family::{self, Family, MockAnswer};
@@ -16,7 +17,7 @@ use crate::pipeline::metering::{
 };
 use crate::pipeline::route::{AttemptVerdict, Plan, Route, MAX_ATTEMPTS};
 use crate::pricing::ModelPrice;
-use crate::provider::{AuthScheme, ProviderDialect};
+use crate::provider::ProviderDialect;
 use crate::routing::Candidate;
 use crate::sse::encode_event;
 use crate::stream_shaper::StreamShaper;
@@ -137,9 +138,16 @@ impl Generation {
                 self.credential = credential;
                 if admission == Admission::Probe {
                     self.log(false, format!("channel {}: half-open, this request probes it", target.channel));
+                    if isolate.config.shared_health {
+                        self.claim = Some(CircuitId::Model(target.upstream_model.clone()));
+                    }
                 }
                 self.tried += 1;
                 return Some(target);
+            }
+            if isolate.config.shared_health {
+                // Skipped, but still routed to: its copy is kept fresh.
+                isolate.health_sync.note(&target.channel, None, now);
             }
             let why =
                 if admission == Admission::Skip { "its circuit is open" } else { "no usable credential" };
@@ -179,14 +187,56 @@ impl Generation {
                     .unwrap_or(0)
             }
         };
-        (0..n).map(|i| (start + i) % n).find_map(|i| {
+        let checked = self.pinned.is_none() && target.breaker.failures > 0;
+        let chosen = (0..n).map(|i| (start + i) % n).find_map(|i| {
             let refused = self.refused_credentials.iter().any(|(c, k)| c == &target.channel && *k == i);
-            let usable = !refused
-                && (self.pinned.is_some()
-                    || target.breaker.failures == 0
-                    || isolate.breakers.admit_credential(&target.channel, i, now) != Admission::Skip);
-            usable.then_some(Some(i))
-        })
+            if refused {
+                return None;
+            }
+            let admission = if checked {
+                isolate.breakers.admit_credential(&target.channel, i, now)
+            } else {
+                Admission::Try
+            };
+            (admission != Admission::Skip).then_some((i, admission))
+        });
+        let (i, admission) = chosen?;
+        if admission == Admission::Probe && isolate.config.shared_health {
+            self.claim = Some(CircuitId::Credential(i));
+        }
+        Some(Some(i))
+    }
+
+    /// The shared record's answer to this request's claim of a half-open
+    /// circuit: it probes, tries (closed elsewhere), or skips the candidate
+    /// (another request probes it) and picks the next.
+    pub(super) fn after_probe_claim(
+        &mut self,
+        isolate: &mut IsolateState,
+        status: u16,
+        body: &str,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
+        let Some((target, _, _)) = self.current.clone() else {
+            return Err(self.internal("a probe claim was answered with no candidate".into()));
+        };
+        let answer =
+            isolate.health_sync.claim_answered(&mut isolate.breakers, &target.channel, status, body, now);
+        if status != 200 {
+            self.log(true, format!("channel {}: its shared health record did not answer ({status}); this isolate decides alone", target.channel));
+        }
+        if answer != ClaimAnswer::Skip {
+            return self.attempt(isolate, now);
+        }
+        // Not this request's probe: as if its circuit had been open.
+        self.log(false, format!("channel {} skipped: another request probes it", target.channel));
+        isolate.health_sync.note(&target.channel, None, now);
+        self.tried = self.tried.saturating_sub(1);
+        if !target.credential_retry {
+            self.tried_for_model = self.tried_for_model.saturating_sub(1);
+        }
+        self.deferred.push(target);
+        self.next_candidate(isolate, now)
     }
 
     /// Ends a request no upstream served with `error`: an error response,
@@ -297,6 +347,11 @@ impl Generation {
                 let rebuild = self.suffix_stripped || self.model_options.fold_thinking;
                 let plan = Plan::for_attempt(self.start.client, target.provider.dialect, rebuild);
                 self.current = Some((target.clone(), plan, Vec::new()));
+                if let Some(circuit) = self.claim.take() {
+                    self.phase = Phase::AwaitProbeClaim;
+                    let body = HealthSync::claim_request(&circuit);
+                    return Ok(Effect::HealthCall { channel: target.channel.clone(), body });
+                }
                 target
             }
         };
@@ -369,14 +424,7 @@ impl Generation {
         for (name, value) in target.provider.static_headers {
             headers.push((name.to_string(), value.to_string()));
         }
-        if let Some(key) = &credential {
-            match target.provider.auth {
-                AuthScheme::Bearer => headers.push(("authorization".into(), format!("Bearer {key}"))),
-                AuthScheme::XApiKey => headers.push(("x-api-key".into(), key.clone())),
-                AuthScheme::XGoogApiKey => headers.push(("x-goog-api-key".into(), key.clone())),
-                AuthScheme::None => {}
-            }
-        }
+        headers.extend(credential.as_deref().and_then(|key| target.provider.auth.header(key)));
         self.upstream = Upstream::Remote;
         self.phase = Phase::AwaitUpstream;
         self.attempt_started = now;

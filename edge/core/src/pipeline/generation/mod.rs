@@ -44,7 +44,8 @@ use super::inbound::Inbound;
 use super::isolate::{IsolateState, KeyReadError};
 use super::metering::{Meter, Served};
 use super::route::Plan;
-use crate::channel_health::breaker::{self, BreakerPolicy};
+use crate::channel_health::breaker::{BreakerPolicy, CircuitId};
+use crate::channel_health::shared::Outcome;
 use crate::channel_health::Failure;
 use crate::error::GatewayError;
 use crate::family::Family;
@@ -142,6 +143,9 @@ enum Phase {
     /// Another request's renewal is in flight.
     AwaitSlicePoll,
     AwaitSecret,
+    /// The channel's shared record is asked whether this request may probe
+    /// the circuit its candidate's cool-down ended on.
+    AwaitProbeClaim,
     /// Mock latency before its "headers".
     AwaitMockHead,
     AwaitUpstream,
@@ -275,6 +279,9 @@ pub struct Generation {
     health: Vec<HealthReport>,
     /// The credential (index in the channel's rotation) of the current attempt.
     credential: Option<usize>,
+    /// The half-open circuit the picked candidate would probe, to be
+    /// claimed from the channel's shared record before the attempt.
+    claim: Option<CircuitId>,
     /// Credentials refused during this request: not chosen again by it.
     refused_credentials: Vec<(String, usize)>,
     current: Option<(Target, Plan, Vec<String>)>,
@@ -351,6 +358,7 @@ impl Generation {
             all_open: false,
             health: Vec::new(),
             credential: None,
+            claim: None,
             refused_credentials: Vec::new(),
             current: None,
             served: Served::default(),
@@ -429,22 +437,23 @@ impl Generation {
             Err(error) => self.fail(error, now_ms),
         };
         for r in self.health.drain(..) {
-            let breakers = &mut isolate.breakers;
-            match (r.failure, r.credential) {
-                (Some(failure), Some(key))
-                    if breaker::is_credential_failure(&failure) && r.policy.failures > 0 =>
-                {
-                    breakers.record_credential_failure(&r.channel, key, &failure, now_ms)
-                }
-                (Some(failure), _) => {
-                    breakers.record_failure(&r.channel, &r.model, &failure, &r.policy, now_ms)
-                }
-                (None, key) => {
-                    breakers.record_success(&r.channel, &r.model, now_ms);
-                    if let Some(key) = key {
-                        breakers.record_credential_success(&r.channel, key, now_ms);
-                    }
-                }
+            let shared = isolate.breakers.record_outcome(
+                &r.channel,
+                &r.model,
+                r.credential,
+                &r.policy,
+                r.failure.as_ref(),
+                now_ms,
+            );
+            if isolate.config.shared_health {
+                let outcome = Outcome {
+                    model: r.model,
+                    credential: r.credential,
+                    policy: r.policy,
+                    failure: r.failure,
+                    at_ms: now_ms,
+                };
+                isolate.health_sync.note(&r.channel, shared.then_some(outcome), now_ms);
             }
         }
         self.cache_see_effect(effect)
@@ -501,6 +510,9 @@ impl Generation {
                     }
                 }
                 self.attempt(isolate, now)
+            }
+            (Phase::AwaitProbeClaim, Input::HealthReply { status, body }) => {
+                self.after_probe_claim(isolate, status, &body, now)
             }
             (Phase::AwaitMockHead, Input::Done) => self.served_upstream(isolate, now),
             (Phase::AwaitUpstream, Input::UpstreamHead { status, retry_after }) => {

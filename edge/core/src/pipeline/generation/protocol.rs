@@ -85,6 +85,8 @@ pub enum Input {
     /// `StoreCall` answered with this status and body; a transport failure
     /// is status 0 with the error text.
     StoreReply { status: u16, body: String },
+    /// `HealthCall` answered with this status and body (0: no answer).
+    HealthReply { status: u16, body: String },
     /// `CacheGet` answered (`None`: not cached, or the cache failed).
     CacheValue(Option<String>),
 }
@@ -175,6 +177,10 @@ pub enum Effect {
     /// POST, JSON `body`; [`crate::conversation_store`]); answer
     /// [`Input::StoreReply`].
     StoreCall { digest: String, path: &'static str, body: String },
+    /// Call the channel's shared health record (`https://channel-health/sync`,
+    /// POST, JSON `body`; [`crate::channel_health::shared`]); answer
+    /// [`Input::HealthReply`].
+    HealthCall { channel: String, body: String },
     /// Read the response cache (the Workers Cache API) at `url`; answer
     /// [`Input::CacheValue`].
     CacheGet { url: String },
