@@ -32,14 +32,46 @@ let configured = false;
 function configure(env) {
   if (configured) return;
   configured = true;
-  glue.configure(Number(env.MAX_BODY_BYTES ?? 0), Number(env.UPSTREAM_TIMEOUT_MS ?? 0), Number(env.SSE_KEEPALIVE_MS ?? 0));
+  glue.configure(Number(env.MAX_BODY_BYTES ?? 0), Number(env.UPSTREAM_TIMEOUT_MS ?? 0), Number(env.SSE_KEEPALIVE_MS ?? 0),
+    env.CHANNEL_HEALTH !== undefined);
+}
+
+// A call to a channel's shared health record (edgeway_core::channel_health::shared);
+// [status, text], status 0 when the call itself failed.
+async function healthCall(env, channel, body) {
+  try {
+    const ns = env.CHANNEL_HEALTH;
+    const r = await ns.get(ns.idFromName(channel)).fetch(
+      `https://channel-health/sync?channel=${encodeURIComponent(channel)}`,
+      { method: 'POST', headers: { 'content-type': 'application/json' }, body },
+    );
+    return [r.status, await r.text()];
+  } catch (e) {
+    return [0, String(e)];
+  }
+}
+
+// Sends the outcomes this isolate owes the channels' health records and
+// refreshes its copies, off the request's path (at most every 2 s per
+// channel; nothing while nothing is due).
+function syncHealth(env, ctx) {
+  if (env.CHANNEL_HEALTH === undefined) return;
+  const due = glue.health_syncs(Date.now());
+  for (let i = 0; i + 1 < due.length; i += 2) {
+    const channel = due[i], sent = due[i + 1];
+    ctx.waitUntil(healthCall(env, channel, sent).then(([status, text]) => {
+      glue.health_answered(channel, sent, status, text, Date.now());
+      // Outcomes noted while this sync was out go now, not with the next request.
+      syncHealth(env, ctx);
+    }).catch(noteFailure));
+  }
 }
 
 // Effect codes of driver.rs (EffectCode).
 const KV_GET = 1, READ_SECRET = 2, ACCOUNT_CALL = 3, READ_REQUEST_BODY = 4, FETCH = 5,
   READ_UPSTREAM_BODY = 6, SLEEP = 7, RESPOND = 8, READ_CHUNK = 9, EMIT = 10, CLOSE_STREAM = 11,
   PUBLISH_USAGE = 12, FINISHED = 13, WAIT = 14, CANCEL_UPSTREAM = 15, STORE_CALL = 16,
-  CACHE_GET = 17, CACHE_PUT = 18;
+  CACHE_GET = 17, CACHE_PUT = 18, HEALTH_CALL = 19;
 const IDLE = Symbol('idle');
 
 const EMPTY = new Uint8Array(0);
@@ -147,6 +179,12 @@ async function drive(d, request, env, respond) {
           text = String(e);
         }
         effect = store ? d.store_reply(status, text, Date.now()) : d.account_reply(status, text, Date.now());
+        break;
+      }
+      case HEALTH_CALL: {
+        // This request would probe a half-open circuit: the channel's record decides.
+        const [status, text] = await healthCall(env, d.target(), d.text());
+        effect = d.health_reply(status, text, Date.now());
         break;
       }
       case CACHE_GET: {
@@ -349,6 +387,7 @@ export default {
           responded = true;
           applyCors(response, request, env);
           resolve(response);
+          syncHealth(env, ctx);
         }
       };
       ctx.waitUntil(
@@ -364,12 +403,25 @@ export default {
           })
           .finally(() => {
             try { d.free(); } catch {}
+            try { syncHealth(env, ctx); } catch (e) { noteFailure(e); }
             // Finished without an answer: its client left before it was
             // admitted (nobody reads this).
             if (!responded) respond(new Response(null, { status: 499 }));
           }),
       );
     });
+  },
+
+  // The cron trigger: a round of health checks (edge/worker/src/health_checks.rs).
+  async scheduled(event, env, ctx) {
+    checkInstance();
+    configure(env);
+    try {
+      return await glue.scheduled(event, env, ctx);
+    } catch (e) {
+      noteFailure(e);
+      throw e;
+    }
   },
 
   async queue(batch, env, ctx) {
@@ -387,3 +439,4 @@ export const KeyAccount = glue.KeyAccount;
 export const InternalGuard = glue.InternalGuard;
 export const ConversationStore = glue.ConversationStore;
 export const UserAccount = glue.UserAccount;
+export const ChannelHealth = glue.ChannelHealth;

@@ -15,6 +15,9 @@ pub const INTERNAL_GUARD: &str = "INTERNAL_GUARD";
 /// Durable Object namespace of per-key conversation stores (signature
 /// vault, stored Responses).
 pub const CONVERSATION_STORE: &str = "CONVERSATION_STORE";
+/// Durable Object namespace of per-channel health records (shared circuits,
+/// health checks).
+pub const CHANNEL_HEALTH: &str = "CHANNEL_HEALTH";
 /// D1 database with usage rows.
 pub const USAGE_DB: &str = "USAGE_DB";
 /// Queue carrying usage events.

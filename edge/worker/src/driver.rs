@@ -47,6 +47,7 @@ pub enum EffectCode {
     StoreCall = 16,
     CacheGet = 17,
     CachePut = 18,
+    HealthCall = 19,
 }
 
 /// Whether `method path` is a generation request (served by the driver);
@@ -56,9 +57,10 @@ pub fn is_generation(method: &str, path: &str) -> bool {
     matches!(endpoint::classify(method, path), Ok(Endpoint::Generate { .. }))
 }
 
-/// Sets the isolate's limits from the worker's vars (once per isolate).
+/// Sets the isolate's limits from the worker's vars (once per isolate);
+/// `shared_health`: the `CHANNEL_HEALTH` binding exists.
 #[wasm_bindgen]
-pub fn configure(max_body_bytes: f64, upstream_timeout_ms: f64, keepalive_ms: f64) {
+pub fn configure(max_body_bytes: f64, upstream_timeout_ms: f64, keepalive_ms: f64, shared_health: bool) {
     let defaults = IsolateConfig::default();
     let positive = |v: f64| (v.is_finite() && v > 0.0).then_some(v);
     isolate::with(|s| s.slices.set_isolate_id(runtime::random_uuid().replace('-', "")));
@@ -66,6 +68,25 @@ pub fn configure(max_body_bytes: f64, upstream_timeout_ms: f64, keepalive_ms: f6
         max_body_bytes: positive(max_body_bytes).map_or(defaults.max_body_bytes, |v| v as usize),
         upstream_timeout_ms: positive(upstream_timeout_ms).map_or(defaults.upstream_timeout_ms, |v| v as u64),
         keepalive_ms: positive(keepalive_ms).map_or(defaults.keepalive_ms, |v| v as u64),
+        shared_health,
+    });
+}
+
+/// The syncs this isolate owes the channels' health records now, as
+/// `[channel, body, channel, body, …]`: the shell posts each to
+/// `https://channel-health/sync?channel=…` off the request's path and hands
+/// the answer to [`health_answered`].
+#[wasm_bindgen]
+pub fn health_syncs(now: f64) -> Vec<String> {
+    let due = isolate::with(|s| s.health_sync.due(now as i64));
+    due.into_iter().flat_map(|(channel, body)| [channel, body]).collect()
+}
+
+/// A health record's answer to a sync (`status` 0: the call failed).
+#[wasm_bindgen]
+pub fn health_answered(channel: &str, sent: &str, status: u16, body: &str, now: f64) {
+    isolate::with(|s| {
+        s.health_sync.answered(&mut s.breakers, channel, sent, status, body, now as i64);
     });
 }
 
@@ -132,6 +153,7 @@ fn code(effect: &Effect) -> EffectCode {
         Effect::StoreCall { .. } => EffectCode::StoreCall,
         Effect::CacheGet { .. } => EffectCode::CacheGet,
         Effect::CachePut { .. } => EffectCode::CachePut,
+        Effect::HealthCall { .. } => EffectCode::HealthCall,
     }
 }
 
@@ -235,13 +257,18 @@ impl Driver {
         self.feed(Input::StoreReply { status, body }, now)
     }
 
+    /// `HealthCall` answered (`status` 0: the call failed).
+    pub fn health_reply(&mut self, status: u16, body: String, now: f64) -> EffectCode {
+        self.feed(Input::HealthReply { status, body }, now)
+    }
+
     /// `CacheGet` answered (`undefined`: not cached).
     pub fn cache_value(&mut self, value: Option<String>, now: f64) -> EffectCode {
         self.feed(Input::CacheValue(value), now)
     }
 
     /// `KvGet` key, `ReadSecret` name, `AccountCall`/`StoreCall` digest, `Fetch`
-    /// URL, `CacheGet`/`CachePut` cache URL.
+    /// URL, `CacheGet`/`CachePut` cache URL, `HealthCall` channel.
     pub fn target(&self) -> String {
         match &self.effect {
             Effect::CacheGet { url } | Effect::CachePut { url, .. } => url.clone(),
@@ -249,6 +276,7 @@ impl Driver {
             Effect::ReadSecret { name } => name.clone(),
             Effect::AccountCall { digest, .. } | Effect::StoreCall { digest, .. } => digest.clone(),
             Effect::Fetch(request) => request.url.clone(),
+            Effect::HealthCall { channel, .. } => channel.clone(),
             _ => String::new(),
         }
     }
@@ -262,13 +290,13 @@ impl Driver {
         }
     }
 
-    /// `AccountCall`/`StoreCall` body, `PublishUsage` events (JSON text),
-    /// `CachePut` value.
+    /// `AccountCall`/`StoreCall`/`HealthCall` body, `PublishUsage` events
+    /// (JSON text), `CachePut` value.
     pub fn text(&self) -> Option<String> {
         match &self.effect {
             Effect::AccountCall { body, .. } => body.clone(),
             Effect::PublishUsage { events_json, .. } => Some(events_json.clone()),
-            Effect::StoreCall { body, .. } => Some(body.clone()),
+            Effect::StoreCall { body, .. } | Effect::HealthCall { body, .. } => Some(body.clone()),
             Effect::CachePut { value, .. } => Some(value.clone()),
             _ => None,
         }

@@ -25,10 +25,12 @@
 //! | `GET /internal/usage/dead-letters?limit=` | dead letters kept in D1 |
 //! | `POST /internal/usage/dead-letters/replay?limit=` | put unreplayed dead letters back on the usage queue |
 
+use crate::channel_health_object;
 use crate::key_account_object::KeyAccountClient;
 use crate::user_account_object::{Configured, UserAccountClient};
 use crate::{bindings, http_io, internal_guard, isolate, runtime::now_ms, usage_pipeline};
 use edgeway_core::api_key::{is_valid_digest, kv_key_for_digest};
+use edgeway_core::channel_health::check::disabled_reason;
 use edgeway_core::error::GatewayError;
 use edgeway_core::internal_auth::{
     self, ClaimReply, ClaimRequest, VersionClaim, VersionStamp, NONCE_HEADER, REFUSED_MESSAGE,
@@ -312,9 +314,28 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
             http_io::json_response(200, &replayed)
         }
         (Method::Get, "/internal/health") => {
-            // This isolate's circuits (each isolate keeps its own).
-            let circuits = isolate::with(|s| s.breakers.view(now_ms()));
-            http_io::json_response(200, &json!({ "circuits": circuits }))
+            // Every channel's shared record (its circuits and last health
+            // checks), and the circuits as the answering isolate knows them.
+            let table = isolate::routing_table(env).await?;
+            let ids: Vec<&str> = table.config().channels.iter().map(|c| c.id.as_str()).collect();
+            let views =
+                futures_util::future::join_all(ids.iter().map(|id| channel_health_object::view(env, id)))
+                    .await;
+            let mut circuits = Vec::new();
+            let mut channels = serde_json::Map::new();
+            for (id, view) in ids.iter().zip(views) {
+                let view = view.map_err(|e| internal("channel health", e))?;
+                channels.insert(
+                    id.to_string(),
+                    json!({"checks": view.checks, "disabled": disabled_reason(&view.checks)}),
+                );
+                circuits.extend(view.circuits);
+            }
+            let isolate_circuits = isolate::with(|s| s.breakers.view(now_ms()));
+            http_io::json_response(
+                200,
+                &json!({ "circuits": circuits, "channels": channels, "isolate_circuits": isolate_circuits }),
+            )
         }
         (Method::Get, "/internal/routing") => {
             let table = isolate::routing_table(env).await?;

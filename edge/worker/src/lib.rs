@@ -16,8 +16,10 @@
 //! platform values into `edgeway-core` types and back.
 
 mod bindings;
+mod channel_health_object;
 mod conversation_object;
 mod driver;
+mod health_checks;
 mod http_io;
 mod internal_api;
 mod internal_guard;
@@ -35,6 +37,7 @@ use edgeway_core::endpoint::{self, Endpoint, NoEndpoint};
 use edgeway_core::error::{Dialect, GatewayError};
 use worker::{event, Context, Env, Request, Response, Result};
 
+pub use channel_health_object::ChannelHealth;
 pub use conversation_object::ConversationStore;
 pub use internal_guard::InternalGuard;
 pub use key_account_object::KeyAccount;
@@ -109,6 +112,14 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             .with_headers(response.headers().clone()));
     }
     Ok(response)
+}
+
+/// The cron trigger (`[triggers] crons`): a round of health checks.
+#[event(scheduled)]
+async fn scheduled(_event: worker::ScheduledEvent, env: Env, _ctx: worker::ScheduleContext) {
+    if let Err(e) = health_checks::run(&env).await {
+        worker::console_error!("health checks failed: {e}");
+    }
 }
 
 #[event(queue)]

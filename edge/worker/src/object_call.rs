@@ -13,6 +13,17 @@ pub async fn json<T: serde::Serialize, R: serde::de::DeserializeOwned>(
     path: &str,
     body: Option<&T>,
 ) -> Result<R> {
+    call(stub, &format!("https://{object}{path}"), method, body).await
+}
+
+/// [`json`] at a whole URL (one with a query).
+pub async fn call<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+    stub: &Stub,
+    url: &str,
+    method: Method,
+    body: Option<&T>,
+) -> Result<R> {
+    let object = url.split('/').nth(2).unwrap_or("object");
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
     let mut init = RequestInit::new();
@@ -20,7 +31,7 @@ pub async fn json<T: serde::Serialize, R: serde::de::DeserializeOwned>(
     if let Some(body) = body {
         init.with_body(Some(serde_json::to_string(body)?.into()));
     }
-    let request = Request::new_with_init(&format!("https://{object}{path}"), &init)?;
+    let request = Request::new_with_init(url, &init)?;
     let mut response = stub.fetch_with_request(request).await?;
     let status = response.status_code();
     if !(200..300).contains(&status) {
