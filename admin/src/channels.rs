@@ -422,8 +422,11 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<List<ChannelV
 }
 
 /// `GET /api/channels/{id}/health` (admin): the channel's circuits at the
-/// edge (per upstream model and per credential) and how many of its
-/// credentials are usable; none usable means routing skips the channel.
+/// edge (per upstream model and per credential, as every isolate shares
+/// them), how many of its credentials are usable (none usable means routing
+/// skips the channel), and the last round of health checks: each
+/// credential's status and latency, and why the checks disabled the
+/// channel, if they did.
 pub async fn health(
     State(state): State<AppState>,
     PathParam(id): PathParam<String>,
@@ -446,11 +449,14 @@ pub async fn health(
     let credentials = channel.credentials().len().max(usize::from(channel.api_key_secret.is_some()));
     let out_of_rotation =
         circuits.iter().filter(|c| c["credential"].is_u64() && c["state"] != "closed").count();
+    let checked = &at_edge["channels"][id.as_str()];
     Ok(Json(serde_json::json!({
         "channel": id,
         "credentials": credentials,
         "usable_credentials": credentials.saturating_sub(out_of_rotation),
         "circuits": circuits,
+        "checks": checked["checks"].as_array().cloned().unwrap_or_default(),
+        "disabled": checked["disabled"],
     })))
 }
 

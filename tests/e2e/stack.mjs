@@ -4,7 +4,7 @@
 // directory. Configuration goes in through the admin API, as an operator's would.
 import { spawn, execFileSync } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
@@ -76,18 +76,28 @@ export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs
   const gatewayUrl = `http://127.0.0.1:${workerPort}`;
   const adminUrl = `http://127.0.0.1:${adminPort}`;
 
-  const wranglerEnv = { CI: 'true', WRANGLER_SEND_METRICS: 'false', NO_UPDATE_NOTIFIER: '1' };
+  // The stack's own dev registry: a replica worker (startReplica) binds to
+  // this stack's Durable Objects, never to another suite's.
+  const wranglerEnv = {
+    CI: 'true', WRANGLER_SEND_METRICS: 'false', NO_UPDATE_NOTIFIER: '1',
+    WRANGLER_REGISTRY_PATH: path.join(state, 'registry'),
+  };
   execFileSync('wrangler', ['d1', 'migrations', 'apply', 'USAGE_DB', '--local', '--persist-to', state], {
     cwd: ROOT, env: { ...process.env, ...wranglerEnv }, stdio: 'pipe',
   });
-  const worker = start('wrangler', 'wrangler', [
-    'dev', '--ip', '127.0.0.1', '--port', String(workerPort), '--inspector-port', String(inspectorPort),
-    '--persist-to', state, '--log-level', 'warn', '--show-interactive-dev-session=false',
+  const workerVars = [
     '--var', `EDGE_ADMIN_SECRET:${secret}`,
     '--var', `MAX_BODY_BYTES:${maxBodyBytes}`,
     '--var', `UPSTREAM_TIMEOUT_MS:${upstreamTimeoutMs}`,
-    ...(adminIngest ? ['--var', `ADMIN_INGEST_URL:${adminUrl}`] : []),
     ...Object.entries(vars).flatMap(([name, value]) => ['--var', `${name}:${value}`]),
+  ];
+  const worker = start('wrangler', 'wrangler', [
+    'dev', '--ip', '127.0.0.1', '--port', String(workerPort), '--inspector-port', String(inspectorPort),
+    '--persist-to', state, '--log-level', 'warn', '--show-interactive-dev-session=false',
+    // GET /__scheduled runs the cron's handler (a round of health checks).
+    '--test-scheduled',
+    ...workerVars,
+    ...(adminIngest ? ['--var', `ADMIN_INGEST_URL:${adminUrl}`] : []),
   ], wranglerEnv);
 
   const adminBin = path.join(ROOT, 'target', 'debug', 'edgeway-admin');
@@ -104,7 +114,7 @@ export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs
   const admin = launchAdmin();
 
   const stack = {
-    state, gatewayUrl, adminUrl, adminToken, mockUrl, mock, worker, admin, keys: {}, secret,
+    state, gatewayUrl, adminUrl, adminToken, mockUrl, mock, worker, admin, keys: {}, secret, replicas: [],
     /**
      * Headers signing an internal request as the admin does
      * (edgeway_core::internal_auth): HMAC over scheme, method, path, query,
@@ -133,6 +143,41 @@ export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs
       const r = await stack.internalFetch(method, route, { text: body === undefined ? undefined : text, headers: stack.signInternal(method, route, text) });
       if (r.status < 200 || r.status > 299) throw new Error(`internal ${method} ${route} → ${r.status}: ${JSON.stringify(r.json)}`);
       return r.json;
+    },
+    /** Runs the worker's cron handler once (`wrangler dev --test-scheduled`). */
+    async scheduled() {
+      const r = await fetch(`${gatewayUrl}/__scheduled?cron=${encodeURIComponent('*/5 * * * *')}`);
+      if (!r.ok) throw new Error(`/__scheduled → ${r.status}: ${await r.text()}`);
+    },
+    /**
+     * Starts a second worker process (another isolate) running the same
+     * build on the same local KV, D1 and Durable Objects: its bindings name
+     * this stack's worker (`script_name`), reached through the stack's dev
+     * registry. Resolves to { url, stop }.
+     */
+    async startReplica() {
+      const port = await freePort();
+      const config = path.join(state, 'replica.wrangler.toml');
+      const objects = [['KEY_ACCOUNT', 'KeyAccount'], ['INTERNAL_GUARD', 'InternalGuard'], ['CONVERSATION_STORE', 'ConversationStore'],
+        ['USER_ACCOUNT', 'UserAccount'], ['CHANNEL_HEALTH', 'ChannelHealth']];
+      writeFileSync(config, [
+        'name = "edgeway-replica"',
+        `main = ${JSON.stringify(path.join(ROOT, 'edge/worker/build/entry.mjs'))}`,
+        'compatibility_date = "2025-09-01"',
+        'compatibility_flags = ["enable_request_signal"]',
+        '[[kv_namespaces]]', 'binding = "EDGEWAY_KV"', 'id = "edgeway-kv-local"',
+        ...objects.flatMap(([name, cls]) => ['[[durable_objects.bindings]]', `name = "${name}"`, `class_name = "${cls}"`, 'script_name = "edgeway"']),
+        '[[d1_databases]]', 'binding = "USAGE_DB"', 'database_name = "edgeway-usage"', 'database_id = "00000000-0000-0000-0000-000000000000"',
+        '[[queues.producers]]', 'binding = "USAGE_QUEUE"', 'queue = "edgeway-usage"',
+      ].join('\n'));
+      const proc = start('wrangler-replica', 'wrangler', [
+        'dev', '--config', config, '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(await freePort()),
+        '--persist-to', state, '--log-level', 'warn', '--show-interactive-dev-session=false', ...workerVars,
+      ], wranglerEnv);
+      const url = `http://127.0.0.1:${port}`;
+      await waitFor(`${url}/health`, 90_000, proc, 'replica wrangler dev');
+      stack.replicas.push(proc);
+      return { url, proc, stop: () => stopProc(proc) };
     },
     /** Stops the admin service (its database stays). */
     async stopAdmin() {
@@ -174,6 +219,7 @@ export async function startStack({ maxBodyBytes = 1024 * 1024, upstreamTimeoutMs
     logs() { return worker.logs.join('') + stack.admin.logs.join(''); },
     async stop() {
       stopProc(worker);
+      stack.replicas.forEach(stopProc);
       stopProc(stack.admin);
       await new Promise((r) => mock.server.close(r));
       mock.server.closeAllConnections?.();

@@ -27,12 +27,19 @@
 // Control endpoints: GET /__stats (requests, in-flight, max in-flight), GET /__last (last
 // request body and headers minus credentials), POST /__reset, POST /__switch?model=switch-x&status=500
 // (a `switch-*` model answers that status from then on; status=200 heals it). A key containing
-// `revoked` is refused with 401; stats.byKey counts calls by the key's last 8 characters.
+// `revoked` is refused with 401, and so is a key whose last 8 characters were revoked with
+// POST /__revoke?suffix=XXXXXXXX&revoked=1 (revoked=0 takes it back); stats.byKey counts
+// calls by the key's last 8 characters, stats.modelLists the GET /models calls by the same.
 import http from 'node:http';
 
 export function createMockUpstream() {
-  const stats = { requests: 0, inFlight: 0, maxInFlight: 0, byModel: {}, byKey: {} };
+  const stats = { requests: 0, inFlight: 0, maxInFlight: 0, byModel: {}, byKey: {}, modelLists: {} };
   let last = null;
+  const revokedSuffixes = new Set();
+  const refused = (authorization) => {
+    const key = String(authorization ?? '');
+    return key.includes('revoked') || revokedSuffixes.has(key.slice(-8));
+  };
 
   const completion = (model, text, usage) => ({
     id: 'chatcmpl-upstream-1', object: 'chat.completion', created: 1700000000, model,
@@ -101,12 +108,25 @@ export function createMockUpstream() {
       return res.end();
     }
     if (req.method === 'POST' && req.url === '/__reset') {
-      Object.assign(stats, { requests: 0, inFlight: 0, maxInFlight: 0, byModel: {}, byKey: {} });
+      Object.assign(stats, { requests: 0, inFlight: 0, maxInFlight: 0, byModel: {}, byKey: {}, modelLists: {} });
       last = null;
       res.writeHead(204);
       return res.end();
     }
+    if (req.method === 'POST' && req.url.startsWith('/__revoke?')) {
+      const q = new URL(req.url, 'http://mock').searchParams;
+      if (q.get('revoked') === '0') revokedSuffixes.delete(q.get('suffix'));
+      else revokedSuffixes.add(q.get('suffix'));
+      res.writeHead(204);
+      return res.end();
+    }
     if (req.method === 'GET' && req.url.endsWith('/models')) {
+      const suffix = String(req.headers.authorization ?? '').slice(-8);
+      stats.modelLists[suffix] = (stats.modelLists[suffix] ?? 0) + 1;
+      if (refused(req.headers.authorization)) {
+        res.writeHead(401, { 'content-type': 'application/json' });
+        return res.end(JSON.stringify({ error: { message: 'Incorrect API key provided', type: 'invalid_request_error', code: 'invalid_api_key' } }));
+      }
       res.writeHead(200, { 'content-type': 'application/json' });
       return res.end(JSON.stringify({ object: 'list', data: [{ id: 'mock-upstream', object: 'model', owned_by: 'mock' }] }));
     }
@@ -141,7 +161,7 @@ export function createMockUpstream() {
 
     stats.byKey[(authorization ?? '').slice(-8)] = (stats.byKey[(authorization ?? '').slice(-8)] ?? 0) + 1;
     if (model === 'hang') return; // never answer
-    if ((authorization ?? '').includes('revoked')) {
+    if (refused(authorization)) {
       res.writeHead(401, { 'content-type': 'application/json' });
       return res.end(JSON.stringify({ error: { message: 'Incorrect API key provided.', type: 'invalid_request_error', code: 'invalid_api_key' } }));
     }

@@ -324,12 +324,13 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
             let mut circuits = Vec::new();
             let mut channels = serde_json::Map::new();
             for (id, view) in ids.iter().zip(views) {
-                let view = view.map_err(|e| internal("channel health", e))?;
-                channels.insert(
-                    id.to_string(),
-                    json!({"checks": view.checks, "disabled": disabled_reason(&view.checks)}),
-                );
-                circuits.extend(view.circuits);
+                let mut view = view.map_err(|e| internal("channel health", e))?;
+                let checks = view["checks"].take();
+                channels
+                    .insert(id.to_string(), json!({"checks": checks, "disabled": disabled_reason(&checks)}));
+                if let serde_json::Value::Array(list) = view["circuits"].take() {
+                    circuits.extend(list);
+                }
             }
             let isolate_circuits = isolate::with(|s| s.breakers.view(now_ms()));
             http_io::json_response(

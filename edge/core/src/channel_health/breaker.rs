@@ -77,6 +77,7 @@ pub enum Admission {
 /// be handed between an isolate and the channel's shared record
 /// ([`super::shared`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "CircuitWire", from = "CircuitWire")]
 pub struct Circuit {
     state: CircuitState,
     /// Times of the failures counted in the window.
@@ -87,6 +88,60 @@ pub struct Circuit {
     last_change_ms: i64,
     /// The policy's window, for the view.
     window_ms: i64,
+}
+
+/// [`Circuit`]'s wire form: the state as a number and a time, so that the
+/// wasm build decodes it without serde's buffering of tagged enums.
+#[derive(Serialize, Deserialize)]
+struct CircuitWire {
+    /// 0 closed, 1 open (until `at`), 2 half-open (probe since `at`).
+    state: u8,
+    #[serde(default)]
+    at: i64,
+    #[serde(default)]
+    failures: VecDeque<i64>,
+    open_ms: u64,
+    #[serde(default)]
+    last_failure: Option<String>,
+    last_change_ms: i64,
+    window_ms: i64,
+}
+
+impl From<Circuit> for CircuitWire {
+    fn from(c: Circuit) -> Self {
+        let (state, at) = match c.state {
+            CircuitState::Closed => (0, 0),
+            CircuitState::Open { until_ms } => (1, until_ms),
+            CircuitState::HalfOpen { probe_since_ms } => (2, probe_since_ms),
+        };
+        Self {
+            state,
+            at,
+            failures: c.failures,
+            open_ms: c.open_ms,
+            last_failure: c.last_failure,
+            last_change_ms: c.last_change_ms,
+            window_ms: c.window_ms,
+        }
+    }
+}
+
+impl From<CircuitWire> for Circuit {
+    fn from(w: CircuitWire) -> Self {
+        let state = match w.state {
+            1 => CircuitState::Open { until_ms: w.at },
+            2 => CircuitState::HalfOpen { probe_since_ms: w.at },
+            _ => CircuitState::Closed,
+        };
+        Self {
+            state,
+            failures: w.failures,
+            open_ms: w.open_ms,
+            last_failure: w.last_failure,
+            last_change_ms: w.last_change_ms,
+            window_ms: w.window_ms,
+        }
+    }
 }
 
 /// Which circuit of a channel.
@@ -217,16 +272,13 @@ impl Breakers {
         }
     }
 
-    /// Every circuit of `channel`, by name, in name order.
+    /// Every circuit of `channel`, by name (in no particular order).
     pub fn export(&self, channel: &str) -> Vec<(String, Circuit)> {
-        let mut out: Vec<(String, Circuit)> = self
-            .circuits
+        self.circuits
             .iter()
             .filter(|((c, _), _)| c == channel)
             .map(|((_, name), circuit)| (name.clone(), circuit.clone()))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+            .collect()
     }
 
     /// Replaces what is known of `channel`'s circuits with `circuits` (as

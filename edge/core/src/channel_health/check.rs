@@ -99,12 +99,13 @@ impl CheckResult {
     }
 }
 
-/// Why a channel is disabled by its checks: every credential was refused
-/// at the last round. `None`: it is not.
-pub fn disabled_reason(checks: &[CheckRecord]) -> Option<String> {
-    let refused = checks.iter().filter(|c| c.outcome == "credential_refused").count();
-    (!checks.is_empty() && refused == checks.len()).then(|| {
-        let statuses: Vec<String> = checks.iter().map(|c| c.status.to_string()).collect();
+/// Why a channel is disabled by its checks (a [`CheckRecord`] list, as
+/// JSON): every credential was refused at the last round. `None`: it is not.
+pub fn disabled_reason(checks: &serde_json::Value) -> Option<String> {
+    let checks = checks.as_array().filter(|c| !c.is_empty())?;
+    let refused = checks.iter().all(|c| c["outcome"] == "credential_refused");
+    refused.then(|| {
+        let statuses: Vec<String> = checks.iter().map(|c| c["status"].to_string()).collect();
         format!("every credential was refused by the provider ({})", statuses.join(", "))
     })
 }
@@ -241,11 +242,15 @@ mod tests {
         assert_eq!(view.circuits.len(), 1);
         assert_eq!(view.circuits[0].credential, Some(1));
         assert_eq!(view.checks[1].outcome, "credential_refused");
-        assert_eq!(disabled_reason(&view.checks), None, "one credential still works");
+        assert_eq!(
+            disabled_reason(&serde_json::to_value(&view.checks).unwrap()),
+            None,
+            "one credential still works"
+        );
         board.record_checks("a", &[refused(0), refused(1)], 2_000);
         let view = board.view("a", 2_001);
         assert_eq!(
-            disabled_reason(&view.checks).as_deref(),
+            disabled_reason(&serde_json::to_value(&view.checks).unwrap()).as_deref(),
             Some("every credential was refused by the provider (401, 401)")
         );
         assert_eq!(view.circuits.len(), 2);
@@ -253,7 +258,7 @@ mod tests {
         board.record_checks("a", &[fine(0), fine(1)], 3_000);
         let view = board.view("a", 3_001);
         assert!(view.circuits.is_empty(), "{:?}", view.circuits);
-        assert_eq!(disabled_reason(&view.checks), None);
+        assert_eq!(disabled_reason(&serde_json::to_value(&view.checks).unwrap()), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub const QUOTA_COOL_DOWN_MS: u64 = 10 * 60_000;
 pub const MAX_RETRY_AFTER_MS: u64 = 60 * 60_000;
 
 /// Which wait ran out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutPhase {
     /// No response headers in time (connect included).
     Headers,
@@ -33,8 +33,10 @@ pub enum TimeoutPhase {
     Idle,
 }
 
-/// Why an upstream attempt failed.
+/// Why an upstream attempt failed. On the wire (an isolate's report to a
+/// channel's shared record) it is `{"kind": …, "status": …, "retry_after_ms": …}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "FailureWire", try_from = "FailureWire")]
 pub enum Failure {
     /// Connection refused or reset, DNS, TLS: no HTTP answer at all.
     Connect,
@@ -119,6 +121,57 @@ impl Failure {
             Self::ClientFault { .. } => "client_error",
             Self::StreamBroken => "stream_broken",
         }
+    }
+}
+
+/// [`Failure`]'s wire form: flat, so that its code stays small in the wasm
+/// build (a derived enum form costs several times as much).
+#[derive(Serialize, Deserialize)]
+struct FailureWire {
+    kind: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
+fn is_zero(status: &u16) -> bool {
+    *status == 0
+}
+
+impl From<Failure> for FailureWire {
+    fn from(failure: Failure) -> Self {
+        let (status, retry_after_ms) = match failure {
+            Failure::Server { status }
+            | Failure::CredentialRefused { status }
+            | Failure::ClientFault { status } => (status, None),
+            Failure::RateLimited { retry_after_ms } | Failure::QuotaExhausted { retry_after_ms } => {
+                (0, retry_after_ms)
+            }
+            Failure::Connect | Failure::Timeout(_) | Failure::StreamBroken => (0, None),
+        };
+        Self { kind: failure.kind().to_string(), status, retry_after_ms }
+    }
+}
+
+impl TryFrom<FailureWire> for Failure {
+    type Error = String;
+
+    fn try_from(wire: FailureWire) -> Result<Self, String> {
+        let FailureWire { status, retry_after_ms, .. } = wire;
+        Ok(match wire.kind.as_str() {
+            "connect" => Self::Connect,
+            "timeout_headers" => Self::Timeout(TimeoutPhase::Headers),
+            "timeout_first_content" => Self::Timeout(TimeoutPhase::FirstContent),
+            "timeout_idle" => Self::Timeout(TimeoutPhase::Idle),
+            "server_error" => Self::Server { status },
+            "rate_limited" => Self::RateLimited { retry_after_ms },
+            "quota_exhausted" => Self::QuotaExhausted { retry_after_ms },
+            "credential_refused" => Self::CredentialRefused { status },
+            "client_error" => Self::ClientFault { status },
+            "stream_broken" => Self::StreamBroken,
+            other => return Err(format!("unknown failure kind `{other}`")),
+        })
     }
 }
 
@@ -248,6 +301,31 @@ mod tests {
         let client = Failure::ClientFault { status: 400 };
         assert!(!client.fails_over() && !client.counts_against_channel() && !client.refuses_credential());
         assert!(Failure::CredentialRefused { status: 403 }.refuses_credential());
+    }
+
+    #[test]
+    fn failures_travel_flat_and_come_back_the_same() {
+        for f in [
+            Failure::Connect,
+            Failure::Timeout(TimeoutPhase::Headers),
+            Failure::Timeout(TimeoutPhase::FirstContent),
+            Failure::Timeout(TimeoutPhase::Idle),
+            Failure::Server { status: 502 },
+            Failure::RateLimited { retry_after_ms: Some(7_000) },
+            Failure::RateLimited { retry_after_ms: None },
+            Failure::QuotaExhausted { retry_after_ms: None },
+            Failure::CredentialRefused { status: 403 },
+            Failure::ClientFault { status: 422 },
+            Failure::StreamBroken,
+        ] {
+            let json = serde_json::to_string(&f).unwrap();
+            assert_eq!(serde_json::from_str::<Failure>(&json).unwrap(), f, "{json}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Failure::RateLimited { retry_after_ms: Some(5) }).unwrap(),
+            r#"{"kind":"rate_limited","retry_after_ms":5}"#
+        );
+        assert!(serde_json::from_str::<Failure>(r#"{"kind":"nope"}"#).is_err());
     }
 
     #[test]
