@@ -126,7 +126,7 @@ impl DurableObject for ChannelHealth {
 }
 
 /// The URL of `route` at `channel`'s record.
-pub fn url(route: &str, channel: &str) -> Result<worker::Url> {
+fn url(route: &str, channel: &str) -> Result<worker::Url> {
     let mut url = worker::Url::parse(&format!("https://channel-health{route}"))?;
     url.query_pairs_mut().append_pair("channel", channel);
     Ok(url)
@@ -138,15 +138,6 @@ pub async fn view(env: &Env, channel: &str) -> Result<serde_json::Value> {
     let stub = stub(env, channel)?;
     let url = url("/view", channel)?;
     crate::object_call::call::<(), serde_json::Value>(&stub, url.as_str(), Method::Get, None).await
-}
-
-/// Hands a round of check results to `channel`'s record.
-pub async fn record_checks(env: &Env, channel: &str, results: &[CheckResult]) -> Result<()> {
-    let stub = stub(env, channel)?;
-    let url = url("/checks", channel)?;
-    crate::object_call::call::<_, serde_json::Value>(&stub, url.as_str(), Method::Post, Some(&results))
-        .await
-        .map(drop)
 }
 
 fn stub(env: &Env, channel: &str) -> Result<worker::Stub> {

@@ -19,7 +19,7 @@ mod bindings;
 mod channel_health_object;
 mod conversation_object;
 mod driver;
-mod health_checks;
+mod health_round;
 mod http_io;
 mod internal_api;
 mod internal_guard;
@@ -112,14 +112,6 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             .with_headers(response.headers().clone()));
     }
     Ok(response)
-}
-
-/// The cron trigger (`[triggers] crons`): a round of health checks.
-#[event(scheduled)]
-async fn scheduled(_event: worker::ScheduledEvent, env: Env, _ctx: worker::ScheduleContext) {
-    if let Err(e) = health_checks::run(&env).await {
-        worker::console_error!("health checks failed: {e}");
-    }
 }
 
 #[event(queue)]

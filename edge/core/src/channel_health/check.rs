@@ -1,5 +1,6 @@
-//! Health checks, run by the worker's cron trigger: each enabled channel is
-//! sent a tiny request per credential (its provider's models list where it
+//! Health checks, run by the worker's cron trigger (the JS shell sends the
+//! requests [`plan`] lists and hands back what it saw, [`CheckAnswer`]): each
+//! enabled channel is sent a tiny request per credential (its provider's models list where it
 //! has one, else a one-token completion; [`crate::provider::HealthCheck`]),
 //! and the answers land in the channel's shared record
 //! ([`super::shared::ChannelBoard`]).
@@ -21,8 +22,8 @@ use serde::{Deserialize, Serialize};
 /// Longest a check waits for its answer's headers, ms.
 pub const CHECK_TIMEOUT_MS: u64 = 10_000;
 
-/// One check to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One check to send (as JSON, to the shell that sends it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckRequest {
     pub channel: String,
     /// The credential's index in the channel's rotation; `None`: it has none.
@@ -31,6 +32,48 @@ pub struct CheckRequest {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<String>,
+    /// Longest wait for the answer's headers.
+    pub timeout_ms: u64,
+}
+
+/// What the shell saw of one check's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CheckAnswer {
+    pub channel: String,
+    #[serde(default)]
+    pub credential: Option<usize>,
+    /// 0: no answer.
+    pub status: u16,
+    #[serde(default)]
+    pub retry_after: Option<String>,
+    /// The start of an error answer's body.
+    #[serde(default)]
+    pub body: String,
+    /// No answer within [`CheckRequest::timeout_ms`].
+    #[serde(default)]
+    pub timed_out: bool,
+    pub latency_ms: u64,
+}
+
+/// A round's answers as results, grouped by channel (in first-seen order).
+pub fn results_by_channel(answers: &[CheckAnswer], now_ms: i64) -> Vec<(String, Vec<CheckResult>)> {
+    let mut out: Vec<(String, Vec<CheckResult>)> = Vec::new();
+    for a in answers {
+        let result = CheckResult::of_answer(
+            a.credential,
+            a.status,
+            a.retry_after.as_deref(),
+            a.body.as_bytes(),
+            a.timed_out,
+            a.latency_ms,
+            now_ms,
+        );
+        match out.iter_mut().find(|(channel, _)| *channel == a.channel) {
+            Some((_, results)) => results.push(result),
+            None => out.push((a.channel.clone(), vec![result])),
+        }
+    }
+    out
 }
 
 /// One check's result, as the cron hands it to the channel's record.
@@ -178,6 +221,7 @@ pub fn plan(config: &RoutingConfig, secret: &dyn Fn(&str) -> Option<String>) -> 
                 url: format!("{base}{path}"),
                 headers,
                 body: body.as_ref().map(|b| b.to_string()),
+                timeout_ms: CHECK_TIMEOUT_MS,
             });
         }
     }
@@ -230,6 +274,26 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(checks[3].body.as_deref().unwrap()).unwrap();
         assert_eq!((body["model"].as_str(), body["max_tokens"].as_u64()), (Some("sonar-pro"), Some(1)));
         assert!(checks[4].headers.is_empty(), "no credential, no auth header");
+    }
+
+    #[test]
+    fn answers_become_results_per_channel() {
+        let answers: Vec<CheckAnswer> = serde_json::from_value(serde_json::json!([
+            {"channel": "a", "credential": 0, "status": 200, "latency_ms": 5},
+            {"channel": "b", "status": 0, "timed_out": true, "latency_ms": 10_000},
+            {"channel": "a", "credential": 1, "status": 429, "retry_after": "30",
+             "body": "{\"error\":{\"type\":\"insufficient_quota\"}}", "latency_ms": 7}
+        ]))
+        .unwrap();
+        let grouped = results_by_channel(&answers, 0);
+        assert_eq!(grouped.len(), 2);
+        assert_eq!(grouped[0].0, "a");
+        assert_eq!(grouped[0].1[0].failure, None);
+        assert_eq!(grouped[0].1[1].failure, Some(Failure::QuotaExhausted { retry_after_ms: Some(30_000) }));
+        assert_eq!(
+            grouped[1].1[0].failure,
+            Some(Failure::Timeout(crate::channel_health::TimeoutPhase::Headers))
+        );
     }
 
     #[test]
