@@ -7,7 +7,8 @@
 //! the wasm nothing, where a Rust round over workers-rs cost about 20 KB.
 
 use edgeway_core::channel_health::check::{self, CheckAnswer};
-use edgeway_core::routing::{RoutingConfig, ROUTING_KV_KEY};
+use crate::runtime::now_ms;
+use edgeway_core::routing::ROUTING_KV_KEY;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
 
@@ -22,10 +23,11 @@ pub fn routing_kv_key() -> String {
 /// table's KV text; a channel's `api_key_secret` is read off `env`.
 #[wasm_bindgen]
 pub fn health_check_plan(routing_text: Option<String>, env: &JsValue) -> String {
-    let config: RoutingConfig = match routing_text.as_deref().map(serde_json::from_str).transpose() {
-        Ok(config) => config.unwrap_or_default(),
-        Err(e) => {
-            worker::console_error!("health checks: unreadable routing config: {e}");
+    // Read as the isolate reads it (one decoder of the routing table in the build).
+    let table = match crate::isolate::with(|s| s.put_routing(routing_text.as_deref(), now_ms())) {
+        Ok(table) => table,
+        Err(why) => {
+            worker::console_error!("health checks: {why}");
             return "[]".into();
         }
     };
@@ -35,7 +37,7 @@ pub fn health_check_plan(routing_text: Option<String>, env: &JsValue) -> String 
             .as_string()
             .filter(|s| !s.is_empty())
     };
-    serde_json::to_string(&check::plan(&config, &secret)).unwrap_or_else(|_| "[]".into())
+    serde_json::to_string(&check::plan(table.config(), &secret)).unwrap_or_else(|_| "[]".into())
 }
 
 /// The round's answers (JSON array of [`CheckAnswer`]) as
