@@ -88,8 +88,18 @@ async function channelsPage() {
           if (r.credentials > 1 || r.usable_credentials < r.credentials) {
             parts.push(t('channels.keys_usable', { usable: r.usable_credentials, n: r.credentials }));
           }
+          // The last round of health checks (the edge's cron).
+          const checks = r.checks ?? [];
+          if (r.disabled) parts.push(t('channels.disabled_by_checks'));
+          else if (checks.length) {
+            const ok = checks.filter((x) => x.outcome === 'ok');
+            parts.push(ok.length === checks.length
+              ? t('channels.checked_ok', { ms: Math.max(...ok.map((x) => x.latency_ms)) })
+              : t('channels.checks_failed', { n: checks.length - ok.length, kinds: [...new Set(checks.filter((x) => x.outcome !== 'ok').map((x) => x.outcome))].join(', ') }));
+          }
           out.textContent = parts.join(' · ');
-          out.className = `health ${open || r.usable_credentials < r.credentials ? 'error' : 'ok'}`;
+          if (r.disabled) out.title = r.disabled;
+          out.className = `health ${open || r.disabled || r.usable_credentials < r.credentials ? 'error' : 'ok'}`;
         }).catch(() => { out.textContent = t('channels.health_unknown'); });
         return out;
       }],

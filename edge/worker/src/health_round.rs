@@ -6,8 +6,8 @@
 //! of the answers: the shell's own `fetch` and `AbortSignal.timeout` cost
 //! the wasm nothing, where a Rust round over workers-rs cost about 20 KB.
 
-use edgeway_core::channel_health::check::{self, CheckAnswer};
 use crate::runtime::now_ms;
+use edgeway_core::channel_health::check::{self, CheckAnswer};
 use edgeway_core::routing::ROUTING_KV_KEY;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
