@@ -9,11 +9,13 @@
 //! performs I/O with the runtime's own promises and streams and asks the
 //! synchronous request machine of `edgeway-core`
 //! ([`edgeway_core::pipeline::generation`]) what to do next, through
-//! [`driver`]. Everything off the hot path (model lists, token counts, stored
-//! Responses, the internal API, the per-key Durable Objects, the usage queue
-//! consumer) is
-//! Rust over `workers-rs`. No gateway rule lives here: this crate converts
-//! platform values into `edgeway-core` types and back.
+//! [`driver`]; the same shell syncs the isolate's copy of the channels'
+//! health records after each request and runs the cron's health checks
+//! ([`health_round`]). Everything else off the hot path (model lists, token
+//! counts, stored Responses, the internal API, the per-key, per-user and
+//! per-channel Durable Objects, the usage queue consumer) is Rust over
+//! `workers-rs`. No gateway rule lives here: this crate converts platform
+//! values into `edgeway-core` types and back.
 
 mod bindings;
 mod channel_health_object;
