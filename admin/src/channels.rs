@@ -15,7 +15,7 @@ use crate::db::routing::{
 };
 use crate::edge_sync::push_routing_if_configured;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonBody, PathParam};
+use crate::extract::{present, JsonBody, PathParam};
 use crate::keys::List;
 use crate::{now_secs, validate, AppState};
 use axum::extract::State;
@@ -112,6 +112,103 @@ pub struct CreateChannel {
     pub models: Vec<ChannelModel>,
 }
 
+/// `PATCH /api/channels/{id}` body: the channel's own fields, each optional.
+/// Absent fields stay as they are; `null` clears a field that has a default
+/// (a time limit, the base URL, the breaker policy, ...). The id and the
+/// provider are fixed, and the models a channel serves are not changed here.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateChannel {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub base_url: Option<Option<String>>,
+    /// Either of `api_key` and `api_keys` replaces the whole rotation of
+    /// inline credentials with the ones sent (`null` or `[]`: none).
+    #[serde(default, deserialize_with = "present")]
+    pub api_key: Option<Option<String>>,
+    #[serde(default)]
+    pub api_keys: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub api_key_secret: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub timeout_ms: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub first_content_timeout_ms: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub idle_timeout_ms: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub mock: Option<Option<MockOptions>>,
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub media_hosts: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub breaker: Option<Option<BreakerPolicy>>,
+    #[serde(default)]
+    pub key_rotation: Option<KeyRotation>,
+}
+
+impl UpdateChannel {
+    fn is_empty(&self) -> bool {
+        let Self {
+            enabled,
+            base_url,
+            api_key,
+            api_keys,
+            api_key_secret,
+            timeout_ms,
+            first_content_timeout_ms,
+            idle_timeout_ms,
+            mock,
+            groups,
+            media_hosts,
+            breaker,
+            key_rotation,
+        } = self;
+        enabled.is_none()
+            && base_url.is_none()
+            && api_key.is_none()
+            && api_keys.is_none()
+            && api_key_secret.is_none()
+            && timeout_ms.is_none()
+            && first_content_timeout_ms.is_none()
+            && idle_timeout_ms.is_none()
+            && mock.is_none()
+            && groups.is_none()
+            && media_hosts.is_none()
+            && breaker.is_none()
+            && key_rotation.is_none()
+    }
+
+    /// `current` with this change applied, as a body for
+    /// [`validated_channel`] (which checks a changed channel as it checks a
+    /// new one).
+    fn applied_to(self, current: &Channel) -> CreateChannel {
+        let replace_keys = self.api_key.is_some() || self.api_keys.is_some();
+        CreateChannel {
+            id: current.id.clone(),
+            provider: current.provider.clone(),
+            base_url: self.base_url.unwrap_or_else(|| current.base_url.clone()),
+            api_key: if replace_keys { self.api_key.flatten() } else { current.api_key.clone() },
+            api_keys: if replace_keys { self.api_keys.unwrap_or_default() } else { current.api_keys.clone() },
+            api_key_secret: self.api_key_secret.unwrap_or_else(|| current.api_key_secret.clone()),
+            timeout_ms: self.timeout_ms.unwrap_or(current.timeout_ms),
+            first_content_timeout_ms: self
+                .first_content_timeout_ms
+                .unwrap_or(current.first_content_timeout_ms),
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(current.idle_timeout_ms),
+            enabled: Some(self.enabled.unwrap_or(current.enabled)),
+            mock: self.mock.unwrap_or(current.mock),
+            groups: self.groups.unwrap_or_else(|| current.groups.clone()),
+            media_hosts: self.media_hosts.unwrap_or_else(|| current.media_hosts.clone()),
+            breaker: self.breaker.unwrap_or(current.breaker),
+            key_rotation: self.key_rotation.unwrap_or(current.key_rotation),
+            models: Vec::new(),
+        }
+    }
+}
+
 fn check_price(model: &str, price: &ModelPrice) -> ApiResult<()> {
     let parts =
         [Some(price.input), Some(price.output), price.cache_read, price.cache_write_5m, price.cache_write_1h];
@@ -128,7 +225,16 @@ fn check_price(model: &str, price: &ModelPrice) -> ApiResult<()> {
 }
 
 /// Checks and normalises a channel body; the routing-level checks come later.
-fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
+fn validated(mut body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
+    let models = std::mem::take(&mut body.models);
+    let channel = validated_channel(body)?;
+    Ok((channel, validated_models(models)?))
+}
+
+/// Checks and normalises the channel's own fields of `body` (its `models`
+/// are not looked at): the one check of a channel, for a new one and for
+/// one changed by `PATCH` alike.
+fn validated_channel(body: CreateChannel) -> ApiResult<Channel> {
     let id = validate::ident("id", &body.id)?;
     let provider = provider_by_id(body.provider.trim()).ok_or_else(|| {
         let known: Vec<&str> = PROVIDERS.iter().map(|p| p.id).collect();
@@ -190,40 +296,6 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
             )));
         }
     }
-    if body.models.len() > validate::MAX_LIST {
-        return Err(ApiError::bad_request(format!(
-            "`models` may hold at most {} entries",
-            validate::MAX_LIST
-        )));
-    }
-    if body.models.is_empty() {
-        return Err(ApiError::bad_request(
-            "`models` must list at least one model: a channel without models serves nothing",
-        ));
-    }
-    let mut models: Vec<ChannelModel> = Vec::with_capacity(body.models.len());
-    for model in body.models {
-        let name = validate::text("models[].name", &model.name)?;
-        if models.iter().any(|m| m.name == name) {
-            return Err(ApiError::bad_request(format!("model `{name}` is listed twice")));
-        }
-        let upstream_model = model
-            .upstream_model
-            .as_deref()
-            .map(|u| validate::text("models[].upstream_model", u))
-            .transpose()?;
-        let owned_by =
-            model.owned_by.as_deref().map(|o| validate::text("models[].owned_by", o)).transpose()?;
-        if model.weight.is_some_and(|w| w > MAX_WEIGHT) {
-            return Err(ApiError::bad_request(format!(
-                "model `{name}`: `weight` must be at most {MAX_WEIGHT}"
-            )));
-        }
-        if let Some(price) = &model.price {
-            check_price(&name, price)?;
-        }
-        models.push(ChannelModel { name, upstream_model, owned_by, ..model });
-    }
     if body.groups.len() > 100 {
         return Err(ApiError::bad_request("`groups` may hold at most 100 entries"));
     }
@@ -255,7 +327,12 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
             )));
         }
     }
-    let channel = Channel {
+    // One rotation, one shape: its first credential is `api_key`.
+    let api_key = match api_key {
+        None if !api_keys.is_empty() => Some(api_keys.remove(0)),
+        key => key,
+    };
+    Ok(Channel {
         id,
         provider: provider.id.to_string(),
         base_url,
@@ -271,8 +348,46 @@ fn validated(body: CreateChannel) -> ApiResult<(Channel, Vec<ChannelModel>)> {
         breaker: body.breaker,
         api_keys,
         key_rotation: body.key_rotation,
-    };
-    Ok((channel, models))
+    })
+}
+
+/// Checks and normalises the models of a new channel.
+fn validated_models(models: Vec<ChannelModel>) -> ApiResult<Vec<ChannelModel>> {
+    if models.len() > validate::MAX_LIST {
+        return Err(ApiError::bad_request(format!(
+            "`models` may hold at most {} entries",
+            validate::MAX_LIST
+        )));
+    }
+    if models.is_empty() {
+        return Err(ApiError::bad_request(
+            "`models` must list at least one model: a channel without models serves nothing",
+        ));
+    }
+    let mut checked: Vec<ChannelModel> = Vec::with_capacity(models.len());
+    for model in models {
+        let name = validate::text("models[].name", &model.name)?;
+        if checked.iter().any(|m| m.name == name) {
+            return Err(ApiError::bad_request(format!("model `{name}` is listed twice")));
+        }
+        let upstream_model = model
+            .upstream_model
+            .as_deref()
+            .map(|u| validate::text("models[].upstream_model", u))
+            .transpose()?;
+        let owned_by =
+            model.owned_by.as_deref().map(|o| validate::text("models[].owned_by", o)).transpose()?;
+        if model.weight.is_some_and(|w| w > MAX_WEIGHT) {
+            return Err(ApiError::bad_request(format!(
+                "model `{name}`: `weight` must be at most {MAX_WEIGHT}"
+            )));
+        }
+        if let Some(price) = &model.price {
+            check_price(&name, price)?;
+        }
+        checked.push(ChannelModel { name, upstream_model, owned_by, ..model });
+    }
+    Ok(checked)
 }
 
 // ---- responses ----
@@ -414,6 +529,42 @@ pub async fn create(
         StatusCode::CREATED,
         Json(ChannelChange { channel: view, deleted: None, routing_version: version, edge_synced }),
     ))
+}
+
+/// `PATCH /api/channels/{id}`: changes the channel's own fields (see
+/// [`UpdateChannel`]), checked as a new channel's are, in one transaction
+/// that bumps the routing version; then pushes the routing config.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<String>,
+    JsonBody(body): JsonBody<UpdateChannel>,
+) -> ApiResult<Json<ChannelChange>> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("nothing to change: send at least one of the channel's fields"));
+    }
+    let mut tx = state.db().pool.begin().await?;
+    let version = bump_routing_version(&mut tx).await?;
+    let config = load_routing_config(&mut tx).await?;
+    let current = config
+        .channels
+        .iter()
+        .find(|c| c.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("no channel with id `{id}`")))?;
+    let channel = validated_channel(body.applied_to(current))?;
+    let before = channel_views(&config).into_iter().find(|v| v.id == id);
+    if !routing::update_channel(&mut tx, &channel).await? {
+        return Err(ApiError::NotFound(format!("no channel with id `{id}`")));
+    }
+    let config = load_routing_config(&mut tx).await?;
+    check_routing(&config)?;
+    let view = channel_views(&config).into_iter().find(|v| v.id == id);
+    audit::record_in(&mut tx, &caller, "channel.update", ("channel", &id), before.as_ref(), view.as_ref())
+        .await?;
+    tx.commit().await?;
+    tracing::info!(channel = %id, enabled = channel.enabled, version, "channel updated");
+    let edge_synced = push_routing_if_configured(&state).await;
+    Ok(Json(ChannelChange { channel: view, deleted: None, routing_version: version, edge_synced }))
 }
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<List<ChannelView>>> {

@@ -84,3 +84,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
         ))
     }
 }
+
+/// `deserialize_with` for a PATCH field that can be cleared: absent →
+/// `None` (leave as is, with `#[serde(default)]`); `null` → `Some(None)`
+/// (clear); a value → `Some(Some(v))`.
+pub fn present<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}

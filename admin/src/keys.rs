@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use edgeway_core::api_key::key_digest;
 use edgeway_core::key_record::KeyStatus;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// Latest accepted expiry (9999-12-31T23:59:59Z).
 const MAX_EXPIRES_AT: i64 = 253_402_300_799;
@@ -66,11 +66,6 @@ pub struct CreateKey {
     pub pin_allowed: bool,
 }
 
-/// Absent → `None` (leave as is); `null` → `Some(None)` (clear); value → `Some(Some(v))`.
-fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
 /// `PATCH /api/keys/{id}` body: absent fields stay, `null` clears a limit.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,21 +78,21 @@ pub struct UpdateKey {
     pub group: Option<String>,
     #[serde(default)]
     pub status: Option<KeyStatus>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub expires_at: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub allowed_models: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub quota_micros: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub rpm: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub tpm: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub max_concurrency: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub max_wait_ms: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub allowed_ips: Option<Option<Vec<String>>>,
     #[serde(default)]
     pub pin_allowed: Option<bool>,

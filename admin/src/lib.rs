@@ -229,6 +229,7 @@ pub fn route_table() -> Vec<Route> {
         route(Method::PUT, "/api/keys/{id}/budget", Admin, keys::set_budget),
         route(post.clone(), "/api/channels", Admin, channels::create),
         route(get.clone(), "/api/channels", Admin, channels::list),
+        route(patch.clone(), "/api/channels/{id}", Admin, channels::update),
         route(delete.clone(), "/api/channels/{id}", Admin, channels::remove),
         route(get.clone(), "/api/channels/{id}/health", Admin, channels::health),
         route(get.clone(), "/api/models", Admin, channels::list_models),

@@ -40,14 +40,8 @@ pub struct UpdateMe {
     #[serde(default)]
     pub password: Option<String>,
     /// Low-balance alert threshold; `null` switches the alert off.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub low_balance_micros: Option<Option<i64>>,
-}
-
-fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// `PATCH /api/me`.

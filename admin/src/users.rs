@@ -18,7 +18,7 @@ use crate::{now_secs, validate, AppState};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// Default number of keys a user may hold.
 pub const DEFAULT_MAX_KEYS: i64 = 20;
@@ -180,16 +180,11 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("no user with id `{id}`"))
 }
 
-/// Absent → `None`; `null` → `Some(None)`; value → `Some(Some(v))`.
-fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
 /// `PATCH /api/users/{id}` body.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub email: Option<Option<String>>,
     #[serde(default)]
     pub password: Option<String>,
@@ -201,13 +196,13 @@ pub struct UpdateUser {
     pub status: Option<String>,
     #[serde(default)]
     pub max_keys: Option<i64>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub max_key_quota_micros: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub low_balance_micros: Option<Option<i64>>,
     #[serde(default)]
     pub budget_period: Option<String>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub budget_micros: Option<Option<i64>>,
 }
 

@@ -288,6 +288,29 @@ pub async fn insert_channel(
     Ok(())
 }
 
+/// Rewrites the stored fields of an existing channel (its targets stay);
+/// whether it existed.
+pub async fn update_channel(conn: &mut AnyConnection, channel: &Channel) -> ApiResult<bool> {
+    let mock = channel.mock.as_ref().map(serde_json::to_string).transpose()?;
+    let timeout = channel.timeout_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+    let updated = sqlx::query(
+        "UPDATE channels SET base_url = $1, api_key = $2, api_key_secret = $3, timeout_ms = $4, \
+         enabled = $5, mock = $6, groups = $7, settings = $8 WHERE id = $9",
+    )
+    .bind(&channel.base_url)
+    .bind(&channel.api_key)
+    .bind(&channel.api_key_secret)
+    .bind(timeout)
+    .bind(i64::from(channel.enabled))
+    .bind(mock)
+    .bind(serde_json::to_string(&channel.groups)?)
+    .bind(serde_json::to_string(&ChannelSettings::of(channel))?)
+    .bind(&channel.id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(updated.rows_affected() > 0)
+}
+
 /// Deletes channel `id`, its targets and the models left without a channel;
 /// whether it existed.
 pub async fn delete_channel(conn: &mut AnyConnection, id: &str) -> ApiResult<bool> {

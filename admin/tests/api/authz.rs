@@ -118,6 +118,7 @@ fn sample(w: &World, method: &Method, path: &str, caller: &str) -> Option<(Strin
             false,
         ),
         ("DELETE", "/api/channels/{id}") => (id("mock-1"), None, false),
+        ("PATCH", "/api/channels/{id}") => (id("mock-1"), Some(json!({"enabled": false})), false),
         ("GET", "/api/channels/{id}/health") => (id("mock-1"), None, false),
         ("POST", "/api/sync") => (path.into(), None, false),
         ("GET", "/api/usage") | ("GET", "/api/usage/summary") | ("GET", "/api/users") => {

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod authz;
+mod channel_update;
 mod common;
 mod console;
 mod edge;
