@@ -1,4 +1,4 @@
-// Admin pages: channels (add, test, delete), models and prices, groups,
+// Admin pages: channels (add, edit, enable/disable, test, delete), models and prices, groups,
 // users (create, change, credit), redemption codes (generate, export).
 import { t } from './i18n.js';
 import {
@@ -26,14 +26,28 @@ function modelRow() {
     field('m_per_request', t('price.per_request'), { inputmode: 'decimal', placeholder: '0' }));
 }
 
+/** A channel's groups as the form shows them. */
+const groupsText = (groups) => (groups || []).join(', ');
+const groupsList = (text) => (text ? text.split(',').map((g) => g.trim()).filter(Boolean) : []);
+
+/** What the form's credential field says about the stored keys when editing. */
+function keyPlaceholder(c) {
+  return c.credentials > 0 ? t('channels.key_unchanged', { n: c.credentials }) : t('channels.key_none');
+}
+
 async function channelsPage() {
   const status = notice();
+  const listStatus = notice();
   const providers = state.info?.providers || [];
   const hint = h('p', { class: 'muted', 'aria-live': 'polite' }, providerHint(providers[0]?.id));
   const models = h('div', { class: 'stack' }, modelRow());
   const addModel = h('button', { type: 'button', class: 'secondary small', onclick: () => models.append(modelRow()) }, t('channels.add_model'));
+  const modelsPart = h('div', { class: 'wide' }, h('h3', {}, t('channels.models')), models, addModel);
+  const modelsFixed = h('p', { class: 'muted', hidden: true }, t('channels.models_fixed'));
   const providerField = field('provider', t('channels.provider'), { options: providers.map((p) => [p.id, `${p.name} (${p.id})`]), required: true });
   providerField.querySelector('select').addEventListener('change', (e) => { hint.textContent = providerHint(e.target.value); });
+  const submit = h('button', { type: 'submit' }, t('channels.add'));
+  const cancel = h('button', { type: 'button', class: 'secondary', hidden: true, onclick: () => { stopEditing(); } }, t('channels.cancel_edit'));
   const form = h('form', { class: 'grid-form', 'aria-label': t('channels.add') },
     field('id', t('channels.id'), { required: true, pattern: '[A-Za-z0-9_.\\-]+', placeholder: 'openai-main' }),
     providerField, hint,
@@ -43,13 +57,80 @@ async function channelsPage() {
     field('timeout_ms', t('channels.timeout'), { inputmode: 'numeric', placeholder: '30000' }),
     field('groups', t('channels.groups'), { placeholder: t('channels.all_groups') }),
     field('enabled', t('channels.enabled'), { options: [['true', t('common.yes')], ['false', t('common.no')]] }),
-    h('div', { class: 'wide' }, h('h3', {}, t('channels.models')), models, addModel),
-    h('div', { class: 'actions' }, h('button', { type: 'submit' }, t('channels.add'))), status);
+    modelsPart, modelsFixed,
+    h('div', { class: 'actions row' }, submit, cancel), status);
+  const formTitle = h('h2', {}, t('channels.add'));
+  const formCard = h('section', { class: 'card', id: 'channel-form' }, formTitle, form);
+  const input = (name) => form.querySelector(`[name="${name}"]`);
+
+  // Editing: the add form, pre-filled; id and provider fixed, models not
+  // changed here, a blank key field keeps the stored keys.
+  let editing = null;
+  function startEditing(c) {
+    editing = c;
+    form.reset();
+    status.clear();
+    input('id').value = c.id;
+    input('id').readOnly = true;
+    input('provider').value = c.provider;
+    input('provider').disabled = true;
+    hint.textContent = providerHint(c.provider);
+    input('base_url').value = c.base_url || '';
+    input('api_key').value = '';
+    input('api_key').placeholder = keyPlaceholder(c);
+    input('api_key_secret').value = c.api_key_secret || '';
+    input('timeout_ms').value = c.timeout_ms ?? '';
+    input('groups').value = groupsText(c.groups);
+    input('enabled').value = String(c.enabled);
+    // Hidden model rows must not block the form's validation.
+    for (const row of models.querySelectorAll('fieldset')) row.disabled = true;
+    modelsPart.hidden = true;
+    modelsFixed.hidden = false;
+    formTitle.textContent = t('channels.edit_title', { id: c.id });
+    form.setAttribute('aria-label', formTitle.textContent);
+    submit.textContent = t('channels.save');
+    cancel.hidden = false;
+    formCard.scrollIntoView({ block: 'start' });
+    input('base_url').focus({ preventScroll: true });
+  }
+  function stopEditing() {
+    const was = editing;
+    editing = null;
+    form.reset();
+    input('id').readOnly = false;
+    input('provider').disabled = false;
+    input('api_key').placeholder = '';
+    hint.textContent = providerHint(input('provider').value);
+    for (const row of models.querySelectorAll('fieldset')) row.disabled = false;
+    modelsPart.hidden = false;
+    modelsFixed.hidden = true;
+    formTitle.textContent = t('channels.add');
+    form.setAttribute('aria-label', t('channels.add'));
+    submit.textContent = t('channels.add');
+    cancel.hidden = true;
+    // Back to the row's edit button the form was opened from.
+    if (was) list.querySelector(`[data-edit="${CSS.escape(was.id)}"]`)?.focus();
+  }
+
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     status.clear();
     try {
       const f = formData(form);
+      if (editing) {
+        // Every field the form shows; `null` clears one (its default applies).
+        const body = {
+          base_url: f.base_url.trim() || null, api_key_secret: f.api_key_secret.trim() || null,
+          timeout_ms: intOrUndef(f.timeout_ms) ?? null, groups: groupsList(f.groups), enabled: f.enabled === 'true',
+        };
+        if (f.api_key.trim()) body.api_key = f.api_key.trim();
+        const r = await api('PATCH', `/api/channels/${encodeURIComponent(editing.id)}`, body);
+        const msg = r.edge_synced ? t('channels.saved') : t('channels.saved_unsynced');
+        stopEditing();
+        listStatus.ok(msg);
+        await refresh();
+        return;
+      }
       const rows = [...models.querySelectorAll('.model-row')].map((row) => {
         const v = (n) => row.querySelector(`[name="${n}"]`).value.trim();
         const price = { input: toMicros(v('m_input')) ?? 0, output: toMicros(v('m_output')) ?? 0 };
@@ -60,7 +141,7 @@ async function channelsPage() {
       const body = {
         id: f.id.trim(), provider: f.provider, base_url: f.base_url || undefined, api_key: f.api_key || undefined,
         api_key_secret: f.api_key_secret || undefined, timeout_ms: intOrUndef(f.timeout_ms), enabled: f.enabled === 'true',
-        groups: f.groups ? f.groups.split(',').map((g) => g.trim()).filter(Boolean) : [], models: rows,
+        groups: groupsList(f.groups), models: rows,
       };
       const r = await api('POST', '/api/channels', body);
       status.ok(r.edge_synced ? t('channels.added') : t('channels.added_unsynced'));
@@ -69,6 +150,23 @@ async function channelsPage() {
       await refresh();
     } catch (err) { status.fail(err); }
   });
+
+  /** Enables or disables a channel (routing skips a disabled one). */
+  async function setEnabled(c, enabled, button) {
+    listStatus.clear();
+    button.disabled = true;
+    try {
+      const r = await api('PATCH', `/api/channels/${encodeURIComponent(c.id)}`, { enabled });
+      const msg = t(enabled ? 'channels.now_enabled' : 'channels.now_disabled', { id: c.id });
+      listStatus.ok(r.edge_synced ? msg : `${msg} ${t('channels.unsynced')}`);
+      await refresh();
+      list.querySelector(`[data-toggle="${CSS.escape(c.id)}"]`)?.focus();
+    } catch (err) {
+      listStatus.fail(err);
+      button.disabled = false;
+    }
+  }
+
   const list = h('div');
   async function refresh() {
     const channels = (await api('GET', '/api/channels')).data;
@@ -76,7 +174,8 @@ async function channelsPage() {
       [t('channels.id'), (c) => h('code', {}, c.id)],
       [t('channels.provider'), (c) => c.provider],
       [t('channels.models'), (c) => c.models.map((m) => m.name).join(', ') || '—'],
-      [t('channels.enabled'), (c) => h('span', { class: `badge ${c.enabled ? 'active' : 'disabled'}` }, c.enabled ? t('common.yes') : t('common.no'))],
+      [t('channels.enabled'), (c) => h('span', { class: `badge ${c.enabled ? 'active' : 'disabled'}`, 'data-enabled': c.id }, c.enabled ? t('common.yes') : t('common.no'))],
+      [t('channels.timeout'), (c) => h('span', { 'data-timeout': c.id }, c.timeout_ms ?? '—')],
       [t('channels.credential'), (c) => (c.credentials > 1 ? t('channels.inline_keys', { n: c.credentials })
         : c.has_api_key ? t('channels.inline_key') : c.api_key_secret ? `secret ${c.api_key_secret}` : '—')],
       [t('channels.health'), (c) => {
@@ -123,17 +222,34 @@ async function channelsPage() {
         }, t('channels.test'));
         return h('span', { class: 'row' }, b, out);
       }],
-      ['', (c) => h('button', {
-        type: 'button', class: 'small danger', 'aria-label': `${t('common.delete')} ${c.id}`,
-        onclick: async () => {
-          if (!window.confirm(t('channels.delete_confirm', { id: c.id }))) return;
-          try { await api('DELETE', `/api/channels/${encodeURIComponent(c.id)}`); await refresh(); } catch (err) { status.fail(err); }
-        },
-      }, t('common.delete'))],
+      [t('channels.actions'), (c) => {
+        const toggle = h('button', {
+          type: 'button', class: 'small secondary', 'data-toggle': c.id,
+          'aria-label': `${c.enabled ? t('channels.disable') : t('channels.enable')} ${c.id}`,
+          onclick: () => setEnabled(c, !c.enabled, toggle),
+        }, c.enabled ? t('channels.disable') : t('channels.enable'));
+        return h('span', { class: 'row' },
+          h('button', {
+            type: 'button', class: 'small secondary', 'data-edit': c.id, 'aria-label': `${t('channels.edit')} ${c.id}`,
+            'aria-controls': 'channel-form', onclick: () => startEditing(c),
+          }, t('channels.edit')),
+          toggle,
+          h('button', {
+            type: 'button', class: 'small danger', 'aria-label': `${t('common.delete')} ${c.id}`,
+            onclick: async () => {
+              if (!window.confirm(t('channels.delete_confirm', { id: c.id }))) return;
+              try {
+                await api('DELETE', `/api/channels/${encodeURIComponent(c.id)}`);
+                if (editing?.id === c.id) stopEditing();
+                await refresh();
+              } catch (err) { listStatus.fail(err); }
+            },
+          }, t('common.delete')));
+      }],
     ], channels, { empty: t('channels.empty') }));
   }
   await refresh();
-  return [h('h1', {}, t('nav.channels')), section(t('channels.list'), list), section(t('channels.add'), form)];
+  return [h('h1', {}, t('nav.channels')), section(t('channels.list'), listStatus, list), formCard];
 }
 
 // ---- models and prices ----

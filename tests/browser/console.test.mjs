@@ -3,7 +3,8 @@
 // console, the mock upstream. A user signs in, creates a key and uses it
 // with the official openai SDK, finds the request in the logs and on the
 // dashboard, redeems a code; the user cannot reach admin pages; an admin
-// adds a channel and presses "test" (a pinned request through the edge);
+// adds a channel and presses "test" (a pinned request through the edge),
+// disables a channel (the edge stops routing to it) and enables it, edits one;
 // Chinese and phone width; /metrics parsed with a Prometheus text-format
 // parser, moving with traffic; the admin's JSON log lines carry no secret.
 // Screenshots: target/browser-screenshots/ (SCREENSHOTS_DIR=docs/screenshots
@@ -12,7 +13,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
-import { startStack } from '../e2e/stack.mjs';
+import { startStack, CANARY_PROVIDER_KEY } from '../e2e/stack.mjs';
+import { MESSAGES } from '../../admin/static/i18n.js';
 import { launchBrowser, screenshot } from './browser.mjs';
 
 const OPS_PASSWORD = 'ops-password-0123';
@@ -267,6 +269,85 @@ describe('the web console in Chromium', () => {
     assert.equal(direct.status, 200);
   });
 
+  it('lets an admin disable a channel from the keyboard (the edge stops routing to it) and enable it again', async () => {
+    await open('channels');
+    // console-model is served by console-mock alone.
+    const client = new OpenAI({ baseURL: `${stack.gatewayUrl}/v1`, apiKey: aliceKey, maxRetries: 0 });
+    const ask = () => client.chat.completions.create({ model: 'console-model', messages: [{ role: 'user', content: 'hi' }] });
+    const outcome = () => ask().then(() => 200, (err) => err.status ?? String(err));
+    await waitUntil('console-model to be served', async () => (await outcome()) === 200);
+    const badge = page.locator('[data-enabled="console-mock"]');
+    assert.equal(await badge.innerText(), 'yes');
+
+    await page.getByRole('button', { name: 'Disable console-mock', exact: true }).focus();
+    await page.keyboard.press('Enter');
+    await page.getByText('Channel console-mock disabled: routing skips it.').waitFor();
+    assert.equal(await badge.innerText(), 'no');
+    assert.equal(await badge.getAttribute('class'), 'badge disabled');
+    const enable = page.getByRole('button', { name: 'Enable console-mock', exact: true });
+    assert.equal(await enable.evaluate((b) => b === document.activeElement), true, 'focus stays on the toggle');
+    await screenshot(page, 'channels-disabled');
+    const view = (await stack.adminApi('GET', '/api/channels')).data.find((c) => c.id === 'console-mock');
+    assert.equal(view.enabled, false);
+    // The edge skips it: the model only it serves is not found any more.
+    let refused;
+    await waitUntil('the edge to stop routing to console-mock', async () => {
+      try { await ask(); return false; } catch (err) { refused = err; return err.status === 404; }
+    });
+    assert.match(refused.message, /console-model/);
+    assert.equal(refused.code, 'model_not_found');
+    // The pinned test still reaches a disabled channel.
+    await page.getByRole('button', { name: 'Test console-mock' }).click();
+    await page.waitForFunction(() => /^\d{3} · /.test(document.querySelector('.test-result[data-channel="console-mock"]')?.textContent || ''));
+    assert.match(await page.locator('.test-result[data-channel="console-mock"]').innerText(), /^200 · /);
+
+    await enable.click();
+    await page.getByText('Channel console-mock enabled.').waitFor();
+    assert.equal(await badge.innerText(), 'yes');
+    await waitUntil('console-model to be served again', async () => (await outcome()) === 200);
+  });
+
+  it('lets an admin edit a channel: the form opens filled in, a blank key keeps the stored one', async () => {
+    await open('channels');
+    assert.equal(await page.locator('[data-timeout="mock-upstream"]').innerText(), '1500');
+    const edit = page.getByRole('button', { name: 'Edit mock-upstream', exact: true });
+    await edit.click();
+    const form = page.getByRole('form', { name: 'Edit channel mock-upstream' });
+    await form.waitFor();
+    assert.equal(await form.getByLabel('Id', { exact: true }).inputValue(), 'mock-upstream');
+    assert.equal(await form.getByLabel('Id', { exact: true }).getAttribute('readonly'), '');
+    assert.equal(await form.getByLabel('Provider').isDisabled(), true);
+    assert.equal(await form.getByLabel('Base URL').inputValue(), `${stack.mockUrl}/v1`);
+    assert.equal(await form.getByLabel('Base URL').evaluate((el) => el === document.activeElement), true, 'focus moves into the form');
+    const key = form.getByLabel('API key (stored)');
+    assert.equal(await key.inputValue(), '', 'a stored key is never shown');
+    assert.equal(await key.getAttribute('placeholder'), 'blank keeps the 1 stored key(s)');
+    assert.equal(await form.getByLabel('Timeout (ms)').inputValue(), '1500');
+    assert.ok(!(await page.content()).includes(CANARY_PROVIDER_KEY), 'the upstream key is not in the page');
+    await form.getByLabel('Timeout (ms)').fill('4000');
+    await screenshot(page, 'channel-edit');
+    await form.getByRole('button', { name: 'Save changes' }).click();
+    await page.getByText('Channel saved and pushed to the edge.').waitFor();
+    assert.equal(await page.locator('[data-timeout="mock-upstream"]').innerText(), '4000');
+    // The form is the add form again.
+    await page.getByRole('form', { name: 'Add channel' }).waitFor();
+    assert.equal(await page.getByLabel('Id', { exact: true }).getAttribute('readonly'), null);
+    const view = (await stack.adminApi('GET', '/api/channels')).data.find((c) => c.id === 'mock-upstream');
+    assert.equal(view.timeout_ms, 4000);
+    assert.equal(view.credentials, 1, 'the stored key stays');
+    assert.equal(view.models.length, 10, 'the models stay');
+    // The kept key still works upstream: the pinned test passes.
+    await page.getByRole('button', { name: 'Test mock-upstream' }).click();
+    await page.waitForFunction(() => /^\d{3} · /.test(document.querySelector('.test-result[data-channel="mock-upstream"]')?.textContent || ''));
+    assert.match(await page.locator('.test-result[data-channel="mock-upstream"]').innerText(), /^200 · /);
+    // Cancel leaves an edit unsaved and returns focus to the row's button.
+    await edit.click();
+    await page.getByRole('form', { name: 'Edit channel mock-upstream' }).getByLabel('Timeout (ms)').fill('9');
+    await page.getByRole('button', { name: 'Cancel' }).click();
+    assert.equal(await edit.evaluate((b) => b === document.activeElement), true);
+    assert.equal((await stack.adminApi('GET', '/api/channels')).data.find((c) => c.id === 'mock-upstream').timeout_ms, 4000);
+  });
+
   it('shows an admin the codes (which were used), users, models and groups', async () => {
     await open('codes');
     await page.locator('[data-code-status=redeemed]').first().waitFor();
@@ -316,6 +397,20 @@ describe('the web console in Chromium', () => {
     const client = new OpenAI({ baseURL: `${stack.gatewayUrl}/v1`, apiKey: aliceKey, maxRetries: 0 });
     await client.chat.completions.create({ model: 'mock-1', messages: [{ role: 'user', content: 'one more' }] });
     await waitUntil('the metric to move', async () => (await requestsFor('mock-1')) === before + 1);
+  });
+
+  it('has every console string in both languages', () => {
+    const en = Object.keys(MESSAGES.en).sort();
+    const zh = Object.keys(MESSAGES.zh).sort();
+    assert.deepEqual(en.filter((k) => !zh.includes(k)), [], 'English keys without Chinese');
+    assert.deepEqual(zh.filter((k) => !en.includes(k)), [], 'Chinese keys without English');
+    for (const [code, messages] of Object.entries(MESSAGES)) {
+      for (const [k, text] of Object.entries(messages)) {
+        assert.ok(typeof text === 'string' && text.trim(), `${code} ${k} is empty`);
+        const names = (x) => [...x.matchAll(/\{(\w+)\}/g)].map((m) => m[1]).sort();
+        assert.deepEqual(names(text), names(MESSAGES.en[k]), `${code} ${k}: the same placeholders as English`);
+      }
+    }
   });
 
   it('writes one JSON log line per admin request, with no secret in any line', async () => {
