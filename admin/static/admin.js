@@ -58,7 +58,7 @@ async function channelsPage() {
     field('groups', t('channels.groups'), { placeholder: t('channels.all_groups') }),
     field('enabled', t('channels.enabled'), { options: [['true', t('common.yes')], ['false', t('common.no')]] }),
     modelsPart, modelsFixed,
-    h('div', { class: 'actions row' }, submit, cancel), status);
+    h('div', { class: 'actions row wide' }, submit, cancel), status);
   const formTitle = h('h2', {}, t('channels.add'));
   const formCard = h('section', { class: 'card', id: 'channel-form' }, formTitle, form);
   const input = (name) => form.querySelector(`[name="${name}"]`);
@@ -127,8 +127,8 @@ async function channelsPage() {
         const r = await api('PATCH', `/api/channels/${encodeURIComponent(editing.id)}`, body);
         const msg = r.edge_synced ? t('channels.saved') : t('channels.saved_unsynced');
         stopEditing();
-        listStatus.ok(msg);
         await refresh();
+        listStatus.ok(msg);
         return;
       }
       const rows = [...models.querySelectorAll('.model-row')].map((row) => {
@@ -158,8 +158,8 @@ async function channelsPage() {
     try {
       const r = await api('PATCH', `/api/channels/${encodeURIComponent(c.id)}`, { enabled });
       const msg = t(enabled ? 'channels.now_enabled' : 'channels.now_disabled', { id: c.id });
-      listStatus.ok(r.edge_synced ? msg : `${msg} ${t('channels.unsynced')}`);
       await refresh();
+      listStatus.ok(r.edge_synced ? msg : `${msg} ${t('channels.unsynced')}`);
       list.querySelector(`[data-toggle="${CSS.escape(c.id)}"]`)?.focus();
     } catch (err) {
       listStatus.fail(err);

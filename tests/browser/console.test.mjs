@@ -281,6 +281,7 @@ describe('the web console in Chromium', () => {
 
     await page.getByRole('button', { name: 'Disable console-mock', exact: true }).focus();
     await page.keyboard.press('Enter');
+    // The notice comes once the list shows the change.
     await page.getByText('Channel console-mock disabled: routing skips it.').waitFor();
     assert.equal(await badge.innerText(), 'no');
     assert.equal(await badge.getAttribute('class'), 'badge disabled');
@@ -321,7 +322,7 @@ describe('the web console in Chromium', () => {
     assert.equal(await form.getByLabel('Base URL').evaluate((el) => el === document.activeElement), true, 'focus moves into the form');
     const key = form.getByLabel('API key (stored)');
     assert.equal(await key.inputValue(), '', 'a stored key is never shown');
-    assert.equal(await key.getAttribute('placeholder'), 'blank keeps the 1 stored key(s)');
+    assert.equal(await key.getAttribute('placeholder'), 'blank: keep 1 stored');
     assert.equal(await form.getByLabel('Timeout (ms)').inputValue(), '1500');
     assert.ok(!(await page.content()).includes(CANARY_PROVIDER_KEY), 'the upstream key is not in the page');
     await form.getByLabel('Timeout (ms)').fill('4000');
@@ -332,6 +333,7 @@ describe('the web console in Chromium', () => {
     // The form is the add form again.
     await page.getByRole('form', { name: 'Add channel' }).waitFor();
     assert.equal(await page.getByLabel('Id', { exact: true }).getAttribute('readonly'), null);
+    assert.equal(await page.locator('#channel-form button', { hasText: 'Cancel' }).isVisible(), false, 'no cancel when adding');
     const view = (await stack.adminApi('GET', '/api/channels')).data.find((c) => c.id === 'mock-upstream');
     assert.equal(view.timeout_ms, 4000);
     assert.equal(view.credentials, 1, 'the stored key stays');
