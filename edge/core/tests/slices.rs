@@ -430,3 +430,43 @@ fn a_renewal_whose_waiting_request_cannot_fit_takes_no_hold() {
     assert_eq!(g.quota_micros, Some(0), "a hold too small for the waiting request is not taken");
     assert_eq!(account.reserved_micros(), 0);
 }
+
+/// Found by the property test (its seed is in slices.proptest-regressions):
+/// an idle isolate gives its slice back, the account takes it back, but the
+/// answer is lost. The isolate must not admit against the holdings it had:
+/// the account no longer counts them, and a cost booked against them was an
+/// overrun. It confirms the release first, then works from a new slice.
+#[test]
+fn a_release_whose_answer_is_lost_admits_nothing_until_it_is_confirmed() {
+    use Op::*;
+    let mut w = World::new();
+    for op in [
+        Arrive { isolate: 1, reserve: 76, cost_pct: 0 },
+        Deliver { isolate: 1, lose_reply: false },
+        Settle { isolate: 1 },
+        Tick { ms: 1500 },
+        Report { isolate: 1 },
+        Deliver { isolate: 1, lose_reply: false },
+        // Idle: the next report gives the slice back; its answer is lost.
+        Report { isolate: 1 },
+        Deliver { isolate: 1, lose_reply: true },
+    ] {
+        w.step(&op);
+        w.check();
+    }
+    assert_eq!(w.account.reserved_micros(), 0, "the account took the slice back");
+    w.step(&Arrive { isolate: 1, reserve: 3, cost_pct: 34 });
+    assert!(w.isolates[1].in_flight.is_empty(), "nothing admitted against the released holdings");
+    assert!(w.isolates[1].calls.iter().any(|c| c.renewal.release), "the release is sent again");
+    w.step(&Deliver { isolate: 1, lose_reply: false });
+    // Confirmed: the next request gets a new slice, and its cost is within its reservation.
+    w.step(&Arrive { isolate: 1, reserve: 3, cost_pct: 34 });
+    w.step(&Deliver { isolate: 1, lose_reply: false });
+    assert_eq!(w.isolates[1].in_flight.len(), 1, "admitted from a new slice");
+    w.step(&Settle { isolate: 1 });
+    w.step(&Tick { ms: 1500 });
+    w.step(&Report { isolate: 1 });
+    w.step(&Deliver { isolate: 1, lose_reply: false });
+    w.check();
+    assert_eq!(w.account.spent_micros(), 1);
+}

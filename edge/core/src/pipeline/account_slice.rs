@@ -163,6 +163,9 @@ struct KeySlice {
     call_started_ms: i64,
     /// The call in flight gives the slice back (nothing is admitted meanwhile).
     release_in_flight: bool,
+    /// A release's answer was lost: the account may have taken the slice
+    /// back, so nothing is admitted against it until a release is answered.
+    release_unconfirmed: bool,
     released: bool,
     report_open: bool,
     settles_taken: u64,
@@ -213,6 +216,7 @@ impl IsolateSlices {
             call_in_flight: false,
             call_started_ms: 0,
             release_in_flight: false,
+            release_unconfirmed: false,
             released: false,
             report_open: false,
             settles_taken: 0,
@@ -226,11 +230,20 @@ impl IsolateSlices {
     /// Admits a request of the key `digest` locally when its slice can take
     /// it, or says what to do instead.
     pub fn admit(&mut self, digest: &str, limits: &KeyLimits, need: Need, now_ms: i64) -> LocalAdmit {
+        // A slice given back whole is finished at the account: a new one
+        // (with a new id) takes the request.
+        self.released(digest);
         let slice = self.slice(digest, now_ms);
         slice.last_active_ms = now_ms;
-        slice.released = false;
         if slice.call_in_flight && now_ms - slice.call_started_ms > CALL_TIMEOUT_MS {
             slice.call_failed();
+        }
+        if slice.release_unconfirmed {
+            // Its holdings may be gone at the account: confirm the release first.
+            if slice.call_in_flight {
+                return LocalAdmit::Wait;
+            }
+            return LocalAdmit::Renew(Box::new(slice.renewal(limits, None, true, now_ms)));
         }
         if !slice.release_in_flight && slice.holdings_take(need) {
             if let Some(ticket) = slice.take_from_grants(digest, need, now_ms) {
@@ -262,6 +275,7 @@ impl IsolateSlices {
         let Some(slice) = self.slices.get_mut(digest) else { return Renewed::Applied };
         slice.call_in_flight = false;
         slice.released = std::mem::take(&mut slice.release_in_flight);
+        slice.release_unconfirmed &= !slice.released;
         slice.reporting.clear();
         slice.settles_acked = slice.settles_in_call;
         // Costs reported are out of the hold the account sends back.
@@ -363,7 +377,7 @@ impl IsolateSlices {
         let idle = slice.in_flight == 0
             && slice.reply.is_some()
             && !slice.released
-            && now_ms - slice.last_active_ms >= SLICE_IDLE_RELEASE_MS as i64;
+            && (slice.release_unconfirmed || now_ms - slice.last_active_ms >= SLICE_IDLE_RELEASE_MS as i64);
         if slice.settled.is_empty() && !idle {
             slice.report_open = false;
             return ReportAction::Nothing;
@@ -451,7 +465,8 @@ impl KeySlice {
     /// account still has them).
     fn call_failed(&mut self) {
         self.call_in_flight = false;
-        self.release_in_flight = false;
+        // A release may have reached the account even if its answer did not.
+        self.release_unconfirmed |= std::mem::take(&mut self.release_in_flight);
         let mut back = std::mem::take(&mut self.reporting);
         back.append(&mut self.settled);
         self.settled = back;
