@@ -1,5 +1,6 @@
 // End-to-end: the endpoint families beyond chat (embeddings, legacy text
-// completions) with the official `openai` SDK against the real worker, served
+// completions, moderations; rerank, which the openai SDK lacks, in the request
+// shape Cohere's and Jina's clients send) with the official `openai` SDK against the real worker, served
 // by the built-in mock and relayed to an OpenAI-compatible upstream; each one
 // metered into D1 with its endpoint family.
 import { test, before, after } from 'node:test';
@@ -124,6 +125,58 @@ test('legacy completions through an upstream: usage forced on streams and stripp
   assert.equal(last.body.stream_options?.include_usage, true);
 });
 
+test('moderations from the mock and relayed to an upstream, checked at the edge', async () => {
+  const { data, response } = await client.moderations
+    .create({ model: 'mock-1', input: ['a quiet afternoon', 'I will kill the lights'] })
+    .withResponse();
+  ids.mockModeration = response.headers.get('x-request-id');
+  assert.equal(data.model, 'mock-1', 'the public model name');
+  assert.deepEqual(data.results.map((r) => r.flagged), [false, true]);
+  assert.equal(data.results[1].categories.violence, true);
+  assert.ok(data.results[0].category_scores.violence < 0.01);
+  const parts = await client.moderations.create({
+    model: 'mock-1', input: [{ type: 'text', text: 'a bomb' }, { type: 'image_url', image_url: { url: 'https://example.com/cat.png' } }],
+  });
+  assert.equal(parts.results[0].categories['illicit/violent'], true);
+
+  const relayed = await client.moderations.create({ model: 'gpt-test', input: ['fine', 'bad'] }).withResponse();
+  ids.upstreamModeration = relayed.response.headers.get('x-request-id');
+  assert.deepEqual(relayed.data.results.map((r) => r.flagged), [false, true]);
+  const last = await stack.mockLast();
+  assert.equal(last.path, '/v1/moderations');
+  assert.deepEqual(last.body, { model: 'gpt-test', input: ['fine', 'bad'] });
+  await assert.rejects(client.moderations.create({ model: 'mock-1', input: [{ type: 'audio' }] }), (e) => e.status === 400 && e.param === 'input[0]');
+});
+
+test('rerank (Cohere /v2 and Jina /v1 paths) from the mock and relayed to an upstream, checked at the edge', async () => {
+  const rerank = (path, body) => fetch(`${stack.gatewayUrl}${path}`, {
+    method: 'POST', headers: { authorization: `Bearer ${stack.keys.main}`, 'content-type': 'application/json' }, body: JSON.stringify(body),
+  });
+  const documents = ['Berlin is the capital of Germany', 'Paris is the capital of France', 'France exports wine'];
+  const r = await rerank('/v2/rerank', { model: 'mock-1', query: 'capital of France', documents, top_n: 2, return_documents: true });
+  assert.equal(r.status, 200);
+  ids.mockRerank = r.headers.get('x-request-id');
+  const ranked = await r.json();
+  assert.deepEqual(ranked.results.map((x) => x.index), [1, 0]);
+  assert.equal(ranked.results[0].document.text, documents[1]);
+  assert.ok(ranked.results[0].relevance_score > ranked.results[1].relevance_score);
+  assert.ok(ranked.usage.total_tokens > 0);
+
+  const up = await rerank('/v1/rerank', { model: 'gpt-test', query: 'q', documents: ['a', { text: 'b' }], top_n: 1 });
+  assert.equal(up.status, 200);
+  ids.upstreamRerank = up.headers.get('x-request-id');
+  const upBody = await up.json();
+  assert.equal(upBody.model, 'gpt-test');
+  assert.deepEqual(upBody.results, [{ index: 0, relevance_score: 1 }]);
+  const last = await stack.mockLast();
+  assert.equal(last.path, '/v1/rerank');
+  assert.deepEqual(last.body, { model: 'gpt-test', query: 'q', documents: ['a', { text: 'b' }], top_n: 1 });
+
+  const bad = await rerank('/v1/rerank', { model: 'mock-1', query: 'q', documents: [] });
+  assert.equal(bad.status, 400);
+  assert.equal((await bad.json()).error.param, 'documents');
+});
+
 test('every family is metered with its endpoint, at the model\'s token price', async () => {
   // Prices in the stack: 1.0 per M input, 2.0 per M output (micro-units per token: 1 and 2).
   const emb = await usageRow(ids.upstreamEmbeddings);
@@ -134,4 +187,14 @@ test('every family is metered with its endpoint, at the model\'s token price', a
   const cmpl = await usageRow(ids.upstreamCompletionStream);
   assert.deepEqual(cmpl, { endpoint: 'completions', unit: null, unit_count: 0, input_uncached_tokens: 5, output_tokens: 8, cost_micros: 5 + 16, outcome: 'completed' });
   assert.equal((await usageRow(ids.mockCompletion)).output_tokens, 11);
+  // Rerank: the upstream's 6 tokens, input price only.
+  const rr = await usageRow(ids.upstreamRerank);
+  assert.deepEqual(rr, { endpoint: 'rerank', unit: null, unit_count: 0, input_uncached_tokens: 6, output_tokens: 0, cost_micros: 6, outcome: 'completed' });
+  assert.equal((await usageRow(ids.mockRerank)).endpoint, 'rerank');
+  // Moderations: the upstream reports no usage; the gateway's estimate of the input is billed.
+  const mod = await usageRow(ids.upstreamModeration);
+  assert.equal(mod.endpoint, 'moderations');
+  assert.equal(mod.output_tokens, 0);
+  assert.ok(mod.input_uncached_tokens > 0 && mod.cost_micros === mod.input_uncached_tokens, JSON.stringify(mod));
+  assert.equal((await usageRow(ids.mockModeration)).endpoint, 'moderations');
 });

@@ -75,6 +75,24 @@ export function createMockUpstream() {
     res.end(JSON.stringify({ object: 'list', data, model, usage: { prompt_tokens: tokens, total_tokens: tokens } }));
   };
 
+  // Moderations (no usage, as OpenAI's answer has none): "bad" inputs are flagged.
+  const moderations = (res, body, model) => {
+    const inputs = Array.isArray(body.input) ? body.input : [body.input];
+    const results = inputs.map((text) => {
+      const flagged = String(typeof text === 'string' ? text : text?.text ?? '').includes('bad');
+      return { flagged, categories: { violence: flagged }, category_scores: { violence: flagged ? 0.9 : 0.01 } };
+    });
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ id: 'modr-upstream-1', model, results }));
+  };
+
+  // Rerank in Jina's shape: documents scored by their index, usage 6 tokens.
+  const rerank = (res, body, model) => {
+    const results = body.documents.map((_, index) => ({ index, relevance_score: 1 / (index + 1) }));
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ model, results: results.slice(0, body.top_n ?? results.length), usage: { total_tokens: 6, prompt_tokens: 6 } }));
+  };
+
   // Legacy text completions: the same words as chat, whole or streamed; usage 5 prompt + 8 completion.
   const textCompletion = (res, body, model) => {
     const usage = { prompt_tokens: 5, completion_tokens: 8, total_tokens: 13 };
@@ -132,7 +150,9 @@ export function createMockUpstream() {
     }
     const family = req.url.endsWith('/chat/completions') ? 'chat'
       : req.url.endsWith('/completions') ? 'completions'
-        : req.url.endsWith('/embeddings') ? 'embeddings' : null;
+        : req.url.endsWith('/embeddings') ? 'embeddings'
+          : req.url.endsWith('/moderations') ? 'moderations'
+            : req.url.endsWith('/rerank') ? 'rerank' : null;
     if (req.method !== 'POST' || !family) {
       res.writeHead(404, { 'content-type': 'application/json' });
       return res.end(JSON.stringify({ error: { message: 'not found' } }));
@@ -190,6 +210,8 @@ export function createMockUpstream() {
       return res.end(JSON.stringify({ error: { message, type: status === 400 ? 'invalid_request_error' : 'server_error' } }));
     }
     if (family === 'embeddings') return embeddings(res, body, model);
+    if (family === 'moderations') return moderations(res, body, model);
+    if (family === 'rerank') return rerank(res, body, model);
     if (family === 'completions') return textCompletion(res, body, model);
     const usage = model === 'no-usage' ? undefined : usageFor(model);
     if (!body.stream) {

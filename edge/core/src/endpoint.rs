@@ -92,6 +92,9 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, NoEndpoint> {
         "/v1/chat/completions" | "/chat/completions" => only(post, generate(ClientDialect::OpenAiChat)),
         "/v1/completions" | "/completions" => only(post, openai(Family::Completions)),
         "/v1/embeddings" | "/embeddings" => only(post, openai(Family::Embeddings)),
+        "/v1/moderations" | "/moderations" => only(post, openai(Family::Moderations)),
+        // Cohere's clients call /v2/rerank; Jina's and the OpenAI-compatible servers' /v1/rerank.
+        "/v1/rerank" | "/v2/rerank" | "/rerank" => only(post, openai(Family::Rerank)),
         "/v1/responses" | "/responses" => only(post, generate(ClientDialect::OpenAiResponses)),
         "/v1/messages" => only(post, generate(ClientDialect::Anthropic)),
         "/v1/messages/count_tokens" => {
@@ -175,6 +178,9 @@ mod tests {
             ("/completions", Family::Completions),
             ("/v1/embeddings", Family::Embeddings),
             ("/embeddings/", Family::Embeddings),
+            ("/v1/moderations", Family::Moderations),
+            ("/v1/rerank", Family::Rerank),
+            ("/v2/rerank", Family::Rerank),
         ] {
             assert!(
                 matches!(classify("POST", path), Ok(Endpoint::Generate { client: ClientDialect::OpenAiChat, family: f, .. }) if f == family),

@@ -7,7 +7,7 @@
 //! families a provider serves is a field of its row ([`Provider::families`]).
 
 use crate::family::Families;
-use crate::family::Family::{Chat, Completions, Embeddings};
+use crate::family::Family::{Chat, Completions, Embeddings, Rerank};
 
 /// Wire protocol a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +121,7 @@ pub const PROVIDERS: &[Provider] = &[
         families: Families::ALL,
         health_check: HealthCheck::None,
     },
-    openai_compatible("openai", "OpenAI", "https://api.openai.com/v1").serving(Families::ALL),
+    openai_compatible("openai", "OpenAI", "https://api.openai.com/v1").serving(Families::OPENAI),
     Provider {
         id: "anthropic",
         name: "Anthropic",
@@ -154,6 +154,7 @@ pub const PROVIDERS: &[Provider] = &[
         Chat,
         Completions,
         Embeddings,
+        Rerank,
     ])),
     openai_compatible("fireworks", "Fireworks AI", "https://api.fireworks.ai/inference/v1")
         .serving(Families::of(&[Chat, Completions, Embeddings])),
@@ -169,7 +170,7 @@ pub const PROVIDERS: &[Provider] = &[
     )
     .serving(Families::of(&[Chat, Embeddings])),
     openai_compatible("siliconflow", "SiliconFlow", "https://api.siliconflow.cn/v1")
-        .serving(Families::of(&[Chat, Embeddings])),
+        .serving(Families::of(&[Chat, Embeddings, Rerank])),
     openai_compatible("cerebras", "Cerebras", "https://api.cerebras.ai/v1"),
     // Self-hosted servers: the channel must set `base_url`.
     Provider {
@@ -203,7 +204,7 @@ pub const PROVIDERS: &[Provider] = &[
         auth: AuthScheme::Bearer,
         static_headers: &[],
         stream_usage_option: true,
-        families: Families::of(&[Chat, Completions, Embeddings]),
+        families: Families::of(&[Chat, Completions, Embeddings, Rerank]),
         health_check: HealthCheck::ModelsList,
     },
 ];

@@ -1,5 +1,5 @@
 //! Endpoint families: the kinds of work a client asks for besides chat
-//! (legacy text completions, embeddings), one module each that reads the
+//! (legacy text completions, embeddings, moderations, rerank), one module each that reads the
 //! family's request, sizes it, and answers for the built-in mock.
 //!
 //! **Key design decision:** every family runs through the one generation
@@ -13,6 +13,8 @@
 
 pub mod completions;
 pub mod embeddings;
+pub mod moderations;
+pub mod rerank;
 
 use crate::error::GatewayError;
 use crate::translate::json_fields::{invalid, parse_object, req_str};
@@ -30,19 +32,32 @@ pub enum Family {
     Completions,
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// `POST /v1/moderations`.
+    Moderations,
+    /// `POST /v1/rerank` (Cohere, Jina, Voyage and OpenAI-compatible servers).
+    Rerank,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 3] = [Self::Chat, Self::Completions, Self::Embeddings];
+    pub const ALL: [Family; 5] =
+        [Self::Chat, Self::Completions, Self::Embeddings, Self::Moderations, Self::Rerank];
 
-    /// The wire and column text (`chat`, `completions`, `embeddings`).
+    /// The wire and column text (`chat`, `completions`, `embeddings`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Chat => "chat",
             Self::Completions => "completions",
             Self::Embeddings => "embeddings",
+            Self::Moderations => "moderations",
+            Self::Rerank => "rerank",
         }
+    }
+
+    /// Whether its answer is generated text (billed as output tokens);
+    /// the others answer vectors, verdicts or scores.
+    pub fn has_text_output(self) -> bool {
+        matches!(self, Self::Chat | Self::Completions)
     }
 
     /// The inverse of [`Self::as_str`].
@@ -57,6 +72,8 @@ impl Family {
             Self::Chat => "/chat/completions",
             Self::Completions => "/completions",
             Self::Embeddings => "/embeddings",
+            Self::Moderations => "/moderations",
+            Self::Rerank => "/rerank",
         }
     }
 
@@ -74,6 +91,9 @@ pub struct Families(u16);
 impl Families {
     /// Chat only.
     pub const CHAT: Self = Self::of(&[Family::Chat]);
+    /// What OpenAI's own API serves: every family but rerank.
+    pub const OPENAI: Self =
+        Self::of(&[Family::Chat, Family::Completions, Family::Embeddings, Family::Moderations]);
     /// Every family.
     pub const ALL: Self = Self::of(&Family::ALL);
 
@@ -132,6 +152,8 @@ pub fn read_request(family: Family, body: &[u8]) -> Result<FamilyRequest, Gatewa
     match family {
         Family::Completions => completions::read(model, obj),
         Family::Embeddings => embeddings::read(model, obj),
+        Family::Moderations => moderations::read(model, obj),
+        Family::Rerank => rerank::read(model, obj),
         Family::Chat => Err(GatewayError::Internal),
     }
 }
@@ -158,6 +180,8 @@ pub fn mock_answer(
     match family {
         Family::Completions => completions::mock_answer(body, model, created, prompt_tokens),
         Family::Embeddings => MockAnswer::Whole(embeddings::mock_answer(body, model, prompt_tokens)),
+        Family::Moderations => MockAnswer::Whole(moderations::mock_answer(body, model)),
+        Family::Rerank => MockAnswer::Whole(rerank::mock_answer(body, model, prompt_tokens)),
         Family::Chat => MockAnswer::Whole(Vec::new()),
     }
 }

@@ -603,8 +603,7 @@ impl Generation {
             Plan::Relay => {
                 let usage = response_usage(&body).map(|u| TokenUsage::from_openai(&u));
                 // Embeddings have no output to estimate (and their lists are not built).
-                let content =
-                    if inbound.family == Family::Embeddings { 0 } else { relay_content_bytes(&body) };
+                let content = if inbound.family.has_text_output() { relay_content_bytes(&body) } else { 0 };
                 // The client sees the public model name, not the upstream's.
                 let renamed =
                     std::str::from_utf8(&body).ok().and_then(|text| replace_model_name(text, &shown_model));
