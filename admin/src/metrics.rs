@@ -245,7 +245,7 @@ async fn render_edge(out: &mut String, edge: &crate::edge_sync::EdgeClient) {
             out,
             "edgeway_edge_circuit_open",
             "gauge",
-            "1 for each circuit the answering edge isolate has open or half-open (by channel, upstream model or credential).",
+            "1 for each circuit open or half-open in the channels' shared health records (by channel, upstream model or credential).",
         );
         family(
             out,
@@ -266,6 +266,46 @@ async fn render_edge(out: &mut String, edge: &crate::edge_sync::EdgeClient) {
             let failures = c["recent_failures"].as_u64().unwrap_or(0);
             let _ = writeln!(out, "edgeway_edge_circuit_recent_failures{{{labels}}} {failures}");
         }
+        render_checks(out, &health["channels"]);
+    }
+}
+
+/// The last round of the edge's health checks, per channel and credential.
+fn render_checks(out: &mut String, channels: &serde_json::Value) {
+    let Some(channels) = channels.as_object() else { return };
+    family(
+        out,
+        "edgeway_edge_channel_check_ok",
+        "gauge",
+        "1 when the last health check of a channel's credential was answered 2xx.",
+    );
+    family(
+        out,
+        "edgeway_edge_channel_check_latency_ms",
+        "gauge",
+        "Latency of the last health check of a channel's credential, ms.",
+    );
+    family(
+        out,
+        "edgeway_edge_channel_disabled",
+        "gauge",
+        "1 when the health checks disabled a channel (every credential refused).",
+    );
+    for (id, channel) in channels {
+        let channel_label = label(id);
+        for c in channel["checks"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let labels = format!(
+                "channel=\"{channel_label}\",credential=\"{}\",outcome=\"{}\"",
+                c["credential"].as_u64().map(|i| i.to_string()).unwrap_or_default(),
+                label(c["outcome"].as_str().unwrap_or("")),
+            );
+            let _ =
+                writeln!(out, "edgeway_edge_channel_check_ok{{{labels}}} {}", u8::from(c["outcome"] == "ok"));
+            let latency = c["latency_ms"].as_u64().unwrap_or(0);
+            let _ = writeln!(out, "edgeway_edge_channel_check_latency_ms{{{labels}}} {latency}");
+        }
+        let disabled = u8::from(channel["disabled"].is_string());
+        let _ = writeln!(out, "edgeway_edge_channel_disabled{{channel=\"{channel_label}\"}} {disabled}");
     }
 }
 

@@ -175,6 +175,12 @@ test('health checks on the cron take refused credentials out, disable and re-ena
   const round2 = await until(() => health('hc'), (h) => h.disabled !== null, 'the channel is disabled');
   assert.match(round2.disabled, /every credential was refused by the provider \(401, 401\)/);
   assert.equal(round2.usable_credentials, 0);
+  // The admin's /metrics exports the checks, read over the edge's signed internal API.
+  const metrics = await (await fetch(`${stack.adminUrl}/metrics`)).text();
+  assert.match(metrics, /^edgeway_edge_channel_disabled\{channel="hc"\} 1$/m);
+  assert.match(metrics, /^edgeway_edge_channel_disabled\{channel="hc-backup"\} 0$/m);
+  assert.match(metrics, /^edgeway_edge_channel_check_ok\{channel="hc",credential="0",outcome="credential_refused"\} 0$/m);
+  assert.match(metrics, /^edgeway_edge_channel_check_latency_ms\{channel="hc-backup",credential="0",outcome="ok"\} \d+$/m);
   await refreshCopy(openai, 'hc-m');
   const atDisabled = { ...(await stack.mockStats()).byKey };
   for (let i = 0; i < 4; i++) assert.equal(await ask(openai, 'hc-m'), 'hc-backup');
