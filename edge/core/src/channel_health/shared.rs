@@ -244,8 +244,7 @@ impl HealthSync {
         let sync = self.channels.get_mut(channel)?;
         sync.in_flight_since = None;
         sync.synced_at_ms = now_ms;
-        let reply = (status == 200).then(|| serde_json::from_str::<SyncReply>(body).ok()).flatten();
-        let Some(reply) = reply else {
+        let Some(reply) = parse_reply(status, body) else {
             if let Ok(request) = serde_json::from_str::<SyncRequest>(sent) {
                 let mut outcomes = request.outcomes;
                 outcomes.append(&mut sync.pending);
@@ -256,10 +255,7 @@ impl HealthSync {
             }
             return None;
         };
-        breakers.adopt(channel, reply.circuits.clone());
-        for outcome in &sync.pending {
-            outcome.record(breakers, channel, outcome.at_ms);
-        }
+        Self::adopt(sync, breakers, channel, &reply);
         Some(reply)
     }
 
@@ -269,9 +265,10 @@ impl HealthSync {
         serde_json::to_string(&request).unwrap_or_default()
     }
 
-    /// The record's answer to a claim: adopted as a sync's answer; what the
-    /// claiming request may do. No answer: it probes, as the isolate's own
-    /// copy said.
+    /// The record's answer to a claim: its circuits are adopted as a sync's
+    /// answer (the periodic sync, if one is out, is still awaited); what
+    /// the claiming request may do. No answer: it probes, as the isolate's
+    /// own copy said.
     pub fn claim_answered(
         &mut self,
         breakers: &mut Breakers,
@@ -280,17 +277,29 @@ impl HealthSync {
         body: &str,
         now_ms: i64,
     ) -> ClaimAnswer {
-        if !self.channels.contains_key(channel) {
-            self.channels.insert(channel.to_string(), ChannelSync::default());
-        }
-        let in_flight = self.channels.get(channel).and_then(|s| s.in_flight_since);
-        let reply = self.answered(breakers, channel, "", status, body, now_ms);
-        if let Some(sync) = self.channels.get_mut(channel) {
-            // A claim is not the periodic sync: that one is still owed.
-            sync.in_flight_since = in_flight;
-        }
-        reply.and_then(|r| r.claim).unwrap_or(ClaimAnswer::Probe)
+        let Some(reply) = parse_reply(status, body) else { return ClaimAnswer::Probe };
+        let sync = match self.channels.get_mut(channel) {
+            Some(sync) => sync,
+            None => self.channels.entry(channel.to_string()).or_default(),
+        };
+        sync.synced_at_ms = now_ms;
+        Self::adopt(sync, breakers, channel, &reply);
+        reply.claim.unwrap_or(ClaimAnswer::Probe)
     }
+
+    /// Replaces the isolate's copy of `channel`'s circuits with the
+    /// record's, then replays the outcomes noted since the sync was sent.
+    fn adopt(sync: &ChannelSync, breakers: &mut Breakers, channel: &str, reply: &SyncReply) {
+        breakers.adopt(channel, reply.circuits.clone());
+        for outcome in &sync.pending {
+            outcome.record(breakers, channel, outcome.at_ms);
+        }
+    }
+}
+
+/// A record's answer, if it is one.
+fn parse_reply(status: u16, body: &str) -> Option<SyncReply> {
+    (status == 200).then(|| serde_json::from_str(body).ok()).flatten()
 }
 
 #[cfg(test)]
