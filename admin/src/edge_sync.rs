@@ -127,6 +127,14 @@ impl EdgeClient {
         self.get_json("/internal/usage/stats?limit=1").await
     }
 
+    /// Reads the counters of the edge isolate that answers (`GET /internal/counters`).
+    pub async fn get_counters(
+        &self,
+    ) -> Result<edgeway_core::pipeline::counters::CountersSnapshot, PushError> {
+        let value = self.get_json("/internal/counters").await?;
+        serde_json::from_value(value).map_err(|e| PushError::Build(format!("unreadable counters: {e}")))
+    }
+
     async fn get_json(&self, path: &str) -> Result<serde_json::Value, PushError> {
         let response = self.send_signed(reqwest::Method::GET, path, Vec::new()).await?;
         let status = response.status();

@@ -38,6 +38,7 @@ pub mod login;
 pub mod mail;
 pub mod me;
 pub mod metrics;
+pub mod metrics_edge;
 pub mod oidc;
 pub mod passwords;
 pub mod usage;

@@ -69,7 +69,7 @@ pub fn label(value: &str) -> String {
 }
 
 /// Writes one metric family's header.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
@@ -212,101 +212,9 @@ pub async fn render(state: &AppState) -> Result<String, ApiError> {
     family(&mut out, "edgeway_db_pool_max_connections", "gauge", "Largest size of the database pool.");
     let _ = writeln!(out, "edgeway_db_pool_max_connections {}", pool.options().get_max_connections());
     if let Some(edge) = state.edge() {
-        render_edge(&mut out, edge).await;
+        crate::metrics_edge::render(&mut out, edge).await;
     }
     Ok(out)
-}
-
-/// The edge's figures, read over its signed internal API (each read bounded
-/// by the push timeout; a failed read is `edgeway_edge_up 0`, not an error).
-async fn render_edge(out: &mut String, edge: &crate::edge_sync::EdgeClient) {
-    let (stats, health) = tokio::join!(edge.get_usage_stats(), edge.get_health());
-    family(out, "edgeway_edge_up", "gauge", "1 when the edge answered the scrape's internal API reads.");
-    let _ = writeln!(out, "edgeway_edge_up {}", u8::from(stats.is_ok() && health.is_ok()));
-    if let Ok(stats) = stats {
-        let n = |k: &str| stats[k].as_i64().unwrap_or(0);
-        family(out, "edgeway_edge_usage_rows", "gauge", "Usage rows in the edge's D1.");
-        let _ = writeln!(out, "edgeway_edge_usage_rows {}", n("rows"));
-        family(out, "edgeway_edge_usage_cost_micros", "gauge", "Spend in the edge's D1, micro-units.");
-        let _ = writeln!(out, "edgeway_edge_usage_cost_micros {}", n("cost_micros"));
-        family(
-            out,
-            "edgeway_edge_dead_letters",
-            "gauge",
-            "Usage messages kept as dead letters at the edge, by state.",
-        );
-        let pending = n("dead_letters_pending");
-        let _ = writeln!(out, "edgeway_edge_dead_letters{{state=\"pending\"}} {pending}");
-        let _ =
-            writeln!(out, "edgeway_edge_dead_letters{{state=\"replayed\"}} {}", n("dead_letters") - pending);
-    }
-    if let Ok(health) = health {
-        family(
-            out,
-            "edgeway_edge_circuit_open",
-            "gauge",
-            "1 for each circuit open or half-open in the channels' shared health records (by channel, upstream model or credential).",
-        );
-        family(
-            out,
-            "edgeway_edge_circuit_recent_failures",
-            "gauge",
-            "Failures a circuit counts in its window.",
-        );
-        for c in health["circuits"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            let labels = format!(
-                "channel=\"{}\",model=\"{}\",credential=\"{}\",state=\"{}\"",
-                label(c["channel"].as_str().unwrap_or("")),
-                label(c["model"].as_str().unwrap_or("")),
-                c["credential"].as_u64().map(|i| i.to_string()).unwrap_or_default(),
-                label(c["state"].as_str().unwrap_or("")),
-            );
-            let open = u8::from(c["state"] != "closed");
-            let _ = writeln!(out, "edgeway_edge_circuit_open{{{labels}}} {open}");
-            let failures = c["recent_failures"].as_u64().unwrap_or(0);
-            let _ = writeln!(out, "edgeway_edge_circuit_recent_failures{{{labels}}} {failures}");
-        }
-        render_checks(out, &health["channels"]);
-    }
-}
-
-/// The last round of the edge's health checks, per channel and credential.
-fn render_checks(out: &mut String, channels: &serde_json::Value) {
-    let Some(channels) = channels.as_object() else { return };
-    family(
-        out,
-        "edgeway_edge_channel_check_ok",
-        "gauge",
-        "1 when the last health check of a channel's credential was answered 2xx.",
-    );
-    family(
-        out,
-        "edgeway_edge_channel_check_latency_ms",
-        "gauge",
-        "Latency of the last health check of a channel's credential, ms.",
-    );
-    family(
-        out,
-        "edgeway_edge_channel_disabled",
-        "gauge",
-        "1 when the health checks disabled a channel (every credential refused).",
-    );
-    for (id, channel) in channels {
-        let channel_label = label(id);
-        for c in channel["checks"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            let labels = format!(
-                "channel=\"{channel_label}\",credential=\"{}\",outcome=\"{}\"",
-                c["credential"].as_u64().map(|i| i.to_string()).unwrap_or_default(),
-                label(c["outcome"].as_str().unwrap_or("")),
-            );
-            let _ =
-                writeln!(out, "edgeway_edge_channel_check_ok{{{labels}}} {}", u8::from(c["outcome"] == "ok"));
-            let latency = c["latency_ms"].as_u64().unwrap_or(0);
-            let _ = writeln!(out, "edgeway_edge_channel_check_latency_ms{{{labels}}} {latency}");
-        }
-        let disabled = u8::from(channel["disabled"].is_string());
-        let _ = writeln!(out, "edgeway_edge_channel_disabled{{channel=\"{channel_label}\"}} {disabled}");
-    }
 }
 
 /// The route template that served a response (set by [`tag_route`]).

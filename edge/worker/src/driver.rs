@@ -63,7 +63,11 @@ pub fn is_generation(method: &str, path: &str) -> bool {
 pub fn configure(max_body_bytes: f64, upstream_timeout_ms: f64, keepalive_ms: f64, shared_health: bool) {
     let defaults = IsolateConfig::default();
     let positive = |v: f64| (v.is_finite() && v > 0.0).then_some(v);
-    isolate::with(|s| s.slices.set_isolate_id(runtime::random_uuid().replace('-', "")));
+    let isolate_id = runtime::random_uuid().replace('-', "");
+    isolate::with(|s| {
+        s.slices.set_isolate_id(isolate_id.clone());
+        s.counters.begin(isolate_id, runtime::now_ms());
+    });
     isolate::configure(IsolateConfig {
         max_body_bytes: positive(max_body_bytes).map_or(defaults.max_body_bytes, |v| v as usize),
         upstream_timeout_ms: positive(upstream_timeout_ms).map_or(defaults.upstream_timeout_ms, |v| v as u64),

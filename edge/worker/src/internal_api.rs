@@ -19,6 +19,7 @@
 //! | `PUT /internal/users/{id}/account` | the user's account: `{user_id, credited_micros, version, disabled}` (cumulative credit; the edge keeps the spend); a newer version applies at once to every key of the user, the same version with the same body is accepted again, anything else is a 409 |
 //! | `GET /internal/users/{id}/account` | the user's balance at the edge: credited, spent, reserved (allowances held by the user's keys), available |
 //! | `PUT`/`GET /internal/routing` | the routing config |
+//! | `GET /internal/counters` | the answering isolate's counters (requests, attempts, failovers, refusals, cache verdicts, stream endings) with its id and start time (`edgeway_core::pipeline::counters`) |
 //! | `GET /internal/health` | the circuits the isolate that answers has opened, or that have recent failures (channel, upstream model, state, last failure) |
 //! | `GET /internal/usage/stats?key_digest=&limit=` | D1 usage totals and rows (newest first), dead-letter counts |
 //! | `POST /internal/usage/requeue` | `{"events":[…]}` onto the usage queue again (every store is idempotent on request id) |
@@ -337,6 +338,11 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response, GatewayErro
                 200,
                 &json!({ "circuits": circuits, "channels": channels, "isolate_circuits": isolate_circuits }),
             )
+        }
+        (Method::Get, "/internal/counters") => {
+            // This isolate's counts only: each isolate keeps its own.
+            let snapshot = isolate::with(|s| s.counters.snapshot(now_ms()));
+            http_io::json_response(200, &serde_json::to_value(snapshot).map_err(|_| GatewayError::Internal)?)
         }
         (Method::Get, "/internal/routing") => {
             let table = isolate::routing_table(env).await?;

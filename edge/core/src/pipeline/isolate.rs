@@ -1,7 +1,7 @@
 //! What one isolate remembers between requests: key records and the routing
 //! table (short-lived copies of KV), its key accounts' word on keys without
-//! limits, channel secrets, and the usage events waiting to be sent to the
-//! queue in one batch. KV (and the key's account) stay the source; this only
+//! limits, channel secrets, the usage events waiting to be sent to the
+//! queue in one batch, and the counters of what its requests came to. KV (and the key's account) stay the source; this only
 //! spares a read per request. Time is passed in.
 
 use super::account_slice::IsolateSlices;
@@ -77,6 +77,8 @@ pub struct IsolateState {
     rotation: HashMap<String, usize>,
     /// Requests waiting for a concurrency slot of their key.
     pub waiters: super::wait_queue::WaitQueue,
+    /// What this isolate's requests came to ([`super::counters`]).
+    pub counters: super::counters::EdgeCounters,
     keys: HashMap<String, (Rc<KeyRecord>, i64)>,
     account_checks: HashMap<String, (bool, i64)>,
     routing: Option<(Rc<RoutingTable>, i64)>,

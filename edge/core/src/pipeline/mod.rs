@@ -8,11 +8,13 @@
 //! | admit | [`admission`] | whether the key's account must admit the request, what is reserved against the quota and counted against TPM |
 //! | forward | [`route`] | how each attempt reaches its upstream ([`route::Plan`]) and whether a failed attempt fails over ([`route::AttemptVerdict`]) |
 //! | meter | [`metering`] | the usage event of a request from how it ended; the response id the client sees |
+//! | count | [`counters`] | the isolate's counts of those decisions (requests, attempts, failovers, refusals, cache verdicts, stream endings) |
 //!
 //! Time, randomness and request ids are arguments, never read here.
 
 pub mod account_slice;
 pub mod admission;
+pub mod counters;
 pub mod generation;
 pub mod inbound;
 pub mod isolate;

@@ -227,6 +227,7 @@ impl Generation {
             return self.wait_for_slot(isolate, now);
         }
         self.stop_waiting(isolate);
+        isolate.counters.refusal(reason);
         Err(reason.into_error(retry))
     }
 
@@ -237,6 +238,7 @@ impl Generation {
         let since = self.waiting_since.unwrap_or(now);
         if now - since >= i64::try_from(max_wait).unwrap_or(0) {
             self.stop_waiting(isolate);
+            isolate.counters.refusal(Refusal::Concurrency);
             return Err(Refusal::Concurrency.into_error(None));
         }
         self.phase = Phase::AwaitSlicePoll;

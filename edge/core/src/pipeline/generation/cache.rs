@@ -8,6 +8,7 @@
 //! before a stream's end is sent (so the client's next request finds it).
 
 use super::*;
+use crate::pipeline::counters::CacheVerdict;
 use crate::pipeline::metering::Ending;
 use crate::response_cache::{cache_url, cacheable, CacheKey, CachedAnswer, MAX_CACHED_BYTES};
 use crate::usage::{RequestOutcome, UsageSource};
@@ -54,7 +55,7 @@ impl Generation {
     }
 
     /// The cache lookup this request needs, if any (once).
-    pub(super) fn cache_lookup(&mut self) -> Option<Effect> {
+    pub(super) fn cache_lookup(&mut self, isolate: &mut IsolateState) -> Option<Effect> {
         if self.cache.looked_up {
             return None;
         }
@@ -67,6 +68,7 @@ impl Generation {
             && !self.storing_response();
         if !deterministic {
             self.cache.verdict = Some("bypass");
+            isolate.counters.cache(CacheVerdict::Bypass);
             return None;
         }
         if option.ttl() == 0 {
@@ -106,6 +108,7 @@ impl Generation {
             Some(answer) => self.serve_hit(isolate, answer, now),
             None => {
                 self.cache.verdict = Some("miss");
+                isolate.counters.cache(CacheVerdict::Miss);
                 self.cache.capture = Some(Vec::new());
                 self.attempt(isolate, now)
             }
@@ -140,9 +143,11 @@ impl Generation {
         }
         self.event = Some(event);
         self.cache.verdict = Some("hit");
+        isolate.counters.cache(CacheVerdict::Hit);
         self.content_sent = true;
         if answer.stream {
             self.ttft_ms = latency;
+            self.count_stream_end(isolate, crate::pipeline::counters::StreamEnding::Completed);
             self.final_bytes = answer.body.into_bytes();
             return self.stream_end_tail(isolate, now);
         }

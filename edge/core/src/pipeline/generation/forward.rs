@@ -11,6 +11,7 @@ use crate::openai_relay::{
     replace_model_name, response_content_bytes as relay_content_bytes, response_usage, ChatStreamTap,
 };
 use crate::pin::{SERVED_CHANNEL_HEADER, SERVED_MODEL_HEADER};
+use crate::pipeline::counters::StreamEnding;
 use crate::pipeline::isolate::IsolateState;
 use crate::pipeline::metering::{
     client_response_id, relay_body_with_usage, response_content_bytes, Ending, Served, USAGE_HEADER,
@@ -98,6 +99,7 @@ impl Generation {
     /// circuit is open, those, in order.
     fn pick_target(&mut self, isolate: &mut IsolateState, now: i64) -> Option<Target> {
         let target = self.pick_in_order(isolate, now)?;
+        self.count_failover(isolate);
         if target.model != self.route_model {
             // The next model of the chain: its own attempts, its own price.
             self.route_model = target.model.clone();
@@ -162,6 +164,19 @@ impl Generation {
             return Some(target);
         }
         None
+    }
+
+    /// Another attempt follows a failed one: a failover from the channel
+    /// that failed, counted once per failed attempt (a candidate picked and
+    /// then skipped for another's probe does not count it again).
+    fn count_failover(&mut self, isolate: &mut IsolateState) {
+        if self.attempts.len() <= self.failovers_counted {
+            return;
+        }
+        self.failovers_counted = self.attempts.len();
+        if let Some(failed) = self.attempts.last().filter(|a| a.failure.is_some()) {
+            isolate.counters.failover(&failed.channel);
+        }
     }
 
     /// The credential the attempt at `target` uses: the channel's next one
@@ -251,6 +266,7 @@ impl Generation {
         if !self.responded {
             return Err(error);
         }
+        self.count_stream_end(isolate, StreamEnding::Failed);
         self.event = self.usage_event(Ending::failed(error.status()), now);
         self.final_bytes = StreamShaper::error_bytes(self.start.client, &error);
         if self.ticket.is_some() {
@@ -328,7 +344,7 @@ impl Generation {
     /// Starts (or continues, after a secret was read) the attempt at the
     /// next candidate.
     pub(super) fn attempt(&mut self, isolate: &mut IsolateState, now: i64) -> Result<Effect, GatewayError> {
-        if let Some(lookup) = self.cache_lookup() {
+        if let Some(lookup) = self.cache_lookup(isolate) {
             return Ok(lookup);
         }
         let target = match &self.current {
@@ -490,7 +506,7 @@ impl Generation {
         }
         match self.served_upstream(isolate, now) {
             Ok(effect) => effect,
-            Err(error) => self.fail(error, now),
+            Err(error) => self.fail(isolate, error, now),
         }
     }
 

@@ -327,6 +327,12 @@ pub struct Generation {
     fallback_events: VecDeque<UsageEvent>,
     /// The client has its response (head sent).
     responded: bool,
+    /// The request is in the isolate's counters (once, at its answer).
+    counted: bool,
+    /// Attempts already counted as failed over from (see `count_failover`).
+    failovers_counted: usize,
+    /// How the stream ended is in the isolate's counters.
+    stream_counted: bool,
     /// Conversation state: the vault's lookups and writes.
     state: state::StateCalls,
     /// The response cache's lookup and store.
@@ -389,6 +395,9 @@ impl Generation {
             publishing: Vec::new(),
             fallback_events: VecDeque::new(),
             responded: false,
+            counted: false,
+            failovers_counted: 0,
+            stream_counted: false,
             state: state::StateCalls::default(),
             cache: cache::CacheCalls::default(),
             logs: Vec::new(),
@@ -434,9 +443,11 @@ impl Generation {
         self.cache_see_input(&input);
         let effect = match self.step(isolate, input, now_ms) {
             Ok(effect) => effect,
-            Err(error) => self.fail(error, now_ms),
+            Err(error) => self.fail(isolate, error, now_ms),
         };
+        self.count_answer(isolate, &effect);
         for r in self.health.drain(..) {
+            isolate.counters.attempt(&r.channel, r.failure.as_ref());
             let shared = isolate.breakers.record_outcome(
                 &r.channel,
                 &r.model,
@@ -644,6 +655,19 @@ impl Generation {
                 let message = format!("generation: unexpected input {input:?} in phase {phase:?}");
                 Err(self.internal(message))
             }
+        }
+    }
+
+    /// Counts the request once, with the status its client was answered
+    /// (or none: it finished unanswered, its client gone while it waited).
+    fn count_answer(&mut self, isolate: &mut IsolateState, effect: &Effect) {
+        let status = match effect {
+            Effect::Respond(head, _) => Some(head.status),
+            Effect::Finished => None,
+            _ => return,
+        };
+        if !std::mem::replace(&mut self.counted, true) {
+            isolate.counters.request(self.start.family, self.start.client, status);
         }
     }
 

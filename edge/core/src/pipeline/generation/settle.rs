@@ -4,6 +4,7 @@ use crate::key_account::{KeyLimits, SliceGrant};
 use crate::pipeline::account_slice::{
     ReportAction, ReportStep, RENEWAL_POLL_MS, REPORT_WINDOW_MS, SLICE_IDLE_RELEASE_MS,
 };
+use crate::pipeline::counters::StreamEnding;
 use crate::pipeline::isolate::{BatchStep, IsolateState, USAGE_BATCH_WINDOW_MS};
 use crate::pipeline::metering::Ending;
 use crate::usage::UsageEvent;
@@ -171,7 +172,7 @@ impl Generation {
     /// Ends the request with `error`: before the response, the client gets it
     /// in its dialect (and an admitted or metered request is settled as
     /// failed, billed nothing); after it, the stream is closed.
-    pub(super) fn fail(&mut self, error: GatewayError, now: i64) -> Effect {
+    pub(super) fn fail(&mut self, isolate: &mut IsolateState, error: GatewayError, now: i64) -> Effect {
         // Metered from the first attempt on (or once admitted): a request
         // refused before that (key, body, route, admission) leaves no row.
         if self.event.is_none() && (self.ticket.is_some() || self.tried > 0) {
@@ -181,6 +182,7 @@ impl Generation {
             let id = self.start.request_id.clone();
             self.log(true, format!("{id}: ended after the response began: {error}"));
             if self.shaper.is_some() && self.phase != Phase::AwaitClose && self.phase != Phase::Finished {
+                self.count_stream_end(isolate, StreamEnding::Failed);
                 self.after_settle = AfterSettle::Finish;
                 self.phase = Phase::AwaitClose;
                 return Effect::CloseStream;

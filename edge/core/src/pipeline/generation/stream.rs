@@ -8,6 +8,7 @@ use crate::channel_health::{Failure, TimeoutPhase};
 use crate::error::GatewayError;
 use crate::limits::MAX_DRAIN_AFTER_DISCONNECT_MS;
 use crate::pipeline::account_slice::SLICE_IDLE_RELEASE_MS;
+use crate::pipeline::counters::StreamEnding;
 use crate::pipeline::isolate::IsolateState;
 use crate::pipeline::metering::Ending;
 use crate::usage::RequestOutcome;
@@ -271,12 +272,12 @@ impl Generation {
         let shaper = self.shaper.as_mut().ok_or(GatewayError::Internal)?;
         let tail = shaper.finish();
         self.final_bytes.extend(tail);
-        let outcome = if self.disconnected_at.is_some() {
-            RequestOutcome::ClientAborted
+        let (outcome, stream_ending) = if self.disconnected_at.is_some() {
+            (RequestOutcome::ClientAborted, StreamEnding::ClientAborted)
         } else if shaper.completed() {
-            RequestOutcome::Completed
+            (RequestOutcome::Completed, StreamEnding::Completed)
         } else {
-            RequestOutcome::Failed
+            (RequestOutcome::Failed, StreamEnding::Failed)
         };
         let reported = if self.drain_expired && !shaper.completed() { None } else { shaper.usage() };
         let ending = Ending {
@@ -287,6 +288,7 @@ impl Generation {
             content_bytes: shaper.content_bytes(),
             ttft_ms: self.ttft_ms,
         };
+        self.count_stream_end(isolate, stream_ending);
         self.event = self.usage_event(ending, now);
         self.cache_note_event();
         if let Some(keep) = self.keep_stream_state(now) {
@@ -309,6 +311,13 @@ impl Generation {
             return Ok(self.settle_or_finish(isolate, AfterSettle::EmitFinal, now));
         }
         Ok(self.emit_final())
+    }
+
+    /// Counts how the client's stream ended (once).
+    pub(super) fn count_stream_end(&mut self, isolate: &mut IsolateState, ending: StreamEnding) {
+        if !std::mem::replace(&mut self.stream_counted, true) {
+            isolate.counters.stream_ended(ending);
+        }
     }
 
     pub(super) fn emit_final(&mut self) -> Effect {
