@@ -82,6 +82,7 @@
 //! * **Reasoning effort** ↔ budgets: see [`reasoning`].
 
 pub mod canonical;
+mod client_body;
 pub(crate) mod json_fields;
 pub mod media;
 mod normalize;

@@ -1,12 +1,16 @@
 //! Client side, inbound: a client's `/v1/messages` (or `count_tokens`) body
-//! read into the hub. Every field is type-checked where it is read, so a 400
-//! names the parameter exactly (`messages[1].content[0].source.media_type`).
+//! read into the hub. The body is read as the private typed shapes below
+//! ([`client_body::read`]), so a 400 names the parameter exactly
+//! (`messages[1].content[0].source.media_type`); what serde cannot say
+//! (which block types and sources translate, media types) is checked after.
 
 use super::super::canonical::*;
-use super::super::json_fields::*;
+use super::super::client_body::{self, need, TextOrList};
+use super::super::json_fields::{check_fields, invalid, parse_object};
 use super::super::media::{check_public_url, image_media_type, normalize_base64, IMAGE_MEDIA_TYPES};
 use crate::error::GatewayError;
-use serde_json::{json, Map, Value};
+use serde::Deserialize;
+use serde_json::{json, Number, Value};
 
 const SUPPORTED_FIELDS: &[&str] = &[
     "model",
@@ -26,117 +30,199 @@ const SUPPORTED_FIELDS: &[&str] = &[
 ];
 const UNSUPPORTED_FIELDS: &[&str] = &["container", "mcp_servers", "context_management"];
 
+/// A `/v1/messages` body.
+#[derive(Deserialize)]
+struct MessagesBody<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    max_tokens: Option<u64>,
+    stream: Option<bool>,
+    temperature: Option<Number>,
+    top_p: Option<Number>,
+    top_k: Option<u64>,
+    stop_sequences: Option<Vec<&'a str>>,
+    metadata: Option<Metadata<'a>>,
+    thinking: Option<Thinking>,
+    system: Option<TextOrList<'a, Block<'a>>>,
+    tools: Option<Vec<Tool<'a>>>,
+    tool_choice: Option<WireToolChoice<'a>>,
+}
+
+/// Anthropic refuses any other metadata field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata<'a> {
+    user_id: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Thinking {
+    #[serde(rename = "type")]
+    kind: ThinkingKind,
+    budget_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ThinkingKind {
+    Enabled,
+    Disabled,
+    Adaptive,
+}
+
+#[derive(Deserialize)]
+struct Tool<'a> {
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    name: Option<&'a str>,
+    description: Option<&'a str>,
+    input_schema: Option<Value>,
+    cache_control: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireToolChoice<'a> {
+    #[serde(rename = "type")]
+    kind: ChoiceKind,
+    name: Option<&'a str>,
+    disable_parallel_tool_use: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ChoiceKind {
+    Auto,
+    Any,
+    None,
+    Tool,
+}
+
+#[derive(Deserialize)]
+struct WireMessage<'a> {
+    role: WireRole,
+    #[serde(borrow)]
+    content: TextOrList<'a, Block<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WireRole {
+    User,
+    Assistant,
+}
+
+/// A content block (or a system block) of any type: `type` says which of
+/// the other fields it needs.
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    text: Option<&'a str>,
+    /// `image`, `document`.
+    source: Option<Source<'a>>,
+    /// `document`.
+    title: Option<&'a str>,
+    /// `tool_use`.
+    id: Option<&'a str>,
+    name: Option<&'a str>,
+    input: Option<Value>,
+    /// `tool_result`.
+    tool_use_id: Option<&'a str>,
+    content: Option<TextOrList<'a, Block<'a>>>,
+    is_error: Option<bool>,
+    /// `thinking`.
+    thinking: Option<&'a str>,
+    signature: Option<&'a str>,
+    /// `redacted_thinking`.
+    data: Option<&'a str>,
+    cache_control: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Source<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    media_type: Option<&'a str>,
+    data: Option<&'a str>,
+    url: Option<&'a str>,
+}
+
 /// Parses a `/v1/messages` body (or `/v1/messages/count_tokens` when
 /// `count_tokens`, where `max_tokens` is not required).
 pub(crate) fn parse_request(body: &[u8], count_tokens: bool) -> Result<CanonicalRequest, GatewayError> {
-    let obj = parse_object(body)?;
-    check_fields(&obj, SUPPORTED_FIELDS, UNSUPPORTED_FIELDS, "")?;
-    let mut req = CanonicalRequest { model: req_str(&obj, "model", "")?.to_string(), ..Default::default() };
-    req.stream = opt_bool(&obj, "stream", "")?.unwrap_or(false);
-    req.max_output_tokens = opt_u64(&obj, "max_tokens", "")?;
-    if req.max_output_tokens.is_none() && !count_tokens {
-        return Err(invalid("Missing required parameter: `max_tokens`.", "max_tokens"));
+    let value = Value::Object(parse_object(body)?);
+    if let Value::Object(obj) = &value {
+        check_fields(obj, SUPPORTED_FIELDS, UNSUPPORTED_FIELDS, "")?;
     }
-    req.temperature = opt_number(&obj, "temperature", "")?;
-    req.top_p = opt_number(&obj, "top_p", "")?;
-    req.top_k = opt_u64(&obj, "top_k", "")?;
-    if let Some(stops) = opt_array(&obj, "stop_sequences", "")? {
-        req.stop_sequences = stops
-            .iter()
-            .map(|s| {
-                s.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| invalid("`stop_sequences` must be strings.", "stop_sequences"))
-            })
-            .collect::<Result<_, _>>()?;
+    let body: MessagesBody = client_body::read(&value, "")?;
+    if body.max_tokens.is_none() && !count_tokens {
+        return Err(client_body::missing("max_tokens"));
     }
-    if let Some(metadata) = opt_object(&obj, "metadata", "")? {
-        check_fields(metadata, &["user_id"], &[], "metadata")?;
-        req.user = opt_str(metadata, "user_id", "metadata")?.map(str::to_string);
-    }
-    if let Some(thinking) = opt_object(&obj, "thinking", "")? {
-        req.reasoning = Some(match req_str(thinking, "type", "thinking")? {
-            "enabled" => {
-                Reasoning::Budget(opt_u64(thinking, "budget_tokens", "thinking")?.ok_or_else(|| {
-                    invalid("Missing required parameter: `thinking.budget_tokens`.", "thinking.budget_tokens")
-                })?)
+    let mut req = CanonicalRequest {
+        model: body.model.to_string(),
+        stream: body.stream.unwrap_or(false),
+        max_output_tokens: body.max_tokens,
+        temperature: body.temperature,
+        top_p: body.top_p,
+        top_k: body.top_k,
+        stop_sequences: body.stop_sequences.into_iter().flatten().map(str::to_string).collect(),
+        user: body.metadata.and_then(|m| m.user_id).map(str::to_string),
+        ..Default::default()
+    };
+    if let Some(thinking) = body.thinking {
+        req.reasoning = Some(match thinking.kind {
+            ThinkingKind::Enabled => {
+                Reasoning::Budget(need(thinking.budget_tokens, "thinking", "budget_tokens")?)
             }
-            "disabled" => Reasoning::Disabled,
-            "adaptive" => Reasoning::Effort(ReasoningEffort::Medium),
-            other => {
-                return Err(invalid(format!("`thinking.type` `{other}` is not valid."), "thinking.type"))
-            }
+            ThinkingKind::Disabled => Reasoning::Disabled,
+            ThinkingKind::Adaptive => Reasoning::Effort(ReasoningEffort::Medium),
         });
     }
-    match obj.get("system") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s.is_empty() => {}
-        Some(Value::String(s)) => req.system.push(SystemBlock { text: s.clone(), cache_control: None }),
-        Some(Value::Array(blocks)) => {
-            for (i, block) in blocks.iter().enumerate() {
+    match body.system {
+        None => {}
+        Some(TextOrList::Text("")) => {}
+        Some(TextOrList::Text(text)) => {
+            req.system.push(SystemBlock { text: text.to_string(), cache_control: None })
+        }
+        Some(TextOrList::List(blocks)) => {
+            for (i, block) in blocks.into_iter().enumerate() {
                 let path = format!("system[{i}]");
-                let b = as_object(block, &path)?;
-                if req_str(b, "type", &path)? != "text" {
+                if block.kind != "text" {
                     return Err(invalid("System blocks must be `text` blocks.", &format!("{path}.type")));
                 }
-                req.system.push(SystemBlock {
-                    text: req_str(b, "text", &path)?.to_string(),
-                    cache_control: b.get("cache_control").filter(|v| !v.is_null()).cloned(),
-                });
+                let text = need(block.text, &path, "text")?.to_string();
+                req.system.push(SystemBlock { text, cache_control: block.cache_control });
             }
         }
-        Some(_) => return Err(invalid("`system` must be a string or an array of text blocks.", "system")),
     }
-    if let Some(tools) = opt_array(&obj, "tools", "")? {
-        req.tools = tools.iter().enumerate().map(|(i, t)| parse_tool(t, i)).collect::<Result<_, _>>()?;
+    for (i, tool) in body.tools.into_iter().flatten().enumerate() {
+        req.tools.push(parse_tool(tool, i)?);
     }
-    if let Some(choice) = opt_object(&obj, "tool_choice", "")? {
-        req.tool_choice = Some(match req_str(choice, "type", "tool_choice")? {
-            "auto" => ToolChoice::Auto,
-            "any" => ToolChoice::Required,
-            "none" => ToolChoice::None,
-            "tool" => ToolChoice::Tool(req_str(choice, "name", "tool_choice")?.to_string()),
-            other => {
-                return Err(invalid(
-                    format!("`tool_choice.type` `{other}` is not valid."),
-                    "tool_choice.type",
-                ))
-            }
+    if let Some(choice) = body.tool_choice {
+        req.tool_choice = Some(match choice.kind {
+            ChoiceKind::Auto => ToolChoice::Auto,
+            ChoiceKind::Any => ToolChoice::Required,
+            ChoiceKind::None => ToolChoice::None,
+            ChoiceKind::Tool => ToolChoice::Tool(need(choice.name, "tool_choice", "name")?.to_string()),
         });
-        if opt_bool(choice, "disable_parallel_tool_use", "tool_choice")? == Some(true) {
+        if choice.disable_parallel_tool_use == Some(true) {
             req.parallel_tool_calls = Some(false);
         }
     }
-    let messages = opt_array(&obj, "messages", "")?
-        .ok_or_else(|| invalid("Missing required parameter: `messages`.", "messages"))?;
-    for (i, message) in messages.iter().enumerate() {
-        let path = format!("messages[{i}]");
-        let m = as_object(message, &path)?;
-        let role = match req_str(m, "role", &path)? {
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            other => {
-                return Err(invalid(
-                    format!("`{path}.role` must be `user` or `assistant`, not `{other}`."),
-                    &format!("{path}.role"),
-                ))
-            }
+    for (i, message) in body.messages.into_iter().enumerate() {
+        let path = format!("messages[{i}].content");
+        let role = match message.role {
+            WireRole::User => Role::User,
+            WireRole::Assistant => Role::Assistant,
         };
-        let content = match m.get("content") {
-            Some(Value::String(s)) => vec![ContentPart::text(s.clone())],
-            Some(Value::Array(blocks)) => blocks
-                .iter()
-                .enumerate()
-                .map(|(j, b)| parse_block(b, &format!("{path}.content[{j}]")))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .flatten()
-                .collect(),
-            _ => {
-                return Err(invalid(
-                    format!("`{path}.content` must be a string or an array."),
-                    &format!("{path}.content"),
-                ))
+        let content = match message.content {
+            TextOrList::Text(text) => vec![ContentPart::text(text)],
+            TextOrList::List(blocks) => {
+                let mut content = Vec::with_capacity(blocks.len());
+                for (j, block) in blocks.into_iter().enumerate() {
+                    content.push(parse_block(block, &format!("{path}[{j}]"))?);
+                }
+                content
             }
         };
         match req.messages.last_mut() {
@@ -147,46 +233,42 @@ pub(crate) fn parse_request(body: &[u8], count_tokens: bool) -> Result<Canonical
     Ok(req)
 }
 
-fn parse_tool(tool: &Value, i: usize) -> Result<ToolDefinition, GatewayError> {
+fn parse_tool(tool: Tool, i: usize) -> Result<ToolDefinition, GatewayError> {
     let path = format!("tools[{i}]");
-    let obj = as_object(tool, &path)?;
-    if let Some(kind) = opt_str(obj, "type", &path)?.filter(|k| *k != "custom") {
+    if let Some(kind) = tool.kind.filter(|k| *k != "custom") {
         return Err(invalid(
             format!("Server tool `{kind}` is not supported through edgeway's translation layer; only custom (function) tools are."),
             &format!("{path}.type"),
         ));
     }
     Ok(ToolDefinition {
-        name: req_str(obj, "name", &path)?.to_string(),
-        description: opt_str(obj, "description", &path)?.map(str::to_string),
-        parameters: obj.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
+        name: need(tool.name, &path, "name")?.to_string(),
+        description: tool.description.map(str::to_string),
+        parameters: tool.input_schema.unwrap_or_else(|| json!({"type": "object"})),
         strict: None,
-        cache_control: obj.get("cache_control").filter(|v| !v.is_null()).cloned(),
+        cache_control: tool.cache_control,
     })
 }
 
-fn parse_source(
-    source: &Map<String, Value>,
-    path: &str,
-    image: bool,
-) -> Result<Option<MediaSource>, GatewayError> {
-    match req_str(source, "type", path)? {
+/// An `image` or `document` source; `None` for a plain-text document.
+fn parse_source(source: Source, path: &str, image: bool) -> Result<Option<MediaSource>, GatewayError> {
+    match source.kind {
         "base64" => {
-            let media_type = req_str(source, "media_type", path)?.to_string();
-            if image && !IMAGE_MEDIA_TYPES.contains(&media_type.as_str()) {
+            let media_type = need(source.media_type, path, "media_type")?;
+            if image && !IMAGE_MEDIA_TYPES.contains(&media_type) {
                 return Err(invalid(
                     format!("Image media type `{media_type}` is not supported."),
                     &format!("{path}.media_type"),
                 ));
             }
             let data =
-                normalize_base64(req_str(source, "data", path)?, &format!("{path}.data"))?.into_owned();
-            let media_type = if image { image_media_type(&media_type, &data) } else { media_type };
+                normalize_base64(need(source.data, path, "data")?, &format!("{path}.data"))?.into_owned();
+            let media_type = if image { image_media_type(media_type, &data) } else { media_type.to_string() };
             Ok(Some(MediaSource::Base64 { media_type, data }))
         }
         "url" => {
-            let url = req_str(source, "url", path)?;
-            Ok(Some(MediaSource::Url { url: check_public_url(url, &format!("{path}.url"))? }))
+            let url = check_public_url(need(source.url, path, "url")?, &format!("{path}.url"))?;
+            Ok(Some(MediaSource::Url { url }))
         }
         "text" => Ok(None),
         other => {
@@ -195,84 +277,76 @@ fn parse_source(
     }
 }
 
-fn parse_block(block: &Value, path: &str) -> Result<Option<ContentPart>, GatewayError> {
-    let b = as_object(block, path)?;
-    let cache_control = b.get("cache_control").filter(|v| !v.is_null()).cloned();
-    Ok(Some(match req_str(b, "type", path)? {
-        "text" => ContentPart::Text { text: req_str(b, "text", path)?.to_string(), cache_control },
+fn parse_block(block: Block, path: &str) -> Result<ContentPart, GatewayError> {
+    let cache_control = block.cache_control;
+    Ok(match block.kind {
+        "text" => ContentPart::Text { text: need(block.text, path, "text")?.to_string(), cache_control },
         "image" => {
             let spath = format!("{path}.source");
-            let source = opt_object(b, "source", path)?
-                .ok_or_else(|| invalid(format!("`{spath}` is required."), &spath))?;
-            match parse_source(source, &spath, true)? {
+            match parse_source(need(block.source, path, "source")?, &spath, true)? {
                 Some(source) => ContentPart::Image { source, cache_control },
                 None => return Err(invalid("Images need a base64 or url source.", &spath)),
             }
         }
         "document" => {
             let spath = format!("{path}.source");
-            let source = opt_object(b, "source", path)?
-                .ok_or_else(|| invalid(format!("`{spath}` is required."), &spath))?;
+            let source = need(block.source, path, "source")?;
+            // Plain-text documents are text.
+            let text = source.data;
             match parse_source(source, &spath, false)? {
                 Some(media) => ContentPart::Document {
                     source: media,
-                    filename: opt_str(b, "title", path)?.map(str::to_string),
+                    filename: block.title.map(str::to_string),
                     cache_control,
                 },
-                // Plain-text documents are text.
-                None => {
-                    ContentPart::Text { text: req_str(source, "data", &spath)?.to_string(), cache_control }
-                }
+                None => ContentPart::Text { text: need(text, &spath, "data")?.to_string(), cache_control },
             }
         }
         "tool_use" => ContentPart::ToolCall {
-            id: req_str(b, "id", path)?.to_string(),
-            name: req_str(b, "name", path)?.to_string(),
-            arguments: b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+            id: need(block.id, path, "id")?.to_string(),
+            name: need(block.name, path, "name")?.to_string(),
+            arguments: block.input.map(|input| input.to_string()).unwrap_or_else(|| "{}".into()),
             signature: None,
         },
         "tool_result" => {
-            let content = match b.get("content") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::String(s)) => vec![ToolResultPart::Text(s.clone())],
-                Some(Value::Array(parts)) => parts
-                    .iter()
-                    .enumerate()
-                    .map(|(k, p)| match parse_block(p, &format!("{path}.content[{k}]")) {
-                        Ok(Some(ContentPart::Text { text, .. })) => Ok(ToolResultPart::Text(text)),
-                        Ok(Some(ContentPart::Image { source, .. })) => Ok(ToolResultPart::Image(source)),
-                        Ok(_) => Err(invalid(
-                            "Tool results may contain only text and images.",
-                            &format!("{path}.content[{k}]"),
-                        )),
-                        Err(e) => Err(e),
-                    })
-                    .collect::<Result<_, _>>()?,
-                Some(_) => {
-                    return Err(invalid(
-                        format!("`{path}.content` must be a string or an array."),
-                        &format!("{path}.content"),
-                    ))
+            let content = match block.content {
+                None => Vec::new(),
+                Some(TextOrList::Text(text)) => vec![ToolResultPart::Text(text.to_string())],
+                Some(TextOrList::List(parts)) => {
+                    let mut content = Vec::with_capacity(parts.len());
+                    for (k, part) in parts.into_iter().enumerate() {
+                        let ppath = format!("{path}.content[{k}]");
+                        content.push(match parse_block(part, &ppath)? {
+                            ContentPart::Text { text, .. } => ToolResultPart::Text(text),
+                            ContentPart::Image { source, .. } => ToolResultPart::Image(source),
+                            _ => {
+                                return Err(invalid("Tool results may contain only text and images.", &ppath))
+                            }
+                        });
+                    }
+                    content
                 }
             };
             ContentPart::ToolResult {
-                tool_call_id: req_str(b, "tool_use_id", path)?.to_string(),
+                tool_call_id: need(block.tool_use_id, path, "tool_use_id")?.to_string(),
                 name: None,
                 content,
-                is_error: opt_bool(b, "is_error", path)?.unwrap_or(false),
+                is_error: block.is_error.unwrap_or(false),
                 cache_control,
             }
         }
         "thinking" => ContentPart::Thinking {
-            text: opt_str(b, "thinking", path)?.unwrap_or("").to_string(),
-            signature: opt_str(b, "signature", path)?.filter(|s| !s.is_empty()).map(str::to_string),
+            text: block.thinking.unwrap_or("").to_string(),
+            signature: block.signature.filter(|s| !s.is_empty()).map(str::to_string),
         },
-        "redacted_thinking" => ContentPart::RedactedThinking { data: req_str(b, "data", path)?.to_string() },
+        "redacted_thinking" => {
+            ContentPart::RedactedThinking { data: need(block.data, path, "data")?.to_string() }
+        }
         other => {
             return Err(invalid(
                 format!("Content block type `{other}` cannot be translated."),
                 &format!("{path}.type"),
             ))
         }
-    }))
+    })
 }

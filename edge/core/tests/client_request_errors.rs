@@ -1,0 +1,123 @@
+//! Malformed client request bodies, per client dialect: each is a 400 whose
+//! `param` names the offending field path and whose message says what was
+//! expected (the typed request parsers, `translate/*/request.rs`).
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use edgeway_core::error::GatewayError;
+use edgeway_core::translate::{parse_client_request, ClientDialect};
+use serde_json::{json, Value};
+
+/// The 400's `(param, message)` for `body` sent by a `dialect` client.
+fn refusal(dialect: ClientDialect, body: &Value) -> (String, String) {
+    let bytes = serde_json::to_vec(body).expect("json");
+    match parse_client_request(dialect, &bytes, Some("m"), false) {
+        Err(error @ GatewayError::InvalidRequest { .. }) => {
+            assert_eq!(error.status(), 400);
+            let GatewayError::InvalidRequest { param, message } = error else { unreachable!() };
+            (param.unwrap_or_default(), message)
+        }
+        other => panic!("{body}: expected a 400, got {other:?}"),
+    }
+}
+
+fn check(dialect: ClientDialect, cases: &[(Value, &str, &str)]) {
+    for (body, param, message) in cases {
+        assert_eq!(refusal(dialect, body), (param.to_string(), message.to_string()), "{body}");
+    }
+}
+
+#[test]
+fn anthropic_refusals_name_the_field() {
+    let user = |content: Value| json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": content}]});
+    let image =
+        |source: Value| user(json!([{"type": "text", "text": "see"}, {"type": "image", "source": source}]));
+    check(
+        ClientDialect::Anthropic,
+        &[
+            (
+                image(json!({"type": "base64", "media_type": "image/bmp", "data": "AAAA"})),
+                "messages[0].content[1].source.media_type",
+                "Image media type `image/bmp` is not supported.",
+            ),
+            (
+                image(json!({"type": "base64", "media_type": "image/png"})),
+                "messages[0].content[1].source.data",
+                "Missing required parameter: `messages[0].content[1].source.data`.",
+            ),
+            (
+                image(json!({"type": "base64", "media_type": 5, "data": "AAAA"})),
+                "messages[0].content[1].source.media_type",
+                "`messages[0].content[1].source.media_type` must be a string.",
+            ),
+            (
+                image(json!({"type": "file", "file_id": "f"})),
+                "messages[0].content[1].source.type",
+                "Source type `file` cannot be translated.",
+            ),
+            (
+                user(json!([{"type": "tool_result", "content": "42"}])),
+                "messages[0].content[0].tool_use_id",
+                "Missing required parameter: `messages[0].content[0].tool_use_id`.",
+            ),
+            (
+                user(json!([{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "thinking"}]}])),
+                "messages[0].content[0].content[0]",
+                "Tool results may contain only text and images.",
+            ),
+            (user(json!(7)), "messages[0].content", "`messages[0].content` must be a string or an array."),
+            (
+                json!({"model": "m", "max_tokens": 8, "messages": [{"role": "system", "content": "x"}]}),
+                "messages[0].role",
+                "`messages[0].role` must be `user` or `assistant`, not `system`.",
+            ),
+            (
+                json!({"model": "m", "max_tokens": "8", "messages": []}),
+                "max_tokens",
+                "`max_tokens` must be a non-negative integer.",
+            ),
+            (json!({"model": "m", "messages": []}), "max_tokens", "Missing required parameter: `max_tokens`."),
+            (json!({"model": "m", "max_tokens": 8}), "messages", "Missing required parameter: `messages`."),
+            (
+                json!({"model": "m", "max_tokens": 8, "messages": [], "stop_sequences": ["a", 1]}),
+                "stop_sequences[1]",
+                "`stop_sequences[1]` must be a string.",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 8, "messages": [], "metadata": {"user_id": "u", "tier": 1}}),
+                "metadata.tier",
+                "Unrecognized request argument supplied: `metadata.tier`.",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 8, "messages": [], "thinking": {"type": "enabled"}}),
+                "thinking.budget_tokens",
+                "Missing required parameter: `thinking.budget_tokens`.",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 8, "messages": [], "thinking": {"type": "on"}}),
+                "thinking.type",
+                "`thinking.type` must be one of `enabled`, `disabled`, `adaptive`, not `on`.",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 8, "messages": [], "tool_choice": {"type": "tool"}}),
+                "tool_choice.name",
+                "Missing required parameter: `tool_choice.name`.",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 8, "messages": [], "system": [{"type": "image"}]}),
+                "system[0].type",
+                "System blocks must be `text` blocks.",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 8, "messages": [], "tools": [{"description": "d"}]}),
+                "tools[0].name",
+                "Missing required parameter: `tools[0].name`.",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 8, "messages": [], "container": "c"}),
+                "container",
+                "`container` is not supported when edgeway translates this request to another provider's API.",
+            ),
+        ],
+    );
+}
