@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use edgeway_core::channel_health::breaker::{BreakerPolicy, MAX_OPEN_MS};
 use edgeway_core::pricing::ModelPrice;
-use edgeway_core::provider::{provider_by_id, ProviderDialect, PROVIDERS};
+use edgeway_core::provider::{provider_by_id, ProviderDialect, UrlStyle, PROVIDERS};
 use edgeway_core::routing::{
     Channel, KeyRotation, MockOptions, ModelOptions, ModelRoute, RoutingConfig, RoutingTable,
 };
@@ -108,6 +108,10 @@ pub struct CreateChannel {
     /// `round_robin` (default) or `random`.
     #[serde(default)]
     pub key_rotation: KeyRotation,
+    /// The API version a provider whose URLs carry one is called with
+    /// (Azure OpenAI's `api-version`; default: the provider's).
+    #[serde(default)]
+    pub api_version: Option<String>,
     #[serde(default)]
     pub models: Vec<ChannelModel>,
 }
@@ -147,6 +151,8 @@ pub struct UpdateChannel {
     pub breaker: Option<Option<BreakerPolicy>>,
     #[serde(default)]
     pub key_rotation: Option<KeyRotation>,
+    #[serde(default, deserialize_with = "present")]
+    pub api_version: Option<Option<String>>,
 }
 
 impl UpdateChannel {
@@ -165,6 +171,7 @@ impl UpdateChannel {
             media_hosts,
             breaker,
             key_rotation,
+            api_version,
         } = self;
         enabled.is_none()
             && base_url.is_none()
@@ -179,6 +186,7 @@ impl UpdateChannel {
             && media_hosts.is_none()
             && breaker.is_none()
             && key_rotation.is_none()
+            && api_version.is_none()
     }
 
     /// `current` with this change applied, as a body for
@@ -204,6 +212,7 @@ impl UpdateChannel {
             media_hosts: self.media_hosts.unwrap_or_else(|| current.media_hosts.clone()),
             breaker: self.breaker.unwrap_or(current.breaker),
             key_rotation: self.key_rotation.unwrap_or(current.key_rotation),
+            api_version: self.api_version.unwrap_or_else(|| current.api_version.clone()),
             models: Vec::new(),
         }
     }
@@ -327,6 +336,25 @@ fn validated_channel(body: CreateChannel) -> ApiResult<Channel> {
             )));
         }
     }
+    let api_version = match body.api_version.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(_) if !matches!(provider.url_style, UrlStyle::AzureDeployment { .. }) => {
+            return Err(ApiError::bad_request(format!(
+                "`api_version` applies only to providers whose URLs carry one (`azure`), not `{}`",
+                provider.id
+            )));
+        }
+        Some(v)
+            if v.len() <= 40 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+        {
+            Some(v.to_string())
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`api_version` must be a version such as `2024-10-21` (letters, digits, `-`, `.`)",
+            ))
+        }
+    };
     // One rotation, one shape: its first credential is `api_key`.
     let api_key = match api_key {
         None if !api_keys.is_empty() => Some(api_keys.remove(0)),
@@ -348,6 +376,7 @@ fn validated_channel(body: CreateChannel) -> ApiResult<Channel> {
         breaker: body.breaker,
         api_keys,
         key_rotation: body.key_rotation,
+        api_version,
     })
 }
 
@@ -416,6 +445,8 @@ pub struct ChannelView {
     pub media_hosts: Vec<String>,
     /// The channel's breaker policy (`None`: the default).
     pub breaker: Option<BreakerPolicy>,
+    /// The API version its calls name (`None`: the provider's default).
+    pub api_version: Option<String>,
     /// The models this channel serves and how.
     pub models: Vec<ChannelTargetView>,
 }
@@ -449,6 +480,7 @@ fn channel_views(config: &RoutingConfig) -> Vec<ChannelView> {
             groups: ch.groups.clone(),
             media_hosts: ch.media_hosts.clone(),
             breaker: ch.breaker,
+            api_version: ch.api_version.clone(),
             models: config
                 .models
                 .iter()
@@ -683,5 +715,26 @@ mod tests {
         assert_eq!(ch.base_url.as_deref(), Some("https://x.test/v1"));
         assert!(ch.enabled);
         assert_eq!(models[0].name, "m");
+    }
+
+    #[test]
+    fn an_api_version_only_for_providers_whose_urls_carry_one() {
+        let azure = r#"{"id":"az","provider":"azure","base_url":"https://res.openai.azure.com","api_key":"k","api_version":" 2025-04-01-preview ","models":[{"name":"m"}]}"#;
+        let (ch, _) = validated(body(azure)).unwrap();
+        assert_eq!(ch.api_version.as_deref(), Some("2025-04-01-preview"));
+        let err = validated(body(
+            r#"{"id":"a","provider":"openai","api_version":"2024-10-21","models":[{"name":"m"}]}"#,
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("applies only to providers"), "{err}");
+        let err = validated(body(
+            r#"{"id":"az","provider":"azure","base_url":"https://r.test","api_version":"v1&x=y","models":[{"name":"m"}]}"#,
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("must be a version"), "{err}");
+        let (ch, _) =
+            validated(body(r#"{"id":"az","provider":"azure","base_url":"https://r.test","api_version":"","models":[{"name":"m"}]}"#))
+                .unwrap();
+        assert_eq!(ch.api_version, None, "blank is the default");
     }
 }

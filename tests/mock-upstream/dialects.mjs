@@ -11,6 +11,10 @@
 // anything else plays a tool-using assistant: it calls tools (case
 // `tool_calls`) when tools are offered and the conversation does not end with
 // tool results, and answers with text (case `text_basic`) otherwise.
+//   POST /azure/openai/deployments/{deployment}/chat/completions?api-version=…
+//                                                         Azure OpenAI (OpenAI chat)
+//   POST /mistral/v1/chat/completions                     OpenAI chat with Mistral's
+//        strict schema: any other top-level field is a 422 `extra_forbidden`
 // GET /__requests returns every request received (body, path, credential
 // header names), POST /__reset clears them.
 import http from 'node:http';
@@ -33,6 +37,11 @@ function endsWithToolResults(dialect, body) {
   const last = body.contents?.at(-1);
   return (last?.parts ?? []).some((p) => p.functionResponse);
 }
+
+// The top-level fields Mistral's chat schema takes (its API reference).
+const MISTRAL_FIELDS = new Set(['model', 'messages', 'temperature', 'top_p', 'max_tokens', 'stream', 'stop',
+  'random_seed', 'response_format', 'tools', 'tool_choice', 'presence_penalty', 'frequency_penalty', 'n',
+  'prediction', 'parallel_tool_calls', 'prompt_mode', 'safe_prompt']);
 
 function hasTools(dialect, body) {
   if (dialect === 'gemini') return (body.tools ?? []).some((t) => (t.functionDeclarations ?? []).length > 0);
@@ -62,6 +71,15 @@ export function createDialectMock() {
     let m;
     if (url.pathname === '/openai/v1/chat/completions') {
       dialect = 'openai_chat'; model = body.model; stream = Boolean(body.stream);
+    } else if ((m = /^\/azure\/openai\/deployments\/([^/]+)\/chat\/completions$/.exec(url.pathname))) {
+      dialect = 'openai_chat'; model = decodeURIComponent(m[1]); stream = Boolean(body.stream);
+    } else if (url.pathname === '/mistral/v1/chat/completions') {
+      const extra = Object.keys(body).filter((k) => !MISTRAL_FIELDS.has(k));
+      if (extra.length) {
+        res.writeHead(422, { 'content-type': 'application/json' });
+        return res.end(JSON.stringify({ object: 'error', message: { detail: extra.map((k) => ({ type: 'extra_forbidden', loc: ['body', k], msg: 'Extra inputs are not permitted' })) }, type: 'invalid_request_error' }));
+      }
+      dialect = 'openai_chat'; model = body.model; stream = Boolean(body.stream);
     } else if (url.pathname === '/anthropic/v1/messages') {
       dialect = 'anthropic'; model = body.model; stream = Boolean(body.stream);
     } else if ((m = /^\/gemini\/v1beta\/models\/(.+):(generateContent|streamGenerateContent)$/.exec(url.pathname))) {
@@ -72,7 +90,7 @@ export function createDialectMock() {
     }
     requests.push({
       dialect, path: url.pathname + url.search, model, stream, body,
-      credentialHeaders: ['authorization', 'x-api-key', 'x-goog-api-key'].filter((h) => req.headers[h]),
+      credentialHeaders: ['authorization', 'x-api-key', 'x-goog-api-key', 'api-key'].filter((h) => req.headers[h]),
       anthropicVersion: req.headers['anthropic-version'] ?? null,
     });
     let caseName = String(model ?? '').startsWith('case:') ? String(model).slice(5) : null;

@@ -31,6 +31,8 @@ pub struct ChannelSettings {
     pub api_keys: Vec<String>,
     #[serde(default, skip_serializing_if = "KeyRotation::is_default")]
     pub key_rotation: KeyRotation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
 }
 
 impl ChannelSettings {
@@ -42,6 +44,7 @@ impl ChannelSettings {
             breaker: channel.breaker,
             api_keys: channel.api_keys.clone(),
             key_rotation: channel.key_rotation,
+            api_version: channel.api_version.clone(),
         }
     }
 }
@@ -104,6 +107,7 @@ pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingC
             breaker: settings.breaker,
             api_keys: settings.api_keys,
             key_rotation: settings.key_rotation,
+            api_version: settings.api_version,
         });
     }
     let model_rows = sqlx::query(

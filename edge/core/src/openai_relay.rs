@@ -75,6 +75,9 @@ struct ChoiceProbe<'a> {
     text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     finish_reason: Option<Cow<'a, str>>,
+    /// Moonshot's stream reports usage in its last chunk's choice.
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
 }
 
 #[derive(Deserialize)]
@@ -273,6 +276,7 @@ impl ChatStreamTap {
             self.ended = true;
             return;
         }
+        let top_level_usage = probe.usage.is_some();
         if let Some(usage) = probe.usage {
             self.summary.usage = Some(usage);
         }
@@ -283,6 +287,11 @@ impl ChatStreamTap {
             }
         }
         let choices = probe.choices.unwrap_or_default();
+        if !top_level_usage {
+            if let Some(usage) = choices.iter().find_map(|c| c.usage.clone()) {
+                self.summary.usage = Some(usage);
+            }
+        }
         for choice in &choices {
             if choice.finish_reason.is_some() {
                 self.summary.saw_finish = true;
@@ -462,6 +471,23 @@ mod tests {
         let out = data_lines(&run(&mut tap, &[STREAM.as_bytes()]));
         assert_eq!(out.len(), 5);
         assert!(out[3].contains("\"usage\":{\"prompt_tokens\":9"));
+    }
+
+    #[test]
+    fn usage_in_the_last_chunks_choice_is_read_as_moonshot_sends_it() {
+        let stream = concat!(
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\",",
+            "\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":1,\"total_tokens\":9}}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let mut tap = ChatStreamTap::new(true, vec![]);
+        let out = data_lines(&run(&mut tap, &[stream.as_bytes()]));
+        assert_eq!(
+            tap.summary().usage.as_ref().map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((8, 1))
+        );
+        assert_eq!(out.len(), 3, "no estimated usage chunk added: the upstream's was read");
     }
 
     #[test]

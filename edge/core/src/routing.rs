@@ -75,6 +75,10 @@ pub struct Channel {
     /// How a request's credential is chosen when there are several.
     #[serde(default, skip_serializing_if = "KeyRotation::is_default")]
     pub key_rotation: KeyRotation,
+    /// The API version every call names, for a provider whose URLs carry
+    /// one (Azure OpenAI's `api-version`); `None`: the row's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
 }
 
 /// How a channel's credentials take turns.
@@ -111,6 +115,13 @@ impl Channel {
     pub fn serves_group(&self, group: &str) -> bool {
         self.groups.is_empty() || self.groups.iter().any(|g| g == group)
     }
+}
+
+/// An API version as providers write them (`2024-10-21`, `2025-04-01-preview`).
+fn is_api_version(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 40
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
 }
 
 fn enabled_by_default() -> bool {
@@ -266,6 +277,14 @@ impl RoutingTable {
                     ch.id
                 )));
             }
+            if let Some(version) = &ch.api_version {
+                if !is_api_version(version) {
+                    return Err(InvalidRouting(format!(
+                        "channel `{}`: api_version `{version}` is not a version (letters, digits, `-`, `.`)",
+                        ch.id
+                    )));
+                }
+            }
             if channel_index.insert(ch.id.clone(), (i, provider)).is_some() {
                 return Err(InvalidRouting(format!("duplicate channel id `{}`", ch.id)));
             }
@@ -281,9 +300,16 @@ impl RoutingTable {
                 return Err(InvalidRouting(format!("model `{}` has no targets", model.name)));
             }
             for t in &model.targets {
-                if !channel_index.contains_key(&t.channel) {
+                let Some((_, provider)) = channel_index.get(&t.channel) else {
                     return Err(InvalidRouting(format!(
                         "model `{}`: unknown channel `{}`",
+                        model.name, t.channel
+                    )));
+                };
+                let upstream = t.upstream_model.as_deref().unwrap_or(&model.name);
+                if !provider.accepts_upstream_model(upstream) {
+                    return Err(InvalidRouting(format!(
+                        "model `{}`: `{upstream}` is not a deployment name of channel `{}` (letters, digits, `-`, `_`, `.`)",
                         model.name, t.channel
                     )));
                 }

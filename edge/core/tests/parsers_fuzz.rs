@@ -319,9 +319,16 @@ proptest! {
         if let Ok(mut inbound) = Inbound::read(ClientDialect::OpenAiChat, &bytes, None, false) {
             inbound.cap_output(100);
             let _ = inbound.for_translation();
-            let provider = edgeway_core::provider::provider_by_id("openai").unwrap();
-            if let Some(body) = inbound.passthrough_upstream_body("up", provider) {
-                prop_assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok());
+            // Every row's quirks (renamed and dropped parameters, output-limit field).
+            let providers = edgeway_core::provider::PROVIDERS;
+            let provider = &providers[pick % providers.len()];
+            if let Some((body, dropped)) = inbound.passthrough_upstream_body("up", provider) {
+                let body = serde_json::from_slice::<serde_json::Value>(&body);
+                prop_assert!(body.is_ok());
+                let body = body.unwrap_or_default();
+                for name in dropped.iter().chain(provider.quirks.dropped) {
+                    prop_assert!(body.get(name).is_none() || (*name == "stream_options" && provider.stream_usage_option));
+                }
             }
         }
         let _ = response_usage(&bytes);

@@ -130,7 +130,7 @@ fn public_urls_pass_on_every_path_normalized() {
     )
     .unwrap();
     let up: Value = serde_json::from_slice(
-        &p.passthrough_upstream_body("real", provider_by_id("openai").unwrap()).unwrap(),
+        &p.passthrough_upstream_body("real", provider_by_id("openai").unwrap()).unwrap().0,
     )
     .unwrap();
     assert_eq!(up["messages"][0]["content"][0]["image_url"]["url"], "https://example.com/cat.png");

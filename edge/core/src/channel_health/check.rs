@@ -15,6 +15,7 @@
 
 use super::breaker::Breakers;
 use super::Failure;
+use crate::family::Family;
 use crate::provider::{provider_by_id, HealthCheck, ProviderDialect};
 use crate::routing::RoutingConfig;
 use serde::{Deserialize, Serialize};
@@ -175,7 +176,7 @@ pub fn plan(config: &RoutingConfig, secret: &dyn Fn(&str) -> Option<String>) -> 
                 .map(|t| t.upstream_model.clone().unwrap_or_else(|| m.name.clone()))
         });
         let (method, path, body) = match (provider.health_check, provider.dialect) {
-            (HealthCheck::ModelsList, _) => ("GET", "/models".to_string(), None),
+            (HealthCheck::ModelsList, _) => ("GET", provider.models_path.to_string(), None),
             (_, _) if model.is_none() => continue,
             (_, ProviderDialect::Anthropic) => (
                 "POST",
@@ -191,13 +192,12 @@ pub fn plan(config: &RoutingConfig, secret: &dyn Fn(&str) -> Option<String>) -> 
                     serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "ping"}]}], "generationConfig": {"maxOutputTokens": 1}}),
                 ),
             ),
-            (_, _) => (
-                "POST",
-                "/chat/completions".to_string(),
-                Some(
-                    serde_json::json!({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]}),
-                ),
-            ),
+            (_, _) => {
+                let mut body =
+                    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}]});
+                body[provider.output_limit.field(false)] = 1.into();
+                ("POST", provider.path(Family::Chat).to_string(), Some(body))
+            }
         };
         let inline = channel.credentials();
         let credentials: Vec<(Option<usize>, Option<String>)> = if !inline.is_empty() {
@@ -218,7 +218,13 @@ pub fn plan(config: &RoutingConfig, secret: &dyn Fn(&str) -> Option<String>) -> 
                 channel: channel.id.clone(),
                 credential,
                 method,
-                url: format!("{base}{path}"),
+                url: provider.url(
+                    base,
+                    &path,
+                    // A models list is resource-wide; a completion names its deployment.
+                    body.is_some().then_some(model.as_deref()).flatten(),
+                    channel.api_version.as_deref(),
+                ),
                 headers,
                 body: body.as_ref().map(|b| b.to_string()),
                 timeout_ms: CHECK_TIMEOUT_MS,
@@ -248,10 +254,15 @@ mod tests {
                 {"id": "local", "provider": "ollama"},
                 {"id": "off", "provider": "openai", "api_key": "x", "enabled": false},
                 {"id": "mock", "provider": "mock"},
-                {"id": "self", "provider": "openai-compatible", "base_url": "http://10.0.0.2:8000/v1/"}
+                {"id": "self", "provider": "openai-compatible", "base_url": "http://10.0.0.2:8000/v1/"},
+                {"id": "az", "provider": "azure", "base_url": "https://res.openai.azure.com", "api_key": "a", "api_version": "2025-04-01-preview"},
+                {"id": "co", "provider": "cohere", "api_key": "c"},
+                {"id": "glm", "provider": "zhipu", "api_key": "z"},
+                {"id": "jina", "provider": "jina", "api_key": "j"}
             ],
             "models": [
-                {"name": "sonar", "targets": [{"channel": "px", "upstream_model": "sonar-pro"}]}
+                {"name": "sonar", "targets": [{"channel": "px", "upstream_model": "sonar-pro"}]},
+                {"name": "glm-4.6", "targets": [{"channel": "glm"}]}
             ]
         }));
         let checks = plan(&config, &|name| (name == "ANTHROPIC_KEY").then(|| "sk-ant".to_string()));
@@ -266,8 +277,17 @@ mod tests {
                 ("px", Some(0), "POST", "https://api.perplexity.ai/chat/completions"),
                 ("local", None, "GET", "http://127.0.0.1:11434/v1/models"),
                 ("self", None, "GET", "http://10.0.0.2:8000/v1/models"),
+                (
+                    "az",
+                    Some(0),
+                    "GET",
+                    "https://res.openai.azure.com/openai/models?api-version=2025-04-01-preview"
+                ),
+                ("co", Some(0), "GET", "https://api.cohere.com/v1/models"),
+                ("glm", Some(0), "POST", "https://open.bigmodel.cn/api/paas/v4/chat/completions"),
             ]
         );
+        assert!(checks[6].headers.contains(&("api-key".into(), "a".into())), "Azure's header");
         assert!(checks[1].headers.contains(&("authorization".into(), "Bearer k1".into())));
         assert!(checks[2].headers.contains(&("x-api-key".into(), "sk-ant".into())));
         assert!(checks[2].headers.contains(&("anthropic-version".into(), "2023-06-01".into())));

@@ -12,6 +12,7 @@
 
 use crate::error::GatewayError;
 use crate::family::{self, Family};
+use crate::provider::body_quirks::ParamRule;
 use crate::provider::Provider;
 use crate::translate::{self, CanonicalRequest, ClientDialect, PromptSize};
 use serde_json::{Map, Value};
@@ -202,11 +203,17 @@ impl Inbound {
     }
 
     /// The body sent to an OpenAI-compatible upstream: the client's, with
-    /// `model` rewritten and, on streams, usage always asked for when the
-    /// provider understands `stream_options` (provider usage is what gets
-    /// billed). Only the top-level object is rebuilt; every value the
-    /// gateway does not change is written back as parsed.
-    pub fn passthrough_upstream_body(&self, upstream_model: &str, provider: &Provider) -> Option<Vec<u8>> {
+    /// `model` rewritten, the provider row's quirks applied (parameters
+    /// renamed or dropped, the output limit in the field the row takes) and,
+    /// on streams, usage always asked for when the provider understands
+    /// `stream_options` (provider usage is what gets billed). Also the
+    /// parameters dropped. Only the top-level object is rebuilt; every value
+    /// the gateway does not change is written back as parsed.
+    pub fn passthrough_upstream_body(
+        &self,
+        upstream_model: &str,
+        provider: &Provider,
+    ) -> Option<(Vec<u8>, Vec<&'static str>)> {
         let body = self.passthrough_body()?;
         let mut out = Vec::with_capacity(self.prompt.upper_bound.min(1 << 20) as usize + 64);
         out.push(b'{');
@@ -221,11 +228,33 @@ impl Inbound {
             let _ = serde_json::to_writer(&mut *out, value);
         };
         let force_usage = self.stream && provider.stream_usage_option;
+        // Chat's output limit goes in the one field the provider takes.
+        let limit_field = (self.family == Family::Chat)
+            .then(|| provider.output_limit.field(body.contains_key("reasoning_effort")));
+        let mut dropped = Vec::new();
         for (key, value) in body.iter() {
             match key.as_str() {
                 "model" => field(&mut out, key, &Value::String(upstream_model.to_string())),
                 "stream_options" if force_usage => {}
-                _ => field(&mut out, key, value),
+                "max_tokens" | "max_completion_tokens" if limit_field.is_some() => {}
+                _ => match provider.quirks.rule(key) {
+                    ParamRule::Keep => field(&mut out, key, value),
+                    ParamRule::Rename(to) if !body.contains_key(to) => field(&mut out, to, value),
+                    ParamRule::Rename(_) => {}
+                    ParamRule::Drop => {
+                        dropped.extend(provider.quirks.dropped.iter().copied().find(|d| *d == key))
+                    }
+                },
+            }
+        }
+        if let Some(limit_field) = limit_field {
+            // Both sent: the smaller one holds (the gateway's cap is one of them).
+            let limit = ["max_tokens", "max_completion_tokens"]
+                .iter()
+                .filter_map(|f| body.get(*f))
+                .min_by_key(|v| v.as_u64().unwrap_or(u64::MAX));
+            if let Some(limit) = limit {
+                field(&mut out, limit_field, limit);
             }
         }
         if force_usage {
@@ -237,7 +266,7 @@ impl Inbound {
             field(&mut out, "stream_options", &Value::Object(options));
         }
         out.push(b'}');
-        Some(out)
+        Some((out, dropped))
     }
 }
 
@@ -309,7 +338,7 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         assert!(inbound.stream && !inbound.client_wants_usage);
-        let body = inbound.passthrough_upstream_body("real-model", openai()).unwrap_or_default();
+        let body = inbound.passthrough_upstream_body("real-model", openai()).unwrap_or_default().0;
         let up: Value = serde_json::from_slice(&body).unwrap_or_default();
         assert_eq!(up["model"], "real-model");
         assert_eq!(up["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
@@ -317,7 +346,7 @@ mod tests {
         assert!(String::from_utf8_lossy(&body).contains("\"temperature\":0.7"), "numbers kept");
         let mut no_option = *openai();
         no_option.stream_usage_option = false;
-        let body = inbound.passthrough_upstream_body("real-model", &no_option).unwrap_or_default();
+        let body = inbound.passthrough_upstream_body("real-model", &no_option).unwrap_or_default().0;
         let up: Value = serde_json::from_slice(&body).unwrap_or_default();
         assert_eq!(up["stream_options"], serde_json::json!({"x": 1}));
     }
@@ -327,7 +356,7 @@ mod tests {
         let inbound = read(r#"{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":7}"#)
             .unwrap_or_else(|e| panic!("{e:?}"));
         let up: Value =
-            serde_json::from_slice(&inbound.passthrough_upstream_body("m", openai()).unwrap_or_default())
+            serde_json::from_slice(&inbound.passthrough_upstream_body("m", openai()).unwrap_or_default().0)
                 .unwrap_or_default();
         assert!(up.get("stream_options").is_none());
         assert_eq!(inbound.max_output_tokens, Some(7));
@@ -341,9 +370,10 @@ mod tests {
         assert_eq!((inbound.max_output_tokens, inbound.output_cap), (Some(100), Some(100)));
         assert_eq!(inbound.canonical().and_then(|c| c.max_output_tokens), Some(100));
         let up: Value =
-            serde_json::from_slice(&inbound.passthrough_upstream_body("m", openai()).unwrap_or_default())
+            serde_json::from_slice(&inbound.passthrough_upstream_body("m", openai()).unwrap_or_default().0)
                 .unwrap_or_default();
-        assert_eq!(up["max_tokens"], 100);
+        assert_eq!(up["max_completion_tokens"], 100, "OpenAI's own field");
+        assert!(up.get("max_tokens").is_none());
         let mut inbound =
             read(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":7}"#)
                 .unwrap_or_else(|e| panic!("{e:?}"));
@@ -385,9 +415,10 @@ mod tests {
         );
         assert!(inbound.canonical().is_none());
         assert_eq!(inbound.for_translation().err().map(|e| e.status()), Some(400));
-        let up: Value =
-            serde_json::from_slice(&inbound.passthrough_upstream_body("real", openai()).unwrap_or_default())
-                .unwrap_or_default();
+        let up: Value = serde_json::from_slice(
+            &inbound.passthrough_upstream_body("real", openai()).unwrap_or_default().0,
+        )
+        .unwrap_or_default();
         assert_eq!(up, serde_json::json!({"model": "real", "input": "hello", "dimensions": 8}));
 
         let mut inbound = Inbound::read_family(
@@ -399,10 +430,37 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         inbound.cap_output(100);
-        let up: Value =
-            serde_json::from_slice(&inbound.passthrough_upstream_body("real", openai()).unwrap_or_default())
-                .unwrap_or_default();
+        let up: Value = serde_json::from_slice(
+            &inbound.passthrough_upstream_body("real", openai()).unwrap_or_default().0,
+        )
+        .unwrap_or_default();
         assert_eq!(up["stream_options"]["include_usage"], true, "usage asked for on streams");
         assert_eq!(up["max_tokens"], 16, "the documented default, explicit; no cap over it");
+    }
+
+    #[test]
+    fn upstream_body_follows_the_provider_row() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":50,"seed":3,"logprobs":true,"user":"u","stream":true,"stream_options":{"include_usage":true}}"#;
+        let mut inbound = read(body).unwrap_or_else(|e| panic!("{e:?}"));
+        inbound.cap_output(100);
+        let row = |id: &str| provider_by_id(id).unwrap_or(&crate::provider::PROVIDERS[0]);
+        let sent = |id: &str| {
+            let (bytes, dropped) = inbound.passthrough_upstream_body("up", row(id)).unwrap_or_default();
+            (serde_json::from_slice::<Value>(&bytes).unwrap_or_default(), dropped)
+        };
+        let (mistral, dropped) = sent("mistral");
+        assert_eq!(mistral["max_tokens"], 50, "renamed to the field Mistral takes");
+        assert_eq!(mistral["random_seed"], 3);
+        for gone in ["max_completion_tokens", "seed", "logprobs", "user", "stream_options"] {
+            assert!(mistral.get(gone).is_none(), "{gone}: {mistral}");
+        }
+        assert_eq!(dropped, ["logprobs", "stream_options", "user"], "in the parsed body's order");
+        let (groq, dropped) = sent("groq");
+        assert_eq!((groq["seed"].clone(), groq["max_tokens"].clone()), (Value::from(3), Value::from(50)));
+        assert_eq!(groq["stream_options"]["include_usage"], true);
+        assert_eq!(dropped, ["logprobs"]);
+        let (openai, dropped) = sent("openai");
+        assert_eq!(openai["max_completion_tokens"], 50);
+        assert!(dropped.is_empty() && openai["logprobs"] == true);
     }
 }

@@ -105,7 +105,8 @@ pub use stream::{StreamOptions, StreamOutcome, StreamTranslator};
 use crate::error::{
     redact_secrets, upstream_error_message, Dialect, GatewayError, MAX_UPSTREAM_MESSAGE_CHARS,
 };
-use crate::provider::ProviderDialect;
+use crate::family::Family;
+use crate::provider::{OutputLimit, Provider, ProviderDialect};
 use crate::usage::{estimate_tokens, TokenUsage};
 use canonical::ToolResultPart;
 use serde_json::json;
@@ -259,18 +260,56 @@ fn apply_path(
     Ok(())
 }
 
-/// Builds the upstream request for `upstream_model` (the route's model name).
+/// Builds the upstream request for `upstream_model` (the route's model name)
+/// in `dialect`, for a server of that dialect with no quirks (the golden
+/// fixtures' upstream; an OpenAI-compatible one takes `max_tokens`, or
+/// `max_completion_tokens` when reasoning is asked for).
 pub fn build_upstream_request(
     dialect: UpstreamDialect,
     req: &CanonicalRequest,
     upstream_model: &str,
 ) -> Result<UpstreamCall, GatewayError> {
+    build_dialect_request(dialect, req, upstream_model, OutputLimit::ByRequest)
+}
+
+fn build_dialect_request(
+    dialect: UpstreamDialect,
+    req: &CanonicalRequest,
+    upstream_model: &str,
+    output_limit: OutputLimit,
+) -> Result<UpstreamCall, GatewayError> {
     media_rules(dialect).check_total(inline_media_bytes(req))?;
     match dialect {
-        UpstreamDialect::OpenAiChat => openai_chat::build_request(req, upstream_model),
+        UpstreamDialect::OpenAiChat => openai_chat::build_request(req, upstream_model, output_limit),
         UpstreamDialect::Anthropic => anthropic::build_request(req, upstream_model),
         UpstreamDialect::Gemini => gemini::build_request(req, upstream_model),
     }
+}
+
+/// Builds the upstream request in `dialect` for a channel of `provider`:
+/// the row's output-limit field, chat path and parameter quirks applied.
+/// Also the parameters dropped for the provider
+/// ([`crate::provider::body_quirks`]).
+pub fn build_provider_request(
+    dialect: UpstreamDialect,
+    provider: &Provider,
+    req: &CanonicalRequest,
+    upstream_model: &str,
+) -> Result<(UpstreamCall, Vec<&'static str>), GatewayError> {
+    let mut call = build_dialect_request(dialect, req, upstream_model, provider.output_limit)?;
+    if dialect != UpstreamDialect::OpenAiChat {
+        return Ok((call, Vec::new()));
+    }
+    call.path = provider.path(Family::Chat).to_string();
+    if provider.quirks.is_empty() {
+        return Ok((call, Vec::new()));
+    }
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice(&call.body) else {
+        return Err(GatewayError::Internal);
+    };
+    let dropped = provider.quirks.apply(&mut body);
+    call.body = json_fields::to_bytes(&body);
+    Ok((call, dropped))
 }
 
 /// What inline media `dialect` accepts.

@@ -18,6 +18,7 @@ use crate::pipeline::metering::{
 };
 use crate::pipeline::route::{AttemptVerdict, Plan, Route, MAX_ATTEMPTS};
 use crate::pricing::ModelPrice;
+use crate::provider::body_quirks::{BodyQuirks, DROPPED_PARAMS_HEADER};
 use crate::provider::ProviderDialect;
 use crate::routing::Candidate;
 use crate::sse::encode_event;
@@ -50,6 +51,7 @@ impl Target {
             provider: c.provider,
             upstream_model: c.upstream_model.to_string(),
             base_url: c.base_url.trim_end_matches('/').to_string(),
+            api_version: c.channel.api_version.clone(),
             api_keys: c.channel.credentials(),
             key_rotation: c.channel.key_rotation,
             api_key_secret: c.channel.api_key_secret.clone(),
@@ -394,16 +396,18 @@ impl Generation {
         };
         let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
         let mock = target.provider.dialect == ProviderDialect::Mock;
+        self.dropped_params.clear();
         let (path, body) = match plan {
             Plan::Relay => {
                 if mock {
                     let body = inbound.passthrough_body().cloned().unwrap_or_default();
                     return Ok(self.start_mock(isolate, &body, &target, now));
                 }
-                let body = inbound
+                let (body, dropped) = inbound
                     .passthrough_upstream_body(&target.upstream_model, target.provider)
                     .unwrap_or_default();
-                (inbound.family.openai_path().to_string(), body)
+                self.dropped_params = dropped;
+                (target.provider.path(inbound.family).to_string(), body)
             }
             Plan::Translate(dialect) => {
                 if let Some(lookup) = self.state_lookup(dialect, now) {
@@ -411,10 +415,18 @@ impl Generation {
                 }
                 let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
                 let built = inbound.for_translation().and_then(|canonical| {
-                    translate::build_upstream_request(dialect, canonical, &target.upstream_model)
+                    translate::build_provider_request(
+                        dialect,
+                        target.provider,
+                        canonical,
+                        &target.upstream_model,
+                    )
                 });
                 let call = match built {
-                    Ok(call) => call,
+                    Ok((call, dropped)) => {
+                        self.dropped_params = dropped;
+                        call
+                    }
                     Err(error) => {
                         self.last_error = Some(error.clone());
                         return match AttemptVerdict::after_error(&error) {
@@ -451,7 +463,12 @@ impl Generation {
             self.keepalive_at = Some(self.started_ms + isolate.config.keepalive_ms as i64);
         }
         Ok(Effect::Fetch(UpstreamRequest {
-            url: format!("{}{path}", target.base_url),
+            url: target.provider.url(
+                &target.base_url,
+                &path,
+                Some(&target.upstream_model),
+                target.api_version.as_deref(),
+            ),
             headers,
             body,
             wake_ms: self.wake_ms(now),
@@ -529,7 +546,8 @@ impl Generation {
             ("access-control-allow-origin", "*".into()),
             (
                 "access-control-expose-headers",
-                "x-request-id, request-id, x-edgeway-channel, x-edgeway-model".into(),
+                "x-request-id, request-id, x-edgeway-channel, x-edgeway-model, x-edgeway-dropped-params"
+                    .into(),
             ),
         ];
         if let Some(state) = self.reasoning_state() {
@@ -537,6 +555,9 @@ impl Generation {
         }
         if let Some(verdict) = self.cache_verdict() {
             headers.push((crate::response_cache::CACHE_HEADER, verdict.into()));
+        }
+        if let Some(dropped) = BodyQuirks::header_value(&self.dropped_params) {
+            headers.push((DROPPED_PARAMS_HEADER, dropped));
         }
         headers
     }

@@ -91,6 +91,8 @@ struct Target {
     provider: &'static Provider,
     upstream_model: String,
     base_url: String,
+    /// The channel's API version (Azure), overriding the row's default.
+    api_version: Option<String>,
     /// Inline credentials in rotation order (empty: the secret, or none).
     api_keys: Vec<String>,
     key_rotation: KeyRotation,
@@ -285,6 +287,9 @@ pub struct Generation {
     /// Credentials refused during this request: not chosen again by it.
     refused_credentials: Vec<(String, usize)>,
     current: Option<(Target, Plan, Vec<String>)>,
+    /// Parameters the current attempt's provider refuses, dropped from its
+    /// request ([`crate::provider::body_quirks`]).
+    dropped_params: Vec<&'static str>,
     served: Served,
     last_error: Option<GatewayError>,
     meter: Option<Meter>,
@@ -367,6 +372,7 @@ impl Generation {
             claim: None,
             refused_credentials: Vec::new(),
             current: None,
+            dropped_params: Vec::new(),
             served: Served::default(),
             last_error: None,
             meter: None,

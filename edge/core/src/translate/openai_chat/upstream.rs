@@ -12,20 +12,17 @@ use super::super::UpstreamCall;
 use super::wire::*;
 use super::{parse_finish_reason, parse_usage, status_for_error_type};
 use crate::error::GatewayError;
+use crate::provider::OutputLimit;
 use crate::sse::SseEvent;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Models that only take `max_completion_tokens`.
-fn wants_max_completion_tokens(model: &str, req: &CanonicalRequest) -> bool {
-    let m = model.rsplit('/').next().unwrap_or(model);
-    req.reasoning.is_some() || ["o1", "o3", "o4", "gpt-5"].iter().any(|p| m.starts_with(p))
-}
-
-/// Builds a `/chat/completions` body.
+/// Builds a `/chat/completions` body, with the output limit in the field
+/// `output_limit` names (the provider row's).
 pub(crate) fn build_request(
     req: &CanonicalRequest,
     upstream_model: &str,
+    output_limit: OutputLimit,
 ) -> Result<UpstreamCall, GatewayError> {
     if req.candidate_count.unwrap_or(1) > 1 {
         return Err(invalid("`n` > 1 cannot be translated between API dialects.", "n"));
@@ -53,16 +50,15 @@ pub(crate) fn build_request(
     if req.top_k.is_some() {
         return Err(invalid("`top_k` is not supported by OpenAI-format upstreams.", "top_k"));
     }
-    let max_output_tokens = |completion: bool| {
-        req.max_output_tokens.filter(|_| wants_max_completion_tokens(upstream_model, req) == completion)
-    };
+    let limit_field = output_limit.field(req.reasoning.is_some());
+    let max_output_tokens = |field: &str| req.max_output_tokens.filter(|_| limit_field == field);
     let body = ChatRequest {
         model: upstream_model,
         messages,
         stream: req.stream,
         stream_options: req.stream.then_some(IncludeUsage { include_usage: true }),
-        max_completion_tokens: max_output_tokens(true),
-        max_tokens: max_output_tokens(false),
+        max_completion_tokens: max_output_tokens("max_completion_tokens"),
+        max_tokens: max_output_tokens("max_tokens"),
         temperature: req.temperature.as_ref(),
         top_p: req.top_p.as_ref(),
         presence_penalty: req.presence_penalty.as_ref(),
@@ -339,7 +335,8 @@ impl UpstreamParser for ChatStreamParser {
             }
             finish = choice.finish_reason.as_deref().map(parse_finish_reason);
         }
-        if let Some(usage) = chunk.usage.as_ref().and_then(parse_usage) {
+        let usage = chunk.usage.as_ref().or_else(|| chunk.choices.iter().find_map(|c| c.usage.as_ref()));
+        if let Some(usage) = usage.and_then(parse_usage) {
             out.push(StreamEvent::Usage(usage));
         }
         if let Some(reason) = finish {

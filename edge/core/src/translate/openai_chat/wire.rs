@@ -38,6 +38,8 @@ pub(super) struct Choice {
     pub message: Lax<AssistantMessage>,
     pub delta: Lax<AssistantMessage>,
     pub finish_reason: Lax<Option<String>>,
+    /// Moonshot's stream reports usage in its last chunk's choice.
+    pub usage: Lax<Option<Value>>,
 }
 
 /// A completion's `message` or a chunk's `delta`.
