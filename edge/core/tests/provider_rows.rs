@@ -99,3 +99,50 @@ fn a_stream_reporting_usage_in_its_last_choice_is_billed_from_it() {
     assert_eq!((usage.input_uncached, usage.output), (12, 2));
     assert!(String::from_utf8_lossy(&out).contains("\"output_tokens\":2"));
 }
+
+/// The README's providers × endpoint families table lists every row of the
+/// provider table with exactly the families it serves (a column per family).
+#[test]
+fn the_readme_table_is_the_provider_table() {
+    use edgeway_core::family::Family;
+    use edgeway_core::provider::PROVIDERS;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).expect("README");
+    let lines: Vec<&str> = readme.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("| provider | name | dialect |"))
+        .expect("the README's providers table (a header starting `| provider | name | dialect |`)");
+    let cells = |line: &str| -> Vec<String> {
+        line.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect()
+    };
+    let columns = cells(lines[header]);
+    for family in Family::ALL {
+        assert!(
+            columns.iter().any(|c| c == family.as_str()),
+            "the README's providers table needs a `{}` column",
+            family.as_str()
+        );
+    }
+    let rows: Vec<Vec<String>> =
+        lines[header + 2..].iter().take_while(|l| l.starts_with('|')).map(|l| cells(l)).collect();
+    assert_eq!(rows.len(), PROVIDERS.len(), "one README row per provider row");
+    for p in PROVIDERS {
+        let row = rows
+            .iter()
+            .find(|r| r[0] == format!("`{}`", p.id))
+            .unwrap_or_else(|| panic!("README providers table: no row for `{}`", p.id));
+        for family in Family::ALL {
+            let i = columns.iter().position(|c| c == family.as_str()).unwrap_or(0);
+            let marked = row.get(i).is_some_and(|c| c == "✓");
+            assert_eq!(
+                marked,
+                p.families.contains(family),
+                "README providers table: `{}` {} `{}`",
+                p.id,
+                if p.families.contains(family) { "serves" } else { "does not serve" },
+                family.as_str()
+            );
+        }
+    }
+}
