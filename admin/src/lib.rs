@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod metrics_edge;
 pub mod oidc;
 pub mod passwords;
+pub mod request_policy;
 pub mod usage;
 pub mod usage_pull;
 pub mod users;
@@ -248,6 +249,8 @@ pub fn route_table() -> Vec<Route> {
         route(post.clone(), "/api/groups", Admin, groups::create),
         route(patch.clone(), "/api/groups/{id}", Admin, groups::update),
         route(delete.clone(), "/api/groups/{id}", Admin, groups::remove),
+        route(get.clone(), "/api/policy", Admin, request_policy::get),
+        route(Method::PUT, "/api/policy", Admin, request_policy::put),
         route(get.clone(), "/api/codes", Admin, codes::list),
         route(post.clone(), "/api/codes", Admin, codes::generate),
         route(patch, "/api/codes/{id}", Admin, codes::update),

@@ -72,6 +72,7 @@ const SQLITE_MIGRATIONS: EmbeddedList = &[
     (9, "channel settings", include_str!("../../migrations/sqlite/0009_channel_settings.sql")),
     (10, "usage attempts", include_str!("../../migrations/sqlite/0010_usage_attempts.sql")),
     (11, "key max wait", include_str!("../../migrations/sqlite/0011_key_max_wait.sql")),
+    (13, "request policy", include_str!("../../migrations/sqlite/0013_request_policy.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: EmbeddedList = &[
@@ -86,6 +87,7 @@ const POSTGRES_MIGRATIONS: EmbeddedList = &[
     (9, "channel settings", include_str!("../../migrations/postgres/0009_channel_settings.sql")),
     (10, "usage attempts", include_str!("../../migrations/postgres/0010_usage_attempts.sql")),
     (11, "key max wait", include_str!("../../migrations/postgres/0011_key_max_wait.sql")),
+    (13, "request policy", include_str!("../../migrations/postgres/0013_request_policy.sql")),
 ];
 
 /// Migrations compiled into the binary, so the service needs no files at run

@@ -9,6 +9,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::now_ms;
 use edgeway_core::channel_health::breaker::BreakerPolicy;
 use edgeway_core::pricing::ModelPrice;
+use edgeway_core::request_policy::PolicyRule;
 use edgeway_core::routing::{
     Channel, GroupConfig, KeyRotation, ModelOptions, ModelRoute, RouteTarget, RoutingConfig,
 };
@@ -151,7 +152,24 @@ pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingC
         .into_iter()
         .map(|g| GroupConfig { name: g.name, price_ratio_ppm: g.price_ratio_ppm })
         .collect();
-    Ok(RoutingConfig { version, channels, models, groups })
+    let policy = request_policy(conn).await?;
+    Ok(RoutingConfig { version, channels, models, groups, policy })
+}
+
+/// The request policy's rules, in order.
+pub async fn request_policy(conn: &mut AnyConnection) -> ApiResult<Vec<PolicyRule>> {
+    let text: String =
+        sqlx::query_scalar("SELECT policy FROM routing_state WHERE id = 1").fetch_one(&mut *conn).await?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Replaces the request policy's rules (the caller bumps the routing version).
+pub async fn set_request_policy(conn: &mut AnyConnection, rules: &[PolicyRule]) -> ApiResult<()> {
+    sqlx::query("UPDATE routing_state SET policy = $1 WHERE id = 1")
+        .bind(serde_json::to_string(rules)?)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 pub async fn routing_version(conn: &mut AnyConnection) -> ApiResult<u64> {

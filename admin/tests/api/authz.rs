@@ -138,6 +138,8 @@ fn sample(w: &World, method: &Method, path: &str, caller: &str) -> Option<(Strin
         ("PATCH", "/api/groups/{id}") => (id("vip"), Some(json!({"price_ratio_ppm": 900000})), false),
         ("DELETE", "/api/groups/{id}") => (id("vip"), None, false),
         ("POST", "/api/codes") => (path.into(), Some(json!({"count": 1, "value_micros": 1})), false),
+        ("GET", "/api/policy") => (path.into(), None, false),
+        ("PUT", "/api/policy") => (path.into(), Some(json!({"rules": []})), false),
         ("PATCH", "/api/codes/{id}") => (id(&w.code_id), Some(json!({"status": "disabled"})), false),
         // The console's routes.
         ("GET", "/api/public/info") | ("GET", "/api/public/pricing") => (path.into(), None, false),

@@ -17,6 +17,7 @@ mod keys;
 mod ledger;
 mod oidc;
 mod openapi;
+mod policy;
 mod routing;
 mod usage;
 mod usage_pull;

@@ -62,6 +62,9 @@ pub enum GatewayError {
     /// A request pinned to a channel without a valid admin signature (and
     /// from a key not allowed to pin unsigned).
     PinRefused,
+    /// A `block` rule of the operator's request policy matched the prompt
+    /// ([`crate::request_policy`]).
+    PolicyRefused { rule: String },
     /// A bug or platform failure on our side; detail is logged, not shown.
     Internal,
 }
@@ -73,7 +76,7 @@ impl GatewayError {
             Self::MissingApiKey | Self::InvalidApiKey | Self::PinRefused => 401,
             Self::ModelNotAllowed { .. } | Self::IpNotAllowed => 403,
             Self::ModelNotFound { .. } | Self::NotFound | Self::ResponseNotFound { .. } => 404,
-            Self::InvalidJson { .. } | Self::InvalidRequest { .. } => 400,
+            Self::InvalidJson { .. } | Self::InvalidRequest { .. } | Self::PolicyRefused { .. } => 400,
             Self::PayloadTooLarge { .. } | Self::ContentTooLarge { .. } => 413,
             Self::MethodNotAllowed => 405,
             Self::RateLimited { .. } | Self::InsufficientQuota | Self::InsufficientBalance => 429,
@@ -129,6 +132,10 @@ impl GatewayError {
             Self::UpstreamUnavailable => "The upstream provider could not be reached or returned an invalid response.".into(),
             Self::UpstreamTimeout => "The upstream provider did not respond in time.".into(),
             Self::PinRefused => "Pinning a request to a channel needs a valid admin signature (x-edgeway-pin-signature) or a key allowed to pin.".into(),
+            Self::PolicyRefused { rule } => format!(
+                "This request was refused by the gateway's request policy (rule `{}`).",
+                truncate_chars(rule, MAX_ECHOED_NAME_CHARS)
+            ),
             Self::Internal => "The gateway hit an internal error. The request was not completed.".into(),
         }
     }
@@ -141,6 +148,7 @@ impl GatewayError {
             Self::ModelNotFound { .. }
             | Self::InvalidJson { .. }
             | Self::InvalidRequest { .. }
+            | Self::PolicyRefused { .. }
             | Self::PayloadTooLarge { .. }
             | Self::ContentTooLarge { .. }
             | Self::NotFound
@@ -168,6 +176,7 @@ impl GatewayError {
             Self::InsufficientQuota | Self::InsufficientBalance => Some("insufficient_quota"),
             Self::UpstreamTimeout => Some("upstream_timeout"),
             Self::PinRefused => Some("pin_refused"),
+            Self::PolicyRefused { .. } => Some("request_policy"),
             Self::UpstreamUnavailable => Some("upstream_unavailable"),
             Self::Upstream { .. } => Some("upstream_error"),
             _ => None,

@@ -56,6 +56,7 @@ pub mod pipeline;
 pub mod pricing;
 pub mod provider;
 pub mod rate_window;
+pub mod request_policy;
 pub mod response_cache;
 pub mod routing;
 pub mod sse;

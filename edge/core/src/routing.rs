@@ -7,6 +7,7 @@
 use crate::error::GatewayError;
 use crate::pricing::{ModelPrice, RATIO_ONE_PPM};
 use crate::provider::{provider_by_id, Provider};
+use crate::request_policy::RequestPolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -216,6 +217,9 @@ pub struct RoutingConfig {
     /// Groups with a price ratio; a group not listed prices at x1.
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
+    /// The operator's request policy, applied in order before routing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy: Vec<crate::request_policy::PolicyRule>,
 }
 
 impl RoutingConfig {
@@ -240,6 +244,7 @@ pub struct RoutingTable {
     config: RoutingConfig,
     model_index: HashMap<String, usize>,
     channel_index: HashMap<String, (usize, &'static Provider)>,
+    policy: RequestPolicy,
 }
 
 /// Why a routing configuration was refused.
@@ -338,11 +343,17 @@ impl RoutingTable {
                 }
             }
         }
-        Ok(Self { config, model_index, channel_index })
+        let policy = RequestPolicy::compile(&config.policy).map_err(InvalidRouting)?;
+        Ok(Self { config, model_index, channel_index, policy })
     }
 
     pub fn version(&self) -> u64 {
         self.config.version
+    }
+
+    /// The compiled request policy (empty when none is configured).
+    pub fn policy(&self) -> &RequestPolicy {
+        &self.policy
     }
 
     pub fn config(&self) -> &RoutingConfig {

@@ -2060,3 +2060,38 @@ fn an_unreachable_record_leaves_the_isolate_deciding_alone() {
     assert!(out.fetched[0].starts_with(A), "and unanswered: probed on the isolate's own word");
     assert!(out.logs.iter().any(|l| l.contains("did not answer")), "{:?}", out.logs);
 }
+
+#[test]
+fn the_request_policy_refuses_or_rewrites_before_routing() {
+    let mut config = routing(&[("a", A)]);
+    config["policy"] = json!([
+        {"name": "card", "pattern": r"\b\d{4}(?: ?\d{4}){3}\b", "action": "replace", "replacement": "[card]"},
+        {"name": "no-secrets", "pattern": "(?i)top secret", "action": "block"}
+    ]);
+    let mut w = World::new(limited(), config);
+    w.upstream(A, vec![ok_json(completion()), ok_json(completion())]);
+    let out = w.run(json!({"model": "m", "messages": user("this is TOP SECRET")}));
+    assert_eq!(out.status, 400);
+    assert_eq!(out.json()["error"]["code"], "request_policy");
+    assert!(out.json()["error"]["message"].as_str().is_some_and(|m| m.contains("`no-secrets`")));
+    assert!(out.fetched.is_empty() && out.events().is_empty(), "nothing sent, nothing metered");
+    assert!(!out.trace.iter().any(|t| t == "AccountCall"), "refused before admission: {:?}", out.trace);
+    // The same rule in the Anthropic dialect's error shape.
+    let out = w.run_as(
+        ClientDialect::Anthropic,
+        json!({"model": "m", "max_tokens": 5, "system": "top secret", "messages": user("hi")}),
+    );
+    assert_eq!(out.status, 400);
+    assert_eq!(out.json()["type"], "error");
+    assert_eq!(out.json()["error"]["type"], "invalid_request_error");
+    // A replacement: the upstream gets the rewritten text, passed through or translated.
+    let out = w.run(json!({"model": "m", "messages": user("card 4111 1111 1111 1111 please")}));
+    assert_eq!(out.status, 200);
+    assert_eq!(out.fetched_bodies[0]["messages"][0]["content"], "card [card] please");
+    let out = w.run_as(
+        ClientDialect::Anthropic,
+        json!({"model": "m", "max_tokens": 5, "messages": user("4111111111111111")}),
+    );
+    assert_eq!(out.status, 200);
+    assert_eq!(out.fetched_bodies[0]["messages"][0]["content"], "[card]");
+}

@@ -14,6 +14,7 @@ use crate::error::GatewayError;
 use crate::family::{self, Family};
 use crate::provider::body_quirks::ParamRule;
 use crate::provider::Provider;
+use crate::request_policy::RequestPolicy;
 use crate::translate::{self, CanonicalRequest, ClientDialect, PromptSize};
 use serde_json::{Map, Value};
 
@@ -170,6 +171,30 @@ impl Inbound {
                 param: Some("model".into()),
             }),
         }
+    }
+
+    /// Applies the operator's request policy to the prompt text: a block
+    /// rule refuses the request; a replacement rewrites it, and the request
+    /// is then read again from the rewritten body, so its passthrough body,
+    /// canonical form and size stay one request.
+    pub fn apply_policy(&mut self, policy: &RequestPolicy) -> Result<(), GatewayError> {
+        if policy.is_empty() {
+            return Ok(());
+        }
+        match &mut self.request {
+            Request::OpenAiChat { body, .. } | Request::OpenAiFamily { body } => {
+                if policy.apply_json(body)? {
+                    let rewritten = serde_json::to_vec(&**body).map_err(|_| GatewayError::Internal)?;
+                    *self = Self::read_family(self.family, self.client, &rewritten, None, false)?;
+                }
+            }
+            Request::Canonical(canonical) => {
+                if policy.apply_canonical(canonical)? {
+                    self.prompt = translate::prompt_size(canonical);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Imposes an output limit when the client set none, so a quota

@@ -72,6 +72,7 @@ impl Generation {
             (Some(record), Some(inbound)) => (record.clone(), inbound),
             _ => return Err(self.internal("routing before the request was read".into())),
         };
+        inbound.apply_policy(table.policy())?;
         let mut route =
             resolve(table, &record, &inbound.model, self.start.routing_seed, self.pinned.as_deref())?;
         self.route_model = route.model.to_string();
