@@ -26,11 +26,15 @@ before(async () => {
   assert.equal(put.edge_synced, true);
   // The push reaches KV at once; wait until the worker applies the rules.
   const openai = new OpenAI({ baseURL: `${stack.gatewayUrl}/v1`, apiKey: key, maxRetries: 0 });
+  let served = 0;
   for (let i = 0; i < 80; i++) {
     const r = await openai.chat.completions.create({ model: 'mock-1', messages: [{ role: 'user', content: 'top secret' }] }).catch((e) => e);
     if (r?.status === 400) break;
+    served += 1;
     await new Promise((r) => setTimeout(r, 250));
   }
+  // Probes served before the rules arrived are billed: wait for their rows.
+  for (let i = 0; i < 120 && (await usageRows()).length < served; i++) await new Promise((r) => setTimeout(r, 250));
 });
 
 after(async () => {
