@@ -112,6 +112,10 @@ pub struct CreateChannel {
     /// (Azure OpenAI's `api-version`; default: the provider's).
     #[serde(default)]
     pub api_version: Option<String>,
+    /// The channel's models have no native tools: tool calls are emulated
+    /// in the prompt.
+    #[serde(default)]
+    pub emulate_tools: bool,
     #[serde(default)]
     pub models: Vec<ChannelModel>,
 }
@@ -153,6 +157,8 @@ pub struct UpdateChannel {
     pub key_rotation: Option<KeyRotation>,
     #[serde(default, deserialize_with = "present")]
     pub api_version: Option<Option<String>>,
+    #[serde(default)]
+    pub emulate_tools: Option<bool>,
 }
 
 impl UpdateChannel {
@@ -172,6 +178,7 @@ impl UpdateChannel {
             breaker,
             key_rotation,
             api_version,
+            emulate_tools,
         } = self;
         enabled.is_none()
             && base_url.is_none()
@@ -187,6 +194,7 @@ impl UpdateChannel {
             && breaker.is_none()
             && key_rotation.is_none()
             && api_version.is_none()
+            && emulate_tools.is_none()
     }
 
     /// `current` with this change applied, as a body for
@@ -213,6 +221,7 @@ impl UpdateChannel {
             breaker: self.breaker.unwrap_or(current.breaker),
             key_rotation: self.key_rotation.unwrap_or(current.key_rotation),
             api_version: self.api_version.unwrap_or_else(|| current.api_version.clone()),
+            emulate_tools: self.emulate_tools.unwrap_or(current.emulate_tools),
             models: Vec::new(),
         }
     }
@@ -377,6 +386,7 @@ fn validated_channel(body: CreateChannel) -> ApiResult<Channel> {
         api_keys,
         key_rotation: body.key_rotation,
         api_version,
+        emulate_tools: body.emulate_tools,
     })
 }
 
@@ -447,6 +457,8 @@ pub struct ChannelView {
     pub breaker: Option<BreakerPolicy>,
     /// The API version its calls name (`None`: the provider's default).
     pub api_version: Option<String>,
+    /// Tool calls are emulated in the prompt for its models.
+    pub emulate_tools: bool,
     /// The models this channel serves and how.
     pub models: Vec<ChannelTargetView>,
 }
@@ -481,6 +493,7 @@ fn channel_views(config: &RoutingConfig) -> Vec<ChannelView> {
             media_hosts: ch.media_hosts.clone(),
             breaker: ch.breaker,
             api_version: ch.api_version.clone(),
+            emulate_tools: ch.emulate_tools,
             models: config
                 .models
                 .iter()

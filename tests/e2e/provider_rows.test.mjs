@@ -3,6 +3,7 @@
 // mock that checks what each provider checks (Azure's deployment URL,
 // `api-version` and `api-key` header; Mistral's strict schema, which answers
 // any field outside it with a 422). What the rows declare is what is sent.
+// And a channel that emulates tool calls for a model without them.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
@@ -30,6 +31,12 @@ before(async () => {
     id: 'ch-mistral', provider: 'mistral', base_url: `${mockUrl}/mistral/v1`, api_key: 'mi-key-0000000000000000',
     models: [{ name: 'mistral-large', upstream_model: 'mistral-large-latest', price }],
   });
+  await stack.adminApi('POST', '/api/channels', {
+    id: 'ch-notools', provider: 'openai-compatible', base_url: `${mockUrl}/notools/v1`, api_key: 'nt-key-0000000000000000',
+    emulate_tools: true,
+    models: [{ name: 'plain-model', upstream_model: 'plain-7b', price }],
+  });
+  await stack.waitForModel('plain-model');
   await stack.waitForModel('gpt-4o-azure');
   await stack.waitForModel('mistral-large');
 });
@@ -125,5 +132,75 @@ describe('mistral row', () => {
     const sent = await lastUpstream();
     assert.equal(sent.body.max_tokens, 50);
     assert.equal(sent.body.user, undefined, 'the metadata user is refused by Mistral: dropped');
+  });
+});
+
+describe('tool-call emulation (a channel whose model has no native tools)', () => {
+  const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Weather for a place', parameters: { type: 'object', properties: { location: { type: 'string' } }, required: ['location'] } } }];
+
+  test('openai SDK: the reply comes back as tool_calls, and the result turn as text', async () => {
+    const messages = [{ role: 'user', content: 'Weather in Paris?' }];
+    const first = await openai().chat.completions.create({ model: 'plain-model', messages, tools });
+    const call = first.choices[0].message.tool_calls?.[0];
+    assert.equal(first.choices[0].finish_reason, 'tool_calls');
+    assert.equal(call?.function.name, 'get_weather');
+    assert.deepEqual(JSON.parse(call.function.arguments), { location: 'Paris' });
+    assert.equal(first.choices[0].message.content ?? null, null);
+    const sent = await lastUpstream();
+    assert.equal(sent.body.tools, undefined, 'no tools reach the model');
+    assert.match(sent.body.messages[0].content, /To call tools/);
+
+    const second = await openai().chat.completions.create({
+      model: 'plain-model', tools,
+      messages: [...messages, first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '18°C and sunny' }],
+    });
+    assert.equal(second.choices[0].finish_reason, 'stop');
+    assert.equal(second.choices[0].message.content, 'Done: 18°C and sunny');
+    const history = (await lastUpstream()).body.messages;
+    assert.deepEqual(JSON.parse(history.at(-2).content), { tool_calls: [{ name: 'get_weather', arguments: { location: 'Paris' } }] },
+      'the past call written as the model would');
+    assert.match(history.at(-1).content, /^Tool result of `get_weather`|^Tool result for call/);
+  });
+
+  test('openai SDK stream: tool call deltas, finish_reason tool_calls', async () => {
+    const stream = await openai().chat.completions.create({
+      model: 'plain-model', stream: true, tools, messages: [{ role: 'user', content: 'Weather?' }],
+    });
+    let name = '';
+    let args = '';
+    let finish;
+    let text = '';
+    for await (const chunk of stream) {
+      const choice = chunk.choices[0];
+      if (!choice) continue;
+      for (const t of choice.delta?.tool_calls ?? []) {
+        name += t.function?.name ?? '';
+        args += t.function?.arguments ?? '';
+      }
+      text += choice.delta?.content ?? '';
+      finish = choice.finish_reason ?? finish;
+    }
+    assert.equal(name, 'get_weather');
+    assert.deepEqual(JSON.parse(args), { location: 'Paris' });
+    assert.equal(text, '', 'the call is not also shown as text');
+    assert.equal(finish, 'tool_calls');
+  });
+
+  test('Anthropic SDK: tool_use blocks; tool_choice none drops the tools without describing them', async () => {
+    const anthropic = new Anthropic({ baseURL: stack.gatewayUrl, apiKey: stack.keys.main, maxRetries: 0 });
+    const anthropicTools = [{ name: 'get_weather', description: 'Weather', input_schema: tools[0].function.parameters }];
+    const msg = await anthropic.messages.create({
+      model: 'plain-model', max_tokens: 100, tools: anthropicTools, messages: [{ role: 'user', content: 'Weather?' }],
+    });
+    assert.equal(msg.stop_reason, 'tool_use');
+    const use = msg.content.find((b) => b.type === 'tool_use');
+    assert.deepEqual([use?.name, use?.input], ['get_weather', { location: 'Paris' }]);
+    const none = await anthropic.messages.create({
+      model: 'plain-model', max_tokens: 100, tools: anthropicTools, tool_choice: { type: 'none' },
+      messages: [{ role: 'user', content: 'Weather?' }],
+    });
+    assert.equal(none.content[0].text, 'No tools were offered.');
+    const sent = await lastUpstream();
+    assert.equal(sent.body.tools, undefined);
   });
 });

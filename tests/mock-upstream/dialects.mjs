@@ -15,6 +15,9 @@
 //                                                         Azure OpenAI (OpenAI chat)
 //   POST /mistral/v1/chat/completions                     OpenAI chat with Mistral's
 //        strict schema: any other top-level field is a 422 `extra_forbidden`
+//   POST /notools/v1/chat/completions                     OpenAI chat from a model without
+//        native tools: a body with `tools` is a 400; offered tools in the system prompt
+//        are answered with a tool-call object as text, a tool result with a sentence
 // GET /__requests returns every request received (body, path, credential
 // header names), POST /__reset clears them.
 import http from 'node:http';
@@ -48,6 +51,37 @@ function hasTools(dialect, body) {
   return (body.tools ?? []).length > 0;
 }
 
+/// A model without native tools that follows the gateway's emulation prompt.
+async function answerWithoutTools(body, res) {
+  if (body.tools) {
+    res.writeHead(400, { 'content-type': 'application/json' });
+    return res.end(JSON.stringify({ error: { message: 'this model does not support tools', type: 'invalid_request_error' } }));
+  }
+  const system = (body.messages ?? []).filter((m) => m.role === 'system').map((m) => m.content).join('\n');
+  const last = body.messages?.at(-1);
+  const lastText = typeof last?.content === 'string' ? last.content : (last?.content ?? []).map((p) => p.text ?? '').join('');
+  let text;
+  if (lastText.startsWith('Tool result')) text = `Done: ${lastText.split('\n').slice(1).join(' ')}`;
+  else if (system.includes('To call tools')) text = JSON.stringify({ tool_calls: [{ name: 'get_weather', arguments: { location: 'Paris' } }] });
+  else text = 'No tools were offered.';
+  const usage = { prompt_tokens: 30, completion_tokens: 12, total_tokens: 42 };
+  const base = { id: 'chatcmpl-notools', created: 1700000000, model: body.model };
+  if (!body.stream) {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    return res.end(JSON.stringify({ ...base, object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: text }, finish_reason: 'stop' }], usage }));
+  }
+  res.writeHead(200, { 'content-type': 'text/event-stream' });
+  const chunk = (delta, finish = null) => `data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+  res.write(chunk({ role: 'assistant', content: '' }));
+  for (let i = 0; i < text.length; i += 7) {
+    res.write(chunk({ content: text.slice(i, i + 7) }));
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  res.write(chunk({}, 'stop'));
+  res.write(`data: ${JSON.stringify({ ...base, object: 'chat.completion.chunk', choices: [], usage })}\n\n`);
+  res.end('data: [DONE]\n\n');
+}
+
 export function createDialectMock() {
   const requests = [];
   const server = http.createServer(async (req, res) => {
@@ -73,6 +107,9 @@ export function createDialectMock() {
       dialect = 'openai_chat'; model = body.model; stream = Boolean(body.stream);
     } else if ((m = /^\/azure\/openai\/deployments\/([^/]+)\/chat\/completions$/.exec(url.pathname))) {
       dialect = 'openai_chat'; model = decodeURIComponent(m[1]); stream = Boolean(body.stream);
+    } else if (url.pathname === '/notools/v1/chat/completions') {
+      requests.push({ dialect: 'notools', path: url.pathname, model: body.model, stream: Boolean(body.stream), body, credentialHeaders: [] });
+      return answerWithoutTools(body, res);
     } else if (url.pathname === '/mistral/v1/chat/completions') {
       const extra = Object.keys(body).filter((k) => !MISTRAL_FIELDS.has(k));
       if (extra.length) {

@@ -34,6 +34,8 @@ pub struct ChannelSettings {
     pub key_rotation: KeyRotation,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emulate_tools: bool,
 }
 
 impl ChannelSettings {
@@ -46,6 +48,7 @@ impl ChannelSettings {
             api_keys: channel.api_keys.clone(),
             key_rotation: channel.key_rotation,
             api_version: channel.api_version.clone(),
+            emulate_tools: channel.emulate_tools,
         }
     }
 }
@@ -109,6 +112,7 @@ pub async fn load_routing_config(conn: &mut AnyConnection) -> ApiResult<RoutingC
             api_keys: settings.api_keys,
             key_rotation: settings.key_rotation,
             api_version: settings.api_version,
+            emulate_tools: settings.emulate_tools,
         });
     }
     let model_rows = sqlx::query(

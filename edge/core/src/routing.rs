@@ -80,6 +80,11 @@ pub struct Channel {
     /// one (Azure OpenAI's `api-version`); `None`: the row's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
+    /// The channel's models have no native tools: a request's tools are
+    /// described in the prompt and the reply read back into tool calls
+    /// ([`crate::translate::tool_emulation`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emulate_tools: bool,
 }
 
 /// How a channel's credentials take turns.

@@ -91,6 +91,7 @@ pub mod responses_state;
 pub mod schema_sanitize;
 pub mod signature_vault;
 pub mod stream;
+pub mod tool_emulation;
 
 pub mod anthropic;
 pub mod gemini;

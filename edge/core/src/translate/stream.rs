@@ -18,6 +18,7 @@
 //! * output does not depend on how the input bytes were split.
 
 use super::canonical::{CanonicalResponse, ContentPart, FinishReason, StreamEvent};
+use super::tool_emulation::StreamEmulator;
 use super::{anthropic, gemini, openai_chat, openai_responses, ClientDialect, UpstreamDialect};
 use crate::error::{redact_secrets, GatewayError};
 use crate::limits::MAX_SSE_LINE_BYTES;
@@ -76,6 +77,9 @@ pub struct StreamOptions {
     /// `<think>` and `</think>`, for clients that cannot show
     /// `reasoning_content` (the operator's `fold_thinking`).
     pub fold_thinking: bool,
+    /// The tools offered to a model without native tools
+    /// ([`super::tool_emulation`]): its reply is read back into tool calls.
+    pub emulated_tools: Option<Vec<String>>,
 }
 
 /// How a stream ended, once it has.
@@ -108,6 +112,8 @@ pub struct StreamTranslator {
     upstream_id: Option<String>,
     /// Folding thinking into text, and a `<think>` is open.
     fold: Option<bool>,
+    /// Reading an emulated tool call back from the reply's text.
+    emulator: Option<StreamEmulator>,
 }
 
 impl StreamTranslator {
@@ -140,6 +146,10 @@ impl StreamTranslator {
             )),
         };
         let fold = (options.fold_thinking && client == ClientDialect::OpenAiChat).then_some(false);
+        let emulator = options
+            .emulated_tools
+            .clone()
+            .map(|offered| StreamEmulator::new(offered, options.response_id.clone()));
         Self {
             decoder: SseDecoder::new(MAX_SSE_LINE_BYTES),
             parser,
@@ -156,6 +166,7 @@ impl StreamTranslator {
             snapshot: ContentAccumulator::default(),
             upstream_id: None,
             fold,
+            emulator,
         }
     }
 
@@ -260,7 +271,14 @@ impl StreamTranslator {
                 break;
             }
             self.parser.on_event(event, &mut self.canonical_events);
-            let canonical = std::mem::take(&mut self.canonical_events);
+            let mut canonical = std::mem::take(&mut self.canonical_events);
+            if let Some(emulator) = &mut self.emulator {
+                let mut read = Vec::with_capacity(canonical.len());
+                for event in canonical {
+                    emulator.on_event(event, &mut read);
+                }
+                canonical = read;
+            }
             for event in canonical {
                 if self.outcome != StreamOutcome::Open {
                     break;

@@ -24,7 +24,7 @@ use crate::routing::Candidate;
 use crate::sse::encode_event;
 use crate::stream_shaper::StreamShaper;
 use crate::translate::signature_vault::REASONING_STATE_HEADER;
-use crate::translate::{self, StreamOptions, StreamTranslator};
+use crate::translate::{self, tool_emulation, StreamOptions, StreamTranslator};
 use crate::usage::{estimated_usage, TokenUsage, UsageEvent};
 use std::collections::VecDeque;
 
@@ -52,6 +52,7 @@ impl Target {
             upstream_model: c.upstream_model.to_string(),
             base_url: c.base_url.trim_end_matches('/').to_string(),
             api_version: c.channel.api_version.clone(),
+            emulate_tools: c.channel.emulate_tools,
             api_keys: c.channel.credentials(),
             key_rotation: c.channel.key_rotation,
             api_key_secret: c.channel.api_key_secret.clone(),
@@ -361,8 +362,16 @@ impl Generation {
                     provider: target.provider.id.to_string(),
                     upstream_model: target.upstream_model.clone(),
                 };
-                // Folding thinking rebuilds the answer, so it is never relayed as is.
-                let rebuild = self.suffix_stripped || self.model_options.fold_thinking;
+                // Folding thinking and emulating tools rebuild the request
+                // and the answer, so they are never relayed as is.
+                self.emulated_tools = self
+                    .inbound
+                    .as_ref()
+                    .and_then(|i| i.canonical())
+                    .filter(|_| target.emulate_tools)
+                    .and_then(tool_emulation::offered);
+                let rebuild =
+                    self.suffix_stripped || self.model_options.fold_thinking || self.emulated_tools.is_some();
                 let plan = Plan::for_attempt(self.start.client, target.provider.dialect, rebuild);
                 self.current = Some((target.clone(), plan, Vec::new()));
                 if let Some(circuit) = self.claim.take() {
@@ -414,11 +423,13 @@ impl Generation {
                     return Ok(lookup);
                 }
                 let inbound = self.inbound.as_ref().ok_or(GatewayError::Internal)?;
+                let emulated = self.emulated_tools.is_some();
                 let built = inbound.for_translation().and_then(|canonical| {
+                    let rewritten = emulated.then(|| tool_emulation::rewrite_request(canonical));
                     translate::build_provider_request(
                         dialect,
                         target.provider,
-                        canonical,
+                        rewritten.as_ref().unwrap_or(canonical),
                         &target.upstream_model,
                     )
                 });
@@ -607,6 +618,7 @@ impl Generation {
                     secrets,
                     prompt_estimate: Some(inbound.prompt.estimate),
                     fold_thinking: self.model_options.fold_thinking,
+                    emulated_tools: self.emulated_tools.clone(),
                 },
             ))),
         });
@@ -662,6 +674,9 @@ impl Generation {
             Plan::Translate(upstream) => {
                 let mut resp =
                     translate::parse_upstream_response_seeded(upstream, &body, &self.start.request_id)?;
+                if let Some(offered) = &self.emulated_tools {
+                    tool_emulation::read_response(&mut resp, offered);
+                }
                 kept = self.vault_entries(upstream, &resp);
                 if resp.created == 0 {
                     resp.created = self.started_ms / 1000;

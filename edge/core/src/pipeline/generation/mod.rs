@@ -93,6 +93,8 @@ struct Target {
     base_url: String,
     /// The channel's API version (Azure), overriding the row's default.
     api_version: Option<String>,
+    /// The channel emulates tool calls for models without them.
+    emulate_tools: bool,
     /// Inline credentials in rotation order (empty: the secret, or none).
     api_keys: Vec<String>,
     key_rotation: KeyRotation,
@@ -290,6 +292,9 @@ pub struct Generation {
     /// Parameters the current attempt's provider refuses, dropped from its
     /// request ([`crate::provider::body_quirks`]).
     dropped_params: Vec<&'static str>,
+    /// The tools the current attempt offers by emulation (its channel
+    /// emulates tool calls and the request has tools to offer).
+    emulated_tools: Option<Vec<String>>,
     served: Served,
     last_error: Option<GatewayError>,
     meter: Option<Meter>,
@@ -373,6 +378,7 @@ impl Generation {
             refused_credentials: Vec::new(),
             current: None,
             dropped_params: Vec::new(),
+            emulated_tools: None,
             served: Served::default(),
             last_error: None,
             meter: None,
