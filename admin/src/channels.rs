@@ -344,6 +344,12 @@ fn validated_channel(body: CreateChannel) -> ApiResult<Channel> {
                 "`breaker`: `failures` at most 10000, `window_ms` at most 86400000, `open_ms` at most {MAX_OPEN_MS}"
             )));
         }
+        if b.failures > 0 && (b.window_ms == 0 || b.open_ms == 0) {
+            // A zero window never counts a failure; a zero cool-down never skips.
+            return Err(ApiError::bad_request(
+                "`breaker`: `window_ms` and `open_ms` must be at least 1 while `failures` is set (`failures: 0` turns the breaker off)",
+            ));
+        }
     }
     let api_version = match body.api_version.as_deref().map(str::trim) {
         None | Some("") => None,
@@ -711,6 +717,18 @@ mod tests {
         assert!(validated(body(r#"{"id":"a b","provider":"mock"}"#)).is_err());
         assert!(validated(body(r#"{"id":"a","provider":"openai","mock":{"latency_ms":1}}"#)).is_err());
         assert!(validated(body(r#"{"id":"a","provider":"openai","timeout_ms":0}"#)).is_err());
+        let m = |extra: &str| format!(r#"{{"id":"a","provider":"mock","models":[{{"name":"m"}}],{extra}}}"#);
+        assert!(validated(body(&m(r#""mock":{"latency_ms":60001}"#))).is_err(), "mock delays are bounded");
+        assert!(validated(body(&m(r#""mock":{"latency_ms":60000,"chunk_delay_ms":5}"#))).is_ok());
+        assert!(
+            validated(body(&m(r#""breaker":{"failures":2,"window_ms":0}"#))).is_err(),
+            "a window that counts nothing"
+        );
+        assert!(
+            validated(body(&m(r#""breaker":{"failures":0,"window_ms":0,"open_ms":0}"#))).is_ok(),
+            "the breaker off"
+        );
+        assert!(validated(body(&m(r#""first_content_timeout_ms":600001"#))).is_err());
         assert!(validated(body(r#"{"id":"a","provider":"openai","api_key":"has space"}"#)).is_err());
         assert!(validated(body(r#"{"id":"a","provider":"openai","api_key_secret":"BAD-NAME"}"#)).is_err());
         assert!(

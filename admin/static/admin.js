@@ -1,10 +1,13 @@
-// Admin pages: channels (add, edit, enable/disable, test, delete), models and prices, groups,
+// Admin pages: channels (add, edit with advanced settings, enable/disable, test, delete), models and prices, groups,
 // users (create, change, credit), redemption codes (generate, export).
 import { t } from './i18n.js';
 import {
   h, api, state, money, whenSecs, toMicros, intOrUndef, notice, field, formData, table, section,
 } from './app.js';
 import { priceColumns } from './pages.js';
+import {
+  advancedFields, showProvider, fillAdvanced, clearAdvanced, readAdvanced, settingsCell, keysList,
+} from './channel_settings.js';
 
 // ---- channels ----
 
@@ -45,7 +48,10 @@ async function channelsPage() {
   const modelsPart = h('div', { class: 'wide' }, h('h3', {}, t('channels.models')), models, addModel);
   const modelsFixed = h('p', { class: 'muted', hidden: true }, t('channels.models_fixed'));
   const providerField = field('provider', t('channels.provider'), { options: providers.map((p) => [p.id, `${p.name} (${p.id})`]), required: true });
-  providerField.querySelector('select').addEventListener('change', (e) => { hint.textContent = providerHint(e.target.value); });
+  providerField.querySelector('select').addEventListener('change', (e) => {
+    hint.textContent = providerHint(e.target.value);
+    showProvider(form, e.target.value);
+  });
   const submit = h('button', { type: 'submit' }, t('channels.add'));
   const cancel = h('button', { type: 'button', class: 'secondary', hidden: true, onclick: () => { stopEditing(); } }, t('channels.cancel_edit'));
   const form = h('form', { class: 'grid-form', 'aria-label': t('channels.add') },
@@ -57,11 +63,13 @@ async function channelsPage() {
     field('timeout_ms', t('channels.timeout'), { inputmode: 'numeric', placeholder: '30000' }),
     field('groups', t('channels.groups'), { placeholder: t('channels.all_groups') }),
     field('enabled', t('channels.enabled'), { options: [['true', t('common.yes')], ['false', t('common.no')]] }),
+    advancedFields(),
     modelsPart, modelsFixed,
     h('div', { class: 'actions row wide' }, submit, cancel), status);
   const formTitle = h('h2', {}, t('channels.add'));
   const formCard = h('section', { class: 'card', id: 'channel-form' }, formTitle, form);
   const input = (name) => form.querySelector(`[name="${name}"]`);
+  showProvider(form, providers[0]?.id);
 
   // Editing: the add form, pre-filled; id and provider fixed, models not
   // changed here, a blank key field keeps the stored keys.
@@ -82,6 +90,8 @@ async function channelsPage() {
     input('timeout_ms').value = c.timeout_ms ?? '';
     input('groups').value = groupsText(c.groups);
     input('enabled').value = String(c.enabled);
+    fillAdvanced(form, c);
+    showProvider(form, c.provider);
     // Hidden model rows must not block the form's validation.
     for (const row of models.querySelectorAll('fieldset')) row.disabled = true;
     modelsPart.hidden = true;
@@ -100,7 +110,9 @@ async function channelsPage() {
     input('id').readOnly = false;
     input('provider').disabled = false;
     input('api_key').placeholder = '';
+    clearAdvanced(form);
     hint.textContent = providerHint(input('provider').value);
+    showProvider(form, input('provider').value);
     for (const row of models.querySelectorAll('fieldset')) row.disabled = false;
     modelsPart.hidden = false;
     modelsFixed.hidden = true;
@@ -122,8 +134,13 @@ async function channelsPage() {
         const body = {
           base_url: f.base_url.trim() || null, api_key_secret: f.api_key_secret.trim() || null,
           timeout_ms: intOrUndef(f.timeout_ms) ?? null, groups: groupsList(f.groups), enabled: f.enabled === 'true',
+          ...readAdvanced(f, { editing: true }),
         };
-        if (f.api_key.trim()) body.api_key = f.api_key.trim();
+        // Keys typed in either field replace the stored rotation; both blank keep it.
+        if (f.api_key.trim() || keysList(f.api_keys).length) {
+          body.api_key = f.api_key.trim() || null;
+          body.api_keys = keysList(f.api_keys);
+        }
         const r = await api('PATCH', `/api/channels/${encodeURIComponent(editing.id)}`, body);
         const msg = r.edge_synced ? t('channels.saved') : t('channels.saved_unsynced');
         stopEditing();
@@ -141,11 +158,13 @@ async function channelsPage() {
       const body = {
         id: f.id.trim(), provider: f.provider, base_url: f.base_url || undefined, api_key: f.api_key || undefined,
         api_key_secret: f.api_key_secret || undefined, timeout_ms: intOrUndef(f.timeout_ms), enabled: f.enabled === 'true',
-        groups: groupsList(f.groups), models: rows,
+        groups: groupsList(f.groups), models: rows, api_keys: keysList(f.api_keys), ...readAdvanced(f, { editing: false }),
       };
       const r = await api('POST', '/api/channels', body);
       status.ok(r.edge_synced ? t('channels.added') : t('channels.added_unsynced'));
       form.reset();
+      clearAdvanced(form);
+      showProvider(form, input('provider').value);
       models.replaceChildren(modelRow());
       await refresh();
     } catch (err) { status.fail(err); }
@@ -178,6 +197,7 @@ async function channelsPage() {
       [t('channels.timeout'), (c) => h('span', { 'data-timeout': c.id }, c.timeout_ms ?? '—')],
       [t('channels.credential'), (c) => (c.credentials > 1 ? t('channels.inline_keys', { n: c.credentials })
         : c.has_api_key ? t('channels.inline_key') : c.api_key_secret ? `secret ${c.api_key_secret}` : '—')],
+      [t('channels.settings'), settingsCell],
       [t('channels.health'), (c) => {
         // The channel's circuits at the edge: open ones and usable keys.
         const out = h('span', { class: 'health', 'data-health': c.id, 'aria-live': 'polite' }, '…');

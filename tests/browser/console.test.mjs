@@ -4,7 +4,10 @@
 // with the official openai SDK, finds the request in the logs and on the
 // dashboard, redeems a code; the user cannot reach admin pages; an admin
 // adds a channel and presses "test" (a pinned request through the edge),
-// disables a channel (the edge stops routing to it) and enables it, edits one;
+// disables a channel (the edge stops routing to it) and enables it, edits one,
+// sets a channel's advanced settings (time limits, breaker, media hosts, mock
+// delays; more keys and their rotation on a new one) and finds them in the
+// routing config the edge holds;
 // Chinese and phone width; /metrics parsed with a Prometheus text-format
 // parser, moving with traffic; the admin's JSON log lines carry no secret.
 // Screenshots: target/browser-screenshots/ (SCREENSHOTS_DIR=docs/screenshots
@@ -323,9 +326,9 @@ describe('the web console in Chromium', () => {
     const key = form.getByLabel('API key (stored)');
     assert.equal(await key.inputValue(), '', 'a stored key is never shown');
     assert.equal(await key.getAttribute('placeholder'), 'blank: keep 1 stored');
-    assert.equal(await form.getByLabel('Timeout (ms)').inputValue(), '1500');
+    assert.equal(await form.getByLabel('Timeout (ms)', { exact: true }).inputValue(), '1500');
     assert.ok(!(await page.content()).includes(CANARY_PROVIDER_KEY), 'the upstream key is not in the page');
-    await form.getByLabel('Timeout (ms)').fill('4000');
+    await form.getByLabel('Timeout (ms)', { exact: true }).fill('4000');
     await screenshot(page, 'channel-edit');
     await form.getByRole('button', { name: 'Save changes' }).click();
     await page.getByText('Channel saved and pushed to the edge.').waitFor();
@@ -344,10 +347,92 @@ describe('the web console in Chromium', () => {
     assert.match(await page.locator('.test-result[data-channel="mock-upstream"]').innerText(), /^200 · /);
     // Cancel leaves an edit unsaved and returns focus to the row's button.
     await edit.click();
-    await page.getByRole('form', { name: 'Edit channel mock-upstream' }).getByLabel('Timeout (ms)').fill('9');
+    await page.getByRole('form', { name: 'Edit channel mock-upstream' }).getByLabel('Timeout (ms)', { exact: true }).fill('9');
     await page.getByRole('button', { name: 'Cancel' }).click();
     assert.equal(await edit.evaluate((b) => b === document.activeElement), true);
     assert.equal((await stack.adminApi('GET', '/api/channels')).data.find((c) => c.id === 'mock-upstream').timeout_ms, 4000);
+  });
+
+  it("lets an admin set a channel's advanced settings: checked, in the edge's routing config, shown in its row", async () => {
+    await open('channels');
+    await page.getByRole('button', { name: 'Edit console-mock', exact: true }).click();
+    const form = page.getByRole('form', { name: 'Edit channel console-mock' });
+    await form.waitFor();
+    await form.getByText('Advanced settings').click();
+    await form.getByLabel('First-content timeout (ms)').fill('20000');
+    await form.getByLabel('Idle timeout (ms)').fill('9 s');
+    await form.getByLabel('Breaker: failures to open (0 = off)').fill('2');
+    await form.getByLabel('Breaker: window (ms)').fill('10000');
+    await form.getByLabel('Breaker: open for (ms)').fill('999999');
+    await form.getByLabel('Private media hosts (comma-separated)').fill('minio.lan, 10.0.0.9');
+    await form.getByLabel('Mock: latency (ms)').fill('400');
+    await form.getByLabel('Mock: delay between chunks (ms)').fill('5');
+    const save = form.getByRole('button', { name: 'Save changes' });
+    // The form refuses what is not a whole number; the server, what is out of range.
+    await save.click();
+    await form.getByText('Idle timeout (ms): “9 s” is not a whole number.').waitFor();
+    await form.getByLabel('Idle timeout (ms)').fill('9000');
+    await save.click();
+    await form.getByText('`open_ms` at most 300000').waitFor();
+    const routed = async () => (await stack.internal('GET', '/internal/routing')).channels.find((c) => c.id === 'console-mock');
+    assert.equal((await routed()).breaker, undefined, 'a refused change reaches nothing');
+    await form.getByLabel('Breaker: open for (ms)').fill('4000');
+    await screenshot(page, 'channel-advanced');
+    await save.click();
+    await page.getByText('Channel saved and pushed to the edge.').waitFor();
+    // What the edge routes with.
+    const atEdge = await routed();
+    assert.equal(atEdge.first_content_timeout_ms, 20000);
+    assert.equal(atEdge.idle_timeout_ms, 9000);
+    assert.deepEqual(atEdge.breaker, { failures: 2, window_ms: 10000, open_ms: 4000 });
+    assert.deepEqual(atEdge.media_hosts, ['minio.lan', '10.0.0.9']);
+    assert.deepEqual(atEdge.mock, { latency_ms: 400, chunk_delay_ms: 5 });
+    // The row shows them.
+    const settings = page.locator('[data-settings="console-mock"]');
+    await settings.locator('summary').click();
+    const setting = (key) => settings.locator(`[data-setting="${key}"]`).innerText();
+    assert.equal(await setting('first_content_timeout_ms'), '20000 ms');
+    assert.equal(await setting('idle_timeout_ms'), '9000 ms');
+    assert.equal(await setting('breaker'), '2 failures within 10000 ms open it for 4000 ms');
+    assert.equal(await setting('media_hosts'), 'minio.lan, 10.0.0.9');
+    assert.equal(await setting('mock'), 'latency 400 ms, chunks every 5 ms');
+    // Editing again opens the group filled in; a cleared breaker is the default again.
+    await page.getByRole('button', { name: 'Edit console-mock', exact: true }).click();
+    assert.equal(await form.getByLabel('Idle timeout (ms)').isVisible(), true, 'the group opens when anything is set');
+    assert.equal(await form.getByLabel('Breaker: window (ms)').inputValue(), '10000');
+    for (const name of ['failures to open (0 = off)', 'window (ms)', 'open for (ms)']) await form.getByLabel(`Breaker: ${name}`).fill('');
+    await save.click();
+    await page.getByText('Channel saved and pushed to the edge.').waitFor();
+    assert.equal((await routed()).breaker, undefined);
+    assert.equal((await routed()).idle_timeout_ms, 9000, 'the rest stays');
+    const client = new OpenAI({ baseURL: `${stack.gatewayUrl}/v1`, apiKey: aliceKey, maxRetries: 0 });
+    const started = Date.now();
+    await client.chat.completions.create({ model: 'console-model', messages: [{ role: 'user', content: 'slowly' }] });
+    // The edge honours the mock's latency (a request to it takes tens of ms otherwise).
+    assert.ok(Date.now() - started >= 400, `the mock waits its latency (${Date.now() - started} ms)`);
+
+    // A new channel with three keys taken at random; the mock's fields are
+    // only for the mock provider.
+    await page.getByLabel('Id', { exact: true }).fill('console-keys');
+    await page.getByLabel('Provider').selectOption('openai-compatible');
+    assert.equal(await page.locator('[data-mock-fields]').isHidden(), true);
+    await page.getByLabel('Base URL').fill(`${stack.mockUrl}/v1`);
+    await page.getByLabel('API key (stored)').fill('sk-console-key-a-000000');
+    await page.getByText('Advanced settings').click();
+    await page.getByLabel('More API keys (one per line)').fill('sk-console-key-b-000000\nsk-console-key-c-000000');
+    await page.getByLabel('Key rotation').selectOption('random');
+    await page.getByLabel('Model', { exact: true }).fill('console-keys-model');
+    await page.getByLabel('Upstream model').fill('gpt-test');
+    await page.getByRole('button', { name: 'Add channel' }).click();
+    await page.getByText('Channel added and pushed to the edge.').waitFor();
+    const view = (await stack.adminApi('GET', '/api/channels')).data.find((c) => c.id === 'console-keys');
+    assert.equal(view.credentials, 3);
+    assert.equal(view.key_rotation, 'random');
+    const keys = (await stack.internal('GET', '/internal/routing')).channels.find((c) => c.id === 'console-keys');
+    assert.deepEqual([keys.api_key, keys.api_keys, keys.key_rotation], ['sk-console-key-a-000000', ['sk-console-key-b-000000', 'sk-console-key-c-000000'], 'random']);
+    assert.ok(!(await page.content()).includes('sk-console-key-b'), 'no key is left in the page');
+    await page.locator('[data-settings="console-keys"] summary').click();
+    assert.equal(await page.locator('[data-settings="console-keys"] [data-setting="keys"]').innerText(), '3, taken at random');
   });
 
   it('shows an admin the codes (which were used), users, models and groups', async () => {

@@ -71,6 +71,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../../static/admin.js"),
     },
     Asset {
+        name: "channel_settings.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../static/channel_settings.js"),
+    },
+    Asset {
         name: "i18n.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../static/i18n.js"),

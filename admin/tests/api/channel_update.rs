@@ -181,6 +181,8 @@ async fn bad_patches_are_refused_and_change_nothing(db: DbKind) {
         ("main", json!({"media_hosts": ["http://files.internal/x"]}), "`media_hosts[0]`"),
         ("main", json!({"breaker": {"failures": 20000}}), "`breaker`"),
         ("main", json!({"breaker": {"failures": 1, "nope": 2}}), "unknown field `nope`"),
+        ("main", json!({"breaker": {"failures": 2, "window_ms": 0}}), "at least 1 while `failures` is set"),
+        ("main", json!({"breaker": {"open_ms": 0}}), "at least 1 while `failures` is set"),
         ("main", json!({"key_rotation": "sideways"}), "unknown variant"),
         // Valid alone, refused by the routing table after the write (rolled back).
         ("compat", json!({"base_url": null, "enabled": false}), "needs a base_url"),

@@ -168,9 +168,17 @@ async fn console_files_and_public_pages() {
     assert_eq!(status, StatusCode::OK);
     assert!(content_type.starts_with("text/html"));
     assert!(html.contains("/static/app.js"));
-    for file in
-        ["app.js", "pages.js", "admin.js", "i18n.js", "app.css", "uplot.js", "uplot.css", "favicon.svg"]
-    {
+    for file in [
+        "app.js",
+        "pages.js",
+        "admin.js",
+        "channel_settings.js",
+        "i18n.js",
+        "app.css",
+        "uplot.js",
+        "uplot.css",
+        "favicon.svg",
+    ] {
         let (status, _, body) = get_text(&app, &format!("/static/{file}"), None).await;
         assert_eq!(status, StatusCode::OK, "{file}");
         assert!(!body.is_empty(), "{file}");
