@@ -121,3 +121,65 @@ fn anthropic_refusals_name_the_field() {
         ],
     );
 }
+
+#[test]
+fn gemini_refusals_name_the_field_as_sent() {
+    let parts = |parts: Value| json!({"contents": [{"role": "user", "parts": parts}]});
+    check(
+        ClientDialect::Gemini,
+        &[
+            (
+                parts(json!([{"text": "see"}, {"inlineData": {"data": "AAAA"}}])),
+                "contents[0].parts[1].inlineData.mimeType",
+                "Missing required parameter: `contents[0].parts[1].inlineData.mimeType`.",
+            ),
+            (
+                parts(json!([{"inline_data": {"mime_type": 7, "data": "AAAA"}}])),
+                "contents[0].parts[0].inline_data.mime_type",
+                "`contents[0].parts[0].inline_data.mime_type` must be a string.",
+            ),
+            (
+                parts(json!([{"functionCall": {"args": {}}}])),
+                "contents[0].parts[0].functionCall.name",
+                "Missing required parameter: `contents[0].parts[0].functionCall.name`.",
+            ),
+            (
+                parts(json!([{"executable_code": {"code": "1"}}])),
+                "contents[0].parts[0].executableCode",
+                "Gemini part `executableCode` cannot be translated.",
+            ),
+            (parts(json!([{"text": 1}])), "contents[0].parts[0].text", "`contents[0].parts[0].text` must be a string."),
+            (
+                json!({"contents": [{"role": "system", "parts": []}]}),
+                "contents[0].role",
+                "`contents[0].role` must be `user` or `model`, not `system`.",
+            ),
+            (json!({}), "contents", "Missing required parameter: `contents`."),
+            (
+                json!({"contents": [], "generationConfig": {"maxOutputTokens": "9"}}),
+                "generationConfig.maxOutputTokens",
+                "`generationConfig.maxOutputTokens` must be a non-negative integer.",
+            ),
+            (
+                json!({"contents": [], "generation_config": {"thinking_config": {"thinking_budget": 1.5}}}),
+                "generation_config.thinking_config.thinking_budget",
+                "`generation_config.thinking_config.thinking_budget` must be an integer.",
+            ),
+            (
+                json!({"contents": [], "generationConfig": {"speechConfig": {"voice": "x"}}}),
+                "generationConfig.speechConfig",
+                "`generationConfig.speechConfig` is not supported when edgeway translates this request to another provider's API.",
+            ),
+            (
+                json!({"contents": [], "tools": [{"functionDeclarations": [{"name": "f"}]}, {"code_execution": {}}]}),
+                "tools[1].codeExecution",
+                "Gemini tool `codeExecution` is not supported through edgeway's translation layer; only function declarations are.",
+            ),
+            (
+                json!({"contents": [], "safetySettings": {"category": "x"}}),
+                "safetySettings",
+                "`safetySettings` must be an array.",
+            ),
+        ],
+    );
+}

@@ -1,17 +1,20 @@
 //! Client side, inbound: a client's `generateContent` (or `countTokens`)
-//! body read into the hub, camelCase or snake_case. Every field is
-//! type-checked where it is read, so a 400 names the parameter exactly
-//! (`contents[0].parts[1].inlineData.mimeType`).
+//! body read into the hub, camelCase or snake_case (serde aliases). The body
+//! is read as the private typed shapes below ([`client_body::read`]), so a
+//! 400 names the parameter exactly (`contents[0].parts[1].inlineData.mimeType`);
+//! which tools, parts and configs translate is checked after.
 
 use super::super::canonical::*;
-use super::super::json_fields::*;
+use super::super::client_body;
+use super::super::json_fields::{check_fields, invalid, parse_object};
 use super::super::media::{
     audio_format, check_public_url, image_media_type, media_type_from_url, normalize_base64,
 };
 use super::super::REDACTED_THINKING_PREFIX;
 use super::GEMINI_FILE_URI_PREFIX;
 use crate::error::GatewayError;
-use serde_json::{json, Map, Value};
+use serde::Deserialize;
+use serde_json::{json, Map, Number, Value};
 
 const SUPPORTED_FIELDS: &[&str] = &[
     "contents",
@@ -51,132 +54,243 @@ const GENERATION_FIELDS: &[&str] = &[
 const UNSUPPORTED_GENERATION_FIELDS: &[&str] =
     &["speechConfig", "routingConfig", "enableEnhancedCivicAnswers"];
 
-/// The value under `camel` or its snake_case alias.
-fn either<'a>(obj: &'a Map<String, Value>, camel: &str, snake: &str) -> Option<&'a Value> {
-    obj.get(camel).or_else(|| obj.get(snake)).filter(|v| !v.is_null())
+/// A `generateContent` body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateBody<'a> {
+    model: Option<&'a str>,
+    contents: Vec<WireContent<'a>>,
+    #[serde(alias = "system_instruction")]
+    system_instruction: Option<WireContent<'a>>,
+    #[serde(alias = "safety_settings")]
+    safety_settings: Option<Vec<Value>>,
+    #[serde(alias = "generation_config")]
+    generation_config: Option<GenerationConfig<'a>>,
+    tools: Option<Vec<WireTool<'a>>>,
+    #[serde(alias = "tool_config")]
+    tool_config: Option<ToolConfig<'a>>,
 }
 
-fn snake_to_camel(map: &Map<String, Value>) -> Map<String, Value> {
-    map.iter()
-        .map(|(k, v)| {
-            let mut camel = String::with_capacity(k.len());
-            let mut upper = false;
-            for c in k.chars() {
-                if c == '_' {
-                    upper = true;
-                } else if upper {
-                    camel.extend(c.to_uppercase());
-                    upper = false;
-                } else {
-                    camel.push(c);
-                }
-            }
-            (camel, v.clone())
-        })
-        .collect()
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig<'a> {
+    temperature: Option<Number>,
+    #[serde(alias = "top_p")]
+    top_p: Option<Number>,
+    #[serde(alias = "top_k")]
+    top_k: Option<u64>,
+    #[serde(alias = "max_output_tokens")]
+    max_output_tokens: Option<u64>,
+    #[serde(alias = "candidate_count")]
+    candidate_count: Option<u64>,
+    seed: Option<i64>,
+    #[serde(alias = "presence_penalty")]
+    presence_penalty: Option<Number>,
+    #[serde(alias = "frequency_penalty")]
+    frequency_penalty: Option<Number>,
+    #[serde(alias = "response_logprobs")]
+    response_logprobs: Option<bool>,
+    #[serde(alias = "stop_sequences")]
+    stop_sequences: Option<Vec<&'a str>>,
+    #[serde(alias = "response_modalities")]
+    response_modalities: Option<Vec<&'a str>>,
+    #[serde(alias = "response_mime_type")]
+    response_mime_type: Option<&'a str>,
+    #[serde(alias = "response_schema")]
+    response_schema: Option<Value>,
+    #[serde(alias = "response_json_schema")]
+    response_json_schema: Option<Value>,
+    #[serde(alias = "thinking_config")]
+    thinking_config: Option<ThinkingConfig<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ThinkingConfig<'a> {
+    #[serde(alias = "thinking_level")]
+    thinking_level: Option<&'a str>,
+    #[serde(alias = "thinking_budget")]
+    thinking_budget: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireTool<'a> {
+    #[serde(alias = "function_declarations", borrow)]
+    function_declarations: Option<Vec<FunctionDeclaration<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionDeclaration<'a> {
+    name: &'a str,
+    description: Option<&'a str>,
+    #[serde(alias = "parameters_json_schema")]
+    parameters_json_schema: Option<Value>,
+    parameters: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolConfig<'a> {
+    #[serde(alias = "function_calling_config", borrow)]
+    function_calling_config: Option<FunctionCallingConfig<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionCallingConfig<'a> {
+    mode: Option<&'a str>,
+    #[serde(alias = "allowed_function_names")]
+    allowed_function_names: Option<Vec<&'a str>>,
+}
+
+/// A turn of `contents`, or the `systemInstruction`.
+#[derive(Deserialize)]
+struct WireContent<'a> {
+    role: Option<&'a str>,
+    #[serde(borrow)]
+    parts: Option<Vec<Part<'a>>>,
+}
+
+/// A part of any kind: which payload field is set says which.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Part<'a> {
+    text: Option<&'a str>,
+    thought: Option<bool>,
+    #[serde(alias = "thought_signature")]
+    thought_signature: Option<&'a str>,
+    #[serde(alias = "inline_data")]
+    inline_data: Option<InlineData<'a>>,
+    #[serde(alias = "file_data")]
+    file_data: Option<FileData<'a>>,
+    #[serde(alias = "function_call")]
+    function_call: Option<FunctionCall<'a>>,
+    #[serde(alias = "function_response")]
+    function_response: Option<FunctionResponse<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InlineData<'a> {
+    #[serde(alias = "mime_type")]
+    mime_type: &'a str,
+    data: &'a str,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileData<'a> {
+    #[serde(alias = "file_uri")]
+    file_uri: &'a str,
+    #[serde(alias = "mime_type")]
+    mime_type: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct FunctionCall<'a> {
+    name: &'a str,
+    id: Option<&'a str>,
+    args: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct FunctionResponse<'a> {
+    name: &'a str,
+    id: Option<&'a str>,
+    response: Option<Value>,
+}
+
+/// `snake_case` → `camelCase`.
+fn camel(key: &str) -> String {
+    let mut camel = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            camel.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            camel.push(c);
+        }
+    }
+    camel
+}
+
+/// The object at `value`'s `key` (camelCase or snake_case) with camelCase keys.
+fn camel_object(value: &Value, camel_key: &str, snake_key: &str) -> Option<Map<String, Value>> {
+    let object = value.get(camel_key).or_else(|| value.get(snake_key))?.as_object()?;
+    Some(object.iter().map(|(k, v)| (camel(k), v.clone())).collect())
 }
 
 /// Parses a `generateContent` body (or a `countTokens` body when `count_tokens`).
 pub(crate) fn parse_request(body: &[u8], count_tokens: bool) -> Result<CanonicalRequest, GatewayError> {
-    let mut obj = parse_object(body)?;
+    let mut value = Value::Object(parse_object(body)?);
     if count_tokens {
-        if let Some(Value::Object(inner)) =
-            obj.get("generateContentRequest").or_else(|| obj.get("generate_content_request")).cloned()
+        if let Some(inner) =
+            value.get("generateContentRequest").or_else(|| value.get("generate_content_request"))
         {
-            obj = inner;
+            if inner.is_object() {
+                value = inner.clone();
+            }
         }
     }
-    check_fields(&obj, SUPPORTED_FIELDS, UNSUPPORTED_FIELDS, "")?;
+    check_untranslatable_keys(&value)?;
+    let body: GenerateBody = client_body::read(&value, "")?;
     let mut req = CanonicalRequest {
-        model: opt_str(&obj, "model", "")?
-            .map(|m| m.strip_prefix("models/").unwrap_or(m).to_string())
-            .unwrap_or_default(),
+        model: body.model.map(|m| m.strip_prefix("models/").unwrap_or(m).to_string()).unwrap_or_default(),
+        gemini_safety_settings: body.safety_settings.map(Value::Array),
         ..Default::default()
     };
-    if let Some(system) = either(&obj, "systemInstruction", "system_instruction") {
-        let sys = as_object(system, "systemInstruction")?;
-        for (i, part) in opt_array(sys, "parts", "systemInstruction")?.into_iter().flatten().enumerate() {
-            let path = format!("systemInstruction.parts[{i}]");
-            let text = opt_str(as_object(part, &path)?, "text", &path)?.unwrap_or("");
-            if !text.is_empty() {
-                req.system.push(SystemBlock { text: text.to_string(), cache_control: None });
+    let system_parts = body.system_instruction.and_then(|s| s.parts).into_iter().flatten();
+    for text in system_parts.filter_map(|p| p.text).filter(|t| !t.is_empty()) {
+        req.system.push(SystemBlock { text: text.to_string(), cache_control: None });
+    }
+    if let Some(config) = body.generation_config {
+        parse_generation_config(config, &mut req)?;
+    }
+    for tool in body.tools.into_iter().flatten() {
+        for decl in tool.function_declarations.into_iter().flatten() {
+            req.tools.push(ToolDefinition {
+                name: decl.name.to_string(),
+                description: decl.description.map(str::to_string),
+                parameters: decl
+                    .parameters_json_schema
+                    .or(decl.parameters)
+                    .map(|schema| lowercase_types(&schema))
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                strict: None,
+                cache_control: None,
+            });
+        }
+    }
+    if let Some(fcc) = body.tool_config.and_then(|c| c.function_calling_config) {
+        let allowed = fcc.allowed_function_names.unwrap_or_default();
+        req.tool_choice = match fcc.mode.unwrap_or("AUTO") {
+            "AUTO" | "MODE_UNSPECIFIED" => Some(ToolChoice::Auto),
+            "NONE" => Some(ToolChoice::None),
+            "ANY" | "VALIDATED" if allowed.len() == 1 => {
+                allowed.first().map(|n| ToolChoice::Tool(n.to_string()))
             }
-        }
-    }
-    if let Some(settings) = either(&obj, "safetySettings", "safety_settings") {
-        if !settings.is_array() {
-            return Err(invalid("`safetySettings` must be an array.", "safetySettings"));
-        }
-        req.gemini_safety_settings = Some(settings.clone());
-    }
-    if let Some(config) = either(&obj, "generationConfig", "generation_config") {
-        parse_generation_config(&snake_to_camel(as_object(config, "generationConfig")?), &mut req)?;
-    }
-    if let Some(tools) = obj.get("tools").filter(|t| !t.is_null()) {
-        let tools = tools.as_array().ok_or_else(|| invalid("`tools` must be an array.", "tools"))?;
-        for (i, tool) in tools.iter().enumerate() {
-            let path = format!("tools[{i}]");
-            let t = snake_to_camel(as_object(tool, &path)?);
-            for key in t.keys() {
-                if key != "functionDeclarations" {
-                    return Err(invalid(
-                        format!("Gemini tool `{key}` is not supported through edgeway's translation layer; only function declarations are."),
-                        &format!("{path}.{key}"),
-                    ));
-                }
+            "ANY" | "VALIDATED" if allowed.is_empty() => Some(ToolChoice::Required),
+            "ANY" | "VALIDATED" => return Err(invalid(
+                "`allowedFunctionNames` with more than one name cannot be translated; list one name or none.",
+                "toolConfig.functionCallingConfig.allowedFunctionNames",
+            )),
+            other => {
+                return Err(invalid(
+                    format!("`functionCallingConfig.mode` `{other}` is not valid."),
+                    "toolConfig.functionCallingConfig.mode",
+                ))
             }
-            for (j, decl) in opt_array(&t, "functionDeclarations", &path)?.into_iter().flatten().enumerate() {
-                let dpath = format!("{path}.functionDeclarations[{j}]");
-                let d = snake_to_camel(as_object(decl, &dpath)?);
-                req.tools.push(ToolDefinition {
-                    name: req_str(&d, "name", &dpath)?.to_string(),
-                    description: opt_str(&d, "description", &dpath)?.map(str::to_string),
-                    parameters: d
-                        .get("parametersJsonSchema")
-                        .or_else(|| d.get("parameters"))
-                        .filter(|p| !p.is_null())
-                        .map(lowercase_types)
-                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-                    strict: None,
-                    cache_control: None,
-                });
-            }
-        }
+        };
     }
-    if let Some(config) = either(&obj, "toolConfig", "tool_config") {
-        let config = snake_to_camel(as_object(config, "toolConfig")?);
-        if let Some(fcc) = config.get("functionCallingConfig").filter(|v| !v.is_null()) {
-            let fcc = snake_to_camel(as_object(fcc, "toolConfig.functionCallingConfig")?);
-            let allowed: Vec<String> =
-                opt_array(&fcc, "allowedFunctionNames", "toolConfig.functionCallingConfig")?
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|n| n.as_str().map(str::to_string))
-                    .collect();
-            req.tool_choice = match opt_str(&fcc, "mode", "toolConfig.functionCallingConfig")?.unwrap_or("AUTO") {
-                "AUTO" | "MODE_UNSPECIFIED" => Some(ToolChoice::Auto),
-                "NONE" => Some(ToolChoice::None),
-                "ANY" | "VALIDATED" if allowed.len() == 1 => allowed.first().cloned().map(ToolChoice::Tool),
-                "ANY" | "VALIDATED" if allowed.is_empty() => Some(ToolChoice::Required),
-                "ANY" | "VALIDATED" => {
-                    return Err(invalid(
-                        "`allowedFunctionNames` with more than one name cannot be translated; list one name or none.",
-                        "toolConfig.functionCallingConfig.allowedFunctionNames",
-                    ))
-                }
-                other => {
-                    return Err(invalid(format!("`functionCallingConfig.mode` `{other}` is not valid."), "toolConfig.functionCallingConfig.mode"))
-                }
-            };
-        }
-    }
-    let contents = opt_array(&obj, "contents", "")?
-        .ok_or_else(|| invalid("Missing required parameter: `contents`.", "contents"))?;
     let mut pending_calls: Vec<(String, String)> = Vec::new();
-    for (i, content) in contents.iter().enumerate() {
+    for (i, content) in body.contents.into_iter().enumerate() {
         let path = format!("contents[{i}]");
-        let c = as_object(content, &path)?;
-        let role = match opt_str(c, "role", &path)?.unwrap_or("user") {
+        let role = match content.role.unwrap_or("user") {
             "user" | "function" | "tool" => Role::User,
             "model" => Role::Assistant,
             other => {
@@ -186,21 +300,13 @@ pub(crate) fn parse_request(body: &[u8], count_tokens: bool) -> Result<Canonical
                 ))
             }
         };
-        let mut parts = Vec::new();
-        let mut calls_this_turn = Vec::new();
-        for (j, part) in opt_array(c, "parts", &path)?.into_iter().flatten().enumerate() {
-            let ppath = format!("{path}.parts[{j}]");
-            parse_part(
-                &snake_to_camel(as_object(part, &ppath)?),
-                &ppath,
-                i,
-                &mut parts,
-                &mut calls_this_turn,
-                &mut pending_calls,
-            )?;
+        let mut turn = Turn { index: i, parts: Vec::new(), calls: Vec::new(), pending: &mut pending_calls };
+        for (j, part) in content.parts.into_iter().flatten().enumerate() {
+            turn.read_part(part, &format!("{path}.parts[{j}]"))?;
         }
+        let Turn { parts, calls, .. } = turn;
         if role == Role::Assistant {
-            pending_calls = calls_this_turn;
+            pending_calls = calls;
         }
         match req.messages.last_mut() {
             Some(last) if last.role == role => last.content.extend(parts),
@@ -208,6 +314,45 @@ pub(crate) fn parse_request(body: &[u8], count_tokens: bool) -> Result<Canonical
         }
     }
     Ok(req)
+}
+
+/// What serde ignores but the gateway must refuse: unknown or unsupported
+/// top-level and `generationConfig` fields, tools other than function
+/// declarations, and parts of a kind that cannot be translated.
+fn check_untranslatable_keys(body: &Value) -> Result<(), GatewayError> {
+    if let Some(obj) = body.as_object() {
+        check_fields(obj, SUPPORTED_FIELDS, UNSUPPORTED_FIELDS, "")?;
+    }
+    if let Some(config) = camel_object(body, "generationConfig", "generation_config") {
+        check_fields(&config, GENERATION_FIELDS, UNSUPPORTED_GENERATION_FIELDS, "generationConfig")?;
+    }
+    for (i, tool) in body.get("tools").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for key in tool.as_object().into_iter().flat_map(Map::keys).map(|k| camel(k)) {
+            if key != "functionDeclarations" {
+                return Err(invalid(
+                    format!("Gemini tool `{key}` is not supported through edgeway's translation layer; only function declarations are."),
+                    &format!("tools[{i}].{key}"),
+                ));
+            }
+        }
+    }
+    const PAYLOADS: [&str; 5] = ["text", "inlineData", "fileData", "functionCall", "functionResponse"];
+    const BESIDE: [&str; 4] = ["thought", "thoughtSignature", "videoMetadata", "partMetadata"];
+    let contents = body.get("contents").and_then(Value::as_array).into_iter().flatten();
+    for (i, content) in contents.enumerate() {
+        for (j, part) in content.get("parts").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let keys: Vec<(String, bool)> =
+                part.as_object().into_iter().flatten().map(|(k, v)| (camel(k), v.is_null())).collect();
+            let has_payload = keys.iter().any(|(k, null)| !null && PAYLOADS.contains(&k.as_str()));
+            if let Some((key, _)) = keys.iter().find(|(k, _)| !has_payload && !BESIDE.contains(&k.as_str())) {
+                return Err(invalid(
+                    format!("Gemini part `{key}` cannot be translated."),
+                    &format!("contents[{i}].parts[{j}].{key}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Gemini's OpenAPI schemas use upper-case types (`STRING`); JSON Schema
@@ -233,39 +378,30 @@ fn lowercase_types(schema: &Value) -> Value {
     }
 }
 
-fn parse_generation_config(
-    config: &Map<String, Value>,
-    req: &mut CanonicalRequest,
-) -> Result<(), GatewayError> {
-    const P: &str = "generationConfig";
-    check_fields(config, GENERATION_FIELDS, UNSUPPORTED_GENERATION_FIELDS, P)?;
-    req.temperature = opt_number(config, "temperature", P)?;
-    req.top_p = opt_number(config, "topP", P)?;
-    req.top_k = opt_u64(config, "topK", P)?;
-    req.max_output_tokens = opt_u64(config, "maxOutputTokens", P)?;
-    req.candidate_count = opt_u64(config, "candidateCount", P)?;
-    req.seed = opt_i64(config, "seed", P)?;
-    req.presence_penalty = opt_number(config, "presencePenalty", P)?.filter(|n| n.as_f64() != Some(0.0));
-    req.frequency_penalty = opt_number(config, "frequencyPenalty", P)?.filter(|n| n.as_f64() != Some(0.0));
-    req.logprobs = opt_bool(config, "responseLogprobs", P)?.unwrap_or(false);
-    if let Some(stops) = opt_array(config, "stopSequences", P)? {
-        req.stop_sequences = stops.iter().filter_map(|s| s.as_str().map(str::to_string)).collect();
+fn parse_generation_config(config: GenerationConfig, req: &mut CanonicalRequest) -> Result<(), GatewayError> {
+    let nonzero = |n: Option<Number>| n.filter(|n| n.as_f64() != Some(0.0));
+    req.temperature = config.temperature;
+    req.top_p = config.top_p;
+    req.top_k = config.top_k;
+    req.max_output_tokens = config.max_output_tokens;
+    req.candidate_count = config.candidate_count;
+    req.seed = config.seed;
+    req.presence_penalty = nonzero(config.presence_penalty);
+    req.frequency_penalty = nonzero(config.frequency_penalty);
+    req.logprobs = config.response_logprobs.unwrap_or(false);
+    req.stop_sequences = config.stop_sequences.into_iter().flatten().map(str::to_string).collect();
+    if config.response_modalities.into_iter().flatten().any(|m| !m.eq_ignore_ascii_case("text")) {
+        return Err(invalid(
+            "Only the TEXT response modality can be translated.",
+            "generationConfig.responseModalities",
+        ));
     }
-    if let Some(modalities) = opt_array(config, "responseModalities", P)? {
-        if modalities.iter().any(|m| !m.as_str().is_some_and(|s| s.eq_ignore_ascii_case("text"))) {
-            return Err(invalid(
-                "Only the TEXT response modality can be translated.",
-                "generationConfig.responseModalities",
-            ));
-        }
-    }
-    let schema =
-        config.get("responseJsonSchema").or_else(|| config.get("responseSchema")).filter(|s| !s.is_null());
-    match (opt_str(config, "responseMimeType", P)?, schema) {
+    let schema = config.response_json_schema.or(config.response_schema);
+    match (config.response_mime_type, schema) {
         (Some("application/json"), Some(schema)) => {
             req.response_format = Some(ResponseFormat::JsonSchema {
                 name: "response".into(),
-                schema: lowercase_types(schema),
+                schema: lowercase_types(&schema),
                 strict: None,
             })
         }
@@ -284,125 +420,112 @@ fn parse_generation_config(
             ))
         }
     }
-    if let Some(thinking) = config.get("thinkingConfig").filter(|v| !v.is_null()) {
-        let thinking = snake_to_camel(as_object(thinking, "generationConfig.thinkingConfig")?);
-        let path = "generationConfig.thinkingConfig";
-        if let Some(level) = opt_str(&thinking, "thinkingLevel", path)? {
-            req.reasoning = Some(match level.to_ascii_lowercase().as_str() {
-                "minimal" => Reasoning::Effort(ReasoningEffort::Minimal),
-                "low" => Reasoning::Effort(ReasoningEffort::Low),
-                "medium" => Reasoning::Effort(ReasoningEffort::Medium),
-                "high" => Reasoning::Effort(ReasoningEffort::High),
-                other => {
-                    return Err(invalid(
-                        format!("`thinkingLevel` `{other}` is not valid."),
-                        "generationConfig.thinkingConfig.thinkingLevel",
-                    ))
-                }
-            });
-        } else if let Some(budget) = opt_i64(&thinking, "thinkingBudget", path)? {
-            req.reasoning = Some(match budget {
-                0 => Reasoning::Disabled,
-                b if b < 0 => Reasoning::Effort(ReasoningEffort::Medium),
-                b => Reasoning::Budget(b.unsigned_abs()),
-            });
-        }
+    let Some(thinking) = config.thinking_config else { return Ok(()) };
+    if let Some(level) = thinking.thinking_level {
+        req.reasoning = Some(match level.to_ascii_lowercase().as_str() {
+            "minimal" => Reasoning::Effort(ReasoningEffort::Minimal),
+            "low" => Reasoning::Effort(ReasoningEffort::Low),
+            "medium" => Reasoning::Effort(ReasoningEffort::Medium),
+            "high" => Reasoning::Effort(ReasoningEffort::High),
+            other => {
+                return Err(invalid(
+                    format!("`thinkingLevel` `{other}` is not valid."),
+                    "generationConfig.thinkingConfig.thinkingLevel",
+                ))
+            }
+        });
+    } else if let Some(budget) = thinking.thinking_budget {
+        req.reasoning = Some(match budget {
+            0 => Reasoning::Disabled,
+            b if b < 0 => Reasoning::Effort(ReasoningEffort::Medium),
+            b => Reasoning::Budget(b.unsigned_abs()),
+        });
     }
     Ok(())
 }
 
-fn parse_part(
-    part: &Map<String, Value>,
-    path: &str,
-    turn: usize,
-    parts: &mut Vec<ContentPart>,
-    calls_this_turn: &mut Vec<(String, String)>,
-    pending_calls: &mut Vec<(String, String)>,
-) -> Result<(), GatewayError> {
-    let signature = opt_str(part, "thoughtSignature", path)?.map(str::to_string);
-    if let Some(text) = part.get("text").filter(|v| !v.is_null()) {
-        let text = text
-            .as_str()
-            .ok_or_else(|| invalid(format!("`{path}.text` must be a string."), &format!("{path}.text")))?;
-        if opt_bool(part, "thought", path)? == Some(true) {
-            parts.push(thinking_part(text.to_string(), signature));
-        } else {
-            if let Some(sig) = signature {
-                parts.push(thinking_part(String::new(), Some(sig)));
+/// One turn of `contents` being read: its parts, the function calls it
+/// makes (for a model turn) and the calls of the previous model turn still
+/// waiting for a response (a `functionResponse` without an id answers the
+/// first one of its name).
+struct Turn<'p> {
+    index: usize,
+    parts: Vec<ContentPart>,
+    calls: Vec<(String, String)>,
+    pending: &'p mut Vec<(String, String)>,
+}
+
+impl Turn<'_> {
+    fn read_part(&mut self, part: Part, path: &str) -> Result<(), GatewayError> {
+        let signature = part.thought_signature.map(str::to_string);
+        if let Some(text) = part.text {
+            if part.thought == Some(true) {
+                self.parts.push(thinking_part(text.to_string(), signature));
+            } else {
+                if let Some(sig) = signature {
+                    self.parts.push(thinking_part(String::new(), Some(sig)));
+                }
+                self.parts.push(ContentPart::text(text));
             }
-            parts.push(ContentPart::text(text));
+        } else if let Some(inline) = part.inline_data {
+            let media_type = inline.mime_type.to_ascii_lowercase();
+            let data = normalize_base64(inline.data, &format!("{path}.inlineData.data"))?.into_owned();
+            let media_type = if media_type.starts_with("image/") {
+                image_media_type(&media_type, &data)
+            } else {
+                media_type
+            };
+            let source = MediaSource::Base64 { media_type: media_type.clone(), data: data.clone() };
+            self.parts.push(media_part(source, &media_type, Some(data)));
+        } else if let Some(file) = part.file_data {
+            let media_type = file.mime_type.map(str::to_ascii_lowercase);
+            // Every URI goes through the URL policy; only Gemini's own Files API
+            // URIs become file references (any other scheme is refused there).
+            let url = check_public_url(file.file_uri, &format!("{path}.fileData.fileUri"))?;
+            let kind = media_type
+                .clone()
+                .or_else(|| media_type_from_url(file.file_uri).map(str::to_string))
+                .unwrap_or_default();
+            let source = if url.starts_with(GEMINI_FILE_URI_PREFIX) {
+                MediaSource::File { uri: url, media_type }
+            } else {
+                MediaSource::Url { url }
+            };
+            self.parts.push(media_part(source, &kind, None));
+        } else if let Some(call) = part.function_call {
+            let id = match call.id {
+                Some(id) if !id.is_empty() => id.to_string(),
+                _ => format!("call_{}_{}", self.index, self.calls.len()),
+            };
+            self.calls.push((id.clone(), call.name.to_string()));
+            self.parts.push(ContentPart::ToolCall {
+                id,
+                name: call.name.to_string(),
+                arguments: call.args.map(|a| a.to_string()).unwrap_or_else(|| "{}".into()),
+                signature,
+            });
+        } else if let Some(response) = part.function_response {
+            let result = self.tool_result(response);
+            self.parts.push(result);
+        } else if let Some(sig) = signature {
+            self.parts.push(thinking_part(String::new(), Some(sig)));
         }
-        return Ok(());
+        Ok(())
     }
-    if let Some(inline) = part.get("inlineData").filter(|v| !v.is_null()) {
-        let ipath = format!("{path}.inlineData");
-        let inline = snake_to_camel(as_object(inline, &ipath)?);
-        let media_type = req_str(&inline, "mimeType", &ipath)?.to_ascii_lowercase();
-        let data =
-            normalize_base64(req_str(&inline, "data", &ipath)?, &format!("{ipath}.data"))?.into_owned();
-        let media_type =
-            if media_type.starts_with("image/") { image_media_type(&media_type, &data) } else { media_type };
-        parts.push(media_part(
-            MediaSource::Base64 { media_type: media_type.clone(), data: data.clone() },
-            &media_type,
-            Some(data),
-        ));
-        return Ok(());
-    }
-    if let Some(file) = part.get("fileData").filter(|v| !v.is_null()) {
-        let fpath = format!("{path}.fileData");
-        let file = snake_to_camel(as_object(file, &fpath)?);
-        let uri = req_str(&file, "fileUri", &fpath)?;
-        let media_type = opt_str(&file, "mimeType", &fpath)?.map(str::to_ascii_lowercase);
-        // Every URI goes through the URL policy; only Gemini's own Files API
-        // URIs become file references (any other scheme is refused there).
-        let url = check_public_url(uri, &format!("{fpath}.fileUri"))?;
-        let source = if url.starts_with(GEMINI_FILE_URI_PREFIX) {
-            MediaSource::File { uri: url, media_type: media_type.clone() }
-        } else {
-            MediaSource::Url { url }
-        };
-        let kind =
-            media_type.clone().or_else(|| media_type_from_url(uri).map(str::to_string)).unwrap_or_default();
-        parts.push(media_part(source, &kind, None));
-        return Ok(());
-    }
-    if let Some(call) = part.get("functionCall").filter(|v| !v.is_null()) {
-        let cpath = format!("{path}.functionCall");
-        let call = as_object(call, &cpath)?;
-        let name = req_str(call, "name", &cpath)?.to_string();
-        let id = match opt_str(call, "id", &cpath)? {
-            Some(id) if !id.is_empty() => id.to_string(),
-            _ => format!("call_{turn}_{}", calls_this_turn.len()),
-        };
-        calls_this_turn.push((id.clone(), name.clone()));
-        parts.push(ContentPart::ToolCall {
-            id,
-            name,
-            arguments: call
-                .get("args")
-                .filter(|a| !a.is_null())
-                .map(Value::to_string)
-                .unwrap_or_else(|| "{}".into()),
-            signature,
-        });
-        return Ok(());
-    }
-    if let Some(response) = part.get("functionResponse").filter(|v| !v.is_null()) {
-        let rpath = format!("{path}.functionResponse");
-        let response = as_object(response, &rpath)?;
-        let name = req_str(response, "name", &rpath)?.to_string();
-        let id = match opt_str(response, "id", &rpath)?.filter(|id| !id.is_empty()) {
+
+    fn tool_result(&mut self, response: FunctionResponse) -> ContentPart {
+        let name = response.name;
+        let id = match response.id.filter(|id| !id.is_empty()) {
             Some(id) => {
-                pending_calls.retain(|(pending, _)| pending != id);
+                self.pending.retain(|(pending, _)| pending != id);
                 id.to_string()
             }
-            None => match pending_calls.iter().position(|(_, n)| *n == name) {
-                Some(pos) => pending_calls.remove(pos).0,
-                None => format!("call_{turn}_{name}"),
+            None => match self.pending.iter().position(|(_, n)| n == name) {
+                Some(pos) => self.pending.remove(pos).0,
+                None => format!("call_{}_{name}", self.index),
             },
         };
-        let payload = response.get("response").cloned().unwrap_or_else(|| json!({}));
+        let payload = response.response.unwrap_or_else(|| json!({}));
         let is_error = payload.as_object().is_some_and(|o| o.len() == 1 && o.contains_key("error"));
         let text = match &payload {
             Value::Object(o) if o.len() == 1 => match o.values().next() {
@@ -418,27 +541,14 @@ fn parse_part(
             },
             _ => payload.to_string(),
         };
-        parts.push(ContentPart::ToolResult {
+        ContentPart::ToolResult {
             tool_call_id: id,
-            name: Some(name),
+            name: Some(name.to_string()),
             content: vec![ToolResultPart::Text(text)],
             is_error,
             cache_control: None,
-        });
-        return Ok(());
-    }
-    for key in part.keys() {
-        if !matches!(key.as_str(), "thought" | "thoughtSignature" | "videoMetadata" | "partMetadata") {
-            return Err(invalid(
-                format!("Gemini part `{key}` cannot be translated."),
-                &format!("{path}.{key}"),
-            ));
         }
     }
-    if let Some(sig) = signature {
-        parts.push(thinking_part(String::new(), Some(sig)));
-    }
-    Ok(())
 }
 
 fn thinking_part(text: String, signature: Option<String>) -> ContentPart {
