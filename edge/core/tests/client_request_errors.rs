@@ -123,6 +123,80 @@ fn anthropic_refusals_name_the_field() {
 }
 
 #[test]
+fn responses_refusals_name_the_field() {
+    let input = |items: Value| json!({"model": "m", "input": items});
+    check(
+        ClientDialect::OpenAiResponses,
+        &[
+            (
+                input(json!([{"role": "user", "content": [{"type": "input_image", "image_url": 5}]}])),
+                "input[0].content[0].image_url",
+                "`input[0].content[0].image_url` must be a string.",
+            ),
+            (
+                input(json!([{"role": "user", "content": [{"type": "input_image"}]}])),
+                "input[0].content[0].image_url",
+                "Missing required parameter: `input[0].content[0].image_url`.",
+            ),
+            (
+                input(
+                    json!([{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA"}}]}]),
+                ),
+                "input[0].content[0].input_audio.format",
+                "Missing required parameter: `input[0].content[0].input_audio.format`.",
+            ),
+            (
+                input(json!([{"role": "tool", "content": "x"}])),
+                "input[0].role",
+                "`input[0].role` must be one of `system`, `developer`, `user`, `assistant`, not `tool`.",
+            ),
+            (
+                input(json!([{"type": "function_call_output", "call_id": "c"}])),
+                "input[0].output",
+                "Missing required parameter: `input[0].output`.",
+            ),
+            (
+                input(json!([{"type": "function_call", "name": "f"}])),
+                "input[0].call_id",
+                "Missing required parameter: `input[0].call_id`.",
+            ),
+            (
+                input(json!([{"type": "web_search_call"}])),
+                "input[0].type",
+                "Input item type `web_search_call` cannot be translated.",
+            ),
+            (json!({"model": "m"}), "input", "Missing required parameter: `input`."),
+            (json!({"model": "m", "input": 3}), "input", "`input` must be a string or an array."),
+            (
+                json!({"model": "m", "input": "x", "tool_choice": 1}),
+                "tool_choice",
+                "`tool_choice` must be a string or an object.",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tool_choice": {"type": "function"}}),
+                "tool_choice.name",
+                "Missing required parameter: `tool_choice.name`.",
+            ),
+            (
+                json!({"model": "m", "input": "x", "text": {"format": {"type": "xml"}}}),
+                "text.format.type",
+                "`text.format.type` `xml` is not supported.",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}),
+                "tools[0].type",
+                "Tool type `web_search` cannot be translated; only `function` tools can.",
+            ),
+            (
+                json!({"model": "m", "input": "x", "max_output_tokens": -5}),
+                "max_output_tokens",
+                "`max_output_tokens` must be a non-negative integer.",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn gemini_refusals_name_the_field_as_sent() {
     let parts = |parts: Value| json!({"contents": [{"role": "user", "parts": parts}]});
     check(
@@ -179,6 +253,91 @@ fn gemini_refusals_name_the_field_as_sent() {
                 json!({"contents": [], "safetySettings": {"category": "x"}}),
                 "safetySettings",
                 "`safetySettings` must be an array.",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn openai_chat_refusals_name_the_field() {
+    let chat = |messages: Value| json!({"model": "m", "messages": messages});
+    let user = |content: Value| chat(json!([{"role": "user", "content": content}]));
+    check(
+        ClientDialect::OpenAiChat,
+        &[
+            (
+                user(json!([{"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": 5}}])),
+                "messages[0].content[1].image_url.url",
+                "`messages[0].content[1].image_url.url` must be a string.",
+            ),
+            (
+                user(json!([{"type": "image_url"}])),
+                "messages[0].content[0].image_url",
+                "Missing required parameter: `messages[0].content[0].image_url`.",
+            ),
+            (
+                user(json!([{"type": "input_audio", "input_audio": {"data": "AAAA"}}])),
+                "messages[0].content[0].input_audio.format",
+                "Missing required parameter: `messages[0].content[0].input_audio.format`.",
+            ),
+            (
+                user(json!([{"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}}])),
+                "messages[0].content[0].type",
+                "Content part type `video_url` is not supported.",
+            ),
+            (
+                chat(json!([{"role": "system", "content": [{"type": "file", "file": {}}]}])),
+                "messages[0].content[0].type",
+                "Content part type `file` is not allowed here.",
+            ),
+            (
+                chat(json!([{"role": "user", "content": "x"},
+                            {"role": "assistant", "tool_calls": [{"id": "c", "function": {"arguments": "{}"}}]}])),
+                "messages[1].tool_calls[0].function.name",
+                "Missing required parameter: `messages[1].tool_calls[0].function.name`.",
+            ),
+            (
+                chat(json!([{"role": "tool", "content": "42"}])),
+                "messages[0].tool_call_id",
+                "Missing required parameter: `messages[0].tool_call_id`.",
+            ),
+            (
+                chat(json!([{"role": "robot", "content": "x"}])),
+                "messages[0].role",
+                "`messages[0].role` must be one of `system`, `developer`, `user`, `assistant`, `tool`, `function`, not `robot`.",
+            ),
+            (chat(json!([])), "messages", "`messages` must contain at least one message."),
+            (json!({"model": "m"}), "messages", "Missing required parameter: `messages`."),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": ["a", 1]}),
+                "stop[1]",
+                "`stop[1]` must be a string.",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function"}}),
+                "tool_choice.function",
+                "Missing required parameter: `tool_choice.function`.",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                       "tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}),
+                "tools[0].function.parameters",
+                "`tools[0].function.parameters` must be an object.",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}),
+                "response_format.json_schema",
+                "Missing required parameter: `response_format.json_schema`.",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1_u64 << 40}),
+                "max_tokens",
+                "`max_tokens` is too large: at most 4294967296 tokens.",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": -1}),
+                "n",
+                "`n` must be a non-negative integer.",
             ),
         ],
     );

@@ -10,7 +10,8 @@
 //!   `type` by plain code: serde's tagged and untagged enums buffer the value
 //!   first, which loses the path of an error inside it (and costs more wasm).
 //!   A value that is a string or something else (`content`, `stop`,
-//!   `system`) is [`TextOrList`], a visitor that does not buffer either.
+//!   `tool_choice`) is [`TextOrList`] / [`TextOrObject`], visitors that do
+//!   not buffer either.
 //! * **Unknown fields are ignored** by the structs; which top-level fields a
 //!   dialect refuses stays a list checked before the typed read
 //!   ([`super::json_fields::check_fields`]), so that a refused field wins.
@@ -20,7 +21,7 @@
 
 use super::json_fields::invalid;
 use crate::error::GatewayError;
-use serde::de::{self, SeqAccess, Visitor};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use std::fmt;
@@ -134,6 +135,32 @@ impl<'de: 'a, 'a, T: Deserialize<'de>> Deserialize<'de> for TextOrList<'a, T> {
     }
 }
 
+/// A string, or an object read as `T` (`tool_choice`, `image_url`).
+#[derive(Debug)]
+pub(crate) enum TextOrObject<'a, T> {
+    Text(&'a str),
+    Object(T),
+}
+
+impl<'de: 'a, 'a, T: Deserialize<'de>> Deserialize<'de> for TextOrObject<'a, T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either<'a, T>(PhantomData<(&'a (), T)>);
+        impl<'de: 'a, 'a, T: Deserialize<'de>> Visitor<'de> for Either<'a, T> {
+            type Value = TextOrObject<'a, T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an object")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(TextOrObject::Text(text))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(TextOrObject::Object)
+            }
+        }
+        deserializer.deserialize_any(Either(PhantomData))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +190,8 @@ mod tests {
         role: Role,
         #[serde(borrow)]
         content: Option<TextOrList<'a, Part<'a>>>,
+        #[serde(borrow)]
+        tool_choice: Option<TextOrObject<'a, ImageUrl<'a>>>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -231,6 +260,16 @@ mod tests {
                 "`messages[0].role` must be `user` or `assistant`, not `system`.",
             ),
             (json!({"messages": [5]}), "messages[0]", "`messages[0]` must be an object."),
+            (
+                json!({"messages": [{"role": "user", "tool_choice": [1]}]}),
+                "messages[0].tool_choice",
+                "`messages[0].tool_choice` must be a string or an object.",
+            ),
+            (
+                json!({"messages": [{"role": "user", "tool_choice": {"url": true}}]}),
+                "messages[0].tool_choice.url",
+                "`messages[0].tool_choice.url` must be a string.",
+            ),
             (json!({"messages": {}}), "messages", "`messages` must be an array."),
             (json!({}), "messages", "Missing required parameter: `messages`."),
             (
@@ -254,13 +293,14 @@ mod tests {
 
     #[test]
     fn values_read_borrowed_and_null_is_absent() {
-        let body = json!({"messages": [{"role": "user", "content": "hi"},
+        let body = json!({"messages": [{"role": "user", "content": "hi", "tool_choice": "auto"},
                                        {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "u"}}]},
                                        {"role": "user", "content": null}],
                           "max_tokens": null});
         let read: Body = read(&body, "").expect("reads");
         assert!(read.max_tokens.is_none());
         assert!(matches!(read.messages[0].content, Some(TextOrList::Text("hi"))));
+        assert!(matches!(read.messages[0].tool_choice, Some(TextOrObject::Text("auto"))));
         match &read.messages[1].content {
             Some(TextOrList::List(parts)) => {
                 assert_eq!(parts[0].kind, "image_url");

@@ -1,5 +1,8 @@
-//! Small helpers for reading JSON: client fields with errors that name the
-//! field, and [`Lax`] fields of the dialects' upstream wire structs.
+//! Small helpers for reading JSON: the body and field checks shared by the
+//! client parsers (`parse_object`, `check_fields`, `invalid`), the field
+//! readers of the endpoint families (`crate::family`; the chat dialects read
+//! typed structs, [`super::client_body`]), and [`Lax`] fields of the
+//! dialects' upstream wire structs.
 
 use crate::error::GatewayError;
 use serde::{Deserialize, Deserializer};
@@ -178,24 +181,6 @@ pub(crate) fn opt_object<'a>(
         Some(Value::Object(o)) => Ok(Some(o)),
         Some(_) => Err(invalid(format!("`{}` must be an object.", join(path, key)), &join(path, key))),
     }
-}
-
-/// Optional array.
-pub(crate) fn opt_array<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'a Vec<Value>>, GatewayError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) => Ok(Some(a)),
-        Some(_) => Err(invalid(format!("`{}` must be an array.", join(path, key)), &join(path, key))),
-    }
-}
-
-/// `value` as an object, or a 400 naming `path`.
-pub(crate) fn as_object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, GatewayError> {
-    value.as_object().ok_or_else(|| invalid(format!("`{path}` must be an object."), path))
 }
 
 /// `path.key`, or `key` at the top level.

@@ -13,7 +13,7 @@ mod upstream;
 mod wire;
 
 pub(crate) use client::{render_response, ChatStreamRenderer};
-pub(crate) use request::{parse_chat, parse_request, parse_response_format, ChatMode, ParsedChat};
+pub(crate) use request::{parse_chat, parse_request, ChatMode, ParsedChat};
 pub use request::{FORBIDDEN_CLIENT_FIELDS, MAX_OUTPUT_TOKENS_ACCEPTED};
 pub(crate) use upstream::{build_request, parse_response, ChatStreamParser};
 

@@ -1,14 +1,19 @@
 //! Client side, inbound: a `/v1/chat/completions` body read into the hub,
 //! strictly for translation or leniently for an OpenAI-compatible upstream
-//! ([`ChatMode`]). Every field is type-checked where it is read, so a 400
-//! names the parameter exactly (`messages[2].content[0].image_url`).
+//! ([`ChatMode`]). The body is read as the private typed shapes below
+//! ([`client_body::read`]), so a 400 names the parameter exactly
+//! (`messages[2].content[0].image_url`); what only the hub cannot carry is
+//! refused (or, in passthrough, let through) by the plain code after.
 
 use super::super::canonical::*;
-use super::super::json_fields::*;
+use super::super::client_body::{self, need, TextOrList, TextOrObject};
+use super::super::json_fields::{check_fields, invalid, parse_object};
 use super::super::media::{normalize_base64, parse_data_uri, source_from_url_or_data};
 use super::super::reasoning::parse_effort;
 use crate::error::GatewayError;
-use serde_json::{json, Map, Value};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::{json, Map, Number, Value};
 
 const SUPPORTED_FIELDS: &[&str] = &[
     "model",
@@ -116,56 +121,206 @@ pub(crate) fn parse_chat(body: &[u8], mode: ChatMode) -> Result<ParsedChat, Gate
     if let (ChatMode::Translate, Some(refusal)) = (mode, &private_media.refusal) {
         return Err(refusal.clone());
     }
-    let mut deferred = Deferred { mode, first: None };
-    let result = read_chat(&obj, &mut deferred);
-    match result {
-        Ok(canonical) => {
-            Ok(ParsedChat { body: obj, canonical, untranslatable: deferred.first, private_media })
-        }
-        Err(error) => Err(error),
-    }
-}
-
-fn read_chat(obj: &Map<String, Value>, deferred: &mut Deferred) -> Result<CanonicalRequest, GatewayError> {
     if let Some(field) = FORBIDDEN_CLIENT_FIELDS.iter().find(|f| obj.contains_key(**f)) {
         return Err(invalid(
             format!("`{field}` cannot be set by clients; upstreams are chosen by the gateway."),
             field,
         ));
     }
-    if let Err(error) = check_fields(obj, SUPPORTED_FIELDS, UNSUPPORTED_FIELDS, "") {
+    let mut deferred = Deferred { mode, first: None };
+    if let Err(error) = check_fields(&obj, SUPPORTED_FIELDS, UNSUPPORTED_FIELDS, "") {
         deferred.refuse(error)?;
     }
-    let mut req = CanonicalRequest { model: req_str(obj, "model", "")?.to_string(), ..Default::default() };
-    req.stream = opt_bool(obj, "stream", "")?.unwrap_or(false);
-    if let Some(options) = opt_object(obj, "stream_options", "")? {
-        req.stream_include_usage =
-            req.stream && opt_bool(options, "include_usage", "stream_options")? == Some(true);
-    }
-    if let Some(modalities) = opt_array(obj, "modalities", "")? {
-        if modalities.iter().any(|m| !m.is_string()) {
-            return Err(invalid("`modalities` must be an array of strings.", "modalities"));
-        }
-        if modalities.iter().any(|m| m.as_str() != Some("text")) {
-            deferred.refuse(invalid("Only the `text` output modality can be translated.", "modalities"))?;
-        }
-    }
-    req.max_output_tokens = match opt_token_limit(obj, "max_completion_tokens")? {
-        Some(n) => Some(n),
-        None => opt_token_limit(obj, "max_tokens")?,
+    let value = Value::Object(obj);
+    let canonical = read_chat(client_body::read(&value, "")?, &mut deferred)?;
+    let body = match value {
+        Value::Object(body) => body,
+        _ => Map::new(),
     };
-    req.temperature = opt_number(obj, "temperature", "")?;
-    req.top_p = opt_number(obj, "top_p", "")?;
-    req.top_k = opt_u64(obj, "top_k", "")?;
-    req.candidate_count = opt_u64(obj, "n", "")?;
-    req.seed = opt_i64(obj, "seed", "")?;
-    req.presence_penalty = opt_number(obj, "presence_penalty", "")?.filter(|n| n.as_f64() != Some(0.0));
-    req.frequency_penalty = opt_number(obj, "frequency_penalty", "")?.filter(|n| n.as_f64() != Some(0.0));
-    req.logprobs =
-        opt_bool(obj, "logprobs", "")?.unwrap_or(false) || opt_u64(obj, "top_logprobs", "")?.unwrap_or(0) > 0;
-    req.user = opt_str(obj, "user", "")?.or(opt_str(obj, "safety_identifier", "")?).map(str::to_string);
-    req.stop_sequences = parse_stop(obj.get("stop"))?;
-    if let Some(word) = opt_str(obj, "reasoning_effort", "")? {
+    Ok(ParsedChat { body, canonical, untranslatable: deferred.first, private_media })
+}
+
+/// A `/v1/chat/completions` body (the fields the gateway reads).
+#[derive(Deserialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: Vec<ChatMessage<'a>>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    modalities: Option<Vec<&'a str>>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<Number>,
+    top_p: Option<Number>,
+    top_k: Option<u64>,
+    n: Option<u64>,
+    seed: Option<i64>,
+    presence_penalty: Option<Number>,
+    frequency_penalty: Option<Number>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u64>,
+    user: Option<&'a str>,
+    safety_identifier: Option<&'a str>,
+    #[serde(borrow)]
+    stop: Option<TextOrList<'a, &'a str>>,
+    reasoning_effort: Option<&'a str>,
+    response_format: Option<ResponseFormatParam<'a>>,
+    tools: Option<Vec<ChatTool<'a>>>,
+    #[serde(borrow)]
+    tool_choice: Option<TextOrObject<'a, NamedToolChoice<'a>>>,
+    parallel_tool_calls: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ResponseFormatParam<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow)]
+    json_schema: Option<JsonSchemaSpec<'a>>,
+}
+
+#[derive(Deserialize)]
+struct JsonSchemaSpec<'a> {
+    name: Option<&'a str>,
+    schema: Option<Value>,
+    strict: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ChatTool<'a> {
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow)]
+    function: Option<FunctionDefinition<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDefinition<'a> {
+    name: &'a str,
+    description: Option<&'a str>,
+    parameters: Option<Map<String, Value>>,
+    strict: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct NamedToolChoice<'a> {
+    #[serde(borrow)]
+    function: FunctionName<'a>,
+}
+
+#[derive(Deserialize)]
+struct FunctionName<'a> {
+    name: &'a str,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage<'a> {
+    role: ChatRole,
+    #[serde(borrow)]
+    content: Option<TextOrList<'a, ChatPart<'a>>>,
+    /// `assistant`.
+    reasoning_content: Option<&'a str>,
+    reasoning: Option<&'a str>,
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+    function_call: Option<IgnoredAny>,
+    /// `tool`.
+    tool_call_id: Option<&'a str>,
+    /// `function`.
+    name: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ChatRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+#[derive(Deserialize)]
+struct ToolCall<'a> {
+    id: &'a str,
+    #[serde(borrow)]
+    function: CalledFunction<'a>,
+}
+
+#[derive(Deserialize)]
+struct CalledFunction<'a> {
+    name: &'a str,
+    arguments: Option<&'a str>,
+}
+
+/// A content part of any type: `type` says which of the other fields it needs.
+#[derive(Deserialize)]
+struct ChatPart<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    text: Option<&'a str>,
+    refusal: Option<&'a str>,
+    #[serde(borrow)]
+    image_url: Option<TextOrObject<'a, ImageUrl<'a>>>,
+    input_audio: Option<InputAudio<'a>>,
+    file: Option<FileRef<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ImageUrl<'a> {
+    url: &'a str,
+}
+
+#[derive(Deserialize)]
+struct InputAudio<'a> {
+    data: &'a str,
+    format: &'a str,
+}
+
+#[derive(Deserialize)]
+struct FileRef<'a> {
+    filename: Option<&'a str>,
+    file_id: Option<&'a str>,
+    file_data: Option<&'a str>,
+}
+
+fn read_chat(body: ChatBody, deferred: &mut Deferred) -> Result<CanonicalRequest, GatewayError> {
+    let stream = body.stream.unwrap_or(false);
+    let nonzero = |n: Option<Number>| n.filter(|n| n.as_f64() != Some(0.0));
+    let mut req = CanonicalRequest {
+        model: body.model.to_string(),
+        stream,
+        stream_include_usage: stream && body.stream_options.and_then(|o| o.include_usage) == Some(true),
+        max_output_tokens: match token_limit(body.max_completion_tokens, "max_completion_tokens")? {
+            Some(n) => Some(n),
+            None => token_limit(body.max_tokens, "max_tokens")?,
+        },
+        temperature: body.temperature,
+        top_p: body.top_p,
+        top_k: body.top_k,
+        candidate_count: body.n,
+        seed: body.seed,
+        presence_penalty: nonzero(body.presence_penalty),
+        frequency_penalty: nonzero(body.frequency_penalty),
+        logprobs: body.logprobs.unwrap_or(false) || body.top_logprobs.unwrap_or(0) > 0,
+        user: body.user.or(body.safety_identifier).map(str::to_string),
+        stop_sequences: match body.stop {
+            None => Vec::new(),
+            Some(TextOrList::Text(stop)) => vec![stop.to_string()],
+            Some(TextOrList::List(stops)) => stops.into_iter().map(str::to_string).collect(),
+        },
+        parallel_tool_calls: body.parallel_tool_calls,
+        ..Default::default()
+    };
+    if body.modalities.into_iter().flatten().any(|m| m != "text") {
+        deferred.refuse(invalid("Only the `text` output modality can be translated.", "modalities"))?;
+    }
+    if let Some(word) = body.reasoning_effort {
         req.reasoning = Some(parse_effort(word).ok_or_else(|| {
             invalid(
                 format!("`reasoning_effort` must be none, minimal, low, medium or high, not `{word}`."),
@@ -173,35 +328,49 @@ fn read_chat(obj: &Map<String, Value>, deferred: &mut Deferred) -> Result<Canoni
             )
         })?);
     }
-    if let Some(format) = opt_object(obj, "response_format", "")? {
+    if let Some(format) = body.response_format {
+        // A format the hub cannot carry is the upstream's to judge on a passthrough.
         match parse_response_format(format) {
             Ok(format) => req.response_format = Some(format),
-            Err(error) if deferred.passthrough() && format.get("type").is_some_and(Value::is_string) => {
-                deferred.refuse(error)?
-            }
-            Err(error) => return Err(error),
+            Err(error) => deferred.refuse(error)?,
         }
     }
-    if let Some(tools) = opt_array(obj, "tools", "")? {
-        for (i, tool) in tools.iter().enumerate() {
-            if let Some(tool) = parse_tool(tool, i, deferred)? {
-                req.tools.push(tool);
-            }
+    for (i, tool) in body.tools.into_iter().flatten().enumerate() {
+        let path = format!("tools[{i}]");
+        let kind = tool.kind.unwrap_or("function");
+        if kind != "function" {
+            deferred.refuse(invalid(
+                format!("Tool type `{kind}` cannot be translated; only `function` tools can."),
+                &format!("{path}.type"),
+            ))?;
+            continue;
         }
+        let function = need(tool.function, &path, "function")?;
+        req.tools.push(ToolDefinition {
+            name: function.name.to_string(),
+            description: function.description.map(str::to_string),
+            parameters: function
+                .parameters
+                .map(Value::Object)
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            strict: function.strict,
+            cache_control: None,
+        });
     }
-    if let Some(choice) = obj.get("tool_choice").filter(|v| !v.is_null()) {
-        req.tool_choice = Some(parse_tool_choice(choice)?);
-    }
-    req.parallel_tool_calls = opt_bool(obj, "parallel_tool_calls", "")?;
-    let messages = match obj.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() => m,
-        Some(Value::Array(_)) => {
-            return Err(invalid("`messages` must contain at least one message.", "messages"))
+    req.tool_choice = match body.tool_choice {
+        None => None,
+        Some(TextOrObject::Text("auto")) => Some(ToolChoice::Auto),
+        Some(TextOrObject::Text("none")) => Some(ToolChoice::None),
+        Some(TextOrObject::Text("required")) => Some(ToolChoice::Required),
+        Some(TextOrObject::Text(other)) => {
+            return Err(invalid(format!("`tool_choice` `{other}` is not valid."), "tool_choice"))
         }
-        Some(_) => return Err(invalid("`messages` must be an array.", "messages")),
-        None => return Err(invalid("Missing required parameter: `messages`.", "messages")),
+        Some(TextOrObject::Object(choice)) => Some(ToolChoice::Tool(choice.function.name.to_string())),
     };
-    for (i, message) in messages.iter().enumerate() {
+    if body.messages.is_empty() {
+        return Err(invalid("`messages` must contain at least one message.", "messages"));
+    }
+    for (i, message) in body.messages.into_iter().enumerate() {
         parse_message(message, i, &mut req, deferred)?;
     }
     Ok(req)
@@ -216,10 +385,9 @@ pub const FORBIDDEN_CLIENT_FIELDS: &[&str] =
 /// gateway's reservation arithmetic stays far from overflow.
 pub const MAX_OUTPUT_TOKENS_ACCEPTED: u64 = 1 << 32;
 
-/// `max_tokens` / `max_completion_tokens`: a non-negative integer no larger
-/// than [`MAX_OUTPUT_TOKENS_ACCEPTED`].
-fn opt_token_limit(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>, GatewayError> {
-    match opt_u64(obj, key, "")? {
+/// `max_tokens` / `max_completion_tokens`: no larger than [`MAX_OUTPUT_TOKENS_ACCEPTED`].
+fn token_limit(limit: Option<u64>, key: &str) -> Result<Option<u64>, GatewayError> {
+    match limit {
         Some(n) if n > MAX_OUTPUT_TOKENS_ACCEPTED => {
             Err(invalid(format!("`{key}` is too large: at most {MAX_OUTPUT_TOKENS_ACCEPTED} tokens."), key))
         }
@@ -227,37 +395,16 @@ fn opt_token_limit(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>, G
     }
 }
 
-fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, GatewayError> {
-    match stop {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|s| {
-                s.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| invalid("`stop` must be a string or an array of strings.", "stop"))
-            })
-            .collect(),
-        Some(_) => Err(invalid("`stop` must be a string or an array of strings.", "stop")),
-    }
-}
-
-pub(crate) fn parse_response_format(format: &Map<String, Value>) -> Result<ResponseFormat, GatewayError> {
-    match req_str(format, "type", "response_format")? {
+fn parse_response_format(format: ResponseFormatParam) -> Result<ResponseFormat, GatewayError> {
+    match format.kind {
         "text" => Ok(ResponseFormat::Text),
         "json_object" => Ok(ResponseFormat::JsonObject),
         "json_schema" => {
-            let spec = opt_object(format, "json_schema", "response_format")?.ok_or_else(|| {
-                invalid(
-                    "Missing required parameter: `response_format.json_schema`.",
-                    "response_format.json_schema",
-                )
-            })?;
+            let spec = need(format.json_schema, "response_format", "json_schema")?;
             Ok(ResponseFormat::JsonSchema {
-                name: opt_str(spec, "name", "response_format.json_schema")?.unwrap_or("response").to_string(),
-                schema: spec.get("schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
-                strict: opt_bool(spec, "strict", "response_format.json_schema")?,
+                name: spec.name.unwrap_or("response").to_string(),
+                schema: spec.schema.unwrap_or_else(|| json!({"type": "object"})),
+                strict: spec.strict,
             })
         }
         other => Err(invalid(
@@ -267,113 +414,45 @@ pub(crate) fn parse_response_format(format: &Map<String, Value>) -> Result<Respo
     }
 }
 
-fn parse_tool(
-    tool: &Value,
-    i: usize,
-    deferred: &mut Deferred,
-) -> Result<Option<ToolDefinition>, GatewayError> {
-    let path = format!("tools[{i}]");
-    let obj = as_object(tool, &path)?;
-    let kind = opt_str(obj, "type", &path)?.unwrap_or("function");
-    if kind != "function" {
-        deferred.refuse(invalid(
-            format!("Tool type `{kind}` cannot be translated; only `function` tools can."),
-            &format!("{path}.type"),
-        ))?;
-        return Ok(None);
-    }
-    let function = opt_object(obj, "function", &path)?.ok_or_else(|| {
-        invalid(format!("Missing required parameter: `{path}.function`."), &format!("{path}.function"))
-    })?;
-    let fpath = format!("{path}.function");
-    if function.get("parameters").is_some_and(|p| !(p.is_object() || p.is_null())) {
-        return Err(invalid(
-            format!("`{fpath}.parameters` must be a JSON Schema object."),
-            &format!("{fpath}.parameters"),
-        ));
-    }
-    Ok(Some(ToolDefinition {
-        name: req_str(function, "name", &fpath)?.to_string(),
-        description: opt_str(function, "description", &fpath)?.map(str::to_string),
-        parameters: function
-            .get("parameters")
-            .filter(|p| p.is_object())
-            .cloned()
-            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-        strict: opt_bool(function, "strict", &fpath)?,
-        cache_control: None,
-    }))
-}
-
-fn parse_tool_choice(choice: &Value) -> Result<ToolChoice, GatewayError> {
-    match choice {
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Required),
-            other => Err(invalid(format!("`tool_choice` `{other}` is not valid."), "tool_choice")),
-        },
-        Value::Object(obj) => {
-            let name =
-                obj.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).ok_or_else(|| {
-                    invalid("`tool_choice.function.name` is required.", "tool_choice.function.name")
-                })?;
-            Ok(ToolChoice::Tool(name.to_string()))
-        }
-        _ => Err(invalid("`tool_choice` must be a string or an object.", "tool_choice")),
-    }
-}
-
 fn parse_message(
-    message: &Value,
+    message: ChatMessage,
     i: usize,
     req: &mut CanonicalRequest,
     deferred: &mut Deferred,
 ) -> Result<(), GatewayError> {
     let path = format!("messages[{i}]");
-    let obj = as_object(message, &path)?;
-    let role = req_str(obj, "role", &path)?;
-    match role {
-        "system" | "developer" => {
-            for text in content_texts(obj.get("content"), &format!("{path}.content"))? {
+    let content_path = format!("{path}.content");
+    match message.role {
+        ChatRole::System | ChatRole::Developer => {
+            for text in content_texts(message.content, &content_path)? {
                 if !text.is_empty() {
                     req.system.push(SystemBlock { text, cache_control: None });
                 }
             }
         }
-        "user" => {
-            let content = parse_user_content(obj.get("content"), &format!("{path}.content"), deferred)?;
+        ChatRole::User => {
+            let content = parse_user_content(message.content, &content_path, deferred)?;
             push(req, Role::User, content);
         }
-        "assistant" => {
+        ChatRole::Assistant => {
             let mut content = Vec::new();
-            for key in ["reasoning_content", "reasoning"] {
-                if let Some(text) = opt_str(obj, key, &path)?.filter(|t| !t.is_empty()) {
-                    content.push(ContentPart::Thinking { text: text.to_string(), signature: None });
-                    break;
-                }
+            if let Some(text) =
+                [message.reasoning_content, message.reasoning].into_iter().flatten().find(|t| !t.is_empty())
+            {
+                content.push(ContentPart::Thinking { text: text.to_string(), signature: None });
             }
-            for text in content_texts(obj.get("content"), &format!("{path}.content"))? {
+            for text in content_texts(message.content, &content_path)? {
                 content.push(ContentPart::text(text));
             }
-            if let Some(calls) = opt_array(obj, "tool_calls", &path)? {
-                for (j, call) in calls.iter().enumerate() {
-                    let cpath = format!("{path}.tool_calls[{j}]");
-                    let call = as_object(call, &cpath)?;
-                    let function = opt_object(call, "function", &cpath)?.ok_or_else(|| {
-                        invalid(format!("`{cpath}.function` is required."), &format!("{cpath}.function"))
-                    })?;
-                    content.push(ContentPart::ToolCall {
-                        id: req_str(call, "id", &cpath)?.to_string(),
-                        name: req_str(function, "name", &format!("{cpath}.function"))?.to_string(),
-                        arguments: opt_str(function, "arguments", &format!("{cpath}.function"))?
-                            .unwrap_or("{}")
-                            .to_string(),
-                        signature: None,
-                    });
-                }
+            for call in message.tool_calls.into_iter().flatten() {
+                content.push(ContentPart::ToolCall {
+                    id: call.id.to_string(),
+                    name: call.function.name.to_string(),
+                    arguments: call.function.arguments.unwrap_or("{}").to_string(),
+                    signature: None,
+                });
             }
-            if obj.get("function_call").is_some_and(|v| !v.is_null()) {
+            if message.function_call.is_some() {
                 deferred.refuse(invalid(
                     "Legacy `function_call` messages cannot be translated; use `tool_calls`.",
                     &format!("{path}.function_call"),
@@ -381,14 +460,14 @@ fn parse_message(
             }
             push(req, Role::Assistant, content);
         }
-        "tool" => {
-            let id = req_str(obj, "tool_call_id", &path)?.to_string();
-            let text = content_texts(obj.get("content"), &format!("{path}.content"))?.join("");
+        ChatRole::Tool => {
+            let tool_call_id = need(message.tool_call_id, &path, "tool_call_id")?.to_string();
+            let text = content_texts(message.content, &content_path)?.join("");
             push(
                 req,
                 Role::User,
                 vec![ContentPart::ToolResult {
-                    tool_call_id: id,
+                    tool_call_id,
                     name: None,
                     content: vec![ToolResultPart::Text(text)],
                     is_error: false,
@@ -396,16 +475,13 @@ fn parse_message(
                 }],
             );
         }
-        "function" => {
-            req_str(obj, "name", &path)?;
-            content_texts(obj.get("content"), &format!("{path}.content"))?;
+        ChatRole::Function => {
+            need(message.name, &path, "name")?;
+            content_texts(message.content, &content_path)?;
             deferred.refuse(invalid(
                 "Legacy `function` messages cannot be translated; use `tool` messages.",
                 &format!("{path}.role"),
             ))?;
-        }
-        other => {
-            return Err(invalid(format!("`{path}.role` `{other}` is not valid."), &format!("{path}.role")))
         }
     }
     Ok(())
@@ -419,19 +495,18 @@ fn push(req: &mut CanonicalRequest, role: Role, content: Vec<ContentPart>) {
 }
 
 /// Texts of a string or text-parts content (refusal parts count as text).
-fn content_texts(content: Option<&Value>, path: &str) -> Result<Vec<String>, GatewayError> {
+fn content_texts(content: Option<TextOrList<ChatPart>>, path: &str) -> Result<Vec<String>, GatewayError> {
     match content {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(parts)) => parts
-            .iter()
+        None => Ok(Vec::new()),
+        Some(TextOrList::Text(text)) => Ok(vec![text.to_string()]),
+        Some(TextOrList::List(parts)) => parts
+            .into_iter()
             .enumerate()
             .map(|(j, part)| {
                 let ppath = format!("{path}[{j}]");
-                let obj = as_object(part, &ppath)?;
-                match req_str(obj, "type", &ppath)? {
-                    "text" => Ok(req_str(obj, "text", &ppath)?.to_string()),
-                    "refusal" => Ok(req_str(obj, "refusal", &ppath)?.to_string()),
+                match part.kind {
+                    "text" => Ok(need(part.text, &ppath, "text")?.to_string()),
+                    "refusal" => Ok(need(part.refusal, &ppath, "refusal")?.to_string()),
                     other => Err(invalid(
                         format!("Content part type `{other}` is not allowed here."),
                         &format!("{ppath}.type"),
@@ -439,49 +514,40 @@ fn content_texts(content: Option<&Value>, path: &str) -> Result<Vec<String>, Gat
                 }
             })
             .collect(),
-        Some(_) => Err(invalid(format!("`{path}` must be a string or an array."), path)),
     }
 }
 
 fn parse_user_content(
-    content: Option<&Value>,
+    content: Option<TextOrList<ChatPart>>,
     path: &str,
     deferred: &mut Deferred,
 ) -> Result<Vec<ContentPart>, GatewayError> {
     match content {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![ContentPart::text(s.clone())]),
-        Some(Value::Array(parts)) => {
+        None => Ok(Vec::new()),
+        Some(TextOrList::Text(text)) => Ok(vec![ContentPart::text(text)]),
+        Some(TextOrList::List(parts)) => {
             let mut out = Vec::with_capacity(parts.len());
-            for (j, part) in parts.iter().enumerate() {
+            for (j, part) in parts.into_iter().enumerate() {
                 if let Some(part) = parse_user_part(part, &format!("{path}[{j}]"), deferred)? {
                     out.push(part);
                 }
             }
             Ok(out)
         }
-        Some(_) => Err(invalid(format!("`{path}` must be a string or an array."), path)),
     }
 }
 
 fn parse_user_part(
-    part: &Value,
+    part: ChatPart,
     path: &str,
     deferred: &mut Deferred,
 ) -> Result<Option<ContentPart>, GatewayError> {
-    let obj = as_object(part, path)?;
-    let part = match req_str(obj, "type", path)? {
-        "text" => ContentPart::text(req_str(obj, "text", path)?),
+    let part = match part.kind {
+        "text" => ContentPart::text(need(part.text, path, "text")?),
         "image_url" => {
-            let url = match obj.get("image_url") {
-                Some(Value::String(s)) => s.as_str(),
-                Some(Value::Object(o)) => req_str(o, "url", &format!("{path}.image_url"))?,
-                _ => {
-                    return Err(invalid(
-                        format!("`{path}.image_url` is required."),
-                        &format!("{path}.image_url"),
-                    ))
-                }
+            let url = match need(part.image_url, path, "image_url")? {
+                TextOrObject::Text(url) => url,
+                TextOrObject::Object(image) => image.url,
             };
             let param = format!("{path}.image_url.url");
             let source = match source_from_url_or_data(url, &param) {
@@ -496,37 +562,23 @@ fn parse_user_part(
             ContentPart::Image { source, cache_control: None }
         }
         "input_audio" => {
-            let audio = opt_object(obj, "input_audio", path)?.ok_or_else(|| {
-                invalid(format!("`{path}.input_audio` is required."), &format!("{path}.input_audio"))
-            })?;
-            let apath = format!("{path}.input_audio");
-            let data = normalize_base64(req_str(audio, "data", &apath)?, &format!("{apath}.data"))?;
-            ContentPart::Audio {
-                data: data.into_owned(),
-                format: req_str(audio, "format", &apath)?.to_string(),
-            }
+            let audio = need(part.input_audio, path, "input_audio")?;
+            let data = normalize_base64(audio.data, &format!("{path}.input_audio.data"))?;
+            ContentPart::Audio { data: data.into_owned(), format: audio.format.to_string() }
         }
         "file" => {
-            let file = opt_object(obj, "file", path)?
-                .ok_or_else(|| invalid(format!("`{path}.file` is required."), &format!("{path}.file")))?;
+            let file = need(part.file, path, "file")?;
             let fpath = format!("{path}.file");
-            let filename = opt_str(file, "filename", &fpath)?.map(str::to_string);
-            if let Some(file_id) = opt_str(file, "file_id", &fpath)? {
+            let filename = file.filename.map(str::to_string);
+            let source = if let Some(file_id) = file.file_id {
                 deferred.refuse(invalid("Uploaded `file_id` references cannot be translated; send `file_data` as a base64 data URI.", &format!("{fpath}.file_id")))?;
-                ContentPart::Document {
-                    source: MediaSource::File { uri: file_id.to_string(), media_type: None },
-                    filename,
-                    cache_control: None,
-                }
+                MediaSource::File { uri: file_id.to_string(), media_type: None }
             } else {
-                let (media_type, data) =
-                    parse_data_uri(req_str(file, "file_data", &fpath)?, &format!("{fpath}.file_data"))?;
-                ContentPart::Document {
-                    source: MediaSource::Base64 { media_type, data },
-                    filename,
-                    cache_control: None,
-                }
-            }
+                let data = need(file.file_data, &fpath, "file_data")?;
+                let (media_type, data) = parse_data_uri(data, &format!("{fpath}.file_data"))?;
+                MediaSource::Base64 { media_type, data }
+            };
+            ContentPart::Document { source, filename, cache_control: None }
         }
         other => {
             deferred.refuse(invalid(
