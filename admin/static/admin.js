@@ -77,7 +77,9 @@ async function channelsPage() {
   function startEditing(c) {
     editing = c;
     form.reset();
+    // A notice about an earlier save is not about this edit.
     status.clear();
+    listStatus.clear();
     input('id').value = c.id;
     input('id').readOnly = true;
     input('provider').value = c.provider;

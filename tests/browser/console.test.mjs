@@ -400,6 +400,7 @@ describe('the web console in Chromium', () => {
     await page.getByRole('button', { name: 'Edit console-mock', exact: true }).click();
     assert.equal(await form.getByLabel('Idle timeout (ms)').isVisible(), true, 'the group opens when anything is set');
     assert.equal(await form.getByLabel('Breaker: window (ms)').inputValue(), '10000');
+    assert.equal(await page.getByText('Channel saved and pushed to the edge.').count(), 0, 'the earlier notice is gone while editing');
     for (const name of ['failures to open (0 = off)', 'window (ms)', 'open for (ms)']) await form.getByLabel(`Breaker: ${name}`).fill('');
     await save.click();
     await page.getByText('Channel saved and pushed to the edge.').waitFor();
