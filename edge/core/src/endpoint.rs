@@ -125,7 +125,16 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, NoEndpoint> {
             }
             let client = ClientDialect::Gemini;
             let family = Family::Chat;
+            // Both embedding actions are read alike: the body's shape (`requests`
+            // or `content`) says which answer it gets.
+            let embed = Endpoint::Generate {
+                client,
+                family: Family::Embeddings,
+                path_model: Some(model.clone()),
+                path_stream: false,
+            };
             match action {
+                "embedContent" | "batchEmbedContents" => only(post, embed),
                 "generateContent" => only(
                     post,
                     Endpoint::Generate { client, family, path_model: Some(model), path_stream: false },
@@ -248,7 +257,22 @@ mod tests {
             classify("POST", "/v1beta/models/m:countTokens"),
             Ok(Endpoint::CountTokens { client: ClientDialect::Gemini, .. })
         ));
-        assert_eq!(classify("POST", "/v1beta/models/m:embedContent"), Err(NoEndpoint::NotFound));
+        for action in ["embedContent", "batchEmbedContents"] {
+            assert_eq!(
+                classify("POST", &format!("/v1beta/models/text-embedding-004:{action}")),
+                Ok(Endpoint::Generate {
+                    client: ClientDialect::Gemini,
+                    family: Family::Embeddings,
+                    path_model: Some("text-embedding-004".into()),
+                    path_stream: false
+                })
+            );
+            assert_eq!(
+                classify("GET", &format!("/v1beta/models/m:{action}")),
+                Err(NoEndpoint::MethodNotAllowed)
+            );
+        }
+        assert_eq!(classify("POST", "/v1beta/models/m:embedText"), Err(NoEndpoint::NotFound));
         assert_eq!(classify("POST", "/v1beta/models/:generateContent"), Err(NoEndpoint::NotFound));
         assert_eq!(classify("GET", "/v1beta/models/m:generateContent"), Err(NoEndpoint::MethodNotAllowed));
         assert_eq!(classify("GET", "/v1beta/models"), Ok(Endpoint::ListGeminiModels));

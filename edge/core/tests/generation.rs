@@ -1084,6 +1084,102 @@ fn embeddings_relay_to_an_openai_compatible_upstream_and_are_billed_by_tokens() 
     assert_eq!(w.account.reserved_micros(), 0);
 }
 
+impl World {
+    /// A Gemini client's embeddings call (`:batchEmbedContents` or
+    /// `:embedContent`, by the body) for model `m`.
+    fn run_gemini_embed(&mut self, body: Value) -> Outcome {
+        self.family = Family::Embeddings;
+        let out = self.run_with(ClientDialect::Gemini, Some("m"), body);
+        self.family = Family::Chat;
+        out
+    }
+}
+
+#[test]
+fn a_gemini_clients_embeddings_go_to_an_openai_compatible_upstream_and_back() {
+    let mut w = World::new(limited(), routing(&[("a", A)]));
+    let answer = json!({"object":"list","data":[{"object":"embedding","index":1,"embedding":[0.5,-0.25]},
+                                                {"object":"embedding","index":0,"embedding":[1.0,0.0]}],
+                        "model":"up-model","usage":{"prompt_tokens":6,"total_tokens":6}});
+    w.upstream(A, vec![ok_json(answer)]);
+    let out = w.run_gemini_embed(json!({"requests": [
+        {"model": "models/m", "content": {"parts": [{"text": "hello"}]}, "taskType": "RETRIEVAL_QUERY", "outputDimensionality": 2},
+        {"model": "models/m", "content": {"parts": [{"text": "bye"}]}}
+    ]}));
+    assert_eq!(out.status, 200, "{}", out.text());
+    assert_eq!(out.fetched, vec![format!("{A}/embeddings")]);
+    assert_eq!(
+        out.fetched_bodies[0],
+        json!({"model": "up-model", "input": ["hello", "bye"], "dimensions": 2})
+    );
+    assert_eq!(
+        out.json(),
+        json!({"embeddings": [{"values": [1.0, 0.0]}, {"values": [0.5, -0.25]}],
+               "usageMetadata": {"promptTokenCount": 6, "totalTokenCount": 6}})
+    );
+    assert_eq!(out.header("x-edgeway-dropped-params"), Some("taskType"));
+    let e = &out.settled[0];
+    assert_eq!((e.endpoint, e.usage.input_uncached, e.cost_micros), (Family::Embeddings, 6, 6));
+    assert_eq!(e.usage_source, UsageSource::Provider);
+}
+
+#[test]
+fn openai_embeddings_through_a_gemini_channel_are_translated_and_estimated() {
+    let mut w = World::new(limited(), routing(&[("g", GEMINI)]));
+    w.upstream(
+        GEMINI,
+        vec![ok_json(json!({"embeddings": [{"values": [0.5, 0.25]}, {"values": [-1.0, 2.0]}]}))],
+    );
+    let out = w.run_family(
+        Family::Embeddings,
+        json!({"model": "m", "input": ["hello world", "bye"], "dimensions": 2, "encoding_format": "base64", "user": "u1"}),
+    );
+    assert_eq!(out.status, 200, "{}", out.text());
+    assert_eq!(out.fetched, vec![format!("{GEMINI}/models/up-model:batchEmbedContents")]);
+    assert_eq!(
+        out.fetched_bodies[0],
+        json!({"requests": [
+            {"model": "models/up-model", "content": {"parts": [{"text": "hello world"}]}, "outputDimensionality": 2},
+            {"model": "models/up-model", "content": {"parts": [{"text": "bye"}]}, "outputDimensionality": 2}
+        ]})
+    );
+    let body = out.json();
+    let floats = |i: usize| -> Vec<f32> {
+        let bytes = edgeway_core::base64::decode(body["data"][i]["embedding"].as_str().unwrap_or(""))
+            .unwrap_or_default();
+        bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    };
+    assert_eq!((floats(0), floats(1)), (vec![0.5, 0.25], vec![-1.0, 2.0]));
+    assert_eq!((body["object"].clone(), body["model"].clone()), (json!("list"), json!("m")));
+    // Gemini reports no usage: the estimate is billed, and shown as such.
+    let e = &out.settled[0];
+    assert_eq!((e.usage_source, e.usage.input_uncached), (UsageSource::Estimated, 4));
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+    assert_eq!(out.header("x-edgeway-usage"), Some("estimated"));
+
+    // What a Gemini channel cannot take is a 400 before any call.
+    let mut w = World::new(limited(), routing(&[("g", GEMINI)]));
+    let out = w.run_family(Family::Embeddings, json!({"model": "m", "input": [[1, 2, 3]]}));
+    assert_eq!((out.status, out.fetched.len()), (400, 0));
+    assert_eq!(out.json()["error"]["param"], "input");
+}
+
+#[test]
+fn a_gemini_clients_embeddings_from_the_mock_and_their_errors_in_its_dialect() {
+    let mut w = World::new(limited(), routing(&[("m", "mock")]));
+    let out =
+        w.run_gemini_embed(json!({"content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 5}));
+    assert_eq!(out.status, 200, "{}", out.text());
+    let body = out.json();
+    assert_eq!(body["embedding"]["values"].as_array().map(Vec::len), Some(5));
+    assert!(body["usageMetadata"]["promptTokenCount"].as_u64().is_some_and(|t| t > 0));
+    let out = w.run_gemini_embed(
+        json!({"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "AA=="}}]}}),
+    );
+    assert_eq!(out.status, 400);
+    assert_eq!(out.json()["error"]["status"], "INVALID_ARGUMENT", "a Gemini-shaped error: {}", out.text());
+}
+
 #[test]
 fn completions_stream_through_the_relay_with_usage_forced_and_stripped() {
     let mut w = World::new(unlimited(), routing(&[("a", A)]));

@@ -11,7 +11,8 @@
 //! [`crate::family`] module and passed through the same way.
 
 use crate::error::GatewayError;
-use crate::family::{self, Family};
+use crate::family::embeddings::{self, EmbedAnswer, EmbedOptions, EmbedRequest};
+use crate::family::{self, Family, FamilyRequest};
 use crate::provider::body_quirks::ParamRule;
 use crate::provider::Provider;
 use crate::request_policy::RequestPolicy;
@@ -32,8 +33,10 @@ enum Request {
     },
     /// Every other dialect: the canonical form.
     Canonical(Box<CanonicalRequest>),
-    /// Another endpoint family in OpenAI format: the body to pass through.
-    OpenAiFamily { body: Box<Map<String, Value>> },
+    /// Another endpoint family: the body to pass through, in OpenAI format
+    /// (a Gemini client's embeddings request is read into one), and what a
+    /// Gemini client's embeddings request carries beyond it.
+    OpenAiFamily { body: Box<Map<String, Value>>, embed: Option<Box<EmbedOptions>> },
 }
 
 /// A validated generation request.
@@ -70,8 +73,20 @@ impl Inbound {
         if family == Family::Chat {
             return Self::read(client, body, path_model, path_stream);
         }
-        let read = family::read_request(family, body)?;
-        Ok(Self {
+        if family == Family::Embeddings && client == ClientDialect::Gemini {
+            let (read, options) = embeddings::read_gemini(body, path_model.unwrap_or_default())?;
+            return Ok(Self::of_family(family, client, read, Some(Box::new(options))));
+        }
+        Ok(Self::of_family(family, client, family::read_request(family, body)?, None))
+    }
+
+    fn of_family(
+        family: Family,
+        client: ClientDialect,
+        read: FamilyRequest,
+        embed: Option<Box<EmbedOptions>>,
+    ) -> Self {
+        Self {
             client,
             family,
             model: read.model,
@@ -80,8 +95,31 @@ impl Inbound {
             max_output_tokens: read.max_output_tokens,
             output_cap: None,
             prompt: read.prompt,
-            request: Request::OpenAiFamily { body: Box::new(read.body) },
-        })
+            request: Request::OpenAiFamily { body: Box::new(read.body), embed },
+        }
+    }
+
+    /// The shape of answer an embeddings request asked for; `None` for the
+    /// other families.
+    pub fn embed_answer(&self) -> Option<EmbedAnswer> {
+        match &self.request {
+            Request::OpenAiFamily { embed: Some(options), .. } => Some(options.answer),
+            Request::OpenAiFamily { body, embed: None } if self.family == Family::Embeddings => {
+                Some(EmbedAnswer::OpenAi { base64: embeddings::asks_base64(body) })
+            }
+            _ => None,
+        }
+    }
+
+    /// An embeddings request as a translation needs it; `None` for the
+    /// other families.
+    pub fn embed_request(&self) -> Option<EmbedRequest> {
+        match &self.request {
+            Request::OpenAiFamily { body, embed } if self.family == Family::Embeddings => {
+                Some(EmbedRequest::new(body, embed.as_deref()))
+            }
+            _ => None,
+        }
     }
 
     /// Parses and validates a chat request body. Gemini carries the model
@@ -182,10 +220,18 @@ impl Inbound {
             return Ok(());
         }
         match &mut self.request {
-            Request::OpenAiChat { body, .. } | Request::OpenAiFamily { body } => {
+            Request::OpenAiChat { body, .. } => {
                 if policy.apply_json(body)? {
                     let rewritten = serde_json::to_vec(&**body).map_err(|_| GatewayError::Internal)?;
-                    *self = Self::read_family(self.family, self.client, &rewritten, None, false)?;
+                    *self = Self::read(self.client, &rewritten, None, false)?;
+                }
+            }
+            Request::OpenAiFamily { body, embed } => {
+                if policy.apply_json(body)? {
+                    // The body is in OpenAI format whatever the client's dialect.
+                    let rewritten = serde_json::to_vec(&**body).map_err(|_| GatewayError::Internal)?;
+                    let read = family::read_request(self.family, &rewritten)?;
+                    *self = Self::of_family(self.family, self.client, read, embed.take());
                 }
             }
             Request::Canonical(canonical) => {
@@ -211,7 +257,7 @@ impl Inbound {
                 canonical.max_output_tokens = Some(limit);
             }
             Request::Canonical(canonical) => canonical.max_output_tokens = Some(limit),
-            Request::OpenAiFamily { body } => {
+            Request::OpenAiFamily { body, .. } => {
                 body.insert("max_tokens".into(), Value::from(limit));
             }
         }
@@ -222,7 +268,7 @@ impl Inbound {
     /// `None` for other client dialects.
     pub fn passthrough_body(&self) -> Option<&Map<String, Value>> {
         match &self.request {
-            Request::OpenAiChat { body, .. } | Request::OpenAiFamily { body } => Some(body),
+            Request::OpenAiChat { body, .. } | Request::OpenAiFamily { body, .. } => Some(body),
             Request::Canonical(_) => None,
         }
     }

@@ -3,6 +3,7 @@
 //! fail over to the next candidate.
 
 use crate::error::GatewayError;
+use crate::family::Family;
 use crate::key_record::KeyRecord;
 use crate::pricing::ModelPrice;
 use crate::provider::ProviderDialect;
@@ -113,28 +114,42 @@ pub fn resolve<'t>(
 /// How one attempt reaches its upstream and shapes the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
-    /// OpenAI chat client, OpenAI-format upstream: the body is passed through
-    /// (model rewritten, usage asked for) and so is the answer (usage tapped).
+    /// OpenAI-format client, OpenAI-format upstream: the body is passed
+    /// through (model rewritten, usage asked for) and so is the answer
+    /// (usage tapped).
     Relay,
-    /// Every other pair: through the canonical hub to this upstream dialect.
+    /// A chat request, every other pair: through the canonical hub to this
+    /// upstream dialect.
     Translate(UpstreamDialect),
+    /// An embeddings request, every other pair: through
+    /// [`crate::family::embeddings::EmbedRequest`] to this upstream dialect.
+    Embed(UpstreamDialect),
 }
 
 impl Plan {
-    /// The plan for `client` calling a provider of `provider` dialect. The
-    /// built-in mock speaks OpenAI chat.
-    pub fn for_attempt(client: ClientDialect, provider: ProviderDialect, suffix_stripped: bool) -> Self {
-        match provider {
-            ProviderDialect::OpenAiChat | ProviderDialect::Mock
-                if client == ClientDialect::OpenAiChat && !suffix_stripped =>
-            {
-                Self::Relay
-            }
-            ProviderDialect::OpenAiChat | ProviderDialect::Mock => {
-                Self::Translate(UpstreamDialect::OpenAiChat)
-            }
-            ProviderDialect::Anthropic => Self::Translate(UpstreamDialect::Anthropic),
-            ProviderDialect::Gemini => Self::Translate(UpstreamDialect::Gemini),
+    /// The plan for `client` calling a provider of `provider` dialect for a
+    /// request of `family`. The built-in mock speaks OpenAI. A chat request
+    /// the gateway rebuilds (`rebuild`: a stripped model suffix, folded
+    /// thinking, emulated tools) is translated even between OpenAI formats.
+    pub fn for_attempt(
+        client: ClientDialect,
+        family: Family,
+        provider: ProviderDialect,
+        rebuild: bool,
+    ) -> Self {
+        let upstream = match provider {
+            ProviderDialect::OpenAiChat | ProviderDialect::Mock => UpstreamDialect::OpenAiChat,
+            ProviderDialect::Anthropic => UpstreamDialect::Anthropic,
+            ProviderDialect::Gemini => UpstreamDialect::Gemini,
+        };
+        let same_dialect = client == ClientDialect::OpenAiChat && upstream == UpstreamDialect::OpenAiChat;
+        match family {
+            Family::Chat if same_dialect && !rebuild => Self::Relay,
+            Family::Chat => Self::Translate(upstream),
+            Family::Embeddings if !same_dialect => Self::Embed(upstream),
+            // Every other family is OpenAI format at both ends (the
+            // candidates are the rows that serve it).
+            _ => Self::Relay,
         }
     }
 
@@ -142,7 +157,7 @@ impl Plan {
     pub fn upstream_dialect(self) -> UpstreamDialect {
         match self {
             Self::Relay => UpstreamDialect::OpenAiChat,
-            Self::Translate(dialect) => dialect,
+            Self::Translate(dialect) | Self::Embed(dialect) => dialect,
         }
     }
 }
@@ -250,21 +265,36 @@ mod tests {
     #[test]
     fn plans() {
         use ClientDialect::*;
-        assert_eq!(Plan::for_attempt(OpenAiChat, ProviderDialect::OpenAiChat, false), Plan::Relay);
-        assert_eq!(Plan::for_attempt(OpenAiChat, ProviderDialect::Mock, false), Plan::Relay);
+        use Family::{Chat, Completions, Embeddings};
+        use ProviderDialect as P;
+        assert_eq!(Plan::for_attempt(OpenAiChat, Chat, P::OpenAiChat, false), Plan::Relay);
+        assert_eq!(Plan::for_attempt(OpenAiChat, Chat, P::Mock, false), Plan::Relay);
         assert_eq!(
-            Plan::for_attempt(OpenAiChat, ProviderDialect::OpenAiChat, true),
+            Plan::for_attempt(OpenAiChat, Chat, P::OpenAiChat, true),
             Plan::Translate(UpstreamDialect::OpenAiChat),
             "a stripped suffix becomes reasoning_effort"
         );
         assert_eq!(
-            Plan::for_attempt(Anthropic, ProviderDialect::OpenAiChat, false),
+            Plan::for_attempt(Anthropic, Chat, P::OpenAiChat, false),
             Plan::Translate(UpstreamDialect::OpenAiChat)
         );
         assert_eq!(
-            Plan::for_attempt(Gemini, ProviderDialect::Anthropic, false).upstream_dialect(),
+            Plan::for_attempt(Gemini, Chat, P::Anthropic, false).upstream_dialect(),
             UpstreamDialect::Anthropic
         );
+        // Embeddings: passed through between OpenAI formats (a rebuild is
+        // for chat only), translated otherwise.
+        assert_eq!(Plan::for_attempt(OpenAiChat, Embeddings, P::OpenAiChat, true), Plan::Relay);
+        assert_eq!(Plan::for_attempt(OpenAiChat, Embeddings, P::Mock, false), Plan::Relay);
+        assert_eq!(
+            Plan::for_attempt(OpenAiChat, Embeddings, P::Gemini, false),
+            Plan::Embed(UpstreamDialect::Gemini)
+        );
+        assert_eq!(
+            Plan::for_attempt(Gemini, Embeddings, P::Mock, false),
+            Plan::Embed(UpstreamDialect::OpenAiChat)
+        );
+        assert_eq!(Plan::for_attempt(OpenAiChat, Completions, P::OpenAiChat, true), Plan::Relay);
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub const PROVIDERS: &[Provider] = &[
         base_url: "https://generativelanguage.googleapis.com/v1beta",
         auth: AuthScheme::XGoogApiKey,
         stream_usage_option: false,
+        // Embeddings through `:batchEmbedContents` (crate::family::embeddings).
+        families: Families::of(&[Chat, Embeddings]),
         ..openai_compatible("", "", "")
     },
     openai_compatible("deepseek", "DeepSeek", "https://api.deepseek.com/v1")
@@ -255,10 +257,14 @@ mod tests {
     fn every_family_a_row_claims_has_a_builder() {
         for p in PROVIDERS {
             assert!(p.families.iter().next().is_some(), "{} serves nothing", p.id);
-            if !matches!(p.dialect, ProviderDialect::OpenAiChat | ProviderDialect::Mock) {
-                // Only OpenAI-format upstreams take the other families' bodies as they are.
-                assert_eq!(p.families, Families::CHAT, "{}", p.id);
-            }
+            // Only OpenAI-format upstreams take the other families' bodies as
+            // they are; other dialects serve what has a translator.
+            let translated = match p.dialect {
+                ProviderDialect::OpenAiChat | ProviderDialect::Mock => Families::ALL,
+                ProviderDialect::Gemini => Families::of(&[Chat, Embeddings]),
+                ProviderDialect::Anthropic => Families::CHAT,
+            };
+            assert!(p.families.iter().all(|f| translated.contains(f)), "{}", p.id);
             if p.health_check == HealthCheck::Completion {
                 assert!(p.families.contains(Chat), "{}: a completion check needs chat", p.id);
             }

@@ -24,7 +24,7 @@ use crate::routing::Candidate;
 use crate::sse::encode_event;
 use crate::stream_shaper::StreamShaper;
 use crate::translate::signature_vault::REASONING_STATE_HEADER;
-use crate::translate::{self, tool_emulation, StreamOptions, StreamTranslator};
+use crate::translate::{self, tool_emulation, StreamOptions, StreamTranslator, UpstreamDialect};
 use crate::usage::{estimated_usage, TokenUsage, UsageEvent};
 use std::collections::VecDeque;
 
@@ -372,7 +372,8 @@ impl Generation {
                     .and_then(tool_emulation::offered);
                 let rebuild =
                     self.suffix_stripped || self.model_options.fold_thinking || self.emulated_tools.is_some();
-                let plan = Plan::for_attempt(self.start.client, target.provider.dialect, rebuild);
+                let family = self.inbound.as_ref().map_or(Family::Chat, |i| i.family);
+                let plan = Plan::for_attempt(self.start.client, family, target.provider.dialect, rebuild);
                 self.current = Some((target.clone(), plan, Vec::new()));
                 if let Some(circuit) = self.claim.take() {
                     self.phase = Phase::AwaitProbeClaim;
@@ -417,6 +418,36 @@ impl Generation {
                     .unwrap_or_default();
                 self.dropped_params = dropped;
                 (target.provider.path(inbound.family).to_string(), body)
+            }
+            Plan::Embed(dialect) => {
+                let request = inbound.embed_request().ok_or(GatewayError::Internal)?;
+                let built = match dialect {
+                    UpstreamDialect::Gemini => request.gemini_call(&target.upstream_model),
+                    UpstreamDialect::OpenAiChat if mock => {
+                        let body = inbound.passthrough_body().cloned().unwrap_or_default();
+                        return Ok(self.start_mock(isolate, &body, &target, now));
+                    }
+                    UpstreamDialect::OpenAiChat => {
+                        let (body, dropped) = inbound
+                            .passthrough_upstream_body(&target.upstream_model, target.provider)
+                            .unwrap_or_default();
+                        self.dropped_params = dropped;
+                        self.dropped_params.extend(request.dropped_for_openai());
+                        Ok((target.provider.path(Family::Embeddings).to_string(), body))
+                    }
+                    // Not a candidate: no Anthropic row serves embeddings.
+                    UpstreamDialect::Anthropic => Err(GatewayError::Internal),
+                };
+                match built {
+                    Ok(call) => call,
+                    Err(error) => {
+                        self.last_error = Some(error.clone());
+                        return match AttemptVerdict::after_error(&error) {
+                            AttemptVerdict::FailOver => self.next_candidate(isolate, now),
+                            _ => self.no_more_candidates(isolate, error, now),
+                        };
+                    }
+                }
             }
             Plan::Translate(dialect) => {
                 if let Some(lookup) = self.state_lookup(dialect, now) {
@@ -607,6 +638,8 @@ impl Generation {
                     .with_public_model(&shown_model)
                     .estimating(inbound.prompt.estimate),
             )),
+            // Embeddings are answered whole (their requests never stream).
+            Plan::Embed(_) => return Err(self.internal("an embeddings request asked for a stream".into())),
             Plan::Translate(upstream) => StreamShaper::Translate(Box::new(StreamTranslator::new(
                 upstream,
                 client,
@@ -670,6 +703,16 @@ impl Generation {
                     (None, None) => ResponseBody::UpstreamBody,
                 };
                 (out, usage, content)
+            }
+            Plan::Embed(upstream) => {
+                let embedded = family::embeddings::parse_upstream(upstream, &body)?;
+                let answer = inbound.embed_answer().ok_or(GatewayError::Internal)?;
+                let reported = embedded
+                    .prompt_tokens
+                    .map(|tokens| TokenUsage { input_uncached: tokens, ..Default::default() });
+                let billed = embedded.prompt_tokens.unwrap_or(prompt_estimate);
+                let rendered = family::embeddings::render_answer(answer, &embedded, &shown_model, billed);
+                (ResponseBody::Bytes(rendered), reported, 0)
             }
             Plan::Translate(upstream) => {
                 let mut resp =

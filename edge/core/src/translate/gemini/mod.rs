@@ -7,8 +7,10 @@
 //! | `upstream` | the hub → a `generateContent` body; the upstream's response or chunk stream → the hub |
 //! | `client` | the hub → the response or chunk stream a Gemini client gets |
 //! | `wire` | the typed wire shapes the last two read and write |
+//! | `embeddings` | `:embedContent` / `:batchEmbedContents`, client and upstream |
 
 mod client;
+pub(crate) mod embeddings;
 mod request;
 mod upstream;
 mod wire;
