@@ -125,16 +125,18 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, NoEndpoint> {
             }
             let client = ClientDialect::Gemini;
             let family = Family::Chat;
-            // Both embedding actions are read alike: the body's shape (`requests`
-            // or `content`) says which answer it gets.
-            let embed = Endpoint::Generate {
-                client,
-                family: Family::Embeddings,
-                path_model: Some(model.clone()),
-                path_stream: false,
-            };
             match action {
-                "embedContent" | "batchEmbedContents" => only(post, embed),
+                // Both embedding actions are read alike: the body's shape
+                // (`requests` or `content`) says which answer it gets.
+                "embedContent" | "batchEmbedContents" => only(
+                    post,
+                    Endpoint::Generate {
+                        client,
+                        family: Family::Embeddings,
+                        path_model: Some(model),
+                        path_stream: false,
+                    },
+                ),
                 "generateContent" => only(
                     post,
                     Endpoint::Generate { client, family, path_model: Some(model), path_stream: false },

@@ -161,33 +161,9 @@ pub struct EmbedOptions {
     pub titles: Vec<Option<String>>,
 }
 
-/// An embeddings request for a translation: its inputs and options, and the
-/// answer the client expects.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EmbedRequest {
-    pub inputs: TextInputs,
-    pub dimensions: Option<u64>,
-    pub task_type: Option<String>,
-    pub titles: Vec<Option<String>>,
-    pub answer: EmbedAnswer,
-}
-
-impl EmbedRequest {
-    /// The request in `body` (OpenAI format, already read), with the options
-    /// of a client of another dialect (`None`: an OpenAI-format client).
-    pub fn new(body: &Map<String, Value>, options: Option<&EmbedOptions>) -> Self {
-        let base64 = asks_base64(body);
-        Self {
-            inputs: read_text_inputs(body, "input", MAX_INPUTS, false).unwrap_or_default(),
-            dimensions: body.get("dimensions").and_then(Value::as_u64),
-            task_type: options.and_then(|o| o.task_type.clone()),
-            titles: options.map(|o| o.titles.clone()).unwrap_or_default(),
-            answer: options.map_or(EmbedAnswer::OpenAi { base64 }, |o| o.answer),
-        }
-    }
-
-    /// The request's parameters an OpenAI-format upstream has no field for
-    /// (named in `x-edgeway-dropped-params`).
+impl EmbedOptions {
+    /// The parameters an OpenAI-format upstream has no field for (named in
+    /// `x-edgeway-dropped-params`).
     pub fn dropped_for_openai(&self) -> Vec<&'static str> {
         let mut dropped = Vec::new();
         if self.task_type.is_some() {
@@ -197,6 +173,29 @@ impl EmbedRequest {
             dropped.push("title");
         }
         dropped
+    }
+}
+
+/// An embeddings request for a translation to a Gemini upstream: its inputs
+/// and options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedRequest {
+    pub inputs: TextInputs,
+    pub dimensions: Option<u64>,
+    pub task_type: Option<String>,
+    pub titles: Vec<Option<String>>,
+}
+
+impl EmbedRequest {
+    /// The request in `body` (OpenAI format, already read), with the options
+    /// of a client of another dialect (`None`: an OpenAI-format client).
+    pub fn new(body: &Map<String, Value>, options: Option<&EmbedOptions>) -> Self {
+        Self {
+            inputs: read_text_inputs(body, "input", MAX_INPUTS, false).unwrap_or_default(),
+            dimensions: body.get("dimensions").and_then(Value::as_u64),
+            task_type: options.and_then(|o| o.task_type.clone()),
+            titles: options.map(|o| o.titles.clone()).unwrap_or_default(),
+        }
     }
 
     /// The upstream call for a Gemini upstream: path (query included) and body.
@@ -369,15 +368,14 @@ mod tests {
         );
         assert_eq!(read.prompt.estimate, 3 + 1, "sized as the same OpenAI request");
         assert_eq!(options.answer, EmbedAnswer::GeminiBatch);
-        let req = EmbedRequest::new(&read.body, Some(&options));
-        assert_eq!(req.dropped_for_openai(), ["taskType", "title"]);
+        assert_eq!(options.dropped_for_openai(), ["taskType", "title"]);
         let (one, options) =
             read_gemini(br#"{"content":{"parts":[{"text":"x"}]}}"#, "e").unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             (one.body["input"].clone(), options.answer),
             (serde_json::json!(["x"]), EmbedAnswer::GeminiOne)
         );
-        assert!(EmbedRequest::new(&one.body, Some(&options)).dropped_for_openai().is_empty());
+        assert!(options.dropped_for_openai().is_empty());
         for (body, param) in [
             (
                 &br#"{"content":{"parts":[{"text":"x"}]},"outputDimensionality":99999}"#[..],

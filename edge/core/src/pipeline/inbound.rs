@@ -99,12 +99,21 @@ impl Inbound {
         }
     }
 
+    /// What a Gemini client's embeddings request carries beyond its
+    /// OpenAI-format body; `None` otherwise.
+    pub fn embed_options(&self) -> Option<&EmbedOptions> {
+        match &self.request {
+            Request::OpenAiFamily { embed, .. } => embed.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The shape of answer an embeddings request asked for; `None` for the
     /// other families.
     pub fn embed_answer(&self) -> Option<EmbedAnswer> {
-        match &self.request {
-            Request::OpenAiFamily { embed: Some(options), .. } => Some(options.answer),
-            Request::OpenAiFamily { body, embed: None } if self.family == Family::Embeddings => {
+        match (&self.request, self.embed_options()) {
+            (_, Some(options)) => Some(options.answer),
+            (Request::OpenAiFamily { body, .. }, None) if self.family == Family::Embeddings => {
                 Some(EmbedAnswer::OpenAi { base64: embeddings::asks_base64(body) })
             }
             _ => None,

@@ -408,8 +408,13 @@ impl Generation {
         let mock = target.provider.dialect == ProviderDialect::Mock;
         self.dropped_params.clear();
         let (path, body) = match plan {
-            Plan::Relay => {
+            // An embeddings request of another client to an OpenAI-format
+            // upstream is sent as the OpenAI-format body it was read into.
+            Plan::Relay | Plan::Embed(UpstreamDialect::OpenAiChat) => {
+                // What the OpenAI form has no field for reaches neither the mock nor the upstream.
+                let unsendable = inbound.embed_options().map(|o| o.dropped_for_openai()).unwrap_or_default();
                 if mock {
+                    self.dropped_params = unsendable;
                     let body = inbound.passthrough_body().cloned().unwrap_or_default();
                     return Ok(self.start_mock(isolate, &body, &target, now));
                 }
@@ -417,36 +422,18 @@ impl Generation {
                     .passthrough_upstream_body(&target.upstream_model, target.provider)
                     .unwrap_or_default();
                 self.dropped_params = dropped;
+                self.dropped_params.extend(unsendable);
                 (target.provider.path(inbound.family).to_string(), body)
             }
             Plan::Embed(dialect) => {
-                let request = inbound.embed_request().ok_or(GatewayError::Internal)?;
-                let built = match dialect {
-                    UpstreamDialect::Gemini => request.gemini_call(&target.upstream_model),
-                    UpstreamDialect::OpenAiChat if mock => {
-                        let body = inbound.passthrough_body().cloned().unwrap_or_default();
-                        return Ok(self.start_mock(isolate, &body, &target, now));
-                    }
-                    UpstreamDialect::OpenAiChat => {
-                        let (body, dropped) = inbound
-                            .passthrough_upstream_body(&target.upstream_model, target.provider)
-                            .unwrap_or_default();
-                        self.dropped_params = dropped;
-                        self.dropped_params.extend(request.dropped_for_openai());
-                        Ok((target.provider.path(Family::Embeddings).to_string(), body))
-                    }
-                    // Not a candidate: no Anthropic row serves embeddings.
-                    UpstreamDialect::Anthropic => Err(GatewayError::Internal),
+                // Not a candidate otherwise: no Anthropic row serves embeddings.
+                let built = match (dialect, inbound.embed_request()) {
+                    (UpstreamDialect::Gemini, Some(request)) => request.gemini_call(&target.upstream_model),
+                    _ => Err(GatewayError::Internal),
                 };
                 match built {
                     Ok(call) => call,
-                    Err(error) => {
-                        self.last_error = Some(error.clone());
-                        return match AttemptVerdict::after_error(&error) {
-                            AttemptVerdict::FailOver => self.next_candidate(isolate, now),
-                            _ => self.no_more_candidates(isolate, error, now),
-                        };
-                    }
+                    Err(error) => return self.unbuildable(isolate, error, now),
                 }
             }
             Plan::Translate(dialect) => {
@@ -469,13 +456,7 @@ impl Generation {
                         self.dropped_params = dropped;
                         call
                     }
-                    Err(error) => {
-                        self.last_error = Some(error.clone());
-                        return match AttemptVerdict::after_error(&error) {
-                            AttemptVerdict::FailOver => self.next_candidate(isolate, now),
-                            _ => self.no_more_candidates(isolate, error, now),
-                        };
-                    }
+                    Err(error) => return self.unbuildable(isolate, error, now),
                 };
                 if mock {
                     let body = match serde_json::from_slice::<serde_json::Value>(&call.body) {
@@ -515,6 +496,21 @@ impl Generation {
             body,
             wake_ms: self.wake_ms(now),
         }))
+    }
+
+    /// After this attempt's request could not be built for its upstream:
+    /// the next candidate, or the error.
+    fn unbuildable(
+        &mut self,
+        isolate: &mut IsolateState,
+        error: GatewayError,
+        now: i64,
+    ) -> Result<Effect, GatewayError> {
+        self.last_error = Some(error.clone());
+        match AttemptVerdict::after_error(&error) {
+            AttemptVerdict::FailOver => self.next_candidate(isolate, now),
+            AttemptVerdict::Stop => self.no_more_candidates(isolate, error, now),
+        }
     }
 
     /// The built-in mock answers like an OpenAI-compatible upstream would.
