@@ -7,6 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import OpenAI from 'openai';
+import { GoogleGenAI } from '@google/genai';
 import { startStack } from './stack.mjs';
 
 let stack;
@@ -55,6 +56,26 @@ test('embeddings from the built-in mock: the SDK default (base64, decoded by the
   assert.deepEqual(floats.data[0].embedding.map((x) => Math.fround(x)), a.map((x) => Math.fround(x)), 'deterministic, same vector either way');
   const dflt = await client.embeddings.create({ model: 'mock-1', input: [[1, 2, 3]] });
   assert.equal(dflt.data[0].embedding.length, 1536, 'the mock\'s default dimensions');
+});
+
+test('@google/genai embedContent through the gateway: the same vectors the openai SDK gets, its errors in Gemini\'s shape', async () => {
+  const ai = new GoogleGenAI({ apiKey: stack.keys.main, httpOptions: { baseUrl: stack.gatewayUrl } });
+  const res = await ai.models.embedContent({ model: 'mock-1', contents: ['hello', 'world'], config: { outputDimensionality: 8, taskType: 'RETRIEVAL_QUERY' } });
+  assert.equal(res.embeddings.length, 2);
+  const viaOpenAi = await client.embeddings.create({ model: 'mock-1', input: ['hello', 'world'], dimensions: 8, encoding_format: 'float' });
+  assert.deepEqual(res.embeddings.map((e) => e.values.map(Math.fround)), viaOpenAi.data.map((d) => d.embedding.map(Math.fround)),
+    'one request, read in either dialect');
+  const headers = res.sdkHttpResponse?.headers ?? {};
+  assert.equal(headers['x-edgeway-dropped-params'], 'taskType', 'the OpenAI-format mock has no taskType');
+  ids.geminiEmbeddings = headers['x-request-id'];
+  assert.ok(ids.geminiEmbeddings, JSON.stringify(headers));
+  await assert.rejects(
+    ai.models.embedContent({ model: 'mock-1', contents: ['a', 'b'], config: { outputDimensionality: 0 } }),
+    (e) => e.status === 400 && /outputDimensionality/.test(e.message),
+  );
+  const row = await usageRow(ids.geminiEmbeddings);
+  assert.equal(row.endpoint, 'embeddings');
+  assert.ok(row.input_uncached_tokens > 0 && row.output_tokens === 0, JSON.stringify(row));
 });
 
 test('embeddings relayed to an OpenAI-compatible upstream, model rewritten, body passed through', async () => {

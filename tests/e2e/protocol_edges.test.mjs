@@ -119,7 +119,7 @@ test('protocol slips: HEAD /health, errors in the route\'s dialect, long model n
   body = await r.json();
   assert.equal(body.error.status, 'UNIMPLEMENTED', JSON.stringify(body));
   assert.equal(body.error.code, 405);
-  r = await fetch(`${stack.gatewayUrl}/v1beta/models/mock-1:embedContent`, { method: 'POST' });
+  r = await fetch(`${stack.gatewayUrl}/v1beta/models/mock-1:embedText`, { method: 'POST' });
   assert.equal(r.status, 404);
   assert.equal((await r.json()).error.status, 'NOT_FOUND');
 
